@@ -1,0 +1,95 @@
+//! Starting a worker: argv as a vector (never a shell string), its own process group, cwd and
+//! env from the manifest, stdout and stderr appended to its log (never truncated), and marker
+//! variables so a later automon can recognise it. A task reaps the child and reports its exit.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::manifest::Desired;
+use crate::observe::{
+    ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
+};
+use crate::plan::StartAction;
+
+/// Starts the worker described by `action`; on success returns its identity and start time.
+/// The exit of the child is sent on `exits` when it is reaped.
+///
+/// # Errors
+/// A sentence saying what failed: opening the log, executing the command, reading `/proc`.
+pub fn spawn_worker(
+    desired: &Desired,
+    action: &StartAction,
+    state_dir: &Path,
+    exits: UnboundedSender<ExitEvent>,
+) -> Result<(ProcessIdentity, jiff::Timestamp), String> {
+    let Some((program, args)) = action.argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let log_path = desired.log_path(action.worker);
+    if let Some(parent) = log_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(&desired.workdir)
+        .envs(&desired.env)
+        .env(ENV_WORKERSET, &desired.name)
+        .env(ENV_WORKER_ID, action.worker.to_string())
+        .env(ENV_STATE_DIR, state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Its own process group: a Ctrl-C at automon's terminal does not reach workers, and a
+        // stop can signal the worker together with its children.
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot execute {program:?} in {}: {e}",
+            desired.workdir.display()
+        )
+    })?;
+    let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+        return Err("the child exited before its pid could be read".into());
+    };
+    let root = Path::new("/proc");
+    // The child is not reaped until the task below waits on it, so its stat entry exists.
+    let stat = proc::read_stat(root, pid).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
+    let identity = ProcessIdentity {
+        pid,
+        start_ticks: stat.start_ticks,
+        boot_id: proc::boot_id(root),
+    };
+    let started_at = proc::boot_time(root)
+        .and_then(|b| proc::start_time(b, stat.start_ticks, proc::clock_ticks_per_second()))
+        .unwrap_or_else(jiff::Timestamp::now);
+    let worker = action.worker;
+    tokio::spawn(async move {
+        let (code, signal) = match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                (status.code(), status.signal())
+            }
+            Err(_) => (None, None),
+        };
+        // The receiver is gone only when automon is shutting down.
+        let _ = exits.send(ExitEvent {
+            worker,
+            pid,
+            code,
+            signal,
+        });
+    });
+    Ok((identity, started_at))
+}

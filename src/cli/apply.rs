@@ -1,0 +1,80 @@
+//! `automon apply FILE [--watch] [--dry-run]`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use crate::daemon::{self, RunEnd, RunOptions};
+
+/// Arguments of `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The WorkerSet manifest.
+    pub file: PathBuf,
+    /// Keep reconciling until every shard is complete (the control loop).
+    #[arg(long)]
+    pub watch: bool,
+    /// Plan and print what would be done; act on nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// State directory (default: .automon/ beside the manifest).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Runs `apply`.
+pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
+    let manifest = super::load_manifest(&args.file)?;
+    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    if args.dry_run {
+        let desired = super::resolve(&manifest)?;
+        let code = super::diff::print_plan(&desired, &state_dir)?;
+        println!("dry run: nothing was changed");
+        return Ok(if code > 1 { code } else { 0 });
+    }
+    crate::act::setup::run_setup(&manifest, |m| eprintln!("automon: {m}"))
+        .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
+    let desired = super::resolve(&manifest)?;
+    let mode = if args.watch { "watching" } else { "one pass" };
+    eprintln!(
+        "automon: applying {} ({}; {} workers, {}; state in {})",
+        manifest.file.display(),
+        desired.name,
+        desired.counts.target,
+        mode,
+        state_dir.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
+    let opts = RunOptions {
+        state_dir,
+        watch: args.watch,
+    };
+    let end = runtime
+        .block_on(daemon::run(&desired, &opts, shutdown_signal()))
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    Ok(match end {
+        RunEnd::Complete | RunEnd::PassDone => 0,
+        RunEnd::Interrupted => 130,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}

@@ -1,0 +1,124 @@
+//! Command-line interface: clap definitions and one function per subcommand. Exit codes are
+//! decided here: 0 success, 1 runtime failure (or `diff` found differences), 2 bad input.
+
+mod apply;
+mod diff;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::manifest::{self, Desired, Manifest};
+
+/// automon: keeps long-running batch workers converged on a manifest.
+#[derive(Debug, Parser)]
+#[command(name = "automon", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile the workers with the manifest: one pass, or the control loop with --watch.
+    Apply(apply::ApplyArgs),
+    /// Show what the next pass would do, acting on nothing (exit 0: nothing, 1: something).
+    Diff(diff::DiffArgs),
+    /// Check manifests and report every problem (exit 0 valid, 2 invalid).
+    Validate {
+        /// Manifest files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code: 1 runtime, 2 bad input.
+    pub code: u8,
+    /// The message, printed to stderr.
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input (exit 2).
+    pub fn input(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    /// Runtime failure (exit 1).
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Apply(args) => apply::run(&args),
+        Command::Diff(args) => diff::run(&args),
+        Command::Validate { files } => validate(&files),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("automon: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
+    let mut bad = false;
+    for f in files {
+        match manifest::load(f) {
+            Ok(_) => println!("{}: valid", f.display()),
+            Err(e) => {
+                eprintln!("{e}");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad { 2 } else { 0 })
+}
+
+/// Loads and validates the manifest (exit 2 on any problem).
+pub(crate) fn load_manifest(file: &Path) -> Result<Manifest, CliError> {
+    manifest::load(file).map_err(|e| CliError::input(e.to_string()))
+}
+
+/// Resolves the manifest into [`Desired`], running `end_command` when there is one.
+pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
+    let end = crate::act::setup::resolve_range_end(manifest)
+        .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))?;
+    Desired::resolve(manifest, end)
+        .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))
+}
+
+/// The state directory: `--state-dir` or `.automon/` beside the manifest.
+pub(crate) fn state_dir(manifest: &Manifest, flag: Option<&Path>) -> PathBuf {
+    flag.map_or_else(
+        || crate::state::default_state_dir(&manifest.dir),
+        |p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+    )
+}

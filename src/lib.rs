@@ -1,0 +1,42 @@
+//! automon keeps a fleet of long-running batch workers on one machine converged on a
+//! declarative manifest, the way a Kubernetes controller does.
+//!
+//! # Layout
+//!
+//! - [`manifest`]: the WorkerSet manifest — types, defaults, validation, the resolved [`manifest::Desired`].
+//! - [`observe`]: the world as plain data — processes, progress files, log tails.
+//! - [`plan`]: the pure planner, `plan(desired, observed, memory, now) -> Plan`.
+//! - [`act`]: actuators — spawn, stop, setup.
+//! - [`state`]: persisted memory, the single-instance lock, the events log.
+//! - [`daemon`]: the control loop.
+//! - [`cli`]: command-line parsing and the subcommands.
+//! - [`text`]: numbers and ranges for people.
+
+pub mod act;
+pub mod cli;
+pub mod daemon;
+pub mod manifest;
+pub mod observe;
+pub mod plan;
+pub mod state;
+pub mod text;
+
+use serde::{Deserialize, Serialize};
+
+/// A worker's small integer id: `{id}` in the template, and the index of the shard it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub u32);
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for WorkerId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}

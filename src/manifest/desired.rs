@@ -1,0 +1,328 @@
+//! [`Desired`]: a validated manifest resolved into what the planner and observers work with —
+//! absolute paths, compiled patterns, the shard list and typed durations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::RegexSet;
+
+use super::Manifest;
+use super::types::{Health, Parameter, RestartPolicy, WorkerCounts};
+use crate::WorkerId;
+
+/// One slice `[start, end)` of the key range, owned by worker `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    /// The worker that owns this shard.
+    pub id: WorkerId,
+    /// First key (inclusive).
+    pub start: u64,
+    /// One past the last key.
+    pub end: u64,
+}
+
+impl Shard {
+    /// The checkpoint a worker reports when every key of the shard is done: `end - 1`.
+    pub fn last_key(&self) -> u64 {
+        self.end.saturating_sub(1)
+    }
+
+    /// The cursor before any work: `start - 1` (every key ≤ it is done — none of the shard).
+    pub fn initial_cursor(&self) -> u64 {
+        self.start.saturating_sub(1)
+    }
+
+    /// Number of keys in the shard.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// True for a shard with no keys (never produced by [`split_range`]).
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Splits `[start, end)` into `n` contiguous shards whose sizes differ by at most one key.
+pub fn split_range(start: u64, end: u64, n: u32) -> Vec<Shard> {
+    let n = u64::from(n.max(1));
+    let len = end.saturating_sub(start);
+    (0..n)
+        .map(|i| Shard {
+            id: WorkerId(i as u32),
+            start: start + len * i / n,
+            end: start + len * (i + 1) / n,
+        })
+        .collect()
+}
+
+/// Compiled line patterns from `spec.logs`.
+#[derive(Debug, Clone)]
+pub struct Patterns {
+    /// Upload lines: a worker that logged one has left discovery.
+    pub upload: RegexSet,
+    /// Other activity lines (discovery batches, queries).
+    pub activity: RegexSet,
+    /// Error lines.
+    pub error: RegexSet,
+}
+
+/// The desired state, resolved from a [`Manifest`].
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// `metadata.name`.
+    pub name: String,
+    /// The manifest file as named by the user.
+    pub manifest_file: PathBuf,
+    /// The workers' working directory, absolute.
+    pub workdir: PathBuf,
+    /// Time between passes when nothing wakes the loop earlier.
+    pub interval: Duration,
+    /// target / min / max.
+    pub counts: WorkerCounts,
+    /// The shards, when the manifest has a work range; `None` for plain replicas.
+    pub shards: Option<Vec<Shard>>,
+    /// Noun for one key, e.g. "book".
+    pub unit: String,
+    /// The template argv with placeholders.
+    pub command: Vec<String>,
+    /// Extra environment for workers.
+    pub env: BTreeMap<String, String>,
+    /// Template parameters and their bounds.
+    pub parameters: BTreeMap<String, Parameter>,
+    /// Signal that asks a worker to stop.
+    pub stop_signal: nix::sys::signal::Signal,
+    /// Wait after the stop signal before SIGKILL.
+    pub stop_grace: Duration,
+    /// Progress file pattern (absolute, with `{id}`).
+    pub progress_file: String,
+    /// JSON pointer to the checkpoint.
+    pub checkpoint_pointer: String,
+    /// JSON pointer to an item count, if any.
+    pub items_pointer: Option<String>,
+    /// Log file pattern (absolute, with `{id}`).
+    pub log_file: String,
+    /// Compiled log patterns.
+    pub patterns: Patterns,
+    /// Bytes read from the end of each log per pass.
+    pub tail_bytes: u64,
+    /// Stuck thresholds.
+    pub health: Health,
+    /// Crash-loop backoff.
+    pub restart: RestartPolicy,
+}
+
+/// Why a manifest could not be resolved (after it validated).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// A pattern that validated failed to compile as a set (should not happen).
+    #[error("{field}: {source}")]
+    Pattern {
+        /// Field path.
+        field: &'static str,
+        /// The regex error.
+        source: regex::Error,
+    },
+}
+
+impl Desired {
+    /// Resolves `manifest`; `range_end` is the end of the key range when the manifest gives it by
+    /// `end_command` (see [`crate::act::setup::resolve_range_end`]); ignored otherwise.
+    ///
+    /// # Errors
+    /// [`ResolveError`] if a pattern set does not compile.
+    pub fn resolve(manifest: &Manifest, range_end: Option<u64>) -> Result<Self, ResolveError> {
+        let spec = &manifest.workerset.spec;
+        let workdir = normalize(&manifest.dir.join(&spec.template.workdir));
+        let set = |field: &'static str, p: &[String]| {
+            RegexSet::new(p).map_err(|source| ResolveError::Pattern { field, source })
+        };
+        let patterns = Patterns {
+            upload: set("spec.logs.upload_patterns", &spec.logs.upload_patterns)?,
+            activity: set("spec.logs.activity_patterns", &spec.logs.activity_patterns)?,
+            error: set("spec.logs.error_patterns", &spec.logs.error_patterns)?,
+        };
+        let shards = spec.work.as_ref().map(|w| {
+            let end = w
+                .range
+                .end
+                .or(range_end)
+                .unwrap_or(w.range.start + u64::from(w.shards));
+            split_range(w.range.start, end, w.shards)
+        });
+        let path = |p: &str| workdir.join(p).to_string_lossy().into_owned();
+        Ok(Self {
+            name: manifest.workerset.metadata.name.clone(),
+            manifest_file: manifest.file.clone(),
+            interval: spec.interval.get(),
+            counts: spec.workers,
+            shards,
+            unit: spec
+                .work
+                .as_ref()
+                .map_or_else(|| "item".into(), |w| w.unit.clone()),
+            command: spec.template.command.clone(),
+            env: spec.template.env.clone(),
+            parameters: spec.template.parameters.clone(),
+            stop_signal: parse_signal(&spec.template.stop_signal),
+            stop_grace: spec.template.stop_grace.get(),
+            progress_file: path(&spec.progress.file),
+            checkpoint_pointer: spec.progress.checkpoint.clone(),
+            items_pointer: spec.progress.items.clone(),
+            log_file: path(&spec.logs.file),
+            patterns,
+            tail_bytes: spec.logs.tail_bytes,
+            health: spec.health,
+            restart: spec.restart,
+            workdir,
+        })
+    }
+
+    /// The progress file of worker `id`.
+    pub fn progress_path(&self, id: WorkerId) -> PathBuf {
+        PathBuf::from(self.progress_file.replace("{id}", &id.to_string()))
+    }
+
+    /// The log file of worker `id`.
+    pub fn log_path(&self, id: WorkerId) -> PathBuf {
+        PathBuf::from(self.log_file.replace("{id}", &id.to_string()))
+    }
+
+    /// Every worker id this WorkerSet can have: one per shard, or `0..max` for replicas.
+    pub fn worker_ids(&self) -> Vec<WorkerId> {
+        match &self.shards {
+            Some(shards) => shards.iter().map(|s| s.id).collect(),
+            None => (0..self.counts.max).map(WorkerId).collect(),
+        }
+    }
+
+    /// The shard of worker `id`, if the WorkerSet is sharded.
+    pub fn shard(&self, id: WorkerId) -> Option<Shard> {
+        self.shards.as_ref()?.iter().find(|s| s.id == id).copied()
+    }
+
+    /// Parameter values for a worker: defaults, overridden by `overrides` (clamped to bounds).
+    pub fn parameter_values(&self, overrides: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+        self.parameters
+            .iter()
+            .map(|(k, p)| {
+                let v = overrides
+                    .get(k)
+                    .copied()
+                    .unwrap_or(p.default)
+                    .clamp(p.min, p.max);
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// Substitutes placeholders in the template argv for one worker.
+///
+/// `checkpoint` is the resume cursor; `None` renders `range_start - 1` for a shard (no key
+/// done yet) or `0` for a replica. Unknown placeholders cannot occur (validation rejects them).
+pub fn render_argv(
+    command: &[String],
+    id: WorkerId,
+    shard: Option<Shard>,
+    checkpoint: Option<u64>,
+    params: &BTreeMap<String, i64>,
+) -> Vec<String> {
+    let cursor = checkpoint
+        .or(shard.map(|s| s.initial_cursor()))
+        .unwrap_or(0);
+    command
+        .iter()
+        .map(|arg| {
+            let mut out = arg
+                .replace("{id}", &id.to_string())
+                .replace("{checkpoint}", &cursor.to_string());
+            if let Some(s) = shard {
+                out = out
+                    .replace("{range_start}", &s.start.to_string())
+                    .replace("{range_end}", &s.end.to_string());
+            }
+            for (k, v) in params {
+                out = out.replace(&format!("{{{k}}}"), &v.to_string());
+            }
+            out
+        })
+        .collect()
+}
+
+fn parse_signal(name: &str) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    match name {
+        "SIGINT" => Signal::SIGINT,
+        "SIGHUP" => Signal::SIGHUP,
+        "SIGQUIT" => Signal::SIGQUIT,
+        "SIGUSR1" => Signal::SIGUSR1,
+        _ => Signal::SIGTERM,
+    }
+}
+
+/// Removes `.` and resolves `..` lexically (the path need not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_the_range_without_gaps() {
+        let shards = split_range(1, 2001, 8);
+        assert_eq!(shards.len(), 8);
+        assert_eq!(shards[0].start, 1);
+        assert_eq!(shards[7].end, 2001);
+        for pair in shards.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        assert_eq!(shards.iter().map(Shard::len).sum::<u64>(), 2000);
+    }
+
+    #[test]
+    fn renders_placeholders_and_initial_cursor() {
+        let cmd: Vec<String> = [
+            "w.py",
+            "--id",
+            "{id}",
+            "--from",
+            "{checkpoint}",
+            "--end",
+            "{range_end}",
+            "-p",
+            "{p}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let shard = Shard {
+            id: WorkerId(3),
+            start: 751,
+            end: 1001,
+        };
+        let params = BTreeMap::from([("p".to_string(), 2)]);
+        let argv = render_argv(&cmd, WorkerId(3), Some(shard), None, &params);
+        assert_eq!(
+            argv,
+            [
+                "w.py", "--id", "3", "--from", "750", "--end", "1001", "-p", "2"
+            ]
+        );
+        let resumed = render_argv(&cmd, WorkerId(3), Some(shard), Some(900), &params);
+        assert_eq!(resumed[4], "900");
+    }
+}

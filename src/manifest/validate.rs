@@ -1,0 +1,327 @@
+//! Semantic rules of a WorkerSet, all checked in one pass so the user sees every problem at once.
+
+use regex::Regex;
+
+use super::locate::locate;
+use super::types::{API_VERSION, KIND, WorkerSet};
+use super::{HumanDuration, Problem};
+
+/// Placeholders every template understands, besides the parameter names.
+pub const BUILTIN_PLACEHOLDERS: [&str; 4] = ["id", "range_start", "range_end", "checkpoint"];
+
+/// Signals a manifest may name as `stop_signal`.
+pub const STOP_SIGNALS: [&str; 5] = ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1"];
+
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            location: locate(self.text, field),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn positive(&mut self, field: &str, d: HumanDuration) {
+        if d.get().is_zero() {
+            self.fail(
+                field,
+                "duration is zero (expected a positive span such as \"30s\")",
+            );
+        }
+    }
+
+    fn regexes(&mut self, field: &str, patterns: &[String]) {
+        for (i, p) in patterns.iter().enumerate() {
+            if let Err(e) = Regex::new(p) {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                self.fail(
+                    &format!("{field}.{i}"),
+                    format!("invalid regex {p:?}: {first}"),
+                );
+            }
+        }
+    }
+
+    fn pointer(&mut self, field: &str, pointer: &str) {
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            self.fail(field, format!("invalid JSON pointer {pointer:?} (expected RFC 6901, e.g. \"/last_processed_book_id\")"));
+        } else if has_bad_escape(pointer) {
+            self.fail(
+                field,
+                format!("invalid JSON pointer {pointer:?}: '~' must be followed by 0 or 1"),
+            );
+        }
+    }
+}
+
+fn has_bad_escape(pointer: &str) -> bool {
+    let b = pointer.as_bytes();
+    b.iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'~' && !matches!(b.get(i + 1), Some(b'0' | b'1')))
+}
+
+/// Returns the `{name}` placeholders in `text`, in order.
+pub fn placeholders(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                out.push(&after[..close]);
+                rest = &after[close + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Checks every rule; returns the problems found (empty when the manifest is valid).
+pub fn validate(ws: &WorkerSet, text: &str) -> Vec<Problem> {
+    let mut c = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    if ws.api_version != API_VERSION {
+        c.fail(
+            "apiVersion",
+            format!(
+                "unsupported apiVersion {:?} (expected {API_VERSION:?})",
+                ws.api_version
+            ),
+        );
+    }
+    if ws.kind != KIND {
+        c.fail(
+            "kind",
+            format!("unsupported kind {:?} (expected {KIND:?})", ws.kind),
+        );
+    }
+    let name = &ws.metadata.name;
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+    {
+        c.fail(
+            "metadata.name",
+            format!("invalid name {name:?} (expected 1-63 letters, digits, '-', '_' or '.')"),
+        );
+    }
+    let s = &ws.spec;
+    c.positive("spec.interval", s.interval);
+    let w = s.workers;
+    if w.max == 0 {
+        c.fail("spec.workers.max", "max is 0 (expected at least 1)");
+    }
+    if w.min > w.target || w.target > w.max {
+        c.fail(
+            "spec.workers",
+            format!(
+                "min {} ≤ target {} ≤ max {} does not hold (expected min ≤ target ≤ max)",
+                w.min, w.target, w.max
+            ),
+        );
+    }
+    if let Some(work) = &s.work {
+        if work.shards == 0 {
+            c.fail("spec.work.shards", "shards is 0 (expected at least 1)");
+        }
+        match (&work.range.end, &work.range.end_command) {
+            (Some(_), Some(_)) => c.fail(
+                "spec.work.range",
+                "both end and end_command given (expected one)",
+            ),
+            (None, None) => c.fail(
+                "spec.work.range",
+                "neither end nor end_command given (expected one)",
+            ),
+            (Some(end), None) if *end <= work.range.start => c.fail(
+                "spec.work.range.end",
+                format!(
+                    "end {end} ≤ start {} (expected start < end)",
+                    work.range.start
+                ),
+            ),
+            (Some(end), None) if end - work.range.start < u64::from(work.shards) => c.fail(
+                "spec.work.shards",
+                format!(
+                    "{} shards for a range of {} keys (expected at most one shard per key)",
+                    work.shards,
+                    end - work.range.start
+                ),
+            ),
+            (None, Some(cmd)) if cmd.is_empty() || cmd[0].is_empty() => c.fail(
+                "spec.work.range.end_command",
+                "empty command (expected an argv list)",
+            ),
+            _ => {}
+        }
+        if work.unit.trim().is_empty() {
+            c.fail(
+                "spec.work.unit",
+                "empty unit (expected a noun such as \"book\")",
+            );
+        }
+    }
+    if let Some(setup) = &s.setup
+        && (setup.command.is_empty() || setup.command[0].is_empty())
+    {
+        c.fail(
+            "spec.setup.command",
+            "empty command (expected an argv list)",
+        );
+    }
+    let t = &s.template;
+    if t.command.is_empty() || t.command[0].is_empty() {
+        c.fail(
+            "spec.template.command",
+            "empty command (expected an argv list such as [python3, worker.py, --id, \"{id}\"])",
+        );
+    }
+    for (i, arg) in t.command.iter().enumerate() {
+        for ph in placeholders(arg) {
+            if !BUILTIN_PLACEHOLDERS.contains(&ph) && !t.parameters.contains_key(ph) {
+                let mut known: Vec<&str> = BUILTIN_PLACEHOLDERS.to_vec();
+                known.extend(t.parameters.keys().map(String::as_str));
+                c.fail(
+                    &format!("spec.template.command.{i}"),
+                    format!(
+                        "unknown placeholder {{{ph}}} (expected one of {})",
+                        known
+                            .iter()
+                            .map(|k| format!("{{{k}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if t.workdir.is_empty() {
+        c.fail(
+            "spec.template.workdir",
+            "empty workdir (expected a directory, e.g. \".\")",
+        );
+    }
+    for (name, p) in &t.parameters {
+        let field = format!("spec.template.parameters.{name}");
+        if p.min > p.max {
+            c.fail(
+                &field,
+                format!("min {} > max {} (expected min ≤ max)", p.min, p.max),
+            );
+        } else if p.default < p.min || p.default > p.max {
+            c.fail(
+                &field,
+                format!(
+                    "default {} outside [{}, {}] (expected min ≤ default ≤ max)",
+                    p.default, p.min, p.max
+                ),
+            );
+        }
+        if BUILTIN_PLACEHOLDERS.contains(&name.as_str()) {
+            c.fail(
+                &field,
+                format!(
+                    "parameter name {name:?} is a built-in placeholder (expected another name)"
+                ),
+            );
+        }
+    }
+    if !STOP_SIGNALS.contains(&t.stop_signal.as_str()) {
+        c.fail(
+            "spec.template.stop_signal",
+            format!(
+                "unknown signal {:?} (expected one of {})",
+                t.stop_signal,
+                STOP_SIGNALS.join(", ")
+            ),
+        );
+    }
+    c.positive("spec.template.stop_grace", t.stop_grace);
+    let several = s
+        .work
+        .as_ref()
+        .map_or(w.max > 1, |work| work.shards > 1 || w.max > 1);
+    for (field, pattern) in [
+        ("spec.progress.file", &s.progress.file),
+        ("spec.logs.file", &s.logs.file),
+    ] {
+        if pattern.trim().is_empty() {
+            c.fail(field, "empty path (expected a file name pattern with {id})");
+        } else if several && !pattern.contains("{id}") {
+            c.fail(field, format!("{pattern:?} has no {{id}} (expected one file per worker, e.g. \"worker{{id}}.json\")"));
+        }
+        for ph in placeholders(pattern) {
+            if ph != "id" {
+                c.fail(
+                    field,
+                    format!("unknown placeholder {{{ph}}} (expected only {{id}})"),
+                );
+            }
+        }
+    }
+    c.pointer("spec.progress.checkpoint", &s.progress.checkpoint);
+    if let Some(items) = &s.progress.items {
+        c.pointer("spec.progress.items", items);
+    }
+    c.regexes("spec.logs.upload_patterns", &s.logs.upload_patterns);
+    c.regexes("spec.logs.activity_patterns", &s.logs.activity_patterns);
+    c.regexes("spec.logs.error_patterns", &s.logs.error_patterns);
+    if s.logs.tail_bytes < 1024 || s.logs.tail_bytes > 16 * 1024 * 1024 {
+        c.fail(
+            "spec.logs.tail_bytes",
+            format!("{} bytes (expected 1024 to 16777216)", s.logs.tail_bytes),
+        );
+    }
+    c.positive("spec.health.stuck_after", s.health.stuck_after);
+    c.positive("spec.health.discovery_grace", s.health.discovery_grace);
+    if s.health.discovery_grace < s.health.stuck_after {
+        c.fail(
+            "spec.health.discovery_grace",
+            format!(
+                "discovery_grace {} < stuck_after {} (expected discovery_grace ≥ stuck_after)",
+                s.health.discovery_grace, s.health.stuck_after
+            ),
+        );
+    }
+    c.positive("spec.restart.backoff_initial", s.restart.backoff_initial);
+    c.positive("spec.restart.backoff_max", s.restart.backoff_max);
+    if s.restart.backoff_max < s.restart.backoff_initial {
+        c.fail(
+            "spec.restart.backoff_max",
+            "backoff_max < backoff_initial (expected backoff_initial ≤ backoff_max)",
+        );
+    }
+    c.problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn finds_placeholders_in_order() {
+        assert_eq!(
+            placeholders("--id={id}-{range_start}"),
+            vec!["id", "range_start"]
+        );
+        assert!(placeholders("plain").is_empty());
+        assert!(placeholders("{unclosed").is_empty());
+    }
+}

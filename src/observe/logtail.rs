@@ -1,0 +1,394 @@
+//! Log tails: the new lines of a worker's log since the last pass, read from at most a fixed
+//! window at the end of the file, so a 20 GB log costs what a 20 KB one does.
+//!
+//! Bytes are decoded as lossy UTF-8 with NUL runs (left by copytruncate) dropped. Lines start
+//! with Python logging's `YYYY-MM-DD HH:MM:SS,mmm` timestamp; a line without one (a traceback)
+//! belongs to the record before it. Rotation (the inode changed) and truncation (the file
+//! shrank) restart reading at the new file's tail instead of looking like silence.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Patterns;
+
+/// Where the previous pass stopped reading a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file; a different inode means the log was rotated.
+    pub inode: u64,
+    /// Byte offset just after the last complete line consumed.
+    pub offset: u64,
+}
+
+/// How a line was classified by the manifest's patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineClass {
+    /// Matches an upload pattern.
+    Upload,
+    /// Matches an activity pattern.
+    Activity,
+    /// Matches an error pattern (and no upload/activity pattern).
+    Error,
+}
+
+/// One classified log record (a timestamped line plus any continuation lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The class.
+    pub class: LineClass,
+    /// The timestamp at the start of the line (written in local time, converted with `tz`).
+    pub timestamp: Option<jiff::Timestamp>,
+    /// The message after the timestamp (continuation lines joined with `\n`).
+    pub message: String,
+}
+
+/// Why reading restarted from the tail of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogReset {
+    /// The inode changed: the log was rotated.
+    Rotated,
+    /// The file is shorter than where the last pass stopped: it was truncated.
+    Truncated,
+}
+
+/// What one read of a log found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogObservation {
+    /// No log file yet.
+    Missing,
+    /// The file exists but could not be read.
+    Unreadable {
+        /// The reason.
+        why: String,
+    },
+    /// New records since the cursor.
+    Read {
+        /// Where this read stopped (pass it back next time).
+        cursor: LogCursor,
+        /// Classified records read this time (unclassified lines are dropped). Patterns match
+        /// the whole first line, timestamp included.
+        records: Vec<LogRecord>,
+        /// True when there was no previous cursor: the records may be old.
+        first_look: bool,
+        /// Set when reading restarted because of rotation or truncation.
+        reset: Option<LogReset>,
+        /// Bytes of new complete lines since the cursor (capped by the window).
+        new_bytes: u64,
+    },
+}
+
+/// Reads the new part of the log at `path`: from the previous cursor, but never more than the
+/// last `window` bytes.
+pub fn read_tail(
+    path: &Path,
+    window: u64,
+    prev: Option<&LogCursor>,
+    patterns: &Patterns,
+    tz: &jiff::tz::TimeZone,
+) -> LogObservation {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LogObservation::Missing,
+        Err(e) => {
+            return LogObservation::Unreadable {
+                why: format!("cannot open: {e}"),
+            };
+        }
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => {
+            return LogObservation::Unreadable {
+                why: format!("cannot stat: {e}"),
+            };
+        }
+    };
+    let size = meta.len();
+    let mut reset = None;
+    let from = match prev {
+        Some(c) if c.inode != meta.ino() || c.dev != meta.dev() => {
+            reset = Some(LogReset::Rotated);
+            0
+        }
+        Some(c) if size < c.offset => {
+            reset = Some(LogReset::Truncated);
+            0
+        }
+        Some(c) => c.offset,
+        None => 0,
+    };
+    let start = from.max(size.saturating_sub(window));
+    let mut buf = Vec::with_capacity(usize::try_from(size - start).unwrap_or(0));
+    let read = file
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| file.take(size - start).read_to_end(&mut buf));
+    if let Err(e) = read {
+        return LogObservation::Unreadable {
+            why: format!("cannot read: {e}"),
+        };
+    }
+    // Starting inside the file (not at a line boundary we recorded): drop the partial first line.
+    let aligned = start == 0 || (prev.is_some() && reset.is_none() && start == from);
+    let mut body: &[u8] = &buf;
+    let mut offset = start;
+    if !aligned {
+        match body.iter().position(|b| *b == b'\n') {
+            Some(nl) => {
+                body = &body[nl + 1..];
+                offset += nl as u64 + 1;
+            }
+            None => body = &[],
+        }
+    }
+    // Only complete lines are consumed; a partial last line is read again next pass.
+    let complete = body
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |nl| nl + 1);
+    let records = parse_records(&body[..complete], patterns, tz);
+    LogObservation::Read {
+        cursor: LogCursor {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            offset: offset + complete as u64,
+        },
+        records,
+        first_look: prev.is_none() || reset.is_some(),
+        reset,
+        new_bytes: complete as u64,
+    }
+}
+
+/// Splits complete lines into records and keeps the classified ones; timestamps are read as
+/// civil times in `tz`.
+pub fn parse_records(bytes: &[u8], patterns: &Patterns, tz: &jiff::tz::TimeZone) -> Vec<LogRecord> {
+    let cleaned: Vec<u8> = bytes.iter().copied().filter(|b| *b != 0).collect();
+    let text = String::from_utf8_lossy(&cleaned);
+    // (timestamp, the full first line for matching, the message for people)
+    let mut records: Vec<(Option<jiff::civil::DateTime>, String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        match split_timestamp(line) {
+            (Some(ts), msg) => records.push((Some(ts), line.to_string(), msg.to_string())),
+            (None, _) => match records.last_mut() {
+                Some((_, _, msg)) => {
+                    msg.push('\n');
+                    msg.push_str(line);
+                }
+                None => records.push((None, line.to_string(), line.to_string())),
+            },
+        }
+    }
+    records
+        .into_iter()
+        .filter_map(|(timestamp, head, message)| {
+            let class = if patterns.upload.is_match(&head) {
+                LineClass::Upload
+            } else if patterns.activity.is_match(&head) {
+                LineClass::Activity
+            } else if patterns.error.is_match(&head)
+                || message.lines().skip(1).any(|l| patterns.error.is_match(l))
+            {
+                LineClass::Error
+            } else {
+                return None;
+            };
+            let timestamp = timestamp.and_then(|t| tz.to_timestamp(t).ok());
+            Some(LogRecord {
+                class,
+                timestamp,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Splits `YYYY-MM-DD HH:MM:SS,mmm - rest` into the timestamp and `- rest`-less message.
+/// The message keeps the level (`INFO - …`) so patterns can match it.
+pub fn split_timestamp(line: &str) -> (Option<jiff::civil::DateTime>, &str) {
+    let Some(head) = line.get(..23) else {
+        return (None, line);
+    };
+    let b = head.as_bytes();
+    let shape_ok = b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b' '
+        && b[13] == b':'
+        && b[16] == b':'
+        && matches!(b[19], b',' | b'.');
+    if !shape_ok {
+        return (None, line);
+    }
+    let num = |r: std::ops::Range<usize>| head.get(r)?.parse::<i16>().ok();
+    let parsed = (|| {
+        let date = jiff::civil::date(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8);
+        let ms = head.get(20..23)?.parse::<i32>().ok()?;
+        jiff::civil::DateTime::new(
+            date.year(),
+            date.month(),
+            date.day(),
+            num(11..13)? as i8,
+            num(14..16)? as i8,
+            num(17..19)? as i8,
+            ms * 1_000_000,
+        )
+        .ok()
+    })();
+    match parsed {
+        Some(ts) => (Some(ts), line[23..].trim_start_matches([' ', '-'])),
+        None => (None, line),
+    }
+}
+
+/// Parses a number written with thousands separators (`61,000` → 61000).
+pub fn parse_number(text: &str) -> Option<u64> {
+    let digits: String = text.chars().filter(|c| *c != ',' && *c != '_').collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex::RegexSet;
+
+    fn patterns() -> Patterns {
+        Patterns {
+            upload: RegexSet::new(["Successfully uploaded:", "Uploading:"]).expect("valid"),
+            activity: RegexSet::new([
+                "Processed batch",
+                r"Found [\d,]+ new files",
+                "Querying Calibre database",
+            ])
+            .expect("valid"),
+            error: RegexSet::new([" - (ERROR|CRITICAL) - ", "^Traceback "]).expect("valid"),
+        }
+    }
+
+    fn read_tail_utc(
+        path: &Path,
+        window: u64,
+        prev: Option<&LogCursor>,
+        p: &Patterns,
+    ) -> LogObservation {
+        read_tail(path, window, prev, p, &jiff::tz::TimeZone::UTC)
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/logs")
+            .join(name)
+    }
+
+    fn records(obs: &LogObservation) -> &[LogRecord] {
+        match obs {
+            LogObservation::Read { records, .. } => records,
+            other => panic!("expected Read, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn healthy_log_has_uploads_and_activity() {
+        let obs = read_tail_utc(&fixture("healthy.log"), 64 * 1024, None, &patterns());
+        let recs = records(&obs);
+        assert!(recs.iter().any(|r| r.class == LineClass::Upload));
+        assert!(recs.iter().any(|r| r.class == LineClass::Activity));
+        assert!(recs.iter().all(|r| r.timestamp.is_some()));
+    }
+
+    #[test]
+    fn traceback_lines_join_the_record_before_them() {
+        let obs = read_tail_utc(
+            &fixture("error_burst_then_silence.log"),
+            64 * 1024,
+            None,
+            &patterns(),
+        );
+        let last = records(&obs).last().expect("records");
+        assert!(last.message.contains("ConnectionResetError"), "{last:?}");
+        assert_eq!(last.class, LineClass::Error);
+    }
+
+    #[test]
+    fn bad_bytes_are_survived() {
+        let obs = read_tail_utc(&fixture("bad_bytes.log"), 64 * 1024, None, &patterns());
+        let recs = records(&obs);
+        assert!(
+            recs.iter()
+                .any(|r| r.message.contains("Successfully uploaded"))
+        );
+        assert!(recs.iter().all(|r| !r.message.contains('\0')));
+    }
+
+    #[test]
+    fn window_bounds_the_read_and_drops_the_partial_first_line() {
+        let obs = read_tail_utc(&fixture("healthy.log"), 200, None, &patterns());
+        match obs {
+            LogObservation::Read {
+                new_bytes, records, ..
+            } => {
+                assert!(new_bytes <= 200);
+                assert!(records.iter().all(|r| r.timestamp.is_some()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn second_read_sees_only_new_lines_and_truncation_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        std::fs::write(
+            &path,
+            "2025-03-02 09:14:05,002 - INFO - Uploading: a.epub\n",
+        )
+        .expect("write");
+        let first = read_tail_utc(&path, 4096, None, &patterns());
+        let LogObservation::Read { cursor, .. } = first else {
+            panic!("{first:?}")
+        };
+        let again = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+        assert!(records(&again).is_empty());
+        std::fs::write(
+            &path,
+            "2025-03-02 09:15:05,002 - INFO - Uploading: b.epub\n",
+        )
+        .expect("rewrite");
+        let after = read_tail_utc(
+            &path,
+            4096,
+            Some(&LogCursor {
+                offset: 10_000,
+                ..cursor
+            }),
+            &patterns(),
+        );
+        let LogObservation::Read {
+            reset, ref records, ..
+        } = after
+        else {
+            panic!("{after:?}")
+        };
+        assert_eq!(reset, Some(LogReset::Truncated));
+        assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn timestamps_and_numbers() {
+        let (ts, msg) = split_timestamp("2025-03-02 09:14:01,102 - INFO - hello");
+        assert_eq!(
+            ts.map(|t| t.to_string()),
+            Some("2025-03-02T09:14:01.102".to_string())
+        );
+        assert_eq!(msg, "INFO - hello");
+        assert_eq!(split_timestamp("  File \"x.py\", line 3").0, None);
+        assert_eq!(parse_number("61,000"), Some(61_000));
+    }
+}

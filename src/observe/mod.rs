@@ -1,0 +1,206 @@
+//! Observation: the world turned into plain data for the planner — processes, progress files,
+//! log tails. Every failure becomes data (`Unreadable { why }`), never an early return.
+
+pub mod logtail;
+pub mod proc;
+pub mod progress;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::WorkerId;
+use crate::manifest::Desired;
+use crate::plan::Memory;
+pub use logtail::{LogCursor, LogObservation};
+pub use proc::{ProcessIdentity, ProcessStatus};
+pub use progress::ProgressObservation;
+
+/// Environment variable naming the WorkerSet, set in every worker automon starts.
+pub const ENV_WORKERSET: &str = "AUTOMON_WORKERSET";
+/// Environment variable holding the worker id, set in every worker automon starts.
+pub const ENV_WORKER_ID: &str = "AUTOMON_WORKER_ID";
+/// Environment variable holding automon's state directory, set in every worker it starts.
+pub const ENV_STATE_DIR: &str = "AUTOMON_STATE_DIR";
+
+/// How a child that automon started (and reaped) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitEvent {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The process that exited.
+    pub pid: i32,
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+}
+
+/// A live worker process found by its environment marker but not recorded in memory (automon
+/// was killed between starting it and saving its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnrecordedWorker {
+    /// The worker id from its environment.
+    pub worker: WorkerId,
+    /// Its identity.
+    pub identity: ProcessIdentity,
+    /// When it started (wall clock).
+    pub started_at: Option<jiff::Timestamp>,
+}
+
+/// Everything observed about one worker id in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerObservation {
+    /// Status of the process recorded in memory; `None` when memory records none.
+    pub process: Option<ProcessStatus>,
+    /// True when the recorded process exited but other members of its process group live on.
+    pub group_alive: bool,
+    /// The progress file.
+    pub progress: ProgressObservation,
+    /// The log's new records.
+    pub log: LogObservation,
+}
+
+/// One pass's observation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Per worker id, for every id the WorkerSet can have.
+    pub workers: BTreeMap<WorkerId, WorkerObservation>,
+    /// Children that exited since the last pass (reaped by the actuators).
+    pub exits: Vec<ExitEvent>,
+    /// Live processes carrying this WorkerSet's marker that memory does not record.
+    pub unrecorded: Vec<UnrecordedWorker>,
+}
+
+/// Where the observers read from; tests point these at fixture trees.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    /// Usually `/proc`.
+    pub proc: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Self {
+            proc: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// Observes every worker of `desired`, using `memory` for recorded identities and log cursors.
+/// `scan_unrecorded` also walks `/proc` for marked processes memory does not know (done once at
+/// startup: it reads every process's environment).
+pub fn observe(
+    desired: &Desired,
+    memory: &Memory,
+    state_dir: &Path,
+    exits: Vec<ExitEvent>,
+    scan_unrecorded: bool,
+    roots: &Roots,
+) -> Observed {
+    let boot = proc::boot_id(&roots.proc);
+    let tz = jiff::tz::TimeZone::system();
+    let workers = desired
+        .worker_ids()
+        .into_iter()
+        .map(|id| {
+            let mem = memory.workers.get(&id);
+            let recorded = mem.and_then(|m| m.process.as_ref());
+            let process = recorded.map(|p| proc::check(&roots.proc, &boot, &p.identity));
+            // The leader is gone, but its process group may live on (a wrapper's children).
+            let group_alive = recorded.is_some_and(|p| {
+                process == Some(ProcessStatus::Exited) && proc::group_exists(p.identity.pid)
+            });
+            let progress = progress::read(
+                &desired.progress_path(id),
+                &desired.checkpoint_pointer,
+                desired.items_pointer.as_deref(),
+            );
+            let log = logtail::read_tail(
+                &desired.log_path(id),
+                desired.tail_bytes,
+                mem.and_then(|m| m.log_cursor.as_ref()),
+                &desired.patterns,
+                &tz,
+            );
+            (
+                id,
+                WorkerObservation {
+                    process,
+                    group_alive,
+                    progress,
+                    log,
+                },
+            )
+        })
+        .collect();
+    let unrecorded = if scan_unrecorded {
+        scan_for_unrecorded(desired, memory, state_dir, &boot, roots)
+    } else {
+        Vec::new()
+    };
+    Observed {
+        workers,
+        exits,
+        unrecorded,
+    }
+}
+
+/// Finds live group leaders whose environment names this WorkerSet and state directory.
+fn scan_for_unrecorded(
+    desired: &Desired,
+    memory: &Memory,
+    state_dir: &Path,
+    boot: &str,
+    roots: &Roots,
+) -> Vec<UnrecordedWorker> {
+    let state_dir = state_dir.to_string_lossy();
+    let btime = proc::boot_time(&roots.proc);
+    let tps = proc::clock_ticks_per_second();
+    let own = std::process::id() as i32;
+    let mut found = Vec::new();
+    for pid in proc::list_pids(&roots.proc) {
+        if pid == own {
+            continue;
+        }
+        let Some(stat) = proc::read_stat(&roots.proc, pid) else {
+            continue;
+        };
+        // Workers are started as session and group leaders; their children share the marker.
+        if stat.pgid != pid || matches!(stat.state, 'Z' | 'X') {
+            continue;
+        }
+        if proc::environ_var(&roots.proc, pid, ENV_WORKERSET).as_deref()
+            != Some(desired.name.as_str())
+            || proc::environ_var(&roots.proc, pid, ENV_STATE_DIR).as_deref() != Some(&*state_dir)
+        {
+            continue;
+        }
+        let Some(worker) = proc::environ_var(&roots.proc, pid, ENV_WORKER_ID)
+            .and_then(|v| v.parse().ok())
+            .map(WorkerId)
+        else {
+            continue;
+        };
+        let identity = ProcessIdentity {
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id: boot.to_string(),
+        };
+        let recorded = memory
+            .workers
+            .values()
+            .any(|w| w.process.as_ref().is_some_and(|p| p.identity == identity));
+        if !recorded {
+            let started_at = btime.and_then(|b| proc::start_time(b, stat.start_ticks, tps));
+            found.push(UnrecordedWorker {
+                worker,
+                identity,
+                started_at,
+            });
+        }
+    }
+    found.sort_by_key(|u| (u.worker, u.identity.start_ticks));
+    found
+}

@@ -1,0 +1,202 @@
+//! Process identity from `/proc`: who a pid is, whether it is alive, when it started.
+//!
+//! A process is identified by (pid, start time in clock ticks since boot from field 22 of
+//! `/proc/PID/stat`, boot id from `/proc/sys/kernel/random/boot_id`). A pid whose start time or
+//! boot id differs from the recorded one is a stranger that reused the pid: it is never signalled
+//! or counted. Readers take the proc root as an argument so tests can use fixture trees.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Who a worker process is, across automon restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// Process id (also the process group id: workers are started as group leaders).
+    pub pid: i32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    /// The kernel's boot id when the process was seen.
+    pub boot_id: String,
+}
+
+/// The fields of `/proc/PID/stat` automon uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// State letter: R, S, D, Z, T, t, X, I …
+    pub state: char,
+    /// Parent pid.
+    pub ppid: i32,
+    /// Process group id.
+    pub pgid: i32,
+    /// Session id.
+    pub sid: i32,
+    /// Start time in clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+/// What became of a recorded process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessStatus {
+    /// Running (or sleeping, stopped, in uninterruptible I/O: see `state`).
+    Alive {
+        /// The state letter from `/proc/PID/stat`; `D` is uninterruptible I/O.
+        state: char,
+    },
+    /// Exited: no such pid, a zombie (Z) or dead (X).
+    Exited,
+    /// The pid now belongs to another process (different start time or boot): the recorded one
+    /// is gone, and the stranger must not be touched.
+    Reused,
+}
+
+/// Parses the content of `/proc/PID/stat`. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let close = text.rfind(')')?;
+    let rest: Vec<&str> = text.get(close + 2..)?.split_ascii_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    Some(ProcStat {
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgid: rest.get(2)?.parse().ok()?,
+        sid: rest.get(3)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// Reads `/proc/PID/stat` under `proc_root`; `None` when the process does not exist.
+pub fn read_stat(proc_root: &Path, pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Reads the boot id (`/proc/sys/kernel/random/boot_id`); empty when unreadable.
+pub fn boot_id(proc_root: &Path) -> String {
+    std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Boot time in seconds since the Unix epoch (`btime` in `/proc/stat`).
+pub fn boot_time(proc_root: &Path) -> Option<i64> {
+    let text = std::fs::read_to_string(proc_root.join("stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+pub fn clock_ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(100)
+}
+
+/// The wall-clock time a process started, from its start ticks and the boot time.
+pub fn start_time(
+    boot_time_secs: i64,
+    start_ticks: u64,
+    ticks_per_sec: u64,
+) -> Option<jiff::Timestamp> {
+    let ms = i64::try_from(start_ticks.checked_mul(1000)? / ticks_per_sec).ok()?;
+    jiff::Timestamp::from_millisecond(boot_time_secs.checked_mul(1000)?.checked_add(ms)?).ok()
+}
+
+/// Checks a recorded identity against `/proc` now.
+pub fn check(proc_root: &Path, current_boot_id: &str, id: &ProcessIdentity) -> ProcessStatus {
+    if id.boot_id != current_boot_id {
+        return ProcessStatus::Reused;
+    }
+    match read_stat(proc_root, id.pid) {
+        None => ProcessStatus::Exited,
+        Some(stat) if stat.start_ticks != id.start_ticks => ProcessStatus::Reused,
+        Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => ProcessStatus::Exited,
+        Some(stat) => ProcessStatus::Alive { state: stat.state },
+    }
+}
+
+/// True while any process is in process group `pgid` (`kill(-pgid, 0)` succeeds or is refused
+/// for permission). Linux never hands out a pid that is still some group's id, so a live group
+/// cannot belong to a stranger.
+pub fn group_exists(pgid: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
+/// Reads `/proc/PID/environ` and returns the value of `key`, if set.
+pub fn environ_var(proc_root: &Path, pid: i32, key: &str) -> Option<String> {
+    let bytes = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
+    let prefix = format!("{key}=");
+    bytes.split(|b| *b == 0).find_map(|entry| {
+        let entry = std::str::from_utf8(entry).ok()?;
+        entry.strip_prefix(&prefix).map(str::to_string)
+    })
+}
+
+/// Every numeric entry of `proc_root`: the pids that exist now.
+pub fn list_pids(proc_root: &Path) -> Vec<i32> {
+    std::fs::read_dir(proc_root)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_and_parens_in_comm() {
+        let line = "4242 (python3 (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 2 0 0 20 0 1 0 987654 1000 200 0";
+        let st = parse_stat(line).expect("valid stat");
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
+        assert_eq!(st.pgid, 4242);
+        assert_eq!(st.sid, 4242);
+        assert_eq!(st.start_ticks, 987_654);
+    }
+
+    #[test]
+    fn truncated_stat_is_none() {
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive_and_a_wrong_start_time_is_reused() {
+        let root = Path::new("/proc");
+        let boot = boot_id(root);
+        let pid = std::process::id() as i32;
+        let stat = read_stat(root, pid).expect("own stat");
+        let me = ProcessIdentity {
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id: boot.clone(),
+        };
+        assert!(matches!(
+            check(root, &boot, &me),
+            ProcessStatus::Alive { .. }
+        ));
+        let impostor = ProcessIdentity {
+            start_ticks: stat.start_ticks + 1,
+            ..me.clone()
+        };
+        assert_eq!(check(root, &boot, &impostor), ProcessStatus::Reused);
+        let other_boot = ProcessIdentity {
+            boot_id: "other".into(),
+            ..me
+        };
+        assert_eq!(check(root, &boot, &other_boot), ProcessStatus::Reused);
+    }
+}

@@ -1,0 +1,799 @@
+//! The planner: `plan(desired, observed, memory, now) -> Plan`. Pure — no I/O, no clock reads —
+//! and the only place automon decides. Every action carries the reason a person would read.
+
+pub mod backoff;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::WorkerId;
+use crate::manifest::duration::format_duration as fmt_dur;
+use crate::manifest::{Desired, Shard, render_argv};
+use crate::observe::logtail::LineClass;
+use crate::observe::{
+    LogObservation, Observed, ProcessIdentity, ProcessStatus, ProgressObservation,
+    WorkerObservation,
+};
+use crate::text::{count, span};
+pub use memory::{Memory, RunningProcess, Stopping, Totals, WorkerMemory};
+
+/// Passes in a row that must find a worker stuck before it is stopped.
+pub const STUCK_CONFIRMATIONS: u32 = 2;
+
+/// Where a worker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Never started; waiting for a free slot.
+    Pending,
+    /// Started this pass.
+    Starting,
+    /// Running, no upload since it started.
+    Discovering,
+    /// Running and making progress.
+    Progressing,
+    /// Running without a progress signal past its threshold.
+    Stuck,
+    /// A stop was requested; waiting for its process group to go.
+    Stopping,
+    /// Not running, shard not complete, waiting for a slot.
+    Stopped,
+    /// Crashed; waiting out its backoff.
+    BackingOff,
+    /// Its shard is done; never restarted.
+    Completed,
+}
+
+/// A worker's phase and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The phase.
+    pub phase: Phase,
+    /// Why it is in that phase, with numbers.
+    pub reason: String,
+}
+
+/// Start one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartAction {
+    /// The worker.
+    pub worker: WorkerId,
+    /// argv with placeholders substituted.
+    pub argv: Vec<String>,
+    /// The cursor it resumes from.
+    pub resume_from: Option<u64>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Stop one worker's process group: the stop signal, `grace`, SIGKILL, until the group is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAction {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The process (group leader) to stop; re-checked before every signal.
+    pub identity: ProcessIdentity,
+    /// Time between the stop signal and SIGKILL.
+    pub grace: Duration,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Something to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Start a worker process.
+    Start(StartAction),
+    /// Stop a worker's process group.
+    Stop(StopAction),
+}
+
+impl Action {
+    /// The worker the action is for.
+    pub fn worker(&self) -> WorkerId {
+        match self {
+            Self::Start(a) => a.worker,
+            Self::Stop(a) => a.worker,
+        }
+    }
+
+    /// The reason, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Start(a) => &a.reason,
+            Self::Stop(a) => &a.reason,
+        }
+    }
+}
+
+/// The result of one planning pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Actions, in the order to run them (stops first).
+    pub actions: Vec<Action>,
+    /// The next memory (before action outcomes are recorded).
+    pub memory: Memory,
+    /// When to look again if nothing wakes the loop earlier.
+    pub requeue_after: Duration,
+    /// Every worker's phase and reason.
+    pub workers: BTreeMap<WorkerId, WorkerStatus>,
+    /// Facts noticed this pass that are not actions (completions, unreadable files), in words.
+    pub events: Vec<String>,
+    /// True when every shard is complete.
+    pub complete: bool,
+}
+
+/// Plans one pass. `now` is the wall-clock time of the observation.
+pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timestamp) -> Plan {
+    let mut planner = Planner {
+        desired,
+        now,
+        memory: memory.clone(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        statuses: BTreeMap::new(),
+        requeue: desired.interval,
+    };
+    planner.memory.version = memory::MEMORY_VERSION;
+    planner.adopt_unrecorded(observed);
+    let empty = WorkerObservation {
+        process: None,
+        group_alive: false,
+        progress: ProgressObservation::Missing,
+        log: LogObservation::Missing,
+    };
+    for id in desired.worker_ids() {
+        let obs = observed.workers.get(&id).unwrap_or(&empty);
+        let exit = observed.exits.iter().find(|e| {
+            e.worker == id
+                && planner
+                    .memory
+                    .workers
+                    .get(&id)
+                    .and_then(|w| w.process.as_ref())
+                    .is_some_and(|p| p.identity.pid == e.pid)
+        });
+        planner.step_worker(id, obs, exit);
+    }
+    planner.schedule_starts();
+    let complete = desired.shards.is_some()
+        && desired.worker_ids().iter().all(|id| {
+            planner
+                .statuses
+                .get(id)
+                .is_some_and(|s| s.phase == Phase::Completed)
+        });
+    planner
+        .actions
+        .sort_by_key(|a| matches!(a, Action::Start(_)));
+    Plan {
+        actions: planner.actions,
+        memory: planner.memory,
+        requeue_after: planner.requeue,
+        workers: planner.statuses,
+        events: planner.events,
+        complete,
+    }
+}
+
+struct Planner<'a> {
+    desired: &'a Desired,
+    now: Timestamp,
+    memory: Memory,
+    actions: Vec<Action>,
+    events: Vec<String>,
+    statuses: BTreeMap<WorkerId, WorkerStatus>,
+    requeue: Duration,
+}
+
+fn since(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(then)).unwrap_or(Duration::ZERO)
+}
+
+fn later(now: Timestamp, d: Duration) -> Timestamp {
+    now.checked_add(d).unwrap_or(now)
+}
+
+fn fingerprint(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl Planner<'_> {
+    fn set(&mut self, id: WorkerId, phase: Phase, reason: String) {
+        self.statuses.insert(id, WorkerStatus { phase, reason });
+    }
+
+    fn wake_in(&mut self, d: Duration) {
+        self.requeue = self.requeue.min(d.max(Duration::from_millis(100)));
+    }
+
+    fn unit(&self) -> &str {
+        &self.desired.unit
+    }
+
+    fn adopt_unrecorded(&mut self, observed: &Observed) {
+        for u in &observed.unrecorded {
+            let w = self.memory.workers.entry(u.worker).or_default();
+            match &w.process {
+                None => {
+                    w.process = Some(RunningProcess {
+                        identity: u.identity.clone(),
+                        started_at: u.started_at.unwrap_or(self.now),
+                        resume_from: None,
+                        adopted: true,
+                    });
+                    w.completed_at = None;
+                    self.events.push(format!(
+                        "worker {}: adopted pid {} (started by an earlier automon that stopped before recording it)",
+                        u.worker, u.identity.pid
+                    ));
+                }
+                Some(p) if p.identity != u.identity => {
+                    self.actions.push(Action::Stop(StopAction {
+                        worker: u.worker,
+                        identity: u.identity.clone(),
+                        grace: self.desired.stop_grace,
+                        reason: format!(
+                            "worker {}: two live processes (pid {} recorded, pid {} not); stopping the unrecorded duplicate",
+                            u.worker, p.identity.pid, u.identity.pid
+                        ),
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn step_worker(
+        &mut self,
+        id: WorkerId,
+        obs: &WorkerObservation,
+        exit: Option<&crate::observe::ExitEvent>,
+    ) {
+        let shard = self.desired.shard(id);
+        let mut w = self.memory.workers.remove(&id).unwrap_or_default();
+        let signal_at = self.read_progress(id, &mut w, obs);
+        let alive = w.process.is_some()
+            && exit.is_none()
+            && match obs.process {
+                Some(ProcessStatus::Alive { .. }) => true,
+                // Adopted this pass: seen alive by the scan.
+                None => w.process.as_ref().is_some_and(|p| p.adopted),
+                _ => false,
+            };
+        if alive {
+            self.step_alive(id, &mut w, obs, signal_at);
+        } else if let Some(process) = w.process.take() {
+            if obs.group_alive {
+                // The leader is gone but the group lives on: finish it before any replacement.
+                w.process = Some(process.clone());
+                if w.stopping.is_none() {
+                    let reason = format!(
+                        "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
+                        process.identity.pid
+                    );
+                    w.stopping = Some(Stopping {
+                        requested_at: self.now,
+                        reason: reason.clone(),
+                        restart: true,
+                    });
+                    self.actions.push(Action::Stop(StopAction {
+                        worker: id,
+                        identity: process.identity,
+                        grace: self.desired.stop_grace,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.set(
+                    id,
+                    Phase::Stopping,
+                    "waiting for the rest of its process group to exit".into(),
+                );
+                self.memory.workers.insert(id, w);
+                return;
+            }
+            self.step_exited(id, &mut w, shard, &process, obs, exit);
+        } else if w.completed_at.is_none()
+            && shard
+                .zip(w.checkpoint)
+                .is_some_and(|(s, c)| c >= s.last_key())
+        {
+            w.completed_at = Some(self.now);
+            self.events.push(format!(
+                "worker {id}: shard {} already complete (checkpoint {})",
+                span(shard.map(|s| (s.start, s.end))),
+                count(w.checkpoint.unwrap_or(0))
+            ));
+        }
+        if w.process.is_none() {
+            self.idle_status(id, &w, shard);
+        }
+        self.memory.workers.insert(id, w);
+    }
+
+    /// Updates checkpoint and log state; returns the time of the newest progress signal.
+    fn read_progress(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        obs: &WorkerObservation,
+    ) -> Option<Timestamp> {
+        let mut signal_at: Option<Timestamp> = None;
+        let running_since = w.process.as_ref().map(|p| p.started_at);
+        match &obs.progress {
+            ProgressObservation::Read { checkpoint, items } => {
+                if w.checkpoint != Some(*checkpoint) {
+                    if let Some(old) = w.checkpoint
+                        && *checkpoint < old
+                    {
+                        self.events.push(format!(
+                            "worker {id}: checkpoint went back from {} to {}",
+                            count(old),
+                            count(*checkpoint)
+                        ));
+                    }
+                    if w.checkpoint.is_some() && running_since.is_some() {
+                        signal_at = Some(self.now);
+                        w.left_discovery = true;
+                    }
+                    w.checkpoint = Some(*checkpoint);
+                    w.checkpoint_changed_at = Some(self.now);
+                }
+                w.items = *items;
+                if w.progress_problem.take().is_some() {
+                    self.events.push(format!(
+                        "worker {id}: progress file readable again (checkpoint {})",
+                        count(*checkpoint)
+                    ));
+                }
+            }
+            ProgressObservation::Unreadable { why } => {
+                if w.progress_problem.as_deref() != Some(why.as_str()) {
+                    self.events.push(format!(
+                        "worker {id}: progress file unreadable: {why}; keeping the last good checkpoint {}",
+                        w.checkpoint.map_or_else(|| "(none yet)".to_string(), count)
+                    ));
+                    w.progress_problem = Some(why.clone());
+                }
+            }
+            ProgressObservation::Missing => {}
+        }
+        if let LogObservation::Read {
+            cursor,
+            records,
+            first_look,
+            reset,
+            ..
+        } = &obs.log
+        {
+            if let Some(reset) = reset {
+                let what = match reset {
+                    crate::observe::logtail::LogReset::Rotated => "was rotated",
+                    crate::observe::logtail::LogReset::Truncated => "was truncated",
+                };
+                self.events.push(format!(
+                    "worker {id}: log {what}; reading the new file from its tail"
+                ));
+            }
+            for r in records {
+                if r.class == LineClass::Error {
+                    let first = r.message.lines().next().unwrap_or("");
+                    w.last_error = Some(first.chars().take(300).collect());
+                    continue;
+                }
+                let fp = fingerprint(&r.message);
+                if w.recent_signals.contains(&fp) {
+                    continue; // the same line again: a loop, not progress
+                }
+                w.recent_signals.push_back(fp);
+                if w.recent_signals.len() > memory::RECENT_SIGNALS {
+                    w.recent_signals.pop_front();
+                }
+                // A first look may show old lines: trust their timestamps (never in the future).
+                let at = if *first_look {
+                    r.timestamp.map_or(self.now, |t| t.min(self.now))
+                } else {
+                    self.now
+                };
+                if running_since.is_some_and(|s| at >= s) {
+                    signal_at = Some(signal_at.map_or(at, |s| s.max(at)));
+                    if r.class == LineClass::Upload {
+                        w.left_discovery = true;
+                    }
+                }
+            }
+            w.log_cursor = Some(*cursor);
+        }
+        signal_at
+    }
+
+    fn step_alive(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        obs: &WorkerObservation,
+        signal_at: Option<Timestamp>,
+    ) {
+        let Some(process) = w.process.clone() else {
+            return;
+        };
+        if let Some(at) = signal_at {
+            w.last_progress_at = Some(w.last_progress_at.map_or(at, |l| l.max(at)));
+            w.stuck_passes = 0;
+        }
+        if let Some(stopping) = w.stopping.clone() {
+            let waited = since(self.now, stopping.requested_at);
+            if waited > self.desired.stop_grace * 2 + Duration::from_secs(10) {
+                let reason = format!(
+                    "worker {id}: still alive {} after the stop was requested; stopping again",
+                    fmt_dur(waited)
+                );
+                w.stopping = Some(Stopping {
+                    requested_at: self.now,
+                    reason: reason.clone(),
+                    restart: stopping.restart,
+                });
+                self.actions.push(Action::Stop(StopAction {
+                    worker: id,
+                    identity: process.identity.clone(),
+                    grace: self.desired.stop_grace,
+                    reason,
+                }));
+            }
+            self.set(
+                id,
+                Phase::Stopping,
+                format!("stop requested: {}", stopping.reason),
+            );
+            self.wake_in(self.desired.stop_grace + Duration::from_secs(1));
+            return;
+        }
+        if w.failures > 0
+            && since(self.now, process.started_at) >= self.desired.restart.backoff_reset_after.get()
+            && w.last_progress_at.is_some_and(|p| p > process.started_at)
+        {
+            w.failures = 0;
+            self.events.push(format!(
+                "worker {id}: progressing for {}; crash backoff reset",
+                self.desired.restart.backoff_reset_after
+            ));
+        }
+        let reference = w
+            .last_progress_at
+            .filter(|p| *p >= process.started_at)
+            .unwrap_or(process.started_at);
+        let (threshold, threshold_name, stage) = if w.left_discovery {
+            (
+                self.desired.health.stuck_after.get(),
+                "stuck_after",
+                "progressing",
+            )
+        } else {
+            (
+                self.desired.health.discovery_grace.get(),
+                "discovery_grace",
+                "discovering",
+            )
+        };
+        let idle = since(self.now, reference);
+        let d_state = matches!(obs.process, Some(ProcessStatus::Alive { state: 'D' }));
+        let at = w
+            .checkpoint
+            .map(|c| format!(" at {} {}", self.unit(), count(c)))
+            .unwrap_or_default();
+        if idle >= threshold {
+            w.stuck_passes += 1;
+            let what = format!(
+                "no progress for {} (threshold {} {threshold_name}, {stage}){at}{}",
+                fmt_dur(idle),
+                fmt_dur(threshold),
+                if d_state {
+                    "; process in uninterruptible I/O (D)"
+                } else {
+                    ""
+                }
+            );
+            if w.stuck_passes >= STUCK_CONFIRMATIONS {
+                let resume = w
+                    .checkpoint
+                    .map_or_else(|| "its range start".to_string(), count);
+                let reason =
+                    format!("worker {id}: {what}; stopping it to restart from checkpoint {resume}");
+                w.stopping = Some(Stopping {
+                    requested_at: self.now,
+                    reason: reason.clone(),
+                    restart: true,
+                });
+                self.actions.push(Action::Stop(StopAction {
+                    worker: id,
+                    identity: process.identity.clone(),
+                    grace: self.desired.stop_grace,
+                    reason,
+                }));
+                self.set(id, Phase::Stopping, what);
+            } else {
+                self.set(
+                    id,
+                    Phase::Stuck,
+                    format!("{what}; confirming on the next pass"),
+                );
+                self.wake_in(self.desired.interval.min(Duration::from_secs(5)));
+            }
+            return;
+        }
+        w.stuck_passes = 0;
+        self.wake_in(threshold - idle);
+        let phase = if w.left_discovery {
+            Phase::Progressing
+        } else {
+            Phase::Discovering
+        };
+        let last = if reference == process.started_at {
+            "since start"
+        } else {
+            "since the last progress"
+        };
+        self.set(
+            id,
+            phase,
+            format!("pid {}{at}; {} {last}", process.identity.pid, fmt_dur(idle)),
+        );
+    }
+
+    fn step_exited(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        shard: Option<Shard>,
+        process: &RunningProcess,
+        obs: &WorkerObservation,
+        exit: Option<&crate::observe::ExitEvent>,
+    ) {
+        w.left_discovery = false;
+        w.stuck_passes = 0;
+        if let Some(stopping) = w.stopping.take() {
+            if stopping.restart {
+                w.restart_reason = Some(stopping.reason);
+                self.memory.totals.stuck_restarts += 1;
+            }
+            return;
+        }
+        let how = match (exit, &obs.process) {
+            (Some(e), _) if e.code == Some(0) => "exited with status 0".to_string(),
+            (Some(e), _) if e.code.is_some() => {
+                format!("exited with status {}", e.code.unwrap_or_default())
+            }
+            (Some(e), _) => format!(
+                "was killed by signal {}",
+                e.signal.map_or_else(|| "?".into(), signal_name)
+            ),
+            (None, Some(ProcessStatus::Reused)) => format!(
+                "is gone (pid {} now belongs to another process)",
+                process.identity.pid
+            ),
+            (None, _) => "exited (status unknown: not automon's child)".to_string(),
+        };
+        let at = w
+            .checkpoint
+            .map(|c| format!(" at {} {}", self.unit(), count(c)))
+            .unwrap_or_default();
+        let done = match shard {
+            Some(s) => w.checkpoint.is_some_and(|c| c >= s.last_key()),
+            None => exit.is_some_and(|e| e.code == Some(0)),
+        };
+        if done {
+            w.completed_at = Some(self.now);
+            w.failures = 0;
+            w.backoff_until = None;
+            let items = w
+                .items
+                .map(|n| format!("; {} {}s done", count(n), self.unit()))
+                .unwrap_or_default();
+            self.events.push(format!(
+                "worker {id} {how}: shard {} complete{items}",
+                span(shard.map(|s| (s.start, s.end)))
+            ));
+            return;
+        }
+        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) {
+            let end = shard.map_or_else(String::new, |s| {
+                format!(" short of the shard's last key {}", count(s.last_key()))
+            });
+            format!(" but its checkpoint{at}{end} says it is not done (suspicious completion)")
+        } else {
+            String::new()
+        };
+        w.failures += 1;
+        let delay = backoff::delay(w.failures, &self.desired.restart);
+        w.backoff_until = Some(later(self.now, delay));
+        let resume = w
+            .checkpoint
+            .map_or_else(|| "its range start".to_string(), count);
+        let error = w
+            .last_error
+            .as_ref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        let when = if delay.is_zero() {
+            "now".to_string()
+        } else {
+            format!("in {}", fmt_dur(delay))
+        };
+        let reason = format!(
+            "worker {id} {how}{at}{suspicious}{error}; restarting from checkpoint {resume} {when} (failure {} in a row)",
+            w.failures
+        );
+        self.memory.totals.crash_restarts += 1;
+        if delay.is_zero() {
+            w.restart_reason = Some(reason);
+        } else {
+            self.events.push(reason.clone());
+            w.restart_reason = Some(format!(
+                "worker {id}: backoff of {} over; restarting from checkpoint {resume}",
+                fmt_dur(delay)
+            ));
+        }
+    }
+
+    fn idle_status(&mut self, id: WorkerId, w: &WorkerMemory, shard: Option<Shard>) {
+        if w.completed_at.is_some() {
+            let at = w.checkpoint.map(count).unwrap_or_default();
+            self.set(
+                id,
+                Phase::Completed,
+                format!(
+                    "shard {} done (checkpoint {at})",
+                    span(shard.map(|s| (s.start, s.end)))
+                ),
+            );
+        } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now) {
+            let left = since(until, self.now);
+            self.wake_in(left);
+            self.set(
+                id,
+                Phase::BackingOff,
+                format!(
+                    "crashed {} times in a row; restart in {}",
+                    w.failures,
+                    fmt_dur(left)
+                ),
+            );
+        } else if w.restart_reason.is_some() || w.checkpoint.is_some() {
+            self.set(
+                id,
+                Phase::Stopped,
+                format!(
+                    "not running; resumes from checkpoint {} when a slot is free",
+                    w.checkpoint.map_or_else(|| "(none)".into(), count)
+                ),
+            );
+        } else {
+            self.set(id, Phase::Pending, "waiting for a free slot".into());
+        }
+    }
+
+    /// Starts workers up to the desired count: restarts first, then resumed shards, then new ones.
+    fn schedule_starts(&mut self) {
+        let desired_count = self.desired.counts.target.min(self.desired.counts.max) as usize;
+        let occupied = self
+            .statuses
+            .values()
+            .filter(|s| {
+                matches!(
+                    s.phase,
+                    Phase::Discovering
+                        | Phase::Progressing
+                        | Phase::Stuck
+                        | Phase::Stopping
+                        | Phase::BackingOff
+                )
+            })
+            .count();
+        let mut candidates: Vec<(u8, WorkerId)> = self
+            .statuses
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped))
+            .map(|(id, _)| {
+                let w = self.memory.workers.get(id);
+                let rank = match w {
+                    Some(w) if w.restart_reason.is_some() => 0,
+                    Some(w) if w.checkpoint.is_some() => 1,
+                    _ => 2,
+                };
+                (rank, *id)
+            })
+            .collect();
+        candidates.sort();
+        let free = desired_count.saturating_sub(occupied);
+        for (_, id) in candidates.into_iter().take(free) {
+            let shard = self.desired.shard(id);
+            let w = self.memory.workers.entry(id).or_default();
+            let resume_from = w.checkpoint;
+            let params = self.desired.parameter_values(&BTreeMap::new());
+            let argv = render_argv(&self.desired.command, id, shard, resume_from, &params);
+            let reason = match w.restart_reason.take() {
+                Some(r) => {
+                    w.restarts += 1;
+                    format!("{r} (restart {})", w.restarts)
+                }
+                None => {
+                    self.memory.totals.starts += 1;
+                    let from = match (resume_from, shard) {
+                        (Some(c), _) => format!("resuming from checkpoint {}", count(c)),
+                        (None, Some(s)) => format!("from {} {}", self.desired.unit, count(s.start)),
+                        (None, None) => "fresh".into(),
+                    };
+                    format!(
+                        "worker {id}: starting shard {} {from}",
+                        span(shard.map(|s| (s.start, s.end)))
+                    )
+                }
+            };
+            w.backoff_until = None;
+            self.statuses.insert(
+                id,
+                WorkerStatus {
+                    phase: Phase::Starting,
+                    reason: reason.clone(),
+                },
+            );
+            self.actions.push(Action::Start(StartAction {
+                worker: id,
+                argv,
+                resume_from,
+                reason,
+            }));
+        }
+    }
+}
+
+/// Records the outcome of a start in memory: the new process, or a failure with backoff.
+pub fn record_start(
+    memory: &mut Memory,
+    desired: &Desired,
+    action: &StartAction,
+    outcome: Result<(ProcessIdentity, Timestamp), String>,
+    now: Timestamp,
+) -> Option<String> {
+    let w = memory.workers.entry(action.worker).or_default();
+    match outcome {
+        Ok((identity, started_at)) => {
+            w.process = Some(RunningProcess {
+                identity,
+                started_at,
+                resume_from: action.resume_from,
+                adopted: false,
+            });
+            w.left_discovery = false;
+            w.stuck_passes = 0;
+            w.completed_at = None;
+            None
+        }
+        Err(why) => {
+            w.failures += 1;
+            let delay = backoff::delay(w.failures, &desired.restart)
+                .max(desired.restart.backoff_initial.get());
+            w.backoff_until = Some(later(now, delay));
+            w.restart_reason = Some(format!(
+                "worker {}: retrying the start that failed",
+                action.worker
+            ));
+            Some(format!(
+                "worker {}: could not start: {why}; retrying in {}",
+                action.worker,
+                fmt_dur(delay)
+            ))
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
+}

@@ -1,0 +1,64 @@
+//! The events log (`STATE_DIR/events.log`, the seed's `auto_restart.log`): one line per decision
+//! and action, `RFC 3339 time  message`, appended and never truncated.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An append-only events log that also echoes each line to stderr.
+#[derive(Debug)]
+pub struct EventLog {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    echo: bool,
+}
+
+impl EventLog {
+    /// Opens (creating) `state_dir/events.log`; if it cannot be opened, events still go to
+    /// stderr and the failure is reported once.
+    pub fn open(state_dir: &Path, echo: bool) -> Self {
+        let path = state_dir.join("events.log");
+        let file = std::fs::create_dir_all(state_dir).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        });
+        let file = match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "automon: cannot open {}: {e}; events go to stderr only",
+                    path.display()
+                );
+                None
+            }
+        };
+        Self { path, file, echo }
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records one event at `now`.
+    pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
+        let local = now
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        if self.echo {
+            eprintln!("{local}  {message}");
+        }
+        if let Some(f) = &mut self.file
+            && let Err(e) = writeln!(
+                f,
+                "{}  {message}",
+                now.round(jiff::Unit::Millisecond).unwrap_or(now)
+            )
+        {
+            eprintln!("automon: cannot write {}: {e}", self.path.display());
+            self.file = None;
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The state directory (default `.automon/` beside the manifest): persisted [`Memory`], the
+//! single-instance lock, and the events log.
+//!
+//! Layout: `state.json` (memory, written atomically), `lock` (flock held for automon's life;
+//! holds the owner's pid), `events.log` (one line per decision, appended).
+
+mod events;
+mod lock;
+mod store;
+
+pub use events::EventLog;
+pub use lock::{InstanceLock, LockError};
+pub use store::{StateError, load_memory, save_memory};
+
+use std::path::{Path, PathBuf};
+
+/// The default state directory for a manifest: `.automon/` in the manifest's directory.
+pub fn default_state_dir(manifest_dir: &Path) -> PathBuf {
+    manifest_dir.join(".automon")
+}

@@ -1,0 +1,123 @@
+//! Atomic persistence of [`Memory`] as `state.json`: temp file, fsync, rename, fsync of the
+//! directory. A corrupt file is an error naming it, never a silent reset.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::plan::Memory;
+use crate::plan::memory::MEMORY_VERSION;
+
+/// File name of the persisted memory inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Reading or writing the state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on a state file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state file is not valid JSON of the expected shape.
+    #[error(
+        "{path}: corrupt state file: {why} (move it aside to start over; automon never resets it silently)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Written by a newer automon.
+    #[error(
+        "{path}: state version {found} is newer than this automon understands ({MEMORY_VERSION})"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+}
+
+/// Loads the memory from `state_dir`; an absent file is empty memory.
+///
+/// # Errors
+/// [`StateError`] for an unreadable, corrupt or too-new file.
+pub fn load_memory(state_dir: &Path) -> Result<Memory, StateError> {
+    let path = state_dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Memory::default()),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    let memory: Memory = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if memory.version > MEMORY_VERSION {
+        return Err(StateError::Version {
+            path,
+            found: memory.version,
+        });
+    }
+    Ok(memory)
+}
+
+/// Writes the memory atomically to `state_dir/state.json`, creating the directory.
+///
+/// # Errors
+/// [`StateError::Io`] naming the file.
+pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> {
+    let path = state_dir.join(STATE_FILE);
+    let io = |source| StateError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(io)?;
+    let json = serde_json::to_vec_pretty(memory).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(io)?;
+    tmp.write_all(&json).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(&path).map_err(|e| io(e.error))?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_absent_is_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load_memory(dir.path()).expect("empty"), Memory::default());
+        let mut m = Memory {
+            version: MEMORY_VERSION,
+            ..Memory::default()
+        };
+        m.totals.starts = 3;
+        save_memory(dir.path(), &m).expect("save");
+        assert_eq!(load_memory(dir.path()).expect("load"), m);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"version\": 1, \"workers\": ",
+        )
+        .expect("write");
+        let err = load_memory(dir.path()).expect_err("corrupt");
+        assert!(
+            err.to_string().contains("state.json: corrupt state file"),
+            "{err}"
+        );
+    }
+}
