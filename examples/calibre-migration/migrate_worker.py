@@ -85,7 +85,7 @@ def check_stop() -> None:
 # Fault injection
 # --------------------------------------------------------------------------
 
-FAULT_KINDS = ("crash", "hang", "loop")
+FAULT_KINDS = ("crash", "hang", "freeze", "loop")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Fault:
 def parse_fault_spec(spec: str) -> list[Fault]:
     """Parse ``KIND:BOOK_ID[:always]`` items separated by commas/whitespace.
 
-    KIND is one of crash, hang, loop. Raises ValueError on malformed input.
+    KIND is one of crash, hang, freeze, loop. Raises ValueError on malformed input.
     """
     faults = []
     for item in spec.replace(",", " ").split():
@@ -196,6 +196,13 @@ def fire_process_fault(fault: Fault) -> None:
         while not STOP.wait(3600):
             pass
         raise StopRequested()
+    if fault.kind == "freeze":
+        # Alive, silent, and deaf to SIGTERM/SIGINT (like a process blocked on a dead
+        # backend): only SIGKILL ends it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
     raise AssertionError(f"not a process fault: {fault}")
 
 
@@ -431,7 +438,7 @@ def upload_batch(pool: ThreadPoolExecutor, uploader: Uploader, files: list[BookF
     """
     futures: list[Future] = []
     for bf in files:
-        fault = faults.due(("crash", "hang"), cursor, bf.book_id)
+        fault = faults.due(("crash", "hang", "freeze"), cursor, bf.book_id)
         if fault is not None:
             _wait_all(futures)
             fire_process_fault(fault)

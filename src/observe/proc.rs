@@ -119,17 +119,26 @@ pub fn check(proc_root: &Path, current_boot_id: &str, id: &ProcessIdentity) -> P
     }
 }
 
-/// True while any process is in process group `pgid` (`kill(-pgid, 0)` succeeds or is refused
-/// for permission). Linux never hands out a pid that is still some group's id, so a live group
-/// cannot belong to a stranger.
+/// True while a live (not zombie) process is in process group `pgid`. Linux never hands out a
+/// pid that is still some group's id, so a live group cannot belong to a stranger.
+///
+/// `kill(-pgid, 0)` answers "no such group" cheaply; when the group exists, `/proc` is scanned,
+/// because a zombie member (an exited leader its parent has not reaped yet — an orphan waits for
+/// init) keeps the group in existence without anything running in it.
 pub fn group_exists(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
     match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) {
-        Ok(()) => true,
-        Err(e) => e == nix::errno::Errno::EPERM,
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => {}
+        Err(_) => return false,
     }
+    let root = Path::new("/proc");
+    list_pids(root)
+        .into_iter()
+        .filter_map(|pid| read_stat(root, pid))
+        .any(|st| st.pgid == pgid && !matches!(st.state, 'Z' | 'X' | 'x'))
 }
 
 /// Reads `/proc/PID/environ` and returns the value of `key`, if set.

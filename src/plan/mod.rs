@@ -557,15 +557,9 @@ impl Planner<'_> {
     ) {
         w.left_discovery = false;
         w.stuck_passes = 0;
-        if let Some(stopping) = w.stopping.take() {
-            if stopping.restart {
-                w.restart_reason = Some(stopping.reason);
-                self.memory.totals.stuck_restarts += 1;
-            }
-            return;
-        }
+        let stopping = w.stopping.take();
         let how = match (exit, &obs.process) {
-            (Some(e), _) if e.code == Some(0) => "exited with status 0".to_string(),
+            _ if stopping.is_some() => "stopped".to_string(),
             (Some(e), _) if e.code.is_some() => {
                 format!("exited with status {}", e.code.unwrap_or_default())
             }
@@ -583,6 +577,7 @@ impl Planner<'_> {
             .checkpoint
             .map(|c| format!(" at {} {}", self.unit(), count(c)))
             .unwrap_or_default();
+        // Completion is judged by the checkpoint, whatever ended the process.
         let done = match shard {
             Some(s) => w.checkpoint.is_some_and(|c| c >= s.last_key()),
             None => exit.is_some_and(|e| e.code == Some(0)),
@@ -591,6 +586,7 @@ impl Planner<'_> {
             w.completed_at = Some(self.now);
             w.failures = 0;
             w.backoff_until = None;
+            w.restart_reason = None;
             let items = w
                 .items
                 .map(|n| format!("; {} {}s done", count(n), self.unit()))
@@ -599,6 +595,13 @@ impl Planner<'_> {
                 "worker {id} {how}: shard {} complete{items}",
                 span(shard.map(|s| (s.start, s.end)))
             ));
+            return;
+        }
+        if let Some(stopping) = stopping {
+            if stopping.restart {
+                w.restart_reason = Some(stopping.reason);
+                self.memory.totals.stuck_restarts += 1;
+            }
             return;
         }
         let suspicious = if exit.is_some_and(|e| e.code == Some(0)) {
@@ -797,3 +800,6 @@ fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,397 @@
+//! Planner rules as tables of (memory, observation, now) → expected actions, and time travel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::manifest::{Desired, Manifest};
+use crate::observe::logtail::{LogCursor, LogRecord};
+use crate::observe::{ExitEvent, ProcessIdentity, ProcessStatus, WorkerObservation};
+
+fn desired() -> Desired {
+    let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  workers: {target: 4, min: 1, max: 8}
+  work: {range: {start: 1, end: 801}, shards: 8, unit: book}
+  template: {command: [w, "{id}", "{range_start}", "{range_end}", "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log", upload_patterns: [Uploading], activity_patterns: [Processed batch]}
+"#;
+    let workerset = crate::manifest::parse(text).expect("valid manifest");
+    let manifest = Manifest {
+        file: PathBuf::from("t.yaml"),
+        dir: PathBuf::from("/tmp/t"),
+        workerset,
+    };
+    Desired::resolve(&manifest, None).expect("resolve")
+}
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("valid")
+}
+
+fn at(secs: u64) -> Timestamp {
+    t0().checked_add(Duration::from_secs(secs)).expect("valid")
+}
+
+fn identity(pid: i32) -> ProcessIdentity {
+    ProcessIdentity {
+        pid,
+        start_ticks: 100,
+        boot_id: "b".into(),
+    }
+}
+
+fn running(pid: i32, since: Timestamp, checkpoint: u64) -> WorkerMemory {
+    WorkerMemory {
+        process: Some(RunningProcess {
+            identity: identity(pid),
+            started_at: since,
+            resume_from: None,
+            adopted: false,
+        }),
+        checkpoint: Some(checkpoint),
+        ..WorkerMemory::default()
+    }
+}
+
+fn obs(process: Option<ProcessStatus>, checkpoint: Option<u64>) -> WorkerObservation {
+    WorkerObservation {
+        process,
+        group_alive: false,
+        progress: checkpoint.map_or(ProgressObservation::Missing, |c| {
+            ProgressObservation::Read {
+                checkpoint: c,
+                items: None,
+            }
+        }),
+        log: LogObservation::Missing,
+    }
+}
+
+fn alive() -> Option<ProcessStatus> {
+    Some(ProcessStatus::Alive { state: 'S' })
+}
+
+fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent>) -> Observed {
+    Observed {
+        workers,
+        exits,
+        unrecorded: Vec::new(),
+    }
+}
+
+fn starts(plan: &Plan) -> Vec<u32> {
+    plan.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Start(s) = a {
+                Some(s.worker.0)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn stops(plan: &Plan) -> Vec<u32> {
+    plan.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Stop(s) = a {
+                Some(s.worker.0)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn fresh_workerset_starts_target_workers_on_the_first_shards_from_their_range_start() {
+    let d = desired();
+    let p = plan(
+        &d,
+        &observed(BTreeMap::new(), vec![]),
+        &Memory::default(),
+        t0(),
+    );
+    assert_eq!(starts(&p), [0, 1, 2, 3]);
+    let Action::Start(s) = &p.actions[1] else {
+        panic!()
+    };
+    assert_eq!(s.argv, ["w", "1", "101", "201", "100"]);
+    assert!(
+        s.reason.contains("starting shard [101, 201) from book 101"),
+        "{}",
+        s.reason
+    );
+    assert_eq!(p.workers[&WorkerId(5)].phase, Phase::Pending);
+}
+
+#[test]
+fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
+    let d = desired();
+    let mut m = Memory::default();
+    m.workers.insert(
+        WorkerId(0),
+        WorkerMemory {
+            completed_at: Some(t0()),
+            checkpoint: Some(100),
+            ..Default::default()
+        },
+    );
+    for id in 1..4 {
+        m.workers
+            .insert(WorkerId(id), running(10 + id as i32, t0(), 150));
+    }
+    let o = observed(
+        (1..4)
+            .map(|i| (WorkerId(i), obs(alive(), Some(150))))
+            .collect(),
+        vec![],
+    );
+    let p = plan(&d, &o, &m, at(10));
+    assert_eq!(
+        starts(&p),
+        [4],
+        "one free slot goes to the next pending shard"
+    );
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Completed);
+}
+
+#[test]
+fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure() {
+    let d = desired();
+    let mut m = Memory::default();
+    m.workers.insert(WorkerId(0), running(10, t0(), 50));
+    m.workers.insert(WorkerId(1), running(11, t0(), 150));
+    let o = observed(
+        [
+            (WorkerId(0), obs(Some(ProcessStatus::Exited), Some(100))),
+            (WorkerId(1), obs(Some(ProcessStatus::Exited), Some(150))),
+        ]
+        .into(),
+        vec![
+            ExitEvent {
+                worker: WorkerId(0),
+                pid: 10,
+                code: Some(0),
+                signal: None,
+            },
+            ExitEvent {
+                worker: WorkerId(1),
+                pid: 11,
+                code: Some(0),
+                signal: None,
+            },
+        ],
+    );
+    let p = plan(&d, &o, &m, at(60));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Completed);
+    let restart = p
+        .actions
+        .iter()
+        .find(|a| a.worker() == WorkerId(1))
+        .expect("worker 1 restarted");
+    assert!(
+        restart.reason().contains("suspicious completion"),
+        "{}",
+        restart.reason()
+    );
+}
+
+#[test]
+fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
+    let d = desired(); // backoff 10s doubling
+    let mut m = Memory::default();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    let crashed = |pid| {
+        observed(
+            [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+            vec![ExitEvent {
+                worker: WorkerId(0),
+                pid,
+                code: Some(1),
+                signal: None,
+            }],
+        )
+    };
+    // First crash: restart at once, from the checkpoint.
+    let p1 = plan(&d, &crashed(10), &m, at(30));
+    let Some(Action::Start(s)) = p1.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
+        panic!("{:?}", p1.actions)
+    };
+    assert_eq!(s.argv[4], "40");
+    assert!(
+        s.reason.contains("exited with status 1 at book 40"),
+        "{}",
+        s.reason
+    );
+    // It starts (pid 20) and crashes again: 10s backoff, no start, wake-up within 10s.
+    let mut m2 = p1.memory.clone();
+    record_start(&mut m2, &d, s, Ok((identity(20), at(30))), at(30));
+    let p2 = plan(&d, &crashed(20), &m2, at(35));
+    assert!(!starts(&p2).contains(&0));
+    assert_eq!(p2.workers[&WorkerId(0)].phase, Phase::BackingOff);
+    assert!(p2.requeue_after <= Duration::from_secs(10));
+    // Its slot stays held: no other shard takes it.
+    assert_eq!(starts(&p2), [1, 2, 3]);
+    // After the backoff the restart happens.
+    let p3 = plan(&d, &observed(BTreeMap::new(), vec![]), &p2.memory, at(46));
+    assert!(starts(&p3).contains(&0), "{:?}", p3.workers[&WorkerId(0)]);
+}
+
+#[test]
+fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
+    let d = desired(); // stuck_after 5m, discovery_grace 20m
+    let mut m = Memory::default();
+    let mut w = running(10, t0(), 40);
+    w.left_discovery = true;
+    w.last_progress_at = Some(at(60));
+    m.workers.insert(WorkerId(0), w);
+    let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
+    let fine = plan(&d, &o, &m, at(60 + 299));
+    assert!(fine.actions.iter().all(|a| a.worker() != WorkerId(0)));
+    assert_eq!(fine.workers[&WorkerId(0)].phase, Phase::Progressing);
+    let first = plan(&d, &o, &fine.memory, at(60 + 372));
+    assert_eq!(first.workers[&WorkerId(0)].phase, Phase::Stuck);
+    assert!(stops(&first).is_empty());
+    let second = plan(&d, &o, &first.memory, at(60 + 380));
+    assert_eq!(stops(&second), [0]);
+    let reason = second
+        .actions
+        .iter()
+        .find(|a| a.worker() == WorkerId(0))
+        .map(Action::reason)
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no progress for 6m20s (threshold 5m stuck_after, progressing) at book 40"),
+        "{reason}"
+    );
+    // While stopping, no replacement is started for that shard.
+    let during = plan(&d, &o, &second.memory, at(60 + 381));
+    assert!(!starts(&during).contains(&0));
+}
+
+#[test]
+fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() {
+    let d = desired();
+    let mut m = Memory::default();
+    m.workers.insert(WorkerId(0), running(10, t0(), 0));
+    let o = observed([(WorkerId(0), obs(alive(), Some(0)))].into(), vec![]);
+    let p = plan(&d, &o, &m, at(600));
+    assert_eq!(
+        p.workers[&WorkerId(0)].phase,
+        Phase::Discovering,
+        "10 minutes < 20m grace"
+    );
+    let p = plan(&d, &o, &p.memory, at(1201));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stuck);
+}
+
+#[test]
+fn a_repeated_log_line_is_not_progress() {
+    let d = desired();
+    let mut m = Memory::default();
+    let mut w = running(10, t0(), 40);
+    w.left_discovery = true;
+    w.last_progress_at = Some(t0());
+    m.workers.insert(WorkerId(0), w);
+    let line = |ts| LogRecord {
+        class: LineClass::Activity,
+        timestamp: Some(ts),
+        message: "INFO - Processed batch: book.id > 40".into(),
+    };
+    let log = |ts| LogObservation::Read {
+        cursor: LogCursor {
+            dev: 1,
+            inode: 1,
+            offset: 10,
+        },
+        records: vec![line(ts)],
+        first_look: false,
+        reset: None,
+        new_bytes: 10,
+    };
+    let mut o1 = obs(alive(), Some(40));
+    o1.log = log(at(100));
+    let p1 = plan(
+        &d,
+        &observed([(WorkerId(0), o1.clone())].into(), vec![]),
+        &m,
+        at(100),
+    );
+    assert_eq!(
+        p1.memory.workers[&WorkerId(0)].last_progress_at,
+        Some(at(100)),
+        "a new line is progress"
+    );
+    let p2 = plan(
+        &d,
+        &observed([(WorkerId(0), o1)].into(), vec![]),
+        &p1.memory,
+        at(200),
+    );
+    assert_eq!(
+        p2.memory.workers[&WorkerId(0)].last_progress_at,
+        Some(at(100)),
+        "the same line again is not"
+    );
+}
+
+#[test]
+fn unreadable_progress_keeps_the_last_good_checkpoint() {
+    let d = desired();
+    let mut m = Memory::default();
+    m.workers.insert(WorkerId(0), running(10, t0(), 77));
+    let mut o = obs(alive(), None);
+    o.progress = ProgressObservation::Unreadable {
+        why: "truncated JSON".into(),
+    };
+    let p = plan(&d, &observed([(WorkerId(0), o)].into(), vec![]), &m, at(5));
+    assert_eq!(p.memory.workers[&WorkerId(0)].checkpoint, Some(77));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.contains("keeping the last good checkpoint 77")),
+        "{:?}",
+        p.events
+    );
+}
+
+#[test]
+fn all_shards_complete_completes_the_workerset() {
+    let d = desired();
+    let mut m = Memory::default();
+    for id in 0..8 {
+        m.workers.insert(
+            WorkerId(id),
+            WorkerMemory {
+                completed_at: Some(t0()),
+                checkpoint: Some(100 * u64::from(id) + 100),
+                ..Default::default()
+            },
+        );
+    }
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), &m, at(1));
+    assert!(p.complete);
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn planning_twice_on_the_same_inputs_gives_the_same_plan() {
+    let d = desired();
+    let mut m = Memory::default();
+    m.workers.insert(WorkerId(2), running(12, t0(), 230));
+    let o = observed(
+        [(WorkerId(2), obs(Some(ProcessStatus::Exited), Some(240)))].into(),
+        vec![],
+    );
+    assert_eq!(plan(&d, &o, &m, at(9)), plan(&d, &o, &m, at(9)));
+}

@@ -1,0 +1,231 @@
+//! End-to-end: real workers migrate a generated library under `automon apply --watch`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::support::{Knobs, Migration, resume_points};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn fault_in_middle_of_shard(m: &Migration, id: u64) -> u64 {
+    let (a, b) = m.shard(id);
+    a + (b - a) * 2 / 3
+}
+
+#[test]
+fn injected_crash_is_restarted_from_its_checkpoint_and_the_run_completes() {
+    // Build once to learn the shard layout, then rebuild with the fault at a book mid-shard.
+    let probe = Migration::new(&Knobs::default());
+    let book = fault_in_middle_of_shard(&probe, 2);
+    let fault: &'static str = Box::leak(format!("crash:{book}").into_boxed_str());
+    let m = Migration::new(&Knobs {
+        fault,
+        ..Knobs::default()
+    });
+    let stderr = m.watch_to_completion(LIMIT);
+    m.assert_verified();
+    let events = m.events();
+    let owner = m.owner(book);
+    let (start, _) = m.shard(owner);
+    let resumes = resume_points(&events, owner);
+    assert_eq!(
+        resumes.len(),
+        2,
+        "worker {owner} should start twice:\n{events}"
+    );
+    assert_eq!(resumes[0], start - 1, "first start is at the range start");
+    assert!(
+        resumes[1] > start - 1,
+        "restart must resume from the checkpoint, not the range start: {resumes:?}"
+    );
+    assert!(
+        events.contains(&format!("worker {owner} exited with status 3")),
+        "{events}"
+    );
+    assert!(stderr.contains("all 8 shards complete"), "{stderr}");
+}
+
+#[test]
+fn injected_hang_is_stopped_and_restarted_from_its_checkpoint() {
+    let probe = Migration::new(&Knobs::default());
+    let book = fault_in_middle_of_shard(&probe, 5);
+    let fault: &'static str = Box::leak(format!("hang:{book}").into_boxed_str());
+    let m = Migration::new(&Knobs {
+        fault,
+        ..Knobs::default()
+    });
+    m.watch_to_completion(LIMIT);
+    m.assert_verified();
+    let events = m.events();
+    let owner = m.owner(book);
+    let (start, _) = m.shard(owner);
+    assert!(
+        events.contains(&format!("worker {owner}: no progress for")),
+        "{events}"
+    );
+    let resumes = resume_points(&events, owner);
+    assert_eq!(resumes.len(), 2, "{events}");
+    assert!(resumes[1] > start - 1, "{resumes:?}");
+}
+
+#[test]
+fn worker_deaf_to_sigterm_is_killed_after_the_grace_period() {
+    let probe = Migration::new(&Knobs::default());
+    let book = fault_in_middle_of_shard(&probe, 1);
+    let fault: &'static str = Box::leak(format!("freeze:{book}").into_boxed_str());
+    let m = Migration::new(&Knobs {
+        fault,
+        stop_grace: "1s",
+        ..Knobs::default()
+    });
+    m.watch_to_completion(LIMIT);
+    m.assert_verified();
+    let events = m.events();
+    let owner = m.owner(book);
+    assert!(
+        events.contains(&format!("worker {owner}: pid")) && events.contains("killed with SIGKILL"),
+        "{events}"
+    );
+}
+
+/// Live worker group leaders of this state dir, per worker id.
+fn live_workers(state_dir: &Path) -> BTreeMap<u32, Vec<i32>> {
+    let mut by_id: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
+    let want = state_dir.to_string_lossy().into_owned();
+    for pid in automon::observe::proc::list_pids(Path::new("/proc")) {
+        let Some(stat) = automon::observe::proc::read_stat(Path::new("/proc"), pid) else {
+            continue;
+        };
+        if stat.pgid != pid || stat.state == 'Z' {
+            continue;
+        }
+        let env = |k| automon::observe::proc::environ_var(Path::new("/proc"), pid, k);
+        if env("AUTOMON_STATE_DIR").as_deref() != Some(want.as_str()) {
+            continue;
+        }
+        if let Some(id) = env("AUTOMON_WORKER_ID").and_then(|v| v.parse().ok()) {
+            by_id.entry(id).or_default().push(pid);
+        }
+    }
+    by_id
+}
+
+#[test]
+fn automon_sigkilled_mid_run_is_restarted_and_adopts_without_duplicates() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.08",
+        batch_size: 5,
+        ..Knobs::default()
+    });
+    let state_dir = m.state_dir();
+    // Watch for two live processes of one worker id during the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (stop, state_dir) = (stop.clone(), state_dir.clone());
+        std::thread::spawn(move || {
+            let mut worst: Vec<(u32, Vec<i32>)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (id, pids) in live_workers(&state_dir) {
+                    if pids.len() > 1 {
+                        worst.push((id, pids));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        })
+    };
+    let mut first = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Let it start workers and make some progress, then kill it without warning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while live_workers(&state_dir).len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().expect("SIGKILL automon");
+    first.wait().expect("reap automon");
+    let survivors = live_workers(&state_dir);
+    assert!(
+        !survivors.is_empty(),
+        "workers must outlive a killed automon"
+    );
+    let stderr = m.watch_to_completion(LIMIT);
+    stop.store(true, Ordering::Relaxed);
+    let duplicates = monitor.join().expect("monitor");
+    assert!(
+        duplicates.is_empty(),
+        "a worker id had two live processes: {duplicates:?}"
+    );
+    m.assert_verified();
+    // The survivors were taken over, not restarted from scratch.
+    for id in survivors.keys() {
+        let starts = super::support::resume_points(&m.events(), u64::from(*id));
+        assert_eq!(
+            starts.len(),
+            1,
+            "worker {id} was started again although it was alive:\n{}",
+            m.events()
+        );
+    }
+    assert!(stderr.contains("all 8 shards complete"), "{stderr}");
+}
+
+#[test]
+fn one_pass_apply_starts_workers_that_a_later_watch_adopts_even_with_state_lost() {
+    let m = Migration::new(&Knobs {
+        books: 160,
+        upload_delay: "0.08",
+        batch_size: 5,
+        ..Knobs::default()
+    });
+    let out = m
+        .automon()
+        .args(["apply", "workerset.yaml"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let running = live_workers(&m.state_dir());
+    assert_eq!(
+        running.len(),
+        4,
+        "one pass starts the target count and leaves them running: {running:?}"
+    );
+    // `diff` sees them and would change nothing.
+    let diff = m
+        .automon()
+        .args(["diff", "workerset.yaml"])
+        .output()
+        .expect("diff");
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(0), "{text}");
+    // Lose the record of which processes automon started (as if it died before saving).
+    std::fs::remove_file(m.state_dir().join("state.json")).expect("remove state");
+    m.watch_to_completion(LIMIT);
+    m.assert_verified();
+    let events = m.events();
+    for id in running.keys() {
+        assert!(
+            events.contains(&format!("worker {id}: adopted pid")),
+            "worker {id} not adopted:\n{events}"
+        );
+        assert_eq!(
+            resume_points(&events, u64::from(*id)).len(),
+            1,
+            "worker {id} started twice:\n{events}"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+mod bad_input;
+mod migration;
+mod processes;
+mod support;
