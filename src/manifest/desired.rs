@@ -8,7 +8,7 @@ use std::time::Duration;
 use regex::RegexSet;
 
 use super::Manifest;
-use super::types::{Health, Parameter, RestartPolicy, WorkerCounts};
+use super::types::{Adoption, Fixes, Health, Llm, Parameter, RestartPolicy, Scaling, WorkerCounts};
 use crate::WorkerId;
 
 /// One slice `[start, end)` of the key range, owned by worker `id`.
@@ -66,6 +66,8 @@ pub struct Patterns {
     pub activity: RegexSet,
     /// Error lines.
     pub error: RegexSet,
+    /// Lines claiming the range is done.
+    pub completion: RegexSet,
 }
 
 /// The desired state, resolved from a [`Manifest`].
@@ -111,6 +113,22 @@ pub struct Desired {
     pub health: Health,
     /// Crash-loop backoff.
     pub restart: RestartPolicy,
+    /// JSON pointer to a completion flag, if any.
+    pub completion_pointer: Option<String>,
+    /// strftime format of log timestamps.
+    pub timestamp_format: String,
+    /// Scaling thresholds; `disk_path` is the resolved absolute path of `scaling.disk.path`.
+    pub scaling: Scaling,
+    /// The disk path to watch, absolute.
+    pub disk_path: PathBuf,
+    /// Fix policy; `code.files` resolved to absolute paths in `code_files`.
+    pub fixes: Fixes,
+    /// Allow-listed code-fix files, absolute (validated to lie inside `workdir`).
+    pub code_files: Vec<PathBuf>,
+    /// LLM settings.
+    pub llm: Llm,
+    /// Adoption of processes automon did not start.
+    pub adoption: Adoption,
 }
 
 /// Why a manifest could not be resolved (after it validated).
@@ -142,6 +160,10 @@ impl Desired {
             upload: set("spec.logs.upload_patterns", &spec.logs.upload_patterns)?,
             activity: set("spec.logs.activity_patterns", &spec.logs.activity_patterns)?,
             error: set("spec.logs.error_patterns", &spec.logs.error_patterns)?,
+            completion: set(
+                "spec.logs.completion_patterns",
+                &spec.logs.completion_patterns,
+            )?,
         };
         let shards = spec.work.as_ref().map(|w| {
             let end = w
@@ -175,6 +197,20 @@ impl Desired {
             tail_bytes: spec.logs.tail_bytes,
             health: spec.health,
             restart: spec.restart,
+            completion_pointer: spec.progress.completion.clone(),
+            timestamp_format: spec.logs.timestamp_format.clone(),
+            scaling: spec.scaling.clone(),
+            disk_path: normalize(&workdir.join(&spec.scaling.disk.path)),
+            fixes: spec.fixes.clone(),
+            code_files: spec
+                .fixes
+                .code
+                .files
+                .iter()
+                .map(|f| normalize(&workdir.join(f)))
+                .collect(),
+            llm: spec.llm.clone(),
+            adoption: spec.adoption,
             workdir,
         })
     }
@@ -263,7 +299,7 @@ fn parse_signal(name: &str) -> nix::sys::signal::Signal {
 }
 
 /// Removes `.` and resolves `..` lexically (the path need not exist yet).
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

@@ -67,6 +67,222 @@ pub struct Spec {
     /// Crash-loop backoff.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Scaling on disk utilisation.
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Which fixes automon may apply to a stuck worker, and when to escalate.
+    #[serde(default)]
+    pub fixes: Fixes,
+    /// Optional LLM diagnosis of stuck workers (any OpenAI-compatible endpoint).
+    #[serde(default)]
+    pub llm: Llm,
+    /// Taking over worker processes that this automon did not start.
+    #[serde(default)]
+    pub adoption: Adoption,
+}
+
+/// Scaling on the utilisation of the disk that backs `disk.path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// The disk to watch and its thresholds.
+    #[serde(default)]
+    pub disk: DiskThresholds,
+    /// Minimum time between two scale-downs (default 5m).
+    #[serde(default = "defaults::scale_down_cooldown")]
+    pub scale_down_cooldown: HumanDuration,
+    /// Minimum time between two scale-ups (default 10m).
+    #[serde(default = "defaults::scale_up_cooldown")]
+    pub scale_up_cooldown: HumanDuration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            disk: DiskThresholds::default(),
+            scale_down_cooldown: defaults::scale_down_cooldown(),
+            scale_up_cooldown: defaults::scale_up_cooldown(),
+        }
+    }
+}
+
+/// Disk utilisation thresholds, in percent of wall time the device was busy (io_ticks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskThresholds {
+    /// A path on the disk to watch, relative to the working directory (default `.`).
+    #[serde(default = "defaults::disk_path")]
+    pub path: String,
+    /// At or above this, with a worker stuck and more than `min` running, park one (default 90).
+    #[serde(default = "defaults::saturated_percent")]
+    pub saturated_percent: f64,
+    /// Below this, with fewer than `target` running, start one more (default 50).
+    #[serde(default = "defaults::normal_percent")]
+    pub normal_percent: f64,
+}
+
+impl Default for DiskThresholds {
+    fn default() -> Self {
+        Self {
+            path: defaults::disk_path(),
+            saturated_percent: defaults::saturated_percent(),
+            normal_percent: defaults::normal_percent(),
+        }
+    }
+}
+
+/// What happens after `max_attempts` failed fixes of one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    /// Stop the worker and mark it Paused until an operator resumes it.
+    AlertAndPause,
+    /// Stop the worker and mark it Failed; it is not restarted.
+    StopWorker,
+    /// Try the next fix type not yet tried (restart → config_fix → code_fix), then pause.
+    TryDifferentFix,
+}
+
+/// Which fixes automon may apply to a stuck worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fixes {
+    /// Minimum time between two fixes of one worker (default 10m).
+    #[serde(default = "defaults::fix_cooldown")]
+    pub cooldown: HumanDuration,
+    /// Failed attempts before escalation (default 3).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Time after a fix at which it is verified by a progress signal (default 2m).
+    #[serde(default = "defaults::verify_after")]
+    pub verify_after: HumanDuration,
+    /// What happens after `max_attempts` failed attempts (default alert_and_pause).
+    #[serde(default = "defaults::escalation")]
+    pub escalation: Escalation,
+    /// Config fixes: new values for template parameters, within their bounds.
+    #[serde(default)]
+    pub config: ConfigFixes,
+    /// Code fixes: edits to allow-listed source files.
+    #[serde(default)]
+    pub code: CodeFixes,
+}
+
+impl Default for Fixes {
+    fn default() -> Self {
+        Self {
+            cooldown: defaults::fix_cooldown(),
+            max_attempts: defaults::max_attempts(),
+            verify_after: defaults::verify_after(),
+            escalation: defaults::escalation(),
+            config: ConfigFixes::default(),
+            code: CodeFixes::default(),
+        }
+    }
+}
+
+/// Config fixes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFixes {
+    /// Allowed (default true).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+}
+
+impl Default for ConfigFixes {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Code fixes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeFixes {
+    /// Allowed (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The only files a code fix may change, relative to the working directory (which they must
+    /// not leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Interpreter whose `compile()` validates a changed file (default `python3`).
+    #[serde(default = "defaults::interpreter")]
+    pub interpreter: String,
+    /// Optional argv that must exit 0 on the changed tree before the change is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_command: Option<Vec<String>>,
+    /// Most lines one fix may change (default 50).
+    #[serde(default = "defaults::max_changed_lines")]
+    pub max_changed_lines: u32,
+    /// Roll a code fix back when its verification fails (default true).
+    #[serde(default = "defaults::yes")]
+    pub rollback_on_failure: bool,
+}
+
+impl Default for CodeFixes {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            files: Vec::new(),
+            interpreter: defaults::interpreter(),
+            test_command: None,
+            max_changed_lines: defaults::max_changed_lines(),
+            rollback_on_failure: true,
+        }
+    }
+}
+
+/// LLM diagnosis settings. The API key is never written here: `api_key_env` names the
+/// environment variable that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Llm {
+    /// Ask the LLM about stuck workers (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Model name (default `gpt-4o-mini`).
+    #[serde(default = "defaults::model")]
+    pub model: String,
+    /// Base URL of an OpenAI-compatible API; default `OPENAI_BASE_URL`, else OpenAI's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (default `OPENAI_API_KEY`).
+    #[serde(default = "defaults::api_key_env")]
+    pub api_key_env: String,
+    /// Total time allowed for one diagnosis (default 60s).
+    #[serde(default = "defaults::llm_timeout")]
+    pub timeout: HumanDuration,
+    /// Most bytes of log tail sent (default 16 KiB).
+    #[serde(default = "defaults::max_log_bytes")]
+    pub max_log_bytes: u64,
+    /// Environment variables whose values are redacted from anything sent or stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
+}
+
+impl Default for Llm {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            model: defaults::model(),
+            base_url: None,
+            api_key_env: defaults::api_key_env(),
+            timeout: defaults::llm_timeout(),
+            max_log_bytes: defaults::max_log_bytes(),
+            secret_env: Vec::new(),
+        }
+    }
+}
+
+/// Adoption of processes automon did not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Adoption {
+    /// Adopt running processes whose command line matches the template exactly, argument by
+    /// argument (default false). Workers automon itself started are always adopted.
+    #[serde(default)]
+    pub match_command: bool,
 }
 
 /// Worker counts: automon runs `target` workers, never fewer than `min` nor more than `max`.
@@ -181,6 +397,9 @@ pub struct Progress {
     /// Optional JSON pointer to a count of items done, used in summaries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<String>,
+    /// Optional JSON pointer to a completion flag (`true` when the worker's range is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
 }
 
 /// The worker's log and the patterns that classify its lines.
@@ -198,6 +417,14 @@ pub struct Logs {
     /// Regexes of error lines, quoted in events when a worker fails.
     #[serde(default = "defaults::error_patterns")]
     pub error_patterns: Vec<String>,
+    /// Regexes of lines that claim the worker's range is done (believed only with the checkpoint
+    /// at the shard's end).
+    #[serde(default = "defaults::completion_patterns")]
+    pub completion_patterns: Vec<String>,
+    /// strftime-style format of the timestamp that starts each line (default Python logging's
+    /// `%Y-%m-%d %H:%M:%S,%f`, read as local time).
+    #[serde(default = "defaults::timestamp_format")]
+    pub timestamp_format: String,
     /// Bytes read from the end of the log each pass (default 64 KiB).
     #[serde(default = "defaults::tail_bytes")]
     pub tail_bytes: u64,
@@ -294,6 +521,78 @@ pub mod defaults {
     /// `ERROR`, `CRITICAL`, `Traceback`.
     pub fn error_patterns() -> Vec<String> {
         vec![" - (ERROR|CRITICAL) - ".into(), "^Traceback ".into()]
+    }
+    /// `Migration complete`.
+    pub fn completion_patterns() -> Vec<String> {
+        vec!["Migration complete".into()]
+    }
+    /// Python logging's default asctime.
+    pub fn timestamp_format() -> String {
+        "%Y-%m-%d %H:%M:%S,%f".into()
+    }
+    /// 5 minutes.
+    pub fn scale_down_cooldown() -> HumanDuration {
+        HumanDuration::from_secs(300)
+    }
+    /// 10 minutes.
+    pub fn scale_up_cooldown() -> HumanDuration {
+        HumanDuration::from_secs(600)
+    }
+    /// ".".
+    pub fn disk_path() -> String {
+        ".".into()
+    }
+    /// 90 %.
+    pub fn saturated_percent() -> f64 {
+        90.0
+    }
+    /// 50 %.
+    pub fn normal_percent() -> f64 {
+        50.0
+    }
+    /// 10 minutes.
+    pub fn fix_cooldown() -> HumanDuration {
+        HumanDuration::from_secs(600)
+    }
+    /// 3 attempts.
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    /// 2 minutes.
+    pub fn verify_after() -> HumanDuration {
+        HumanDuration::from_secs(120)
+    }
+    /// alert_and_pause.
+    pub fn escalation() -> super::Escalation {
+        super::Escalation::AlertAndPause
+    }
+    /// true.
+    pub fn yes() -> bool {
+        true
+    }
+    /// python3.
+    pub fn interpreter() -> String {
+        "python3".into()
+    }
+    /// 50 lines.
+    pub fn max_changed_lines() -> u32 {
+        50
+    }
+    /// gpt-4o-mini.
+    pub fn model() -> String {
+        "gpt-4o-mini".into()
+    }
+    /// OPENAI_API_KEY.
+    pub fn api_key_env() -> String {
+        "OPENAI_API_KEY".into()
+    }
+    /// 60 seconds.
+    pub fn llm_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+    /// 16 KiB.
+    pub fn max_log_bytes() -> u64 {
+        16 * 1024
     }
     /// 64 KiB.
     pub fn tail_bytes() -> u64 {

@@ -269,6 +269,7 @@ mod tests {
             ])
             .expect("valid"),
             error: RegexSet::new([" - (ERROR|CRITICAL) - ", "^Traceback "]).expect("valid"),
+            completion: RegexSet::new(["Migration complete"]).expect("valid"),
         }
     }
 
