@@ -77,6 +77,7 @@ pub async fn run(
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let roots = Roots::default();
     let mut pending_exits: Vec<ExitEvent> = Vec::new();
+    let mut unreaped: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
     let mut first = true;
     let mut stops_in_flight = 0usize;
     let mut one_shot_passes = 0;
@@ -85,23 +86,23 @@ pub async fn run(
         while let Ok(e) = exit_rx.try_recv() {
             pending_exits.push(e);
         }
-        let now = jiff::Timestamp::now();
-        let observed = observe::observe(
-            desired,
-            &memory,
-            &opts.state_dir,
-            std::mem::take(&mut pending_exits),
-            first,
-            &roots,
-        );
+        for e in &pending_exits {
+            unreaped.remove(&e.pid);
+        }
+        let children = observe::Children {
+            exits: std::mem::take(&mut pending_exits),
+            unreaped: unreaped.clone(),
+        };
+        let now = crate::clock::Now::read();
+        let observed = observe::observe(desired, &memory, &opts.state_dir, children, first, &roots);
         first = false;
         let plan = plan::plan(desired, &observed, &memory, now);
         for e in &plan.events {
-            events.record(now, e);
+            events.record(now.wall, e);
         }
         memory = plan.memory.clone();
         for action in &plan.actions {
-            events.record(now, action.reason());
+            events.record(now.wall, action.reason());
             match action {
                 Action::Stop(a) => {
                     stops_in_flight += 1;
@@ -118,8 +119,9 @@ pub async fn run(
                 Action::Start(a) => {
                     let outcome = spawn::spawn_worker(desired, a, &opts.state_dir, exit_tx.clone());
                     if let Ok((id, _)) = &outcome {
+                        unreaped.insert(id.pid);
                         events.record(
-                            now,
+                            now.wall,
                             &format!(
                                 "worker {}: started pid {}: {}",
                                 a.worker,
@@ -129,14 +131,17 @@ pub async fn run(
                         );
                     }
                     if let Some(msg) = plan::record_start(&mut memory, desired, a, outcome, now) {
-                        events.record(now, &msg);
+                        events.record(now.wall, &msg);
                     }
                 }
             }
         }
         state::save_memory(&opts.state_dir, &memory)?;
         if plan.complete {
-            events.record(now, &summary(desired, &memory, &before, started.elapsed()));
+            events.record(
+                now.wall,
+                &summary(desired, &memory, &before, started.elapsed()),
+            );
             return Ok(RunEnd::Complete);
         }
         if !opts.watch {
@@ -144,7 +149,7 @@ pub async fn run(
             // One pass; if it stopped workers to restart them, wait for the stops and make the
             // restarts in a second pass so `apply` leaves the WorkerSet converged.
             if stops_in_flight == 0 || one_shot_passes >= 2 {
-                events.record(now, &pass_summary(&plan));
+                events.record(now.wall, &pass_summary(&plan));
                 return Ok(RunEnd::PassDone);
             }
             while stops_in_flight > 0 {

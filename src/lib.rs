@@ -10,10 +10,12 @@
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
 //! - [`cli`]: command-line parsing and the subcommands.
+//! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
 //! - [`text`]: numbers and ranges for people.
 
 pub mod act;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod manifest;
 pub mod observe;

@@ -23,7 +23,7 @@ pub fn spawn_worker(
     action: &StartAction,
     state_dir: &Path,
     exits: UnboundedSender<ExitEvent>,
-) -> Result<(ProcessIdentity, jiff::Timestamp), String> {
+) -> Result<(ProcessIdentity, crate::clock::BootTime), String> {
     let Some((program, args)) = action.argv.split_first() else {
         return Err("empty command".into());
     };
@@ -71,9 +71,8 @@ pub fn spawn_worker(
         start_ticks: stat.start_ticks,
         boot_id: proc::boot_id(root),
     };
-    let started_at = proc::boot_time(root)
-        .and_then(|b| proc::start_time(b, stat.start_ticks, proc::clock_ticks_per_second()))
-        .unwrap_or_else(jiff::Timestamp::now);
+    let started_at =
+        crate::clock::BootTime::from_ticks(stat.start_ticks, proc::clock_ticks_per_second());
     let worker = action.worker;
     tokio::spawn(async move {
         let (code, signal) = match child.wait().await {

@@ -38,11 +38,11 @@ pub(crate) fn print_plan(
         desired,
         &memory,
         state_dir,
-        Vec::new(),
+        Default::default(),
         true,
         &Roots::default(),
     );
-    let plan = plan::plan(desired, &observed, &memory, jiff::Timestamp::now());
+    let plan = plan::plan(desired, &observed, &memory, crate::clock::Now::read());
     println!("{:<6} {:<12} REASON", "WORKER", "PHASE");
     for (id, s) in &plan.workers {
         println!(

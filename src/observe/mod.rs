@@ -37,6 +37,16 @@ pub struct ExitEvent {
     pub signal: Option<i32>,
 }
 
+/// What the actuators know about this automon's own children since the last pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Children {
+    /// Children that exited and were reaped.
+    pub exits: Vec<ExitEvent>,
+    /// Pids of children not reaped yet: if `/proc` already shows one gone, its exit status is
+    /// on its way and the planner waits for it rather than guessing.
+    pub unreaped: std::collections::BTreeSet<i32>,
+}
+
 /// A live worker process found by its environment marker but not recorded in memory (automon
 /// was killed between starting it and saving its state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,8 +55,8 @@ pub struct UnrecordedWorker {
     pub worker: WorkerId,
     /// Its identity.
     pub identity: ProcessIdentity,
-    /// When it started (wall clock).
-    pub started_at: Option<jiff::Timestamp>,
+    /// When it started, on the boot clock.
+    pub started_at: Option<crate::clock::BootTime>,
 }
 
 /// Everything observed about one worker id in one pass.
@@ -65,10 +75,12 @@ pub struct WorkerObservation {
 /// One pass's observation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observed {
+    /// The kernel's boot id now.
+    pub boot_id: String,
     /// Per worker id, for every id the WorkerSet can have.
     pub workers: BTreeMap<WorkerId, WorkerObservation>,
-    /// Children that exited since the last pass (reaped by the actuators).
-    pub exits: Vec<ExitEvent>,
+    /// This automon's children: exits since the last pass, and those not reaped yet.
+    pub children: Children,
     /// Live processes carrying this WorkerSet's marker that memory does not record.
     pub unrecorded: Vec<UnrecordedWorker>,
 }
@@ -95,7 +107,7 @@ pub fn observe(
     desired: &Desired,
     memory: &Memory,
     state_dir: &Path,
-    exits: Vec<ExitEvent>,
+    children: Children,
     scan_unrecorded: bool,
     roots: &Roots,
 ) -> Observed {
@@ -141,8 +153,9 @@ pub fn observe(
         Vec::new()
     };
     Observed {
+        boot_id: boot,
         workers,
-        exits,
+        children,
         unrecorded,
     }
 }
@@ -156,7 +169,6 @@ fn scan_for_unrecorded(
     roots: &Roots,
 ) -> Vec<UnrecordedWorker> {
     let state_dir = state_dir.to_string_lossy();
-    let btime = proc::boot_time(&roots.proc);
     let tps = proc::clock_ticks_per_second();
     let own = std::process::id() as i32;
     let mut found = Vec::new();
@@ -193,7 +205,7 @@ fn scan_for_unrecorded(
             .values()
             .any(|w| w.process.as_ref().is_some_and(|p| p.identity == identity));
         if !recorded {
-            let started_at = btime.and_then(|b| proc::start_time(b, stat.start_ticks, tps));
+            let started_at = Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps));
             found.push(UnrecordedWorker {
                 worker,
                 identity,

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use jiff::Timestamp;
+
+use crate::clock::BootTime;
 use serde::{Deserialize, Serialize};
 
 use crate::WorkerId;
@@ -25,6 +27,10 @@ pub struct Memory {
     /// whose range differs is refused, since shard boundaries would move under the checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<(u64, u64)>,
+    /// Boot id of the kernel the boot-clock times below were taken on; after a reboot they are
+    /// meaningless and are dropped.
+    #[serde(default)]
+    pub boot_id: String,
     /// Per worker id.
     #[serde(default)]
     pub workers: BTreeMap<WorkerId, WorkerMemory>,
@@ -49,8 +55,8 @@ pub struct Totals {
 pub struct RunningProcess {
     /// Identity (pid, start ticks, boot id); the pid is also the process group id.
     pub identity: ProcessIdentity,
-    /// When the process started (wall clock).
-    pub started_at: Timestamp,
+    /// When the process started, on the boot clock (exact, from its start ticks).
+    pub started_at: BootTime,
     /// The cursor it was started with.
     pub resume_from: Option<u64>,
     /// True when automon found it running rather than starting it in this run.
@@ -62,7 +68,7 @@ pub struct RunningProcess {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {
     /// When the stop was issued.
-    pub requested_at: Timestamp,
+    pub requested_at: BootTime,
     /// Why, in words.
     pub reason: String,
     /// Restart the worker once its process group is gone.
@@ -75,7 +81,8 @@ pub struct WorkerMemory {
     /// The live process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<RunningProcess>,
-    /// When the worker's shard was found complete; completed workers are never restarted.
+    /// When (wall clock) the worker's shard was found complete; completed workers are never
+    /// restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Timestamp>,
     /// The last good checkpoint read from the progress file.
@@ -83,7 +90,7 @@ pub struct WorkerMemory {
     pub checkpoint: Option<u64>,
     /// When automon saw the checkpoint change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_changed_at: Option<Timestamp>,
+    pub checkpoint_changed_at: Option<BootTime>,
     /// The last item count read from the progress file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<u64>,
@@ -92,7 +99,7 @@ pub struct WorkerMemory {
     pub progress_problem: Option<String>,
     /// The last progress signal (checkpoint change or new upload/activity line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_progress_at: Option<Timestamp>,
+    pub last_progress_at: Option<BootTime>,
     /// True once the current process has uploaded (or advanced its checkpoint).
     #[serde(default)]
     pub left_discovery: bool,
@@ -104,7 +111,7 @@ pub struct WorkerMemory {
     pub restarts: u32,
     /// No start before this time (crash-loop backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff_until: Option<Timestamp>,
+    pub backoff_until: Option<BootTime>,
     /// Why the next start is a restart, in words (set on exit, consumed by the start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_reason: Option<String>,

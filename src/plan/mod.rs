@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::WorkerId;
+use crate::clock::{BootTime, Now};
 use crate::manifest::duration::format_duration as fmt_dur;
 use crate::manifest::{Desired, Shard, render_argv};
 use crate::observe::logtail::LineClass;
@@ -128,7 +128,7 @@ pub struct Plan {
 }
 
 /// Plans one pass. `now` is the wall-clock time of the observation.
-pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timestamp) -> Plan {
+pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -> Plan {
     let mut planner = Planner {
         desired,
         now,
@@ -139,6 +139,9 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timest
         requeue: desired.interval,
     };
     planner.memory.version = memory::MEMORY_VERSION;
+    if planner.memory.boot_id != observed.boot_id {
+        planner.forget_previous_boot(&observed.boot_id);
+    }
     planner.adopt_unrecorded(observed);
     let empty = WorkerObservation {
         process: None,
@@ -148,7 +151,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timest
     };
     for id in desired.worker_ids() {
         let obs = observed.workers.get(&id).unwrap_or(&empty);
-        let exit = observed.exits.iter().find(|e| {
+        let exit = observed.children.exits.iter().find(|e| {
             e.worker == id
                 && planner
                     .memory
@@ -157,7 +160,14 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timest
                     .and_then(|w| w.process.as_ref())
                     .is_some_and(|p| p.identity.pid == e.pid)
         });
-        planner.step_worker(id, obs, exit);
+        let exit_pending = exit.is_none()
+            && planner
+                .memory
+                .workers
+                .get(&id)
+                .and_then(|w| w.process.as_ref())
+                .is_some_and(|p| observed.children.unreaped.contains(&p.identity.pid));
+        planner.step_worker(id, obs, exit, exit_pending);
     }
     planner.schedule_starts();
     let complete = desired.shards.is_some()
@@ -182,20 +192,12 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Timest
 
 struct Planner<'a> {
     desired: &'a Desired,
-    now: Timestamp,
+    now: Now,
     memory: Memory,
     actions: Vec<Action>,
     events: Vec<String>,
     statuses: BTreeMap<WorkerId, WorkerStatus>,
     requeue: Duration,
-}
-
-fn since(now: Timestamp, then: Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(then)).unwrap_or(Duration::ZERO)
-}
-
-fn later(now: Timestamp, d: Duration) -> Timestamp {
-    now.checked_add(d).unwrap_or(now)
 }
 
 fn fingerprint(text: &str) -> u64 {
@@ -205,6 +207,31 @@ fn fingerprint(text: &str) -> u64 {
 }
 
 impl Planner<'_> {
+    /// After a reboot (or on first use) boot-clock times and processes in memory are void.
+    fn forget_previous_boot(&mut self, boot_id: &str) {
+        let had_boot = !self.memory.boot_id.is_empty();
+        for (id, w) in &mut self.memory.workers {
+            if had_boot && w.process.take().is_some() {
+                self.events.push(format!(
+                    "worker {id}: the machine rebooted; its process is gone"
+                ));
+            }
+            w.stopping = None;
+            w.checkpoint_changed_at = None;
+            w.last_progress_at = None;
+            w.backoff_until = None;
+        }
+        self.memory.boot_id = boot_id.to_string();
+    }
+
+    fn since(&self, then: BootTime) -> Duration {
+        self.now.boot.since(then)
+    }
+
+    fn later(&self, d: Duration) -> BootTime {
+        self.now.boot.plus(d)
+    }
+
     fn set(&mut self, id: WorkerId, phase: Phase, reason: String) {
         self.statuses.insert(id, WorkerStatus { phase, reason });
     }
@@ -224,7 +251,7 @@ impl Planner<'_> {
                 None => {
                     w.process = Some(RunningProcess {
                         identity: u.identity.clone(),
-                        started_at: u.started_at.unwrap_or(self.now),
+                        started_at: u.started_at.unwrap_or(self.now.boot),
                         resume_from: None,
                         adopted: true,
                     });
@@ -255,6 +282,7 @@ impl Planner<'_> {
         id: WorkerId,
         obs: &WorkerObservation,
         exit: Option<&crate::observe::ExitEvent>,
+        exit_pending: bool,
     ) {
         let shard = self.desired.shard(id);
         let mut w = self.memory.workers.remove(&id).unwrap_or_default();
@@ -269,6 +297,14 @@ impl Planner<'_> {
             };
         if alive {
             self.step_alive(id, &mut w, obs, signal_at);
+        } else if exit_pending {
+            // Our own child is gone from /proc but not reaped yet: its status is on its way.
+            self.set(
+                id,
+                Phase::Stopping,
+                "exited; collecting its exit status".into(),
+            );
+            self.wake_in(Duration::from_millis(100));
         } else if let Some(process) = w.process.take() {
             if obs.group_alive {
                 // The leader is gone but the group lives on: finish it before any replacement.
@@ -279,7 +315,7 @@ impl Planner<'_> {
                         process.identity.pid
                     );
                     w.stopping = Some(Stopping {
-                        requested_at: self.now,
+                        requested_at: self.now.boot,
                         reason: reason.clone(),
                         restart: true,
                     });
@@ -304,7 +340,7 @@ impl Planner<'_> {
                 .zip(w.checkpoint)
                 .is_some_and(|(s, c)| c >= s.last_key())
         {
-            w.completed_at = Some(self.now);
+            w.completed_at = Some(self.now.wall);
             self.events.push(format!(
                 "worker {id}: shard {} already complete (checkpoint {})",
                 span(shard.map(|s| (s.start, s.end))),
@@ -323,8 +359,8 @@ impl Planner<'_> {
         id: WorkerId,
         w: &mut WorkerMemory,
         obs: &WorkerObservation,
-    ) -> Option<Timestamp> {
-        let mut signal_at: Option<Timestamp> = None;
+    ) -> Option<BootTime> {
+        let mut signal_at: Option<BootTime> = None;
         let running_since = w.process.as_ref().map(|p| p.started_at);
         match &obs.progress {
             ProgressObservation::Read { checkpoint, items } => {
@@ -339,11 +375,11 @@ impl Planner<'_> {
                         ));
                     }
                     if w.checkpoint.is_some() && running_since.is_some() {
-                        signal_at = Some(self.now);
+                        signal_at = Some(self.now.boot);
                         w.left_discovery = true;
                     }
                     w.checkpoint = Some(*checkpoint);
-                    w.checkpoint_changed_at = Some(self.now);
+                    w.checkpoint_changed_at = Some(self.now.boot);
                 }
                 w.items = *items;
                 if w.progress_problem.take().is_some() {
@@ -397,9 +433,10 @@ impl Planner<'_> {
                 }
                 // A first look may show old lines: trust their timestamps (never in the future).
                 let at = if *first_look {
-                    r.timestamp.map_or(self.now, |t| t.min(self.now))
+                    r.timestamp
+                        .map_or(self.now.boot, |t| self.now.boot_time_of(t))
                 } else {
-                    self.now
+                    self.now.boot
                 };
                 if running_since.is_some_and(|s| at >= s) {
                     signal_at = Some(signal_at.map_or(at, |s| s.max(at)));
@@ -418,7 +455,7 @@ impl Planner<'_> {
         id: WorkerId,
         w: &mut WorkerMemory,
         obs: &WorkerObservation,
-        signal_at: Option<Timestamp>,
+        signal_at: Option<BootTime>,
     ) {
         let Some(process) = w.process.clone() else {
             return;
@@ -428,14 +465,14 @@ impl Planner<'_> {
             w.stuck_passes = 0;
         }
         if let Some(stopping) = w.stopping.clone() {
-            let waited = since(self.now, stopping.requested_at);
+            let waited = self.since(stopping.requested_at);
             if waited > self.desired.stop_grace * 2 + Duration::from_secs(10) {
                 let reason = format!(
                     "worker {id}: still alive {} after the stop was requested; stopping again",
                     fmt_dur(waited)
                 );
                 w.stopping = Some(Stopping {
-                    requested_at: self.now,
+                    requested_at: self.now.boot,
                     reason: reason.clone(),
                     restart: stopping.restart,
                 });
@@ -455,7 +492,7 @@ impl Planner<'_> {
             return;
         }
         if w.failures > 0
-            && since(self.now, process.started_at) >= self.desired.restart.backoff_reset_after.get()
+            && self.since(process.started_at) >= self.desired.restart.backoff_reset_after.get()
             && w.last_progress_at.is_some_and(|p| p > process.started_at)
         {
             w.failures = 0;
@@ -481,7 +518,7 @@ impl Planner<'_> {
                 "discovering",
             )
         };
-        let idle = since(self.now, reference);
+        let idle = self.since(reference);
         let d_state = matches!(obs.process, Some(ProcessStatus::Alive { state: 'D' }));
         let at = w
             .checkpoint
@@ -506,7 +543,7 @@ impl Planner<'_> {
                 let reason =
                     format!("worker {id}: {what}; stopping it to restart from checkpoint {resume}");
                 w.stopping = Some(Stopping {
-                    requested_at: self.now,
+                    requested_at: self.now.boot,
                     reason: reason.clone(),
                     restart: true,
                 });
@@ -583,7 +620,7 @@ impl Planner<'_> {
             None => exit.is_some_and(|e| e.code == Some(0)),
         };
         if done {
-            w.completed_at = Some(self.now);
+            w.completed_at = Some(self.now.wall);
             w.failures = 0;
             w.backoff_until = None;
             w.restart_reason = None;
@@ -614,7 +651,7 @@ impl Planner<'_> {
         };
         w.failures += 1;
         let delay = backoff::delay(w.failures, &self.desired.restart);
-        w.backoff_until = Some(later(self.now, delay));
+        w.backoff_until = Some(self.later(delay));
         let resume = w
             .checkpoint
             .map_or_else(|| "its range start".to_string(), count);
@@ -655,8 +692,8 @@ impl Planner<'_> {
                     span(shard.map(|s| (s.start, s.end)))
                 ),
             );
-        } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now) {
-            let left = since(until, self.now);
+        } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now.boot) {
+            let left = until.since(self.now.boot);
             self.wake_in(left);
             self.set(
                 id,
@@ -761,8 +798,8 @@ pub fn record_start(
     memory: &mut Memory,
     desired: &Desired,
     action: &StartAction,
-    outcome: Result<(ProcessIdentity, Timestamp), String>,
-    now: Timestamp,
+    outcome: Result<(ProcessIdentity, BootTime), String>,
+    now: Now,
 ) -> Option<String> {
     let w = memory.workers.entry(action.worker).or_default();
     match outcome {
@@ -782,7 +819,7 @@ pub fn record_start(
             w.failures += 1;
             let delay = backoff::delay(w.failures, &desired.restart)
                 .max(desired.restart.backoff_initial.get());
-            w.backoff_until = Some(later(now, delay));
+            w.backoff_until = Some(now.boot.plus(delay));
             w.restart_reason = Some(format!(
                 "worker {}: retrying the start that failed",
                 action.worker

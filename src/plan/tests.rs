@@ -4,12 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jiff::Timestamp;
-
 use super::*;
 use crate::manifest::{Desired, Manifest};
 use crate::observe::logtail::{LogCursor, LogRecord};
-use crate::observe::{ExitEvent, ProcessIdentity, ProcessStatus, WorkerObservation};
+use crate::observe::{Children, ExitEvent, ProcessIdentity, ProcessStatus, WorkerObservation};
 
 fn desired() -> Desired {
     let text = r#"apiVersion: automon/v1
@@ -31,12 +29,26 @@ spec:
     Desired::resolve(&manifest, None).expect("resolve")
 }
 
-fn t0() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).expect("valid")
+fn t0() -> Now {
+    Now {
+        wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+        boot: BootTime(1_000_000),
+    }
 }
 
-fn at(secs: u64) -> Timestamp {
-    t0().checked_add(Duration::from_secs(secs)).expect("valid")
+fn at(secs: u64) -> Now {
+    let d = Duration::from_secs(secs);
+    Now {
+        wall: t0().wall.checked_add(d).expect("valid"),
+        boot: t0().boot.plus(d),
+    }
+}
+
+fn mem() -> Memory {
+    Memory {
+        boot_id: "b".into(),
+        ..Memory::default()
+    }
 }
 
 fn identity(pid: i32) -> ProcessIdentity {
@@ -47,11 +59,11 @@ fn identity(pid: i32) -> ProcessIdentity {
     }
 }
 
-fn running(pid: i32, since: Timestamp, checkpoint: u64) -> WorkerMemory {
+fn running(pid: i32, since: Now, checkpoint: u64) -> WorkerMemory {
     WorkerMemory {
         process: Some(RunningProcess {
             identity: identity(pid),
-            started_at: since,
+            started_at: since.boot,
             resume_from: None,
             adopted: false,
         }),
@@ -80,8 +92,12 @@ fn alive() -> Option<ProcessStatus> {
 
 fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent>) -> Observed {
     Observed {
+        boot_id: "b".into(),
         workers,
-        exits,
+        children: Children {
+            exits,
+            ..Children::default()
+        },
         unrecorded: Vec::new(),
     }
 }
@@ -115,12 +131,7 @@ fn stops(plan: &Plan) -> Vec<u32> {
 #[test]
 fn fresh_workerset_starts_target_workers_on_the_first_shards_from_their_range_start() {
     let d = desired();
-    let p = plan(
-        &d,
-        &observed(BTreeMap::new(), vec![]),
-        &Memory::default(),
-        t0(),
-    );
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), &mem(), t0());
     assert_eq!(starts(&p), [0, 1, 2, 3]);
     let Action::Start(s) = &p.actions[1] else {
         panic!()
@@ -137,11 +148,11 @@ fn fresh_workerset_starts_target_workers_on_the_first_shards_from_their_range_st
 #[test]
 fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(
         WorkerId(0),
         WorkerMemory {
-            completed_at: Some(t0()),
+            completed_at: Some(t0().wall),
             checkpoint: Some(100),
             ..Default::default()
         },
@@ -168,7 +179,7 @@ fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
 #[test]
 fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 50));
     m.workers.insert(WorkerId(1), running(11, t0(), 150));
     let o = observed(
@@ -209,7 +220,7 @@ fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure(
 #[test]
 fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
     let d = desired(); // backoff 10s doubling
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 40));
     let crashed = |pid| {
         observed(
@@ -235,7 +246,7 @@ fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
     );
     // It starts (pid 20) and crashes again: 10s backoff, no start, wake-up within 10s.
     let mut m2 = p1.memory.clone();
-    record_start(&mut m2, &d, s, Ok((identity(20), at(30))), at(30));
+    record_start(&mut m2, &d, s, Ok((identity(20), at(30).boot)), at(30));
     let p2 = plan(&d, &crashed(20), &m2, at(35));
     assert!(!starts(&p2).contains(&0));
     assert_eq!(p2.workers[&WorkerId(0)].phase, Phase::BackingOff);
@@ -250,10 +261,10 @@ fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
 #[test]
 fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     let d = desired(); // stuck_after 5m, discovery_grace 20m
-    let mut m = Memory::default();
+    let mut m = mem();
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
-    w.last_progress_at = Some(at(60));
+    w.last_progress_at = Some(at(60).boot);
     m.workers.insert(WorkerId(0), w);
     let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
     let fine = plan(&d, &o, &m, at(60 + 299));
@@ -282,7 +293,7 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
 #[test]
 fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 0));
     let o = observed([(WorkerId(0), obs(alive(), Some(0)))].into(), vec![]);
     let p = plan(&d, &o, &m, at(600));
@@ -298,10 +309,10 @@ fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() 
 #[test]
 fn a_repeated_log_line_is_not_progress() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
-    w.last_progress_at = Some(t0());
+    w.last_progress_at = Some(t0().boot);
     m.workers.insert(WorkerId(0), w);
     let line = |ts| LogRecord {
         class: LineClass::Activity,
@@ -320,7 +331,7 @@ fn a_repeated_log_line_is_not_progress() {
         new_bytes: 10,
     };
     let mut o1 = obs(alive(), Some(40));
-    o1.log = log(at(100));
+    o1.log = log(at(100).wall);
     let p1 = plan(
         &d,
         &observed([(WorkerId(0), o1.clone())].into(), vec![]),
@@ -329,7 +340,7 @@ fn a_repeated_log_line_is_not_progress() {
     );
     assert_eq!(
         p1.memory.workers[&WorkerId(0)].last_progress_at,
-        Some(at(100)),
+        Some(at(100).boot),
         "a new line is progress"
     );
     let p2 = plan(
@@ -340,7 +351,7 @@ fn a_repeated_log_line_is_not_progress() {
     );
     assert_eq!(
         p2.memory.workers[&WorkerId(0)].last_progress_at,
-        Some(at(100)),
+        Some(at(100).boot),
         "the same line again is not"
     );
 }
@@ -348,7 +359,7 @@ fn a_repeated_log_line_is_not_progress() {
 #[test]
 fn unreadable_progress_keeps_the_last_good_checkpoint() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 77));
     let mut o = obs(alive(), None);
     o.progress = ProgressObservation::Unreadable {
@@ -368,12 +379,12 @@ fn unreadable_progress_keeps_the_last_good_checkpoint() {
 #[test]
 fn all_shards_complete_completes_the_workerset() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     for id in 0..8 {
         m.workers.insert(
             WorkerId(id),
             WorkerMemory {
-                completed_at: Some(t0()),
+                completed_at: Some(t0().wall),
                 checkpoint: Some(100 * u64::from(id) + 100),
                 ..Default::default()
             },
@@ -387,11 +398,33 @@ fn all_shards_complete_completes_the_workerset() {
 #[test]
 fn planning_twice_on_the_same_inputs_gives_the_same_plan() {
     let d = desired();
-    let mut m = Memory::default();
+    let mut m = mem();
     m.workers.insert(WorkerId(2), running(12, t0(), 230));
     let o = observed(
         [(WorkerId(2), obs(Some(ProcessStatus::Exited), Some(240)))].into(),
         vec![],
     );
     assert_eq!(plan(&d, &o, &m, at(9)), plan(&d, &o, &m, at(9)));
+}
+
+/// Regression: a pass that ran between a child's death and its reaping restarted it as
+/// "status unknown" and lost the exit status (seen as a flaky crash test under load).
+#[test]
+fn an_own_child_gone_from_proc_but_not_reaped_waits_for_its_exit_status() {
+    let d = desired();
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    let mut o = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![],
+    );
+    o.children.unreaped.insert(10);
+    let p = plan(&d, &o, &m, at(5));
+    assert!(
+        p.actions.iter().all(|a| a.worker() != WorkerId(0)),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.requeue_after <= Duration::from_millis(100));
+    assert!(p.memory.workers[&WorkerId(0)].process.is_some());
 }
