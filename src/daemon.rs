@@ -78,6 +78,11 @@ pub async fn run(
     let roots = Roots::default();
     let mut pending_exits: Vec<ExitEvent> = Vec::new();
     let mut unreaped: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
+    let mut disk = observe::disk::DiskSampler::new(
+        &desired.disk_path,
+        &roots.proc,
+        std::path::Path::new("/sys"),
+    );
     let mut first = true;
     let mut stops_in_flight = 0usize;
     let mut one_shot_passes = 0;
@@ -94,7 +99,15 @@ pub async fn run(
             unreaped: unreaped.clone(),
         };
         let now = crate::clock::Now::read();
-        let observed = observe::observe(desired, &memory, &opts.state_dir, children, first, &roots);
+        let observed = observe::observe(
+            desired,
+            &memory,
+            &opts.state_dir,
+            children,
+            disk.sample(now.boot),
+            first,
+            &roots,
+        );
         first = false;
         let plan = plan::plan(desired, &observed, &memory, now);
         for e in &plan.events {
@@ -108,7 +121,8 @@ pub async fn run(
                     stops_in_flight += 1;
                     let (tx, a, signal) = (wake_tx.clone(), a.clone(), desired.stop_signal);
                     tokio::spawn(async move {
-                        let outcome = stop::stop_group(&a.identity, signal, a.grace).await;
+                        let outcome =
+                            stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
                         let _ = tx.send(Wake::StopDone {
                             worker: a.worker,
                             pid: a.identity.pid,

@@ -1,11 +1,12 @@
-//! Stopping a worker: the stop signal to its process group, wait up to `grace`, SIGKILL to the
-//! group, then confirm the group is gone. The leader's identity is re-checked before signalling:
-//! a pid that now belongs to a stranger is never signalled.
+//! Stopping a worker: the stop signal to its process group (or, for an adopted process that does
+//! not lead a group, to the process alone), wait up to `grace`, SIGKILL, then confirm it is gone.
+//! The leader's identity is re-checked before every signal: a pid that now belongs to a stranger
+//! is never signalled.
 
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::observe::{ProcessIdentity, ProcessStatus, proc};
@@ -13,57 +14,100 @@ use crate::observe::{ProcessIdentity, ProcessStatus, proc};
 /// How a stop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopOutcome {
-    /// The group exited after the stop signal.
+    /// It exited after the stop signal.
     Graceful,
-    /// The group had to be killed after the grace period.
+    /// It had to be killed after the grace period.
     Killed,
-    /// The group was already gone.
+    /// It was already gone.
     AlreadyGone,
     /// The pid belongs to another process now; nothing was signalled.
     NotOurs,
-    /// The group survived SIGKILL (e.g. stuck in uninterruptible I/O).
+    /// It survived SIGKILL (e.g. stuck in uninterruptible I/O).
     Survived,
 }
 
 const POLL: Duration = Duration::from_millis(50);
 
-/// Stops the process group led by `identity`.
+/// What to signal.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The process group led by the pid (its id cannot be reused while the group exists).
+    Group(i32),
+    /// One process, re-identified before each signal.
+    Process(i32),
+}
+
+impl Target {
+    fn gone(self, identity: &ProcessIdentity, boot: &str) -> bool {
+        match self {
+            Self::Group(pgid) => !proc::group_exists(pgid),
+            Self::Process(_) => !matches!(
+                proc::check(Path::new("/proc"), boot, identity),
+                ProcessStatus::Alive { .. }
+            ),
+        }
+    }
+
+    fn signal(self, signal: Signal) {
+        // ESRCH (already gone) is what the caller checks next; nothing else can fail here for root.
+        let _ = match self {
+            Self::Group(pgid) => killpg(Pid::from_raw(pgid), signal),
+            Self::Process(pid) => kill(Pid::from_raw(pid), signal),
+        };
+    }
+}
+
+/// Stops the worker `identity`: its whole process group when `whole_group` (automon's own
+/// workers lead one), else the process alone.
 pub async fn stop_group(
     identity: &ProcessIdentity,
+    whole_group: bool,
     signal: Signal,
     grace: Duration,
 ) -> StopOutcome {
     let root = Path::new("/proc");
     let boot = proc::boot_id(root);
-    let pgid = identity.pid;
+    let target = if whole_group {
+        Target::Group(identity.pid)
+    } else {
+        Target::Process(identity.pid)
+    };
     match proc::check(root, &boot, identity) {
         ProcessStatus::Reused => return StopOutcome::NotOurs,
-        ProcessStatus::Exited if !proc::group_exists(pgid) => return StopOutcome::AlreadyGone,
-        // Alive, or a leader that exited while the group lives on: the group id cannot have been
-        // reused while the group exists.
+        ProcessStatus::Exited if target.gone(identity, &boot) => return StopOutcome::AlreadyGone,
+        // Alive, or a leader that exited while its group lives on.
         _ => {}
     }
-    let _ = killpg(Pid::from_raw(pgid), signal);
-    if wait_gone(pgid, grace).await {
+    target.signal(signal);
+    if wait_gone(target, identity, &boot, grace).await {
         return StopOutcome::Graceful;
     }
-    if matches!(proc::check(root, &boot, identity), ProcessStatus::Reused)
-        && !proc::group_exists(pgid)
+    // Re-check right before SIGKILL: a single process may have exited and its pid been reused.
+    if let Target::Process(_) = target
+        && !matches!(
+            proc::check(root, &boot, identity),
+            ProcessStatus::Alive { .. }
+        )
     {
-        return StopOutcome::AlreadyGone;
+        return StopOutcome::Graceful;
     }
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-    if wait_gone(pgid, Duration::from_secs(10)).await {
+    target.signal(Signal::SIGKILL);
+    if wait_gone(target, identity, &boot, Duration::from_secs(10)).await {
         StopOutcome::Killed
     } else {
         StopOutcome::Survived
     }
 }
 
-async fn wait_gone(pgid: i32, limit: Duration) -> bool {
+async fn wait_gone(
+    target: Target,
+    identity: &ProcessIdentity,
+    boot: &str,
+    limit: Duration,
+) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if !proc::group_exists(pgid) {
+        if target.gone(identity, boot) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

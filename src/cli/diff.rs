@@ -39,6 +39,12 @@ pub(crate) fn print_plan(
         &memory,
         state_dir,
         Default::default(),
+        crate::observe::disk::DiskSampler::new(
+            &desired.disk_path,
+            std::path::Path::new("/proc"),
+            std::path::Path::new("/sys"),
+        )
+        .sample(crate::clock::BootTime::read()),
         true,
         &Roots::default(),
     );

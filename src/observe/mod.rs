@@ -1,6 +1,8 @@
 //! Observation: the world turned into plain data for the planner — processes, progress files,
 //! log tails. Every failure becomes data (`Unreadable { why }`), never an early return.
 
+pub mod cmdline;
+pub mod disk;
 pub mod logtail;
 pub mod proc;
 pub mod progress;
@@ -47,8 +49,9 @@ pub struct Children {
     pub unreaped: std::collections::BTreeSet<i32>,
 }
 
-/// A live worker process found by its environment marker but not recorded in memory (automon
-/// was killed between starting it and saving its state).
+/// A live worker process that memory does not record: started by an earlier automon that was
+/// killed before saving its state (found by environment marker), or started by someone else
+/// (found by command line, when the manifest opts in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnrecordedWorker {
     /// The worker id from its environment.
@@ -57,6 +60,10 @@ pub struct UnrecordedWorker {
     pub identity: ProcessIdentity,
     /// When it started, on the boot clock.
     pub started_at: Option<crate::clock::BootTime>,
+    /// True when it leads its own process group (stops signal the group, else the process).
+    pub own_group: bool,
+    /// Found by matching its command line (not by automon's environment marker).
+    pub by_command_line: bool,
 }
 
 /// Everything observed about one worker id in one pass.
@@ -73,8 +80,10 @@ pub struct WorkerObservation {
 }
 
 /// One pass's observation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
+    /// Utilisation of the disk under `spec.scaling.disk.path`.
+    pub disk: disk::DiskObservation,
     /// The kernel's boot id now.
     pub boot_id: String,
     /// Per worker id, for every id the WorkerSet can have.
@@ -108,6 +117,7 @@ pub fn observe(
     memory: &Memory,
     state_dir: &Path,
     children: Children,
+    disk: disk::DiskObservation,
     scan_unrecorded: bool,
     roots: &Roots,
 ) -> Observed {
@@ -153,6 +163,7 @@ pub fn observe(
         Vec::new()
     };
     Observed {
+        disk,
         boot_id: boot,
         workers,
         children,
@@ -160,7 +171,9 @@ pub fn observe(
     }
 }
 
-/// Finds live group leaders whose environment names this WorkerSet and state directory.
+/// Finds live workers memory does not record: group leaders whose environment carries this
+/// WorkerSet's marker (started by an earlier automon), and — when the manifest opts in — any
+/// process whose command line matches the template.
 fn scan_for_unrecorded(
     desired: &Desired,
     memory: &Memory,
@@ -171,6 +184,11 @@ fn scan_for_unrecorded(
     let state_dir = state_dir.to_string_lossy();
     let tps = proc::clock_ticks_per_second();
     let own = std::process::id() as i32;
+    let matcher = desired
+        .adoption
+        .match_command
+        .then(|| cmdline::CommandMatcher::new(&desired.command));
+    let valid_ids = desired.worker_ids();
     let mut found = Vec::new();
     for pid in proc::list_pids(&roots.proc) {
         if pid == own {
@@ -179,20 +197,35 @@ fn scan_for_unrecorded(
         let Some(stat) = proc::read_stat(&roots.proc, pid) else {
             continue;
         };
-        // Workers are started as session and group leaders; their children share the marker.
-        if stat.pgid != pid || matches!(stat.state, 'Z' | 'X') {
+        if matches!(stat.state, 'Z' | 'X') {
             continue;
         }
-        if proc::environ_var(&roots.proc, pid, ENV_WORKERSET).as_deref()
-            != Some(desired.name.as_str())
-            || proc::environ_var(&roots.proc, pid, ENV_STATE_DIR).as_deref() != Some(&*state_dir)
-        {
-            continue;
-        }
-        let Some(worker) = proc::environ_var(&roots.proc, pid, ENV_WORKER_ID)
-            .and_then(|v| v.parse().ok())
-            .map(WorkerId)
-        else {
+        let environ = proc::read_environ(&roots.proc, pid);
+        let var = |k: &str| {
+            environ
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let marked = stat.pgid == pid
+            && var(ENV_WORKERSET) == Some(desired.name.as_str())
+            && var(ENV_STATE_DIR) == Some(&*state_dir);
+        let worker = if marked {
+            var(ENV_WORKER_ID)
+                .and_then(|v| v.parse().ok())
+                .map(WorkerId)
+        } else if let Some(m) = &matcher {
+            // A process another automon manages is not ours to adopt.
+            if var(ENV_WORKERSET).is_some() {
+                continue;
+            }
+            std::fs::read(roots.proc.join(pid.to_string()).join("cmdline"))
+                .ok()
+                .and_then(|bytes| m.worker_id(&cmdline::parse_cmdline(&bytes)))
+        } else {
+            None
+        };
+        let Some(worker) = worker.filter(|w| valid_ids.contains(w)) else {
             continue;
         };
         let identity = ProcessIdentity {
@@ -205,11 +238,12 @@ fn scan_for_unrecorded(
             .values()
             .any(|w| w.process.as_ref().is_some_and(|p| p.identity == identity));
         if !recorded {
-            let started_at = Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps));
             found.push(UnrecordedWorker {
                 worker,
                 identity,
-                started_at,
+                started_at: Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps)),
+                own_group: stat.pgid == pid,
+                by_command_line: !marked,
             });
         }
     }

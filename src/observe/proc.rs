@@ -141,14 +141,26 @@ pub fn group_exists(pgid: i32) -> bool {
         .any(|st| st.pgid == pgid && !matches!(st.state, 'Z' | 'X' | 'x'))
 }
 
+/// Reads `/proc/PID/environ` as (name, value) pairs; empty when unreadable.
+pub fn read_environ(proc_root: &Path, pid: i32) -> Vec<(String, String)> {
+    let Ok(bytes) = std::fs::read(proc_root.join(pid.to_string()).join("environ")) else {
+        return Vec::new();
+    };
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let (k, v) = std::str::from_utf8(entry).ok()?.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// Reads `/proc/PID/environ` and returns the value of `key`, if set.
 pub fn environ_var(proc_root: &Path, pid: i32, key: &str) -> Option<String> {
-    let bytes = std::fs::read(proc_root.join(pid.to_string()).join("environ")).ok()?;
-    let prefix = format!("{key}=");
-    bytes.split(|b| *b == 0).find_map(|entry| {
-        let entry = std::str::from_utf8(entry).ok()?;
-        entry.strip_prefix(&prefix).map(str::to_string)
-    })
+    read_environ(proc_root, pid)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 /// Every numeric entry of `proc_root`: the pids that exist now.

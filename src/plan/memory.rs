@@ -62,6 +62,14 @@ pub struct RunningProcess {
     /// True when automon found it running rather than starting it in this run.
     #[serde(default)]
     pub adopted: bool,
+    /// True when it leads its own process group (automon's workers always do); stops then
+    /// signal the group, else only the process.
+    #[serde(default = "own_group_default")]
+    pub own_group: bool,
+}
+
+fn own_group_default() -> bool {
+    true
 }
 
 /// A stop that automon asked for and is waiting on.

@@ -40,6 +40,8 @@ pub enum Phase {
     Stuck,
     /// A stop was requested; waiting for its process group to go.
     Stopping,
+    /// More than one live process claims this worker id; automon waits for an operator.
+    Conflict,
     /// Not running, shard not complete, waiting for a slot.
     Stopped,
     /// Crashed; waiting out its backoff.
@@ -75,8 +77,10 @@ pub struct StartAction {
 pub struct StopAction {
     /// The worker.
     pub worker: WorkerId,
-    /// The process (group leader) to stop; re-checked before every signal.
+    /// The process to stop; re-checked before every signal.
     pub identity: ProcessIdentity,
+    /// Signal its whole process group (it leads one), else only the process.
+    pub whole_group: bool,
     /// Time between the stop signal and SIGKILL.
     pub grace: Duration,
     /// Why, in words.
@@ -137,6 +141,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
         events: Vec::new(),
         statuses: BTreeMap::new(),
         requeue: desired.interval,
+        conflicts: std::collections::BTreeSet::new(),
     };
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
@@ -198,6 +203,8 @@ struct Planner<'a> {
     events: Vec<String>,
     statuses: BTreeMap<WorkerId, WorkerStatus>,
     requeue: Duration,
+    /// Worker ids with more than one live process this pass.
+    conflicts: std::collections::BTreeSet<WorkerId>,
 }
 
 fn fingerprint(text: &str) -> u64 {
@@ -245,34 +252,64 @@ impl Planner<'_> {
     }
 
     fn adopt_unrecorded(&mut self, observed: &Observed) {
+        let mut by_id: BTreeMap<WorkerId, Vec<&crate::observe::UnrecordedWorker>> = BTreeMap::new();
         for u in &observed.unrecorded {
-            let w = self.memory.workers.entry(u.worker).or_default();
-            match &w.process {
-                None => {
+            by_id.entry(u.worker).or_default().push(u);
+        }
+        for (id, found) in by_id {
+            let w = self.memory.workers.entry(id).or_default();
+            match (&w.process, found.as_slice()) {
+                (None, [u]) => {
                     w.process = Some(RunningProcess {
                         identity: u.identity.clone(),
                         started_at: u.started_at.unwrap_or(self.now.boot),
                         resume_from: None,
                         adopted: true,
+                        own_group: u.own_group,
                     });
                     w.completed_at = None;
+                    let how = if u.by_command_line {
+                        "its command line matches the template; automon did not start it"
+                    } else {
+                        "started by an earlier automon that stopped before recording it"
+                    };
                     self.events.push(format!(
-                        "worker {}: adopted pid {} (started by an earlier automon that stopped before recording it)",
-                        u.worker, u.identity.pid
+                        "worker {id}: adopted pid {} ({how})",
+                        u.identity.pid
                     ));
                 }
-                Some(p) if p.identity != u.identity => {
-                    self.actions.push(Action::Stop(StopAction {
-                        worker: u.worker,
-                        identity: u.identity.clone(),
-                        grace: self.desired.stop_grace,
-                        reason: format!(
-                            "worker {}: two live processes (pid {} recorded, pid {} not); stopping the unrecorded duplicate",
-                            u.worker, p.identity.pid, u.identity.pid
-                        ),
-                    }));
+                (None, many) => {
+                    let pids: Vec<String> =
+                        many.iter().map(|u| u.identity.pid.to_string()).collect();
+                    self.events.push(format!(
+                        "worker {id}: conflict: {} live processes run it (pids {}); adopting none and starting none until only one is left",
+                        many.len(),
+                        pids.join(", ")
+                    ));
+                    self.conflicts.insert(id);
                 }
-                Some(_) => {}
+                (Some(p), others) => {
+                    for u in others {
+                        if u.by_command_line {
+                            self.events.push(format!(
+                                "worker {id}: conflict: pid {} also runs its command line besides the recorded pid {}; automon did not start it and leaves it alone",
+                                u.identity.pid, p.identity.pid
+                            ));
+                            self.conflicts.insert(id);
+                            continue;
+                        }
+                        self.actions.push(Action::Stop(StopAction {
+                            worker: id,
+                            identity: u.identity.clone(),
+                            whole_group: u.own_group,
+                            grace: self.desired.stop_grace,
+                            reason: format!(
+                                "worker {id}: two live processes (pid {} recorded, pid {} not); stopping the unrecorded duplicate",
+                                p.identity.pid, u.identity.pid
+                            ),
+                        }));
+                    }
+                }
             }
         }
     }
@@ -297,6 +334,21 @@ impl Planner<'_> {
             };
         if alive {
             self.step_alive(id, &mut w, obs, signal_at);
+            if self.conflicts.contains(&id) {
+                self.set(
+                    id,
+                    Phase::Conflict,
+                    "another live process also runs this worker; see the events".into(),
+                );
+            }
+        } else if self.conflicts.contains(&id) && w.process.is_none() {
+            self.set(
+                id,
+                Phase::Conflict,
+                "several live processes run this worker; none adopted, none started".into(),
+            );
+            self.memory.workers.insert(id, w);
+            return;
         } else if exit_pending {
             // Our own child is gone from /proc but not reaped yet: its status is on its way.
             self.set(
@@ -322,6 +374,7 @@ impl Planner<'_> {
                     self.actions.push(Action::Stop(StopAction {
                         worker: id,
                         identity: process.identity,
+                        whole_group: process.own_group,
                         grace: self.desired.stop_grace,
                         reason: reason.clone(),
                     }));
@@ -479,6 +532,7 @@ impl Planner<'_> {
                 self.actions.push(Action::Stop(StopAction {
                     worker: id,
                     identity: process.identity.clone(),
+                    whole_group: process.own_group,
                     grace: self.desired.stop_grace,
                     reason,
                 }));
@@ -550,6 +604,7 @@ impl Planner<'_> {
                 self.actions.push(Action::Stop(StopAction {
                     worker: id,
                     identity: process.identity.clone(),
+                    whole_group: process.own_group,
                     grace: self.desired.stop_grace,
                     reason,
                 }));
@@ -809,6 +864,7 @@ pub fn record_start(
                 started_at,
                 resume_from: action.resume_from,
                 adopted: false,
+                own_group: true,
             });
             w.left_discovery = false;
             w.stuck_passes = 0;

@@ -66,6 +66,7 @@ fn running(pid: i32, since: Now, checkpoint: u64) -> WorkerMemory {
             started_at: since.boot,
             resume_from: None,
             adopted: false,
+            own_group: true,
         }),
         checkpoint: Some(checkpoint),
         ..WorkerMemory::default()
@@ -92,6 +93,7 @@ fn alive() -> Option<ProcessStatus> {
 
 fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent>) -> Observed {
     Observed {
+        disk: crate::observe::disk::DiskObservation::Unavailable { why: "test".into() },
         boot_id: "b".into(),
         workers,
         children: Children {
