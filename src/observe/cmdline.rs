@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn cmdline_bytes_split_on_nul() {
         assert_eq!(
-            parse_cmdline(b"python3\0w.py\0--id\03\0"),
+            parse_cmdline(b"python3\0w.py\0--id\x003\0"),
             ["python3", "w.py", "--id", "3"]
         );
         assert!(parse_cmdline(b"").is_empty());
