@@ -79,7 +79,51 @@ pub enum LogObservation {
         reset: Option<LogReset>,
         /// Bytes of new complete lines since the cursor (capped by the window).
         new_bytes: u64,
+        /// A cursor the new activity lines keep repeating (a discovery loop), if any.
+        repeated: Option<RepeatedCursor>,
     },
+}
+
+/// A cursor value that activity lines repeat, e.g. `book.id > 61,000` in consecutive batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatedCursor {
+    /// The repeated phrase as written, e.g. `book.id > 61,000`.
+    pub what: String,
+    /// The number in it.
+    pub value: u64,
+    /// How many activity lines in this read carry it.
+    pub times: u32,
+}
+
+/// Finds the cursor phrase (`KEY > N`, `KEY >= N`, `KEY from N`) most repeated across activity
+/// records; `None` unless some phrase occurs at least twice.
+pub fn repeated_cursor(records: &[LogRecord]) -> Option<RepeatedCursor> {
+    static PHRASE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = PHRASE
+        .get_or_init(|| {
+            regex::Regex::new(r"([A-Za-z_][\w.]*)\s*(?:>=|>|from)\s*([0-9][0-9,]*)").ok()
+        })
+        .as_ref()?;
+    let mut counts: Vec<(String, u64, u32)> = Vec::new();
+    for r in records.iter().filter(|r| r.class == LineClass::Activity) {
+        // One count per record, for its first cursor phrase.
+        let Some(c) = re.captures(&r.message) else {
+            continue;
+        };
+        let Some(value) = parse_number(&c[2]) else {
+            continue;
+        };
+        let what = format!("{} > {}", &c[1], crate::text::count(value));
+        match counts.iter_mut().find(|(w, _, _)| *w == what) {
+            Some(entry) => entry.2 += 1,
+            None => counts.push((what, value, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, _, n)| *n)
+        .filter(|(_, _, n)| *n >= 2)
+        .map(|(what, value, times)| RepeatedCursor { what, value, times })
 }
 
 /// Reads the new part of the log at `path`: from the previous cursor, but never more than the
@@ -89,7 +133,7 @@ pub fn read_tail(
     window: u64,
     prev: Option<&LogCursor>,
     patterns: &Patterns,
-    tz: &jiff::tz::TimeZone,
+    format: &LineFormat,
 ) -> LogObservation {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -150,7 +194,8 @@ pub fn read_tail(
         .iter()
         .rposition(|b| *b == b'\n')
         .map_or(0, |nl| nl + 1);
-    let records = parse_records(&body[..complete], patterns, tz);
+    let records = parse_records(&body[..complete], patterns, format);
+    let repeated = repeated_cursor(&records);
     LogObservation::Read {
         cursor: LogCursor {
             dev: meta.dev(),
@@ -161,12 +206,13 @@ pub fn read_tail(
         first_look: prev.is_none() || reset.is_some(),
         reset,
         new_bytes: complete as u64,
+        repeated,
     }
 }
 
-/// Splits complete lines into records and keeps the classified ones; timestamps are read as
-/// civil times in `tz`.
-pub fn parse_records(bytes: &[u8], patterns: &Patterns, tz: &jiff::tz::TimeZone) -> Vec<LogRecord> {
+/// Splits complete lines into records and keeps the classified ones; timestamps are read with
+/// `format` in its zone.
+pub fn parse_records(bytes: &[u8], patterns: &Patterns, format: &LineFormat) -> Vec<LogRecord> {
     let cleaned: Vec<u8> = bytes.iter().copied().filter(|b| *b != 0).collect();
     let text = String::from_utf8_lossy(&cleaned);
     // (timestamp, the full first line for matching, the message for people)
@@ -176,7 +222,7 @@ pub fn parse_records(bytes: &[u8], patterns: &Patterns, tz: &jiff::tz::TimeZone)
         if line.is_empty() {
             continue;
         }
-        match split_timestamp(line) {
+        match format.split(line) {
             (Some(ts), msg) => records.push((Some(ts), line.to_string(), msg.to_string())),
             (None, _) => match records.last_mut() {
                 Some((_, _, msg)) => {
@@ -201,7 +247,7 @@ pub fn parse_records(bytes: &[u8], patterns: &Patterns, tz: &jiff::tz::TimeZone)
             } else {
                 return None;
             };
-            let timestamp = timestamp.and_then(|t| tz.to_timestamp(t).ok());
+            let timestamp = timestamp.and_then(|t| format.tz.to_timestamp(t).ok());
             Some(LogRecord {
                 class,
                 timestamp,
@@ -211,8 +257,93 @@ pub fn parse_records(bytes: &[u8], patterns: &Patterns, tz: &jiff::tz::TimeZone)
         .collect()
 }
 
+/// How the timestamp at the start of a log line is written, and the zone it is in.
+#[derive(Debug, Clone)]
+pub struct LineFormat {
+    /// The zone the timestamps are written in (Python logging writes local time).
+    pub tz: jiff::tz::TimeZone,
+    timestamp: TimestampFormat,
+}
+
+#[derive(Debug, Clone)]
+enum TimestampFormat {
+    /// Python logging's `%Y-%m-%d %H:%M:%S,%f` (milliseconds), parsed without allocation.
+    Python,
+    /// Any other strftime format: a regex finds the prefix, jiff parses it.
+    Custom {
+        prefix: regex::Regex,
+        format: String,
+    },
+}
+
+/// The strftime format of Python logging's default `asctime`.
+pub const PYTHON_LOGGING_FORMAT: &str = "%Y-%m-%d %H:%M:%S,%f";
+
+impl LineFormat {
+    /// A format from a strftime string (see `spec.logs.timestamp_format`) in zone `tz`.
+    /// Unsupported directives match any non-space run.
+    pub fn new(format: &str, tz: jiff::tz::TimeZone) -> Self {
+        let timestamp = if format == PYTHON_LOGGING_FORMAT {
+            TimestampFormat::Python
+        } else {
+            let mut re = String::from("^");
+            let mut chars = format.chars();
+            while let Some(c) = chars.next() {
+                if c != '%' {
+                    re.push_str(&regex::escape(&c.to_string()));
+                    continue;
+                }
+                re.push_str(match chars.next() {
+                    Some('Y') => r"\d{4}",
+                    Some('m' | 'd' | 'H' | 'M' | 'S' | 'y' | 'I') => r"\d{2}",
+                    Some('e') => r"[ \d]\d",
+                    Some('j') => r"\d{3}",
+                    Some('f') => r"\d+",
+                    Some('z') => r"[+-]\d{2}:?\d{2}",
+                    Some('b' | 'a' | 'p') => r"[A-Za-z]+",
+                    Some('T') => r"\d{2}:\d{2}:\d{2}",
+                    Some('F') => r"\d{4}-\d{2}-\d{2}",
+                    Some('%') => "%",
+                    _ => r"\S+",
+                });
+            }
+            match regex::Regex::new(&re) {
+                Ok(prefix) => TimestampFormat::Custom {
+                    prefix,
+                    format: format.to_string(),
+                },
+                Err(_) => TimestampFormat::Python,
+            }
+        };
+        Self { tz, timestamp }
+    }
+
+    /// Python logging's format in zone `tz`.
+    pub fn python(tz: jiff::tz::TimeZone) -> Self {
+        Self::new(PYTHON_LOGGING_FORMAT, tz)
+    }
+
+    /// Splits a line into its timestamp (as civil time) and the rest, with the ` - ` separator
+    /// trimmed; `None` when the line does not start with a timestamp (a continuation line).
+    pub fn split<'a>(&self, line: &'a str) -> (Option<jiff::civil::DateTime>, &'a str) {
+        match &self.timestamp {
+            TimestampFormat::Python => split_timestamp(line),
+            TimestampFormat::Custom { prefix, format } => {
+                let Some(m) = prefix.find(line) else {
+                    return (None, line);
+                };
+                match jiff::fmt::strtime::parse(format, m.as_str()).and_then(|t| t.to_datetime()) {
+                    Ok(dt) => (Some(dt), line[m.end()..].trim_start_matches([' ', '-'])),
+                    Err(_) => (None, line),
+                }
+            }
+        }
+    }
+}
+
 /// Splits `YYYY-MM-DD HH:MM:SS,mmm - rest` into the timestamp and `- rest`-less message.
-/// The message keeps the level (`INFO - …`) so patterns can match it.
+/// The message keeps the level (`INFO - …`) so patterns can match it. Impossible dates
+/// (month 13) are not timestamps.
 pub fn split_timestamp(line: &str) -> (Option<jiff::civil::DateTime>, &str) {
     let Some(head) = line.get(..23) else {
         return (None, line);
@@ -228,16 +359,16 @@ pub fn split_timestamp(line: &str) -> (Option<jiff::civil::DateTime>, &str) {
         return (None, line);
     }
     let num = |r: std::ops::Range<usize>| head.get(r)?.parse::<i16>().ok();
+    let small = |r: std::ops::Range<usize>| num(r).and_then(|v| i8::try_from(v).ok());
     let parsed = (|| {
-        let date = jiff::civil::date(num(0..4)?, num(5..7)? as i8, num(8..10)? as i8);
         let ms = head.get(20..23)?.parse::<i32>().ok()?;
         jiff::civil::DateTime::new(
-            date.year(),
-            date.month(),
-            date.day(),
-            num(11..13)? as i8,
-            num(14..16)? as i8,
-            num(17..19)? as i8,
+            num(0..4)?,
+            small(5..7)?,
+            small(8..10)?,
+            small(11..13)?,
+            small(14..16)?,
+            small(17..19)?,
             ms * 1_000_000,
         )
         .ok()
@@ -279,7 +410,13 @@ mod tests {
         prev: Option<&LogCursor>,
         p: &Patterns,
     ) -> LogObservation {
-        read_tail(path, window, prev, p, &jiff::tz::TimeZone::UTC)
+        read_tail(
+            path,
+            window,
+            prev,
+            p,
+            &LineFormat::python(jiff::tz::TimeZone::UTC),
+        )
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
@@ -391,5 +528,62 @@ mod tests {
         assert_eq!(msg, "INFO - hello");
         assert_eq!(split_timestamp("  File \"x.py\", line 3").0, None);
         assert_eq!(parse_number("61,000"), Some(61_000));
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn the_same_range_loop_fixture_repeats_its_cursor() {
+        let patterns = Patterns {
+            upload: regex::RegexSet::new(["Uploading:"]).expect("valid"),
+            activity: regex::RegexSet::new(["Querying Calibre database", "Processed batch"])
+                .expect("valid"),
+            error: regex::RegexSet::new(["ERROR"]).expect("valid"),
+            completion: regex::RegexSet::new(["Migration complete"]).expect("valid"),
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/logs/same_range_loop.log");
+        let obs = read_tail(
+            &path,
+            64 * 1024,
+            None,
+            &patterns,
+            &LineFormat::python(jiff::tz::TimeZone::UTC),
+        );
+        let LogObservation::Read {
+            repeated: Some(r), ..
+        } = obs
+        else {
+            panic!("{obs:?}")
+        };
+        assert_eq!(r.value, 61_000);
+        assert_eq!(r.what, "book.id > 61,000");
+        assert!(r.times >= 3, "{r:?}");
+    }
+
+    #[test]
+    fn custom_timestamp_formats_parse_and_impossible_dates_are_not_timestamps() {
+        let iso = LineFormat::new("%Y-%m-%dT%H:%M:%S", jiff::tz::TimeZone::UTC);
+        let (ts, rest) = iso.split("2025-03-02T09:14:01 INFO hello");
+        assert_eq!(
+            ts.map(|t| t.to_string()),
+            Some("2025-03-02T09:14:01".into())
+        );
+        assert_eq!(rest, "INFO hello");
+        assert_eq!(iso.split("  File \"x.py\"").0, None);
+        let py = LineFormat::python(jiff::tz::TimeZone::UTC);
+        assert_eq!(
+            py.split("2025-13-02 09:14:01,102 - INFO - x").0,
+            None,
+            "month 13"
+        );
+        assert_eq!(
+            py.split("2025-02-30 09:14:01,102 - INFO - x").0,
+            None,
+            "30 February"
+        );
     }
 }

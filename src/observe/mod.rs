@@ -122,7 +122,7 @@ pub fn observe(
     roots: &Roots,
 ) -> Observed {
     let boot = proc::boot_id(&roots.proc);
-    let tz = jiff::tz::TimeZone::system();
+    let format = logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
     let workers = desired
         .worker_ids()
         .into_iter()
@@ -144,7 +144,7 @@ pub fn observe(
                 desired.tail_bytes,
                 mem.and_then(|m| m.log_cursor.as_ref()),
                 &desired.patterns,
-                &tz,
+                &format,
             );
             (
                 id,

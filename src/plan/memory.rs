@@ -135,6 +135,10 @@ pub struct WorkerMemory {
     /// Fingerprints of recent progress lines (see [`RECENT_SIGNALS`]).
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub recent_signals: VecDeque<u64>,
+    /// A cursor phrase the log keeps repeating without the checkpoint moving (a discovery loop),
+    /// with the running count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeating: Option<crate::observe::logtail::RepeatedCursor>,
     /// The last error record seen in the log (first line, truncated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

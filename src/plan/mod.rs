@@ -433,6 +433,7 @@ impl Planner<'_> {
                     }
                     w.checkpoint = Some(*checkpoint);
                     w.checkpoint_changed_at = Some(self.now.boot);
+                    w.repeating = None;
                 }
                 w.items = *items;
                 if w.progress_problem.take().is_some() {
@@ -458,6 +459,7 @@ impl Planner<'_> {
             records,
             first_look,
             reset,
+            repeated,
             ..
         } = &obs.log
         {
@@ -496,6 +498,13 @@ impl Planner<'_> {
                     if r.class == LineClass::Upload {
                         w.left_discovery = true;
                     }
+                }
+            }
+            if let Some(r) = repeated {
+                match &mut w.repeating {
+                    Some(prev) if prev.what == r.what => prev.times += r.times,
+
+                    _ => w.repeating = Some(r.clone()),
                 }
             }
             w.log_cursor = Some(*cursor);
@@ -580,15 +589,25 @@ impl Planner<'_> {
             .unwrap_or_default();
         if idle >= threshold {
             w.stuck_passes += 1;
+            let d_note = if d_state {
+                "; process in uninterruptible I/O (D)"
+            } else {
+                ""
+            };
+            let loop_note = w
+                .repeating
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "; its log keeps repeating \"{}\" ({} times)",
+                        r.what, r.times
+                    )
+                })
+                .unwrap_or_default();
             let what = format!(
-                "no progress for {} (threshold {} {threshold_name}, {stage}){at}{}",
+                "no progress for {} (threshold {} {threshold_name}, {stage}){at}{d_note}{loop_note}",
                 fmt_dur(idle),
                 fmt_dur(threshold),
-                if d_state {
-                    "; process in uninterruptible I/O (D)"
-                } else {
-                    ""
-                }
             );
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
                 let resume = w

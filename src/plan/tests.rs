@@ -331,6 +331,7 @@ fn a_repeated_log_line_is_not_progress() {
         first_look: false,
         reset: None,
         new_bytes: 10,
+        repeated: None,
     };
     let mut o1 = obs(alive(), Some(40));
     o1.log = log(at(100).wall);

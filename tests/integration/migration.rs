@@ -229,3 +229,35 @@ fn one_pass_apply_starts_workers_that_a_later_watch_adopts_even_with_state_lost(
         );
     }
 }
+
+/// The original tool counted a looping worker's repeated "Querying…" lines as progress forever.
+#[test]
+fn a_worker_looping_without_advancing_is_stuck_although_its_log_grows() {
+    let probe = Migration::new(&Knobs::default());
+    let book = fault_in_middle_of_shard(&probe, 3);
+    let fault: &'static str = Box::leak(format!("loop:{book}").into_boxed_str());
+    let m = Migration::new(&Knobs {
+        fault,
+        ..Knobs::default()
+    });
+    // The manifest's activity patterns include the loop's repeated discovery line.
+    let manifest = std::fs::read_to_string(m.path().join("workerset.yaml")).expect("read");
+    std::fs::write(
+        m.path().join("workerset.yaml"),
+        manifest.replace(
+            r#"activity_patterns: ["Processed batch","#,
+            r#"activity_patterns: ["Querying Calibre database", "Processed batch","#,
+        ),
+    )
+    .expect("write");
+    m.watch_to_completion(LIMIT);
+    m.assert_verified();
+    let events = m.events();
+    let owner = m.owner(book);
+    assert!(
+        events.contains(&format!("worker {owner}: no progress for"))
+            && events.contains("its log keeps repeating \"book.id > "),
+        "{events}"
+    );
+    assert_eq!(resume_points(&events, owner).len(), 2, "{events}");
+}
