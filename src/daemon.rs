@@ -75,14 +75,9 @@ pub async fn run(
     let before = memory.totals;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let roots = Roots::default();
+    let mut observer = observe::Observer::new(desired, Roots::default());
     let mut pending_exits: Vec<ExitEvent> = Vec::new();
     let mut unreaped: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
-    let mut disk = observe::disk::DiskSampler::new(
-        &desired.disk_path,
-        &roots.proc,
-        std::path::Path::new("/sys"),
-    );
     let mut first = true;
     let mut stops_in_flight = 0usize;
     let mut one_shot_passes = 0;
@@ -99,15 +94,8 @@ pub async fn run(
             unreaped: unreaped.clone(),
         };
         let now = crate::clock::Now::read();
-        let observed = observe::observe(
-            desired,
-            &memory,
-            &opts.state_dir,
-            children,
-            disk.sample(now.boot),
-            first,
-            &roots,
-        );
+        let observed =
+            observer.observe(desired, &memory, &opts.state_dir, children, first, now.boot);
         first = false;
         let plan = plan::plan(desired, &observed, &memory, now);
         for e in &plan.events {

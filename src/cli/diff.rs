@@ -34,21 +34,16 @@ pub(crate) fn print_plan(
 ) -> Result<u8, CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
-    let observed = observe::observe(
+    let now = crate::clock::Now::read();
+    let observed = observe::Observer::new(desired, Roots::default()).observe(
         desired,
         &memory,
         state_dir,
-        Default::default(),
-        crate::observe::disk::DiskSampler::new(
-            &desired.disk_path,
-            std::path::Path::new("/proc"),
-            std::path::Path::new("/sys"),
-        )
-        .sample(crate::clock::BootTime::read()),
+        observe::Children::default(),
         true,
-        &Roots::default(),
+        now.boot,
     );
-    let plan = plan::plan(desired, &observed, &memory, crate::clock::Now::read());
+    let plan = plan::plan(desired, &observed, &memory, now);
     println!("{:<6} {:<12} REASON", "WORKER", "PHASE");
     for (id, s) in &plan.workers {
         println!(

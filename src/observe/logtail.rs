@@ -34,6 +34,9 @@ pub enum LineClass {
     Activity,
     /// Matches an error pattern (and no upload/activity pattern).
     Error,
+    /// Matches a completion pattern: the worker claims its range is done (believed only with
+    /// the checkpoint at the shard's end).
+    Completion,
 }
 
 /// One classified log record (a timestamped line plus any continuation lines).
@@ -236,7 +239,9 @@ pub fn parse_records(bytes: &[u8], patterns: &Patterns, format: &LineFormat) -> 
     records
         .into_iter()
         .filter_map(|(timestamp, head, message)| {
-            let class = if patterns.upload.is_match(&head) {
+            let class = if patterns.completion.is_match(&head) {
+                LineClass::Completion
+            } else if patterns.upload.is_match(&head) {
                 LineClass::Upload
             } else if patterns.activity.is_match(&head) {
                 LineClass::Activity

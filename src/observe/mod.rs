@@ -99,75 +99,125 @@ pub struct Observed {
 pub struct Roots {
     /// Usually `/proc`.
     pub proc: PathBuf,
+    /// Usually `/sys`.
+    pub sys: PathBuf,
 }
 
 impl Default for Roots {
     fn default() -> Self {
         Self {
             proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
         }
     }
 }
 
-/// Observes every worker of `desired`, using `memory` for recorded identities and log cursors.
-/// `scan_unrecorded` also walks `/proc` for marked processes memory does not know (done once at
-/// startup: it reads every process's environment).
-pub fn observe(
-    desired: &Desired,
-    memory: &Memory,
-    state_dir: &Path,
-    children: Children,
-    disk: disk::DiskObservation,
-    scan_unrecorded: bool,
-    roots: &Roots,
-) -> Observed {
-    let boot = proc::boot_id(&roots.proc);
-    let format = logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
-    let workers = desired
-        .worker_ids()
-        .into_iter()
-        .map(|id| {
-            let mem = memory.workers.get(&id);
-            let recorded = mem.and_then(|m| m.process.as_ref());
-            let process = recorded.map(|p| proc::check(&roots.proc, &boot, &p.identity));
-            // The leader is gone, but its process group may live on (a wrapper's children).
-            let group_alive = recorded.is_some_and(|p| {
-                process == Some(ProcessStatus::Exited) && proc::group_exists(p.identity.pid)
-            });
-            let progress = progress::read(
-                &desired.progress_path(id),
-                &desired.checkpoint_pointer,
-                desired.items_pointer.as_deref(),
-            );
-            let log = logtail::read_tail(
-                &desired.log_path(id),
-                desired.tail_bytes,
-                mem.and_then(|m| m.log_cursor.as_ref()),
-                &desired.patterns,
-                &format,
-            );
-            (
-                id,
-                WorkerObservation {
-                    process,
-                    group_alive,
-                    progress,
-                    log,
-                },
-            )
-        })
-        .collect();
-    let unrecorded = if scan_unrecorded {
-        scan_for_unrecorded(desired, memory, state_dir, &boot, roots)
-    } else {
-        Vec::new()
-    };
-    Observed {
-        disk,
-        boot_id: boot,
-        workers,
-        children,
-        unrecorded,
+/// The observers, with the little state they keep between passes: the previous disk reading
+/// and the last parse of each progress file (re-read only when the file changed).
+#[derive(Debug)]
+pub struct Observer {
+    roots: Roots,
+    disk: disk::DiskSampler,
+    progress_cache:
+        std::collections::HashMap<PathBuf, (progress::FileVersion, ProgressObservation)>,
+}
+
+impl Observer {
+    /// Observers for `desired`, reading `/proc` and `/sys` under `roots`.
+    pub fn new(desired: &Desired, roots: Roots) -> Self {
+        let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);
+        Self {
+            roots,
+            disk,
+            progress_cache: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Observes every worker of `desired`, using `memory` for recorded identities and log
+    /// cursors, at boot-clock time `now`. `scan_unrecorded` also walks `/proc` for live workers
+    /// memory does not know (done once at startup: it reads every process's environment).
+    pub fn observe(
+        &mut self,
+        desired: &Desired,
+        memory: &Memory,
+        state_dir: &Path,
+        children: Children,
+        scan_unrecorded: bool,
+        now: crate::clock::BootTime,
+    ) -> Observed {
+        let roots = self.roots.clone();
+        let boot = proc::boot_id(&roots.proc);
+        let format =
+            logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
+        let pointers = progress::Pointers {
+            checkpoint: desired.checkpoint_pointer.clone(),
+            items: desired.items_pointer.clone(),
+            completion: desired.completion_pointer.clone(),
+        };
+        let workers = desired
+            .worker_ids()
+            .into_iter()
+            .map(|id| {
+                let mem = memory.workers.get(&id);
+                let recorded = mem.and_then(|m| m.process.as_ref());
+                let process = recorded.map(|p| proc::check(&roots.proc, &boot, &p.identity));
+                // The leader is gone, but its process group may live on (a wrapper's children).
+                let group_alive = recorded.is_some_and(|p| {
+                    p.own_group
+                        && process == Some(ProcessStatus::Exited)
+                        && proc::group_exists(p.identity.pid)
+                });
+                let progress = self.read_progress(&desired.progress_path(id), &pointers);
+                let log = logtail::read_tail(
+                    &desired.log_path(id),
+                    desired.tail_bytes,
+                    mem.and_then(|m| m.log_cursor.as_ref()),
+                    &desired.patterns,
+                    &format,
+                );
+                (
+                    id,
+                    WorkerObservation {
+                        process,
+                        group_alive,
+                        progress,
+                        log,
+                    },
+                )
+            })
+            .collect();
+        let unrecorded = if scan_unrecorded {
+            scan_for_unrecorded(desired, memory, state_dir, &boot, &roots)
+        } else {
+            Vec::new()
+        };
+        Observed {
+            disk: self.disk.sample(now),
+            boot_id: boot,
+            workers,
+            children,
+            unrecorded,
+        }
+    }
+
+    /// Reads a progress file, or reuses the last parse when the file is unchanged.
+    fn read_progress(&mut self, path: &Path, pointers: &progress::Pointers) -> ProgressObservation {
+        let Some(version) = progress::version(path) else {
+            self.progress_cache.remove(path);
+            return progress::read(path, pointers);
+        };
+        if let Some((v, obs)) = self.progress_cache.get(path)
+            && *v == version
+        {
+            return obs.clone();
+        }
+        let obs = progress::read(path, pointers);
+        // Only a stable version is cached: a file rewritten during the read is read again.
+        if progress::version(path) == Some(version) {
+            self.progress_cache
+                .insert(path.to_path_buf(), (version, obs.clone()));
+        }
+        obs
     }
 }
 

@@ -1,18 +1,23 @@
 //! Progress files: the worker's resume cursor, read by JSON pointer.
 //!
-//! The reader is bounded ([`MAX_PROGRESS_BYTES`]) and never turns a damaged file into
-//! "checkpoint 0": an empty file, a truncated write, two concatenated objects, a missing or
-//! non-numeric cursor each become a [`ProgressObservation::Unreadable`] with the reason, and the
-//! planner keeps the last good value. A UTF-8 byte order mark is skipped; a cursor written as a
-//! string with thousands separators (`"1,234"`) is accepted.
+//! The file is streamed: only the values at the configured pointers are kept, everything else is
+//! skipped as it is parsed, so a progress file with a 300 MB `completed_files` map costs CPU but
+//! not memory (and the observer re-reads a file only when its size, mtime or inode changed). A
+//! damaged file never becomes "checkpoint 0": an empty file, a truncated write, two concatenated
+//! objects, a missing or non-numeric cursor each become [`ProgressObservation::Unreadable`] with
+//! the reason, and the planner keeps the last good value. A UTF-8 byte order mark is skipped; a
+//! cursor written as a string with thousands separators (`"1,234"`) is accepted.
 
+use std::cell::RefCell;
+use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// Largest progress file read (64 MiB); a larger one is reported, not read.
-pub const MAX_PROGRESS_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest progress file read (4 GiB); a larger one is reported, not read.
+pub const MAX_PROGRESS_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// What one read of a progress file found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +30,9 @@ pub enum ProgressObservation {
         checkpoint: u64,
         /// The item count at the items pointer, when configured and present.
         items: Option<u64>,
+        /// The completion flag at the completion pointer, when configured and present.
+        #[serde(default)]
+        completed: Option<bool>,
     },
     /// The file exists but holds no usable cursor; `why` says what is wrong.
     Unreadable {
@@ -33,53 +41,220 @@ pub enum ProgressObservation {
     },
 }
 
-/// Parses progress-file bytes; `checkpoint` and `items` are JSON pointers (RFC 6901).
-pub fn parse(bytes: &[u8], checkpoint: &str, items: Option<&str>) -> ProgressObservation {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return ProgressObservation::Unreadable {
-            why: "empty file".into(),
-        };
+/// The JSON pointers (RFC 6901) to read from a progress file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pointers {
+    /// The resume cursor, e.g. `/last_processed_book_id`.
+    pub checkpoint: String,
+    /// An item count, e.g. `/books_migrated`.
+    pub items: Option<String>,
+    /// A completion flag, e.g. `/completed`.
+    pub completion: Option<String>,
+}
+
+impl Pointers {
+    /// Only a checkpoint pointer.
+    pub fn checkpoint(pointer: &str) -> Self {
+        Self {
+            checkpoint: pointer.to_string(),
+            ..Self::default()
+        }
     }
-    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
-    let value = match stream.next() {
-        Some(Ok(v)) => v,
-        Some(Err(e)) if e.is_eof() => {
-            return ProgressObservation::Unreadable {
-                why: format!("truncated JSON ({e})"),
-            };
+}
+
+/// Splits a JSON pointer into unescaped tokens (`~1` → `/`, `~0` → `~`).
+fn tokens(pointer: &str) -> Vec<String> {
+    if pointer.is_empty() {
+        return Vec::new();
+    }
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+/// Streams one JSON value, keeping only the values at `paths` (slot i ← paths[i]).
+struct Pick<'a> {
+    paths: Vec<(usize, &'a [String])>,
+    out: &'a RefCell<Vec<Option<serde_json::Value>>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Pick<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.paths.iter().any(|(_, p)| p.is_empty()) {
+            // This node is wanted whole; deeper pointers are read from it.
+            let value = serde_json::Value::deserialize(d)?;
+            let mut out = self.out.borrow_mut();
+            for (slot, path) in &self.paths {
+                let pointer: String = path
+                    .iter()
+                    .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
+                    .collect();
+                out[*slot] = value.pointer(&pointer).cloned();
+            }
+            return Ok(());
         }
-        Some(Err(e)) => {
-            return ProgressObservation::Unreadable {
-                why: format!("invalid JSON ({e})"),
-            };
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pick<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let sub: Vec<(usize, &[String])> = self
+                .paths
+                .iter()
+                .filter(|(_, p)| p.first().is_some_and(|t| *t == key))
+                .map(|(s, p)| (*s, &p[1..]))
+                .collect();
+            if sub.is_empty() {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(Pick {
+                    paths: sub,
+                    out: self.out,
+                })?;
+            }
         }
-        None => {
-            return ProgressObservation::Unreadable {
-                why: "empty file".into(),
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            let key = index.to_string();
+            let sub: Vec<(usize, &[String])> = self
+                .paths
+                .iter()
+                .filter(|(_, p)| p.first().is_some_and(|t| *t == key))
+                .map(|(s, p)| (*s, &p[1..]))
+                .collect();
+            let more = if sub.is_empty() {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            } else {
+                seq.next_element_seed(Pick {
+                    paths: sub,
+                    out: self.out,
+                })?
+                .is_some()
             };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
         }
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// Parses a progress file from `reader`.
+pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservation {
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+    // Skip a UTF-8 byte order mark.
+    let mut head = [0u8; 3];
+    let mut got = 0;
+    while got < 3 {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                return ProgressObservation::Unreadable {
+                    why: format!("cannot read: {e}"),
+                };
+            }
+        }
+    }
+    let prefix: &[u8] = if head[..got] == *b"\xEF\xBB\xBF" {
+        &[]
+    } else {
+        &head[..got]
     };
-    if stream.next().is_some() {
+    let chained = prefix.chain(reader);
+    let paths: Vec<Vec<String>> = std::iter::once(&pointers.checkpoint)
+        .chain(pointers.items.as_ref())
+        .chain(pointers.completion.as_ref())
+        .map(|p| tokens(p))
+        .collect();
+    let out = RefCell::new(vec![None; paths.len()]);
+    let mut de = serde_json::Deserializer::from_reader(chained);
+    let seed = Pick {
+        paths: paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.as_slice()))
+            .collect(),
+        out: &out,
+    };
+    if let Err(e) = seed.deserialize(&mut de) {
+        let why = if e.is_eof() && e.line() == 1 && e.column() == 0 {
+            "empty file".to_string()
+        } else if e.is_eof() {
+            format!("truncated JSON ({e})")
+        } else {
+            format!("invalid JSON ({e})")
+        };
+        return ProgressObservation::Unreadable { why };
+    }
+    if de.end().is_err() {
         return ProgressObservation::Unreadable {
             why: "more than one JSON value in the file (a torn or concatenated write)".into(),
         };
     }
-    let Some(raw) = value.pointer(checkpoint) else {
+    let mut values = out.into_inner().into_iter();
+    let checkpoint = &pointers.checkpoint;
+    let Some(raw) = values.next().flatten() else {
         return ProgressObservation::Unreadable {
             why: format!("no value at {checkpoint}"),
         };
     };
-    let Some(checkpoint_value) = as_count(raw) else {
+    let Some(checkpoint_value) = as_count(&raw) else {
         return ProgressObservation::Unreadable {
             why: format!("value at {checkpoint} is {raw} (expected a non-negative integer)"),
         };
     };
-    let items = items.and_then(|p| value.pointer(p)).and_then(as_count);
+    let items = pointers
+        .items
+        .as_ref()
+        .and_then(|_| values.next().flatten())
+        .as_ref()
+        .and_then(as_count);
+    let completed = pointers
+        .completion
+        .as_ref()
+        .and_then(|_| values.next().flatten())
+        .and_then(|v| v.as_bool());
     ProgressObservation::Read {
         checkpoint: checkpoint_value,
         items,
+        completed,
     }
+}
+
+/// Parses progress-file bytes.
+pub fn parse(bytes: &[u8], pointers: &Pointers) -> ProgressObservation {
+    parse_reader(bytes, pointers)
 }
 
 /// A non-negative integer, or a string of digits with `,`, `_` or space separators.
@@ -101,8 +276,33 @@ fn as_count(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
+/// Identifies one version of a file: a change in any field means it must be read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// The version of the file at `path`, if it exists.
+pub fn version(path: &Path) -> Option<FileVersion> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileVersion {
+        dev: m.dev(),
+        inode: m.ino(),
+        size: m.size(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
 /// Reads and parses the progress file at `path` (at most [`MAX_PROGRESS_BYTES`]).
-pub fn read(path: &Path, checkpoint: &str, items: Option<&str>) -> ProgressObservation {
+pub fn read(path: &Path, pointers: &Pointers) -> ProgressObservation {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ProgressObservation::Missing,
@@ -112,18 +312,20 @@ pub fn read(path: &Path, checkpoint: &str, items: Option<&str>) -> ProgressObser
             };
         }
     };
-    let mut bytes = Vec::new();
-    if let Err(e) = file.take(MAX_PROGRESS_BYTES + 1).read_to_end(&mut bytes) {
-        return ProgressObservation::Unreadable {
-            why: format!("cannot read: {e}"),
-        };
+    match file.metadata() {
+        Ok(m) if m.len() > MAX_PROGRESS_BYTES => {
+            return ProgressObservation::Unreadable {
+                why: format!("{} bytes, larger than {MAX_PROGRESS_BYTES}", m.len()),
+            };
+        }
+        Ok(m) if m.is_dir() => {
+            return ProgressObservation::Unreadable {
+                why: "is a directory".into(),
+            };
+        }
+        _ => {}
     }
-    if bytes.len() as u64 > MAX_PROGRESS_BYTES {
-        return ProgressObservation::Unreadable {
-            why: format!("larger than {MAX_PROGRESS_BYTES} bytes"),
-        };
-    }
-    parse(&bytes, checkpoint, items)
+    parse_reader(file.take(MAX_PROGRESS_BYTES), pointers)
 }
 
 #[cfg(test)]
@@ -134,7 +336,15 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/progress")
             .join(name);
-        read(&path, "/last_processed_book_id", None)
+        read(&path, &Pointers::checkpoint("/last_processed_book_id"))
+    }
+
+    fn read_at(checkpoint: u64) -> ProgressObservation {
+        ProgressObservation::Read {
+            checkpoint,
+            items: None,
+            completed: None,
+        }
     }
 
     fn unreadable(o: &ProgressObservation) -> bool {
@@ -143,35 +353,17 @@ mod tests {
 
     #[test]
     fn reads_the_bulk_worker_cursor() {
-        assert_eq!(
-            fixture("bulk_worker.json"),
-            ProgressObservation::Read {
-                checkpoint: 41250,
-                items: None
-            }
-        );
+        assert_eq!(fixture("bulk_worker.json"), read_at(41250));
     }
 
     #[test]
     fn cursor_as_string_with_thousands_separator() {
-        assert_eq!(
-            fixture("checkpoint_as_string.json"),
-            ProgressObservation::Read {
-                checkpoint: 1234,
-                items: None
-            }
-        );
+        assert_eq!(fixture("checkpoint_as_string.json"), read_at(1234));
     }
 
     #[test]
     fn utf8_bom_is_skipped() {
-        assert_eq!(
-            fixture("utf8_bom.json"),
-            ProgressObservation::Read {
-                checkpoint: 777,
-                items: None
-            }
-        );
+        assert_eq!(fixture("utf8_bom.json"), read_at(777));
     }
 
     #[test]
@@ -188,22 +380,36 @@ mod tests {
                 fixture(name)
             );
         }
+        let ProgressObservation::Unreadable { why } = fixture("empty.json") else {
+            panic!()
+        };
+        assert_eq!(why, "empty file");
+        let ProgressObservation::Unreadable { why } = fixture("two_objects.json") else {
+            panic!()
+        };
+        assert!(why.contains("more than one JSON value"), "{why}");
+        let ProgressObservation::Unreadable { why } = fixture("truncated.json") else {
+            panic!()
+        };
+        assert!(why.starts_with("truncated JSON"), "{why}");
     }
 
     #[test]
     fn null_key_and_completed_flag_files_read_normally() {
+        assert_eq!(fixture("null_key.json"), read_at(9));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/progress/completed_flag.json");
+        let p = Pointers {
+            checkpoint: "/last_processed_book_id".into(),
+            items: None,
+            completion: Some("/completed".into()),
+        };
         assert_eq!(
-            fixture("null_key.json"),
-            ProgressObservation::Read {
-                checkpoint: 9,
-                items: None
-            }
-        );
-        assert_eq!(
-            fixture("completed_flag.json"),
+            read(&path, &p),
             ProgressObservation::Read {
                 checkpoint: 88400,
-                items: None
+                items: None,
+                completed: Some(true)
             }
         );
     }
@@ -211,26 +417,63 @@ mod tests {
     #[test]
     fn missing_file_is_missing() {
         assert_eq!(
-            read(Path::new("/nonexistent/p.json"), "/x", None),
+            read(
+                Path::new("/nonexistent/p.json"),
+                &Pointers::checkpoint("/x")
+            ),
             ProgressObservation::Missing
         );
     }
 
     #[test]
     fn negative_or_fractional_cursor_is_rejected() {
-        assert!(unreadable(&parse(br#"{"c": -1}"#, "/c", None)));
-        assert!(unreadable(&parse(br#"{"c": 1.5}"#, "/c", None)));
-        assert!(unreadable(&parse(br#"{"c": "12a"}"#, "/c", None)));
+        for text in [
+            &br#"{"c": -1}"#[..],
+            br#"{"c": 1.5}"#,
+            br#"{"c": "12a"}"#,
+            br#"{"c": null}"#,
+        ] {
+            assert!(
+                unreadable(&parse(text, &Pointers::checkpoint("/c"))),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]
-    fn items_pointer_is_read_when_present() {
+    fn nested_and_escaped_pointers_and_array_indices() {
+        let text = br#"{"a/b": {"x": [5, {"c~d": 42}]}, "n": "2,000"}"#;
+        let p = Pointers {
+            checkpoint: "/a~1b/x/1/c~0d".into(),
+            items: Some("/n".into()),
+            completion: None,
+        };
         assert_eq!(
-            parse(br#"{"c": 10, "n": "2,000"}"#, "/c", Some("/n")),
+            parse(text, &p),
             ProgressObservation::Read {
-                checkpoint: 10,
-                items: Some(2000)
+                checkpoint: 42,
+                items: Some(2000),
+                completed: None
             }
+        );
+    }
+
+    #[test]
+    fn a_huge_map_before_the_cursor_is_streamed() {
+        let mut text = String::from("{\"completed_files\": {");
+        for i in 0..50_000 {
+            text.push_str(&format!(
+                "\"{i:040}\": {{\"file\": \"/srv/x/{i}.epub\", \"uploaded_at\": \"1\"}},"
+            ));
+        }
+        text.push_str("\"end\": {}}, \"last_processed_book_id\": 61000}");
+        assert_eq!(
+            parse(
+                text.as_bytes(),
+                &Pointers::checkpoint("/last_processed_book_id")
+            ),
+            read_at(61000)
         );
     }
 }

@@ -139,6 +139,9 @@ pub struct WorkerMemory {
     /// with the running count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeating: Option<crate::observe::logtail::RepeatedCursor>,
+    /// The worker's own claim that its range is done (a completion log line or flag), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_complete: Option<String>,
     /// The last error record seen in the log (first line, truncated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -416,7 +416,9 @@ impl Planner<'_> {
         let mut signal_at: Option<BootTime> = None;
         let running_since = w.process.as_ref().map(|p| p.started_at);
         match &obs.progress {
-            ProgressObservation::Read { checkpoint, items } => {
+            ProgressObservation::Read {
+                checkpoint, items, ..
+            } => {
                 if w.checkpoint != Some(*checkpoint) {
                     if let Some(old) = w.checkpoint
                         && *checkpoint < old
@@ -473,6 +475,14 @@ impl Planner<'_> {
                 ));
             }
             for r in records {
+                if r.class == LineClass::Completion {
+                    let first = r.message.lines().next().unwrap_or("");
+                    w.claimed_complete = Some(format!(
+                        "its log says \"{}\"",
+                        first.chars().take(200).collect::<String>()
+                    ));
+                    continue;
+                }
                 if r.class == LineClass::Error {
                     let first = r.message.lines().next().unwrap_or("");
                     w.last_error = Some(first.chars().take(300).collect());
@@ -691,13 +701,23 @@ impl Planner<'_> {
         // Completion is judged by the checkpoint, whatever ended the process.
         let done = match shard {
             Some(s) => w.checkpoint.is_some_and(|c| c >= s.last_key()),
-            None => exit.is_some_and(|e| e.code == Some(0)),
+            None => {
+                exit.is_some_and(|e| e.code == Some(0))
+                    && !matches!(
+                        obs.progress,
+                        ProgressObservation::Read {
+                            completed: Some(false),
+                            ..
+                        }
+                    )
+            }
         };
         if done {
             w.completed_at = Some(self.now.wall);
             w.failures = 0;
             w.backoff_until = None;
             w.restart_reason = None;
+            w.claimed_complete = None;
             let items = w
                 .items
                 .map(|n| format!("; {} {}s done", count(n), self.unit()))
@@ -715,11 +735,15 @@ impl Planner<'_> {
             }
             return;
         }
-        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) {
+        let claimed = w.claimed_complete.take();
+        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) || claimed.is_some() {
             let end = shard.map_or_else(String::new, |s| {
                 format!(" short of the shard's last key {}", count(s.last_key()))
             });
-            format!(" but its checkpoint{at}{end} says it is not done (suspicious completion)")
+            let claim = claimed.map(|c| format!(" {c},")).unwrap_or_default();
+            format!(
+                ";{claim} but its checkpoint{at}{end} says it is not done (suspicious completion)"
+            )
         } else {
             String::new()
         };

@@ -81,6 +81,7 @@ fn obs(process: Option<ProcessStatus>, checkpoint: Option<u64>) -> WorkerObserva
             ProgressObservation::Read {
                 checkpoint: c,
                 items: None,
+                completed: None,
             }
         }),
         log: LogObservation::Missing,
@@ -430,4 +431,55 @@ fn an_own_child_gone_from_proc_but_not_reaped_waits_for_its_exit_status() {
     );
     assert!(p.requeue_after <= Duration::from_millis(100));
     assert!(p.memory.workers[&WorkerId(0)].process.is_some());
+}
+
+/// The original tool believed a "Migration complete" log line after a skip-ahead.
+#[test]
+fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
+    let d = desired();
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 60));
+    let mut o = obs(Some(ProcessStatus::Exited), Some(60));
+    o.log = LogObservation::Read {
+        cursor: LogCursor {
+            dev: 1,
+            inode: 1,
+            offset: 10,
+        },
+        records: vec![LogRecord {
+            class: LineClass::Completion,
+            timestamp: None,
+            message: "INFO - Migration complete. Total: 3,112".into(),
+        }],
+        first_look: false,
+        reset: None,
+        new_bytes: 10,
+        repeated: None,
+    };
+    let p = plan(
+        &d,
+        &observed(
+            [(WorkerId(0), o)].into(),
+            vec![ExitEvent {
+                worker: WorkerId(0),
+                pid: 10,
+                code: Some(0),
+                signal: None,
+            }],
+        ),
+        &m,
+        at(5),
+    );
+    assert_ne!(p.workers[&WorkerId(0)].phase, Phase::Completed);
+    let reason = p
+        .actions
+        .iter()
+        .find(|a| a.worker() == WorkerId(0))
+        .map(Action::reason)
+        .unwrap_or_default();
+    assert!(
+        reason.contains("its log says \"INFO - Migration complete")
+            && reason.contains("suspicious completion"),
+        "{reason}"
+    );
 }
