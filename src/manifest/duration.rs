@@ -29,8 +29,15 @@ impl HumanDuration {
         if trimmed.is_empty() {
             return Err("empty duration (expected e.g. \"90s\", \"5m\", \"1h 30m\")".into());
         }
-        let signed: jiff::SignedDuration = trimmed.parse().map_err(|e| {
-            format!("invalid duration {trimmed:?}: {e} (expected e.g. \"90s\", \"5m\", \"1h 30m\")")
+        if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!(
+                "duration {trimmed:?} has no unit (expected e.g. \"{trimmed}s\" or \"{trimmed}m\")"
+            ));
+        }
+        let signed: jiff::SignedDuration = trimmed.parse().map_err(|_| {
+            format!(
+                "invalid duration {trimmed:?} (expected e.g. \"90s\", \"5m\", \"1h 30m\" or ISO 8601 \"PT5M\")"
+            )
         })?;
         if signed.is_negative() {
             return Err(format!(
