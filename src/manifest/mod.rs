@@ -8,7 +8,9 @@
 mod desired;
 pub mod duration;
 mod locate;
+mod overrides;
 mod parse_message;
+pub mod schema;
 mod suggest;
 pub mod types;
 mod validate;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use desired::{Desired, Patterns, ResolveError, Shard, render_argv};
 pub use duration::HumanDuration;
+pub use overrides::{Overrides, apply_overrides};
 pub use types::*;
 
 /// Largest manifest file automon reads (1 MiB); larger files are rejected before parsing.
@@ -83,6 +86,19 @@ pub struct Manifest {
 /// and column), a type error or unknown field, a parse budget breach, and every semantic rule
 /// broken (see [`validate`]).
 pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
+    load_with_overrides(file, &Overrides::default()).map(|(manifest, _)| manifest)
+}
+
+/// Like [`load`], with command-line `overrides` applied after parsing and before validation
+/// (so an override is held to the same rules as the manifest). Also returns the description of
+/// each override applied (see [`apply_overrides`]).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_overrides(
+    file: &Path,
+    overrides: &Overrides,
+) -> Result<(Manifest, Vec<String>), ManifestError> {
     let whole = |message: String| ManifestError {
         file: file.to_path_buf(),
         problems: vec![Problem {
@@ -110,27 +126,36 @@ pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let workerset = parse(&text).map_err(|problems| ManifestError {
+    let mut workerset = parse(&text).map_err(|problems| ManifestError {
         file: file.to_path_buf(),
         problems,
     })?;
-    let problems = validate::validate(&workerset, &text);
+    let abs = std::path::absolute(file).map_err(|e| whole(format!("cannot resolve path: {e}")))?;
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let applied = apply_overrides(&mut workerset, overrides);
+    let mut problems = validate::validate(&workerset, &text, &dir);
+    for p in &mut problems {
+        if let Some(flag) = overrides.flag_for(&p.field) {
+            p.message.push_str(&format!(" (value set by {flag})"));
+        }
+    }
     if !problems.is_empty() {
         return Err(ManifestError {
             file: file.to_path_buf(),
             problems,
         });
     }
-    let abs = std::path::absolute(file).map_err(|e| whole(format!("cannot resolve path: {e}")))?;
-    let dir = abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Manifest {
-        file: file.to_path_buf(),
-        dir,
-        workerset,
-    })
+    Ok((
+        Manifest {
+            file: file.to_path_buf(),
+            dir,
+            workerset,
+        },
+        applied,
+    ))
 }
 
 /// Parse budgets: what a manifest may contain at most. A WorkerSet needs a few hundred nodes,

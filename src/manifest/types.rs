@@ -22,8 +22,10 @@ pub const KIND: &str = "WorkerSet";
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkerSet {
     /// Must be `automon/v1`.
+    #[schemars(extend("const" = "automon/v1"))]
     pub api_version: String,
     /// Must be `WorkerSet`.
+    #[schemars(extend("const" = "WorkerSet"))]
     pub kind: String,
     /// Names the WorkerSet; the name appears in events and marks the processes automon starts.
     pub metadata: Metadata,
@@ -115,9 +117,11 @@ pub struct DiskThresholds {
     pub path: String,
     /// At or above this, with a worker stuck and more than `min` running, park one (default 90).
     #[serde(default = "defaults::saturated_percent")]
+    #[schemars(range(min = 0, max = 100))]
     pub saturated_percent: f64,
     /// Below this, with fewer than `target` running, start one more (default 50).
     #[serde(default = "defaults::normal_percent")]
+    #[schemars(range(min = 0, max = 100))]
     pub normal_percent: f64,
 }
 
@@ -152,6 +156,7 @@ pub struct Fixes {
     pub cooldown: HumanDuration,
     /// Failed attempts before escalation (default 3).
     #[serde(default = "defaults::max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// Time after a fix at which it is verified by a progress signal (default 2m).
     #[serde(default = "defaults::verify_after")]
@@ -247,8 +252,10 @@ pub struct Llm {
     /// Base URL of an OpenAI-compatible API; default `OPENAI_BASE_URL`, else OpenAI's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// Environment variable holding the API key (default `OPENAI_API_KEY`).
+    /// Name of the environment variable holding the API key (default `OPENAI_API_KEY`); the
+    /// key itself is never written in a manifest.
     #[serde(default = "defaults::api_key_env")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: String,
     /// Total time allowed for one diagnosis (default 60s).
     #[serde(default = "defaults::llm_timeout")]
@@ -318,6 +325,7 @@ pub struct Work {
     pub range: KeyRange,
     /// How many shards to split the range into (default 1).
     #[serde(default = "defaults::shards")]
+    #[schemars(range(min = 1))]
     pub shards: u32,
     /// The noun for one key in messages, singular (default "item"; e.g. "book").
     #[serde(default = "defaults::unit")]
