@@ -171,7 +171,7 @@ pub mod budget {
     /// Nodes (mappings, sequences, scalars).
     pub const MAX_NODES: usize = 20_000;
     /// Total bytes of all scalars.
-    pub const MAX_SCALAR_BYTES: usize = 512 * 1024;
+    pub const MAX_SCALAR_BYTES: usize = 64 * 1024;
     /// Events replayed by expanding aliases.
     pub const MAX_REPLAYED_EVENTS: usize = 10_000;
 }

@@ -66,6 +66,9 @@ pub fn describe(e: &Error, field: &str) -> String {
         Error::AliasReplayStackDepthExceeded { max_depth, .. } => {
             format!("aliases nest too deep (expected at most {max_depth} levels)")
         }
+        Error::Eof { .. } => "no YAML document, only comments or blanks (expected a WorkerSet \
+                               mapping)"
+            .into(),
         Error::MultipleDocuments { .. } => {
             "more than one YAML document (expected exactly one WorkerSet per file)".into()
         }
@@ -79,7 +82,7 @@ fn scalar_kind(ty: &str) -> String {
         "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number ≥ 0".into(),
         "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
         "f32" | "f64" => "a number".into(),
-        "bool" => "true or false".into(),
+        "bool" | "boolean" => "true or false".into(),
         other => format!("a value of type {other}"),
     }
 }

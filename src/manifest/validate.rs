@@ -47,6 +47,7 @@ impl Checker<'_> {
                     .last()
                     .unwrap_or("invalid")
                     .trim()
+                    .trim_start_matches("error: ")
                     .to_string();
                 self.fail(
                     &format!("{field}.{i}"),
@@ -62,7 +63,10 @@ impl Checker<'_> {
         } else if has_bad_escape(pointer) {
             self.fail(
                 field,
-                format!("invalid JSON pointer {pointer:?}: '~' must be followed by 0 or 1"),
+                format!(
+                    "invalid JSON pointer {pointer:?}: '~' must be followed by 0 or 1 (expected \
+                     ~0 for '~' and ~1 for '/')"
+                ),
             );
         }
     }
