@@ -532,7 +532,50 @@ fn is_http_url(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::*;
+
+    #[test]
+    fn code_fix_files_must_stay_inside_the_working_directory() {
+        let wd = Path::new("/project/run");
+        assert!(stays_inside(wd, "worker.py"));
+        assert!(stays_inside(wd, "./src/../worker.py"));
+        assert!(stays_inside(wd, "/project/run/src/worker.py"));
+        assert!(!stays_inside(wd, "../worker.py"));
+        assert!(!stays_inside(wd, "src/../../worker.py"));
+        assert!(
+            !stays_inside(wd, "../run/worker.py"),
+            "leaving and coming back is an escape"
+        );
+        assert!(!stays_inside(wd, "/etc/passwd"));
+        assert!(!stays_inside(wd, "/project/runner.py"));
+        assert!(
+            !stays_inside(wd, "."),
+            "the directory itself is not a file in it"
+        );
+        assert!(stays_inside(Path::new("/project/run/.."), "src/w.py"));
+    }
+
+    #[test]
+    fn env_names_and_urls() {
+        assert!(is_env_name("OPENAI_API_KEY"));
+        assert!(is_env_name("_x1"));
+        assert!(!is_env_name("1X"));
+        assert!(!is_env_name("sk-abc"));
+        assert!(!is_env_name(""));
+        assert!(is_http_url("https://api.openai.com/v1"));
+        assert!(is_http_url("http://localhost:11434/v1"));
+        assert!(!is_http_url("ftp://x"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("https://a b"));
+        assert!(!is_http_url("api.openai.com"));
+    }
+
+    #[test]
+    fn timestamp_formats_are_checked_by_rendering() {
+        assert_eq!(strftime_problem("%Y-%m-%d %H:%M:%S,%f"), None);
+        assert!(strftime_problem("%Y %K").is_some());
+        assert!(strftime_problem("no conversions").is_some());
+    }
 
     #[test]
     fn finds_placeholders_in_order() {
