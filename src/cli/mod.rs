@@ -71,10 +71,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(&args),
         Command::Diff(args) => diff::run(&args),
         Command::Validate { files } => validate(&files),
-        Command::Schema => {
-            print!("{}", manifest::schema::schema_json());
-            Ok(0)
-        }
+        Command::Schema => schema(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -106,6 +103,25 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
         }
     }
     Ok(if bad { 2 } else { 0 })
+}
+
+/// Prints the JSON Schema to stdout; a closed pipe (`automon schema | head`) is not an error.
+fn schema() -> Result<u8, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(manifest::schema::schema_json().as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(CliError::runtime(format!("cannot write the schema: {e}"))),
+    }
+}
+
+/// Loads and validates the manifest without overrides (exit 2 on any problem).
+pub fn load_manifest(file: &Path) -> Result<Manifest, CliError> {
+    manifest::load(file).map_err(|e| CliError::input(e.to_string()))
 }
 
 /// Loads the manifest, applies command-line overrides and validates the result (exit 2 on any
