@@ -1,4 +1,4 @@
-//! `automon apply FILE [--watch] [--dry-run]`.
+//! `automon apply FILE [--watch] [--dry-run] [--check-interval D] [--threshold D] [--llm-enabled]`.
 
 use std::path::PathBuf;
 
@@ -6,6 +6,34 @@ use clap::Args;
 
 use super::CliError;
 use crate::daemon::{self, RunEnd, RunOptions};
+use crate::manifest::{HumanDuration, Overrides};
+
+/// The seed's command-line overrides of manifest fields, shared by `apply` and `diff`. They are
+/// applied before validation, so they obey the manifest's rules.
+#[derive(Debug, Clone, Args)]
+pub struct OverrideArgs {
+    /// Override spec.interval, the time between passes (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = HumanDuration::parse)]
+    pub check_interval: Option<HumanDuration>,
+    /// Override spec.health.stuck_after, the time without progress after which a worker is
+    /// stuck (e.g. 10m); discovery_grace is raised to match if it is shorter.
+    #[arg(long, value_name = "DURATION", value_parser = HumanDuration::parse)]
+    pub threshold: Option<HumanDuration>,
+    /// Override spec.llm.enabled to true.
+    #[arg(long)]
+    pub llm_enabled: bool,
+}
+
+impl OverrideArgs {
+    /// The overrides as the manifest module takes them.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            interval: self.check_interval,
+            stuck_after: self.threshold,
+            llm_enabled: self.llm_enabled,
+        }
+    }
+}
 
 /// Arguments of `apply`.
 #[derive(Debug, Args)]
@@ -21,14 +49,19 @@ pub struct ApplyArgs {
     /// State directory (default: .automon/ beside the manifest).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Command-line overrides of manifest fields.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 /// Runs `apply`.
 pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
+    let (manifest, overridden) =
+        super::load_manifest_with(&args.file, &args.overrides.overrides())?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     if args.dry_run {
         let desired = super::resolve(&manifest)?;
+        super::print_overrides(&overridden);
         let code = super::diff::print_plan(&desired, &state_dir)?;
         println!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
@@ -37,8 +70,13 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
         .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
     let desired = super::resolve(&manifest)?;
     let mode = if args.watch { "watching" } else { "one pass" };
+    let overrides = if overridden.is_empty() {
+        String::new()
+    } else {
+        format!("; overrides: {}", overridden.join(", "))
+    };
     eprintln!(
-        "automon: applying {} ({}; {} workers, {}; state in {})",
+        "automon: applying {} ({}; {} workers, {}; state in {}{overrides})",
         manifest.file.display(),
         desired.name,
         desired.counts.target,

@@ -17,13 +17,18 @@ pub struct DiffArgs {
     /// State directory (default: .automon/ beside the manifest).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Command-line overrides of manifest fields (preview what `apply` with them would do).
+    #[command(flatten)]
+    pub overrides: super::apply::OverrideArgs,
 }
 
 /// Runs `diff`.
 pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
+    let (manifest, overridden) =
+        super::load_manifest_with(&args.file, &args.overrides.overrides())?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let desired = super::resolve(&manifest)?;
+    super::print_overrides(&overridden);
     print_plan(&desired, &state_dir)
 }
 

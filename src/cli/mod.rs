@@ -33,6 +33,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema (draft 2020-12) of the WorkerSet manifest.
+    Schema,
 }
 
 /// A failure with the exit code it maps to.
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(&args),
         Command::Diff(args) => diff::run(&args),
         Command::Validate { files } => validate(&files),
+        Command::Schema => schema(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -102,9 +105,39 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     Ok(if bad { 2 } else { 0 })
 }
 
-/// Loads and validates the manifest (exit 2 on any problem).
-pub(crate) fn load_manifest(file: &Path) -> Result<Manifest, CliError> {
+/// Prints the JSON Schema to stdout; a closed pipe (`automon schema | head`) is not an error.
+fn schema() -> Result<u8, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(manifest::schema::schema_json().as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(CliError::runtime(format!("cannot write the schema: {e}"))),
+    }
+}
+
+/// Loads and validates the manifest without overrides (exit 2 on any problem).
+pub fn load_manifest(file: &Path) -> Result<Manifest, CliError> {
     manifest::load(file).map_err(|e| CliError::input(e.to_string()))
+}
+
+/// Loads the manifest, applies command-line overrides and validates the result (exit 2 on any
+/// problem); also returns a description of each override applied.
+pub(crate) fn load_manifest_with(
+    file: &Path,
+    overrides: &manifest::Overrides,
+) -> Result<(Manifest, Vec<String>), CliError> {
+    manifest::load_with_overrides(file, overrides).map_err(|e| CliError::input(e.to_string()))
+}
+
+/// Prints the overrides applied, one line each, before a plan.
+pub(crate) fn print_overrides(overridden: &[String]) {
+    for o in overridden {
+        println!("override: {o}");
+    }
 }
 
 /// Resolves the manifest into [`Desired`], running `end_command` when there is one.

@@ -29,8 +29,15 @@ impl HumanDuration {
         if trimmed.is_empty() {
             return Err("empty duration (expected e.g. \"90s\", \"5m\", \"1h 30m\")".into());
         }
-        let signed: jiff::SignedDuration = trimmed.parse().map_err(|e| {
-            format!("invalid duration {trimmed:?}: {e} (expected e.g. \"90s\", \"5m\", \"1h 30m\")")
+        if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!(
+                "duration {trimmed:?} has no unit (expected e.g. \"{trimmed}s\" or \"{trimmed}m\")"
+            ));
+        }
+        let signed: jiff::SignedDuration = trimmed.parse().map_err(|_| {
+            format!(
+                "invalid duration {trimmed:?} (expected e.g. \"90s\", \"5m\", \"1h 30m\" or ISO 8601 \"PT5M\")"
+            )
         })?;
         if signed.is_negative() {
             return Err(format!(
@@ -49,9 +56,26 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+impl HumanDuration {
+    /// The duration as a manifest would write it, exactly: the compact form (`"5m"`) when it
+    /// parses back to the same span, else jiff's friendly form (`"1h 1m 1s 500ms"`), which is
+    /// lossless.
+    pub fn to_manifest_string(self) -> String {
+        let compact = format_duration(self.0);
+        if Self::parse(&compact) == Ok(self) {
+            return compact;
+        }
+        match jiff::SignedDuration::try_from(self.0) {
+            Ok(signed) => format!("{signed:#}"),
+            // Beyond i64 seconds (about 292 billion years): no manifest writes that.
+            Err(_) => compact,
+        }
+    }
+}
+
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(self.0))
+        s.serialize_str(&self.to_manifest_string())
     }
 }
 
@@ -151,6 +175,21 @@ mod tests {
         assert!(HumanDuration::parse("-5m").is_err());
         assert!(HumanDuration::parse("").is_err());
         assert!(HumanDuration::parse("soon").is_err());
+    }
+
+    #[test]
+    fn manifest_strings_parse_back_exactly() {
+        for d in [
+            Duration::from_secs(300),
+            Duration::from_secs(90_061),
+            Duration::from_millis(1_500),
+            Duration::from_nanos(1),
+            Duration::from_secs(7_500),
+        ] {
+            let text = HumanDuration(d).to_manifest_string();
+            assert_eq!(HumanDuration::parse(&text), Ok(HumanDuration(d)), "{text}");
+        }
+        assert_eq!(HumanDuration::from_secs(300).to_manifest_string(), "5m");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 mod desired;
 pub mod duration;
 mod locate;
+mod overrides;
+mod parse_message;
+pub mod schema;
+mod suggest;
 pub mod types;
 mod validate;
 
@@ -16,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 pub use desired::{Desired, Patterns, ResolveError, Shard, render_argv};
 pub use duration::HumanDuration;
+pub use overrides::{Overrides, apply_overrides};
 pub use types::*;
 
 /// Largest manifest file automon reads (1 MiB); larger files are rejected before parsing.
@@ -81,6 +86,19 @@ pub struct Manifest {
 /// and column), a type error or unknown field, a parse budget breach, and every semantic rule
 /// broken (see [`validate`]).
 pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
+    load_with_overrides(file, &Overrides::default()).map(|(manifest, _)| manifest)
+}
+
+/// Like [`load`], with command-line `overrides` applied after parsing and before validation
+/// (so an override is held to the same rules as the manifest). Also returns the description of
+/// each override applied (see [`apply_overrides`]).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_overrides(
+    file: &Path,
+    overrides: &Overrides,
+) -> Result<(Manifest, Vec<String>), ManifestError> {
     let whole = |message: String| ManifestError {
         file: file.to_path_buf(),
         problems: vec![Problem {
@@ -108,33 +126,62 @@ pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let workerset = parse(&text).map_err(|problems| ManifestError {
+    let mut workerset = parse(&text).map_err(|problems| ManifestError {
         file: file.to_path_buf(),
         problems,
     })?;
-    let problems = validate::validate(&workerset, &text);
+    let abs = std::path::absolute(file).map_err(|e| whole(format!("cannot resolve path: {e}")))?;
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let applied = apply_overrides(&mut workerset, overrides);
+    let mut problems = validate::validate(&workerset, &text, &dir);
+    for p in &mut problems {
+        if let Some(flag) = overrides.flag_for(&p.field) {
+            p.message.push_str(&format!(" (value set by {flag})"));
+        }
+    }
     if !problems.is_empty() {
         return Err(ManifestError {
             file: file.to_path_buf(),
             problems,
         });
     }
-    let abs = std::path::absolute(file).map_err(|e| whole(format!("cannot resolve path: {e}")))?;
-    let dir = abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Manifest {
-        file: file.to_path_buf(),
-        dir,
-        workerset,
-    })
+    Ok((
+        Manifest {
+            file: file.to_path_buf(),
+            dir,
+            workerset,
+        },
+        applied,
+    ))
+}
+
+/// Parse budgets: what a manifest may contain at most. A WorkerSet needs a few hundred nodes,
+/// a depth below 10 and a few kilobytes of scalars; these limits are far above that and far below
+/// what hurts (alias bombs, deep nesting, huge scalars).
+pub mod budget {
+    /// Nesting depth of mappings and sequences.
+    pub const MAX_DEPTH: usize = 32;
+    /// Aliases (`*name`) in the document.
+    pub const MAX_ALIASES: usize = 100;
+    /// Anchors (`&name`) in the document.
+    pub const MAX_ANCHORS: usize = 100;
+    /// Nodes (mappings, sequences, scalars).
+    pub const MAX_NODES: usize = 20_000;
+    /// Total bytes of all scalars.
+    pub const MAX_SCALAR_BYTES: usize = 64 * 1024;
+    /// Events replayed by expanding aliases.
+    pub const MAX_REPLAYED_EVENTS: usize = 10_000;
 }
 
 /// Parses manifest text into a [`WorkerSet`] under parse budgets; no semantic checks.
 ///
 /// # Errors
-/// One [`Problem`] with the line and column serde-saphyr reports.
+/// One [`Problem`] with the line and column serde-saphyr reports, the dotted path of the field
+/// being read (e.g. `spec.workers.min`) and a message that suggests the nearest valid name for
+/// an unknown field.
 pub fn parse(text: &str) -> Result<WorkerSet, Vec<Problem>> {
     if text.trim().is_empty() {
         return Err(vec![Problem {
@@ -143,35 +190,80 @@ pub fn parse(text: &str) -> Result<WorkerSet, Vec<Problem>> {
             message: "empty manifest (expected a WorkerSet mapping)".into(),
         }]);
     }
-    let options = serde_saphyr::options! {
+    // Pass 1: the whole document, typeless, under the budgets, so that hostile input (alias
+    // bombs, deep nesting, huge scalars) is reported as such and not masked by the first type
+    // error the typed pass would meet.
+    if let Err(e) = serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(text, options()) {
+        return Err(vec![problem(text, &e, String::new())]);
+    }
+    let mut path = None;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        serde_path_to_error::deserialize::<_, WorkerSet>(de).map_err(|e| {
+            path = Some(dotted(e.path()));
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| vec![problem(text, &e, path.unwrap_or_default())])
+}
+
+/// serde-saphyr options with automon's budgets; duplicate keys are errors.
+fn options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
-            max_depth: 32,
-            max_aliases: 100,
-            max_anchors: 100,
-            max_nodes: 20_000,
-            max_total_scalar_bytes: 512 * 1024,
+            max_depth: budget::MAX_DEPTH,
+            max_aliases: budget::MAX_ALIASES,
+            max_anchors: budget::MAX_ANCHORS,
+            max_nodes: budget::MAX_NODES,
+            max_total_scalar_bytes: budget::MAX_SCALAR_BYTES,
             max_documents: 1,
         },
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         with_snippet: false,
     };
-    serde_saphyr::from_str_with_options::<WorkerSet>(text, options).map_err(|e| {
-        let location = e.location().map(|l| (l.line(), l.column()));
-        let message = e.without_snippet().render();
-        let message = strip_location_suffix(message.trim());
-        vec![Problem {
-            location,
-            field: String::new(),
-            message,
-        }]
+    options.alias_limits.max_total_replayed_events = budget::MAX_REPLAYED_EVENTS;
+    options
+}
+
+/// One problem from a parse error met while reading `field`.
+fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
+    let e = e.without_snippet();
+    let mut location = e.location().map(|l| (l.line(), l.column()));
+    let mut message = parse_message::describe(e, &field);
+    if message.contains("tab") {
+        // The scanner reports where the scalar or block it was reading began; the tab itself is
+        // more useful.
+        if let Some(at) = indentation_tab(text) {
+            location = Some(at);
+            message = "tab character in indentation (expected spaces: YAML indents with spaces \
+                       only)"
+                .into();
+        }
+    }
+    Problem {
+        location,
+        field,
+        message,
+    }
+}
+
+/// 1-based (line, column) of the first tab in a line's leading whitespace.
+fn indentation_tab(text: &str) -> Option<(u64, u64)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        indent.find('\t').map(|col| (i as u64 + 1, col as u64 + 1))
     })
 }
 
-/// serde-saphyr appends " at line X, column Y" to messages; the location is printed in front.
-fn strip_location_suffix(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message);
-    match first.rfind(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
-    }
+/// `spec.template.command.2`: the path serde was reading, in the same form validation uses.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }

@@ -22,8 +22,10 @@ pub const KIND: &str = "WorkerSet";
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkerSet {
     /// Must be `automon/v1`.
+    #[schemars(extend("const" = "automon/v1"))]
     pub api_version: String,
     /// Must be `WorkerSet`.
+    #[schemars(extend("const" = "WorkerSet"))]
     pub kind: String,
     /// Names the WorkerSet; the name appears in events and marks the processes automon starts.
     pub metadata: Metadata,
@@ -115,9 +117,11 @@ pub struct DiskThresholds {
     pub path: String,
     /// At or above this, with a worker stuck and more than `min` running, park one (default 90).
     #[serde(default = "defaults::saturated_percent")]
+    #[schemars(range(min = 0, max = 100))]
     pub saturated_percent: f64,
     /// Below this, with fewer than `target` running, start one more (default 50).
     #[serde(default = "defaults::normal_percent")]
+    #[schemars(range(min = 0, max = 100))]
     pub normal_percent: f64,
 }
 
@@ -152,6 +156,7 @@ pub struct Fixes {
     pub cooldown: HumanDuration,
     /// Failed attempts before escalation (default 3).
     #[serde(default = "defaults::max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// Time after a fix at which it is verified by a progress signal (default 2m).
     #[serde(default = "defaults::verify_after")]
@@ -247,8 +252,10 @@ pub struct Llm {
     /// Base URL of an OpenAI-compatible API; default `OPENAI_BASE_URL`, else OpenAI's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    /// Environment variable holding the API key (default `OPENAI_API_KEY`).
+    /// Name of the environment variable holding the API key (default `OPENAI_API_KEY`); the
+    /// key itself is never written in a manifest.
     #[serde(default = "defaults::api_key_env")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
     pub api_key_env: String,
     /// Total time allowed for one diagnosis (default 60s).
     #[serde(default = "defaults::llm_timeout")]
@@ -318,6 +325,7 @@ pub struct Work {
     pub range: KeyRange,
     /// How many shards to split the range into (default 1).
     #[serde(default = "defaults::shards")]
+    #[schemars(range(min = 1))]
     pub shards: u32,
     /// The noun for one key in messages, singular (default "item"; e.g. "book").
     #[serde(default = "defaults::unit")]
@@ -617,5 +625,359 @@ pub mod defaults {
     /// 10 minutes.
     pub fn backoff_reset_after() -> HumanDuration {
         HumanDuration::from_secs(600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::manifest::parse;
+
+    const MINIMAL: &str = "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {name: t}\nspec:\n  \
+                           template: {command: [w, \"{id}\"]}\n  \
+                           progress: {file: \"p{id}\", checkpoint: /c}\n  \
+                           logs: {file: \"l{id}\"}\n";
+
+    fn secs(d: HumanDuration) -> u64 {
+        d.get().as_secs()
+    }
+
+    /// The seed's rules hold for every field a manifest leaves out.
+    #[test]
+    fn omitted_fields_take_the_seeds_defaults() {
+        let s = parse(MINIMAL).unwrap().spec;
+        assert_eq!(secs(s.interval), 60, "check interval 60s");
+        assert_eq!((s.workers.target, s.workers.min, s.workers.max), (4, 1, 8));
+        assert_eq!(secs(s.health.stuck_after), 5 * 60, "stuck after 5m");
+        assert_eq!(
+            secs(s.health.discovery_grace),
+            20 * 60,
+            "discovery grace 20m"
+        );
+        assert_eq!(s.scaling.disk.saturated_percent, 90.0);
+        assert_eq!(s.scaling.disk.normal_percent, 50.0);
+        assert_eq!(s.scaling.disk.path, ".");
+        assert_eq!(secs(s.scaling.scale_down_cooldown), 5 * 60);
+        assert_eq!(secs(s.scaling.scale_up_cooldown), 10 * 60);
+        assert_eq!(
+            secs(s.fixes.cooldown),
+            10 * 60,
+            "per-worker fix cooldown 10m"
+        );
+        assert_eq!(s.fixes.max_attempts, 3);
+        assert_eq!(secs(s.fixes.verify_after), 2 * 60);
+        assert_eq!(s.fixes.escalation, Escalation::AlertAndPause);
+        assert!(s.fixes.config.enabled);
+        assert!(!s.fixes.code.enabled);
+        assert!(s.fixes.code.rollback_on_failure);
+        assert_eq!(s.template.workdir, ".");
+        assert_eq!(s.template.stop_signal, "SIGTERM");
+        assert_eq!(secs(s.template.stop_grace), 30);
+        assert_eq!(s.logs.tail_bytes, 64 * 1024);
+        assert_eq!(s.logs.timestamp_format, "%Y-%m-%d %H:%M:%S,%f");
+        assert!(!s.llm.enabled);
+        assert_eq!(s.llm.model, "gpt-4o-mini");
+        assert_eq!(s.llm.api_key_env, "OPENAI_API_KEY");
+        assert_eq!(s.llm.base_url, None);
+        assert_eq!(secs(s.llm.timeout), 60);
+        assert_eq!(secs(s.restart.backoff_initial), 10);
+        assert_eq!(secs(s.restart.backoff_max), 5 * 60);
+        assert_eq!(secs(s.restart.backoff_reset_after), 10 * 60);
+        assert!(!s.adoption.match_command);
+        assert_eq!(s.work, None);
+        assert_eq!(s.setup, None);
+    }
+
+    /// The `Default` impls agree with the serde defaults (a section left out entirely equals a
+    /// section written as `{}`).
+    #[test]
+    fn empty_sections_equal_omitted_sections() {
+        let omitted = parse(MINIMAL).unwrap();
+        let empty = parse(&format!(
+            "{MINIMAL}  workers: {{}}\n  health: {{}}\n  restart: {{}}\n  scaling: {{disk: {{}}}}\n  \
+             fixes: {{config: {{}}, code: {{}}}}\n  llm: {{}}\n  adoption: {{}}\n"
+        ))
+        .unwrap();
+        assert_eq!(omitted, empty);
+    }
+
+    fn duration() -> impl Strategy<Value = HumanDuration> {
+        prop_oneof![
+            (1u64..100_000).prop_map(HumanDuration::from_secs),
+            (1u64..100_000_000).prop_map(|ms| HumanDuration(Duration::from_millis(ms))),
+        ]
+    }
+
+    /// Any printable text, including text that YAML would read as a number, bool or null.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,16}",
+            Just("true".to_string()),
+            Just("0x1F".to_string()),
+            Just("~".to_string()),
+            Just("1e3".to_string()),
+            Just("- item".to_string()),
+            Just("a: b".to_string()),
+            Just("#hash".to_string()),
+        ]
+    }
+
+    fn env_name() -> impl Strategy<Value = String> {
+        "[A-Z_][A-Z0-9_]{0,12}"
+    }
+
+    fn counts() -> impl Strategy<Value = WorkerCounts> {
+        (0u32..50, 0u32..50, 1u32..50).prop_map(|(a, b, c)| {
+            let mut v = [a, b, c];
+            v.sort_unstable();
+            WorkerCounts {
+                min: v[0],
+                target: v[1],
+                max: v[2],
+            }
+        })
+    }
+
+    fn work() -> impl Strategy<Value = Option<Work>> {
+        proptest::option::of(
+            (0u64..1_000_000_000, 1u32..64, 0u64..1_000_000, "[a-z]{1,8}").prop_map(
+                |(start, shards, extra, unit)| Work {
+                    range: KeyRange {
+                        start,
+                        end: Some(start + u64::from(shards) + extra),
+                        end_command: None,
+                    },
+                    shards,
+                    unit,
+                },
+            ),
+        )
+    }
+
+    fn template() -> impl Strategy<Value = Template> {
+        (
+            proptest::collection::vec(text(), 0..5),
+            proptest::collection::btree_map(env_name(), text(), 0..4),
+            proptest::collection::btree_map(
+                "p_[a-z]{1,8}",
+                (-1000i64..1000, -1000i64..1000, -1000i64..1000),
+                0..3,
+            ),
+            prop::sample::select(vec!["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1"]),
+            duration(),
+            "[a-z./]{1,10}",
+        )
+            .prop_map(|(args, env, params, signal, stop_grace, workdir)| {
+                let parameters: BTreeMap<String, Parameter> = params
+                    .into_iter()
+                    .map(|(k, (a, b, c))| {
+                        let mut v = [a, b, c];
+                        v.sort_unstable();
+                        (
+                            k,
+                            Parameter {
+                                min: v[0],
+                                default: v[1],
+                                max: v[2],
+                            },
+                        )
+                    })
+                    .collect();
+                // Braces in free text would be placeholders; keep them out of the arguments.
+                let mut command = vec!["python3".to_string(), "{id}".to_string()];
+                command.extend(args.into_iter().map(|a| a.replace(['{', '}'], "")));
+                command.extend(parameters.keys().map(|k| format!("{{{k}}}")));
+                Template {
+                    command,
+                    workdir,
+                    env,
+                    parameters,
+                    stop_signal: signal.to_string(),
+                    stop_grace,
+                }
+            })
+    }
+
+    fn logs() -> impl Strategy<Value = Logs> {
+        let pattern = prop::sample::select(vec![
+            "Successfully uploaded:",
+            "Found [\\d,]+ new files",
+            "^Traceback ",
+            " - (ERROR|CRITICAL) - ",
+            "a.b*c",
+        ])
+        .prop_map(String::from);
+        (
+            proptest::collection::vec(pattern.clone(), 0..3),
+            proptest::collection::vec(pattern.clone(), 0..3),
+            proptest::collection::vec(pattern.clone(), 0..3),
+            proptest::collection::vec(pattern, 0..3),
+            prop::sample::select(vec!["%Y-%m-%d %H:%M:%S,%f", "%H:%M:%S", "[%d/%b/%Y:%T %z]"]),
+            1024u64..16 * 1024 * 1024,
+        )
+            .prop_map(|(upload, activity, error, completion, ts, tail)| Logs {
+                file: "logs/worker{id}.log".into(),
+                upload_patterns: upload,
+                activity_patterns: activity,
+                error_patterns: error,
+                completion_patterns: completion,
+                timestamp_format: ts.into(),
+                tail_bytes: tail,
+            })
+    }
+
+    fn scaling() -> impl Strategy<Value = Scaling> {
+        (0u32..10_000, 1u32..10_000, duration(), duration()).prop_map(|(a, b, down, up)| {
+            let normal = f64::from(a.min(9_999)) / 100.0;
+            let saturated = (normal + f64::from(b) / 100.0).min(100.0);
+            Scaling {
+                disk: DiskThresholds {
+                    path: ".".into(),
+                    saturated_percent: saturated,
+                    normal_percent: normal,
+                },
+                scale_down_cooldown: down,
+                scale_up_cooldown: up,
+            }
+        })
+    }
+
+    fn fixes() -> impl Strategy<Value = Fixes> {
+        (
+            duration(),
+            1u32..10,
+            duration(),
+            prop::sample::select(vec![
+                Escalation::AlertAndPause,
+                Escalation::StopWorker,
+                Escalation::TryDifferentFix,
+            ]),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec("[a-z]{1,8}/[a-z]{1,8}\\.py", 1..3),
+            1u32..500,
+        )
+            .prop_map(
+                |(cooldown, max_attempts, verify_after, escalation, config, code, files, lines)| {
+                    Fixes {
+                        cooldown,
+                        max_attempts,
+                        verify_after,
+                        escalation,
+                        config: ConfigFixes { enabled: config },
+                        code: CodeFixes {
+                            enabled: code,
+                            files,
+                            interpreter: "python3".into(),
+                            test_command: code.then(|| vec!["pytest".into(), "-q".into()]),
+                            max_changed_lines: lines,
+                            rollback_on_failure: !code,
+                        },
+                    }
+                },
+            )
+    }
+
+    fn llm() -> impl Strategy<Value = Llm> {
+        (
+            any::<bool>(),
+            "[a-z0-9.-]{1,16}",
+            proptest::option::of(prop::sample::select(vec![
+                "https://api.openai.com/v1",
+                "http://localhost:11434/v1",
+            ])),
+            env_name(),
+            duration(),
+            1u64..1_000_000,
+            proptest::collection::vec(env_name(), 0..3),
+        )
+            .prop_map(
+                |(enabled, model, base_url, api_key_env, timeout, max_log_bytes, secret_env)| Llm {
+                    enabled,
+                    model,
+                    base_url: base_url.map(String::from),
+                    api_key_env,
+                    timeout,
+                    max_log_bytes,
+                    secret_env,
+                },
+            )
+    }
+
+    fn workerset() -> impl Strategy<Value = WorkerSet> {
+        let timing = (
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+        );
+        (
+            "[a-z][a-z0-9._-]{0,20}",
+            counts(),
+            work(),
+            template(),
+            proptest::option::of("/[a-z_]{1,12}"),
+            timing,
+            (scaling(), fixes(), llm(), any::<bool>()),
+            logs(),
+        )
+            .prop_map(
+                |(name, workers, work, template, items, timing, (sc, fx, llm, adopt), logs)| {
+                    let (interval, a, b, initial, max, reset) = timing;
+                    WorkerSet {
+                        api_version: API_VERSION.into(),
+                        kind: KIND.into(),
+                        metadata: Metadata { name },
+                        spec: Spec {
+                            interval,
+                            workers,
+                            work,
+                            setup: None,
+                            template,
+                            progress: Progress {
+                                file: "state/progress{id}.json".into(),
+                                checkpoint: "/last_processed_book_id".into(),
+                                items,
+                                completion: None,
+                            },
+                            logs,
+                            health: Health {
+                                stuck_after: a.min(b),
+                                discovery_grace: a.max(b),
+                            },
+                            restart: RestartPolicy {
+                                backoff_initial: initial.min(max),
+                                backoff_max: initial.max(max),
+                                backoff_reset_after: reset,
+                            },
+                            scaling: sc,
+                            fixes: fx,
+                            llm,
+                            adoption: Adoption {
+                                match_command: adopt,
+                            },
+                        },
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// A valid manifest survives serialize (serde-saphyr) → parse unchanged.
+        #[test]
+        fn valid_manifests_round_trip_through_yaml(ws in workerset()) {
+            let problems =
+                crate::manifest::validate::validate(&ws, "", std::path::Path::new("/project"));
+            prop_assert!(problems.is_empty(), "the generator made an invalid manifest: {problems:?}");
+            let yaml = serde_saphyr::to_string(&ws).unwrap();
+            let back = parse(&yaml).map_err(|p| format!("{p:?}\n{yaml}"));
+            prop_assert_eq!(back, Ok(ws), "{}", yaml);
+        }
     }
 }

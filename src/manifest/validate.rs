@@ -1,7 +1,10 @@
 //! Semantic rules of a WorkerSet, all checked in one pass so the user sees every problem at once.
 
+use std::path::{Component, Path};
+
 use regex::Regex;
 
+use super::desired::normalize;
 use super::locate::locate;
 use super::types::{API_VERSION, KIND, WorkerSet};
 use super::{HumanDuration, Problem};
@@ -44,6 +47,7 @@ impl Checker<'_> {
                     .last()
                     .unwrap_or("invalid")
                     .trim()
+                    .trim_start_matches("error: ")
                     .to_string();
                 self.fail(
                     &format!("{field}.{i}"),
@@ -59,7 +63,10 @@ impl Checker<'_> {
         } else if has_bad_escape(pointer) {
             self.fail(
                 field,
-                format!("invalid JSON pointer {pointer:?}: '~' must be followed by 0 or 1"),
+                format!(
+                    "invalid JSON pointer {pointer:?}: '~' must be followed by 0 or 1 (expected \
+                     ~0 for '~' and ~1 for '/')"
+                ),
             );
         }
     }
@@ -89,8 +96,55 @@ pub fn placeholders(text: &str) -> Vec<&str> {
     out
 }
 
+/// True for a name a shell would accept as an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// True when `file`, taken relative to the directory `workdir` (absolute), stays inside it after
+/// lexical normalisation (`..` resolved without touching the file system; symlinks are not
+/// followed). An absolute `file` must lie under `workdir`. `workdir` itself is not inside.
+pub fn stays_inside(workdir: &Path, file: &str) -> bool {
+    let root = normalize(workdir);
+    let target = normalize(&root.join(file));
+    if Path::new(file).is_relative() {
+        // Walk the components: a `..` that would climb above `workdir` escapes even if a later
+        // component climbs back in.
+        let mut depth = 0usize;
+        for c in Path::new(file).components() {
+            match c {
+                Component::ParentDir if depth == 0 => return false,
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+        }
+    }
+    target.starts_with(&root) && target != root
+}
+
+/// Checks that `format` is a strftime format jiff can render (the format logs are read with).
+fn strftime_problem(format: &str) -> Option<String> {
+    if !format.contains('%') {
+        return Some(format!(
+            "timestamp format {format:?} has no conversion (expected e.g. \"%Y-%m-%d %H:%M:%S,%f\")"
+        ));
+    }
+    let sample = jiff::Timestamp::UNIX_EPOCH.to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    jiff::fmt::strtime::format(format, &sample)
+        .err()
+        .map(|e| format!("invalid timestamp format {format:?}: {e} (expected a strftime format such as \"%Y-%m-%d %H:%M:%S,%f\")"))
+}
+
 /// Checks every rule; returns the problems found (empty when the manifest is valid).
-pub fn validate(ws: &WorkerSet, text: &str) -> Vec<Problem> {
+///
+/// `text` is the manifest as written (for locations); `dir` is the manifest's directory,
+/// absolute, against which `template.workdir` is resolved.
+pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
     let mut c = Checker {
         text,
         problems: Vec::new(),
@@ -254,6 +308,14 @@ pub fn validate(ws: &WorkerSet, text: &str) -> Vec<Problem> {
         );
     }
     c.positive("spec.template.stop_grace", t.stop_grace);
+    for name in t.env.keys() {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            c.fail(
+                &format!("spec.template.env.{name}"),
+                format!("invalid variable name {name:?} (expected a name without '=')"),
+            );
+        }
+    }
     let several = s
         .work
         .as_ref()
@@ -280,9 +342,16 @@ pub fn validate(ws: &WorkerSet, text: &str) -> Vec<Problem> {
     if let Some(items) = &s.progress.items {
         c.pointer("spec.progress.items", items);
     }
+    if let Some(completion) = &s.progress.completion {
+        c.pointer("spec.progress.completion", completion);
+    }
     c.regexes("spec.logs.upload_patterns", &s.logs.upload_patterns);
     c.regexes("spec.logs.activity_patterns", &s.logs.activity_patterns);
     c.regexes("spec.logs.error_patterns", &s.logs.error_patterns);
+    c.regexes("spec.logs.completion_patterns", &s.logs.completion_patterns);
+    if let Some(problem) = strftime_problem(&s.logs.timestamp_format) {
+        c.fail("spec.logs.timestamp_format", problem);
+    }
     if s.logs.tail_bytes < 1024 || s.logs.tail_bytes > 16 * 1024 * 1024 {
         c.fail(
             "spec.logs.tail_bytes",
@@ -302,18 +371,211 @@ pub fn validate(ws: &WorkerSet, text: &str) -> Vec<Problem> {
     }
     c.positive("spec.restart.backoff_initial", s.restart.backoff_initial);
     c.positive("spec.restart.backoff_max", s.restart.backoff_max);
+    c.positive(
+        "spec.restart.backoff_reset_after",
+        s.restart.backoff_reset_after,
+    );
     if s.restart.backoff_max < s.restart.backoff_initial {
         c.fail(
             "spec.restart.backoff_max",
             "backoff_max < backoff_initial (expected backoff_initial ≤ backoff_max)",
         );
     }
+    scaling(&mut c, ws);
+    fixes(&mut c, ws, dir);
+    llm(&mut c, ws);
     c.problems
+}
+
+fn scaling(c: &mut Checker<'_>, ws: &WorkerSet) {
+    let sc = &ws.spec.scaling;
+    if sc.disk.path.trim().is_empty() {
+        c.fail(
+            "spec.scaling.disk.path",
+            "empty path (expected a path on the disk to watch, e.g. \".\")",
+        );
+    }
+    let (normal, saturated) = (sc.disk.normal_percent, sc.disk.saturated_percent);
+    if !(0.0..=100.0).contains(&normal) {
+        c.fail(
+            "spec.scaling.disk.normal_percent",
+            format!("{normal} is not a percentage (expected 0 to 100)"),
+        );
+    }
+    if !(0.0..=100.0).contains(&saturated) {
+        c.fail(
+            "spec.scaling.disk.saturated_percent",
+            format!("{saturated} is not a percentage (expected 0 to 100)"),
+        );
+    }
+    if normal >= saturated {
+        c.fail(
+            "spec.scaling.disk",
+            format!(
+                "normal_percent {normal} ≥ saturated_percent {saturated} (expected 0 ≤ \
+                 normal_percent < saturated_percent ≤ 100)"
+            ),
+        );
+    }
+    c.positive("spec.scaling.scale_down_cooldown", sc.scale_down_cooldown);
+    c.positive("spec.scaling.scale_up_cooldown", sc.scale_up_cooldown);
+}
+
+fn fixes(c: &mut Checker<'_>, ws: &WorkerSet, dir: &Path) {
+    let f = &ws.spec.fixes;
+    c.positive("spec.fixes.cooldown", f.cooldown);
+    c.positive("spec.fixes.verify_after", f.verify_after);
+    if f.max_attempts == 0 {
+        c.fail(
+            "spec.fixes.max_attempts",
+            "max_attempts is 0 (expected at least 1)",
+        );
+    }
+    let code = &f.code;
+    if code.enabled && code.files.is_empty() {
+        c.fail(
+            "spec.fixes.code",
+            "code fixes enabled with no files (expected files: the source files a fix may edit)",
+        );
+    }
+    let workdir = dir.join(&ws.spec.template.workdir);
+    for (i, file) in code.files.iter().enumerate() {
+        let field = format!("spec.fixes.code.files.{i}");
+        if file.trim().is_empty() {
+            c.fail(
+                &field,
+                "empty path (expected a file inside the working directory)",
+            );
+        } else if !stays_inside(&workdir, file) {
+            c.fail(
+                &field,
+                format!(
+                    "{file:?} is outside the working directory (expected a file inside \
+                     template.workdir, without `..` escaping it)"
+                ),
+            );
+        }
+    }
+    if code.interpreter.trim().is_empty() {
+        c.fail(
+            "spec.fixes.code.interpreter",
+            "empty interpreter (expected e.g. \"python3\")",
+        );
+    }
+    if let Some(cmd) = &code.test_command
+        && (cmd.is_empty() || cmd[0].is_empty())
+    {
+        c.fail(
+            "spec.fixes.code.test_command",
+            "empty command (expected an argv list)",
+        );
+    }
+    if code.max_changed_lines == 0 {
+        c.fail(
+            "spec.fixes.code.max_changed_lines",
+            "max_changed_lines is 0 (expected at least 1)",
+        );
+    }
+}
+
+fn llm(c: &mut Checker<'_>, ws: &WorkerSet) {
+    let l = &ws.spec.llm;
+    if l.model.trim().is_empty() {
+        c.fail(
+            "spec.llm.model",
+            "empty model (expected e.g. \"gpt-4o-mini\")",
+        );
+    }
+    // Neither value is echoed: a user who pasted the key itself here must not see it printed.
+    if !is_env_name(&l.api_key_env) {
+        c.fail(
+            "spec.llm.api_key_env",
+            "not an environment variable name (expected the NAME of the variable that holds the \
+             key, e.g. OPENAI_API_KEY, never the key itself)",
+        );
+    }
+    if let Some(url) = &l.base_url
+        && !is_http_url(url)
+    {
+        c.fail(
+            "spec.llm.base_url",
+            "not an http(s) URL (expected e.g. \"https://api.openai.com/v1\")",
+        );
+    }
+    c.positive("spec.llm.timeout", l.timeout);
+    if l.max_log_bytes == 0 {
+        c.fail(
+            "spec.llm.max_log_bytes",
+            "max_log_bytes is 0 (expected at least 1)",
+        );
+    }
+    for (i, name) in l.secret_env.iter().enumerate() {
+        if !is_env_name(name) {
+            c.fail(
+                &format!("spec.llm.secret_env.{i}"),
+                "not an environment variable name (expected names such as DB_PASSWORD)",
+            );
+        }
+    }
+}
+
+/// `http://HOST…` or `https://HOST…` with a non-empty host and no whitespace.
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !host.starts_with(':') && !url.chars().any(char::is_whitespace)
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::*;
+
+    #[test]
+    fn code_fix_files_must_stay_inside_the_working_directory() {
+        let wd = Path::new("/project/run");
+        assert!(stays_inside(wd, "worker.py"));
+        assert!(stays_inside(wd, "./src/../worker.py"));
+        assert!(stays_inside(wd, "/project/run/src/worker.py"));
+        assert!(!stays_inside(wd, "../worker.py"));
+        assert!(!stays_inside(wd, "src/../../worker.py"));
+        assert!(
+            !stays_inside(wd, "../run/worker.py"),
+            "leaving and coming back is an escape"
+        );
+        assert!(!stays_inside(wd, "/etc/passwd"));
+        assert!(!stays_inside(wd, "/project/runner.py"));
+        assert!(
+            !stays_inside(wd, "."),
+            "the directory itself is not a file in it"
+        );
+        assert!(stays_inside(Path::new("/project/run/.."), "src/w.py"));
+    }
+
+    #[test]
+    fn env_names_and_urls() {
+        assert!(is_env_name("OPENAI_API_KEY"));
+        assert!(is_env_name("_x1"));
+        assert!(!is_env_name("1X"));
+        assert!(!is_env_name("sk-abc"));
+        assert!(!is_env_name(""));
+        assert!(is_http_url("https://api.openai.com/v1"));
+        assert!(is_http_url("http://localhost:11434/v1"));
+        assert!(!is_http_url("ftp://x"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("https://a b"));
+        assert!(!is_http_url("api.openai.com"));
+    }
+
+    #[test]
+    fn timestamp_formats_are_checked_by_rendering() {
+        assert_eq!(strftime_problem("%Y-%m-%d %H:%M:%S,%f"), None);
+        assert!(strftime_problem("%Y %K").is_some());
+        assert!(strftime_problem("no conversions").is_some());
+    }
 
     #[test]
     fn finds_placeholders_in_order() {
