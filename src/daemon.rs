@@ -72,7 +72,7 @@ pub async fn run(
     check_range(desired, &mut memory, &opts.state_dir)?;
     let mut events = EventLog::open(&opts.state_dir, true);
     let started = Instant::now();
-    let before = memory.totals;
+    let before = memory.totals.clone();
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let mut observer = observe::Observer::new(desired, Roots::default());

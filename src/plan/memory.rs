@@ -37,10 +37,29 @@ pub struct Memory {
     /// Running totals for summaries.
     #[serde(default)]
     pub totals: Totals,
+    /// How many workers should run now: starts at `target`, moved by scaling within
+    /// `[min, max]`; `None` until the first pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_count: Option<u32>,
+    /// When the last scale-down happened (boot clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_down: Option<BootTime>,
+    /// When the last scale-up happened (boot clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_up: Option<BootTime>,
+    /// The manifest as last applied, normalised YAML, for `automon diff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied: Option<String>,
+    /// Hashes of code patches already applied (a patch is never applied twice).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub applied_patches: std::collections::BTreeSet<String>,
+    /// A code fix was applied: restart these workers so they run the new code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_for_code: Vec<WorkerId>,
 }
 
 /// Counters kept for summaries and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Restarts after a crash (any unexpected exit).
     pub crash_restarts: u64,
@@ -48,6 +67,21 @@ pub struct Totals {
     pub stuck_restarts: u64,
     /// Workers started for the first time on their shard.
     pub starts: u64,
+    /// Fixes applied, by kind name (`restart`, `config_fix`, `code_fix`).
+    #[serde(default)]
+    pub fixes: BTreeMap<String, u64>,
+    /// Fix verifications that succeeded.
+    #[serde(default)]
+    pub fixes_succeeded: u64,
+    /// Fix verifications that failed.
+    #[serde(default)]
+    pub fixes_failed: u64,
+    /// Scale-downs (a worker parked).
+    #[serde(default)]
+    pub scale_downs: u64,
+    /// Scale-ups.
+    #[serde(default)]
+    pub scale_ups: u64,
 }
 
 /// A process automon started or adopted for a worker.
@@ -84,7 +118,7 @@ pub struct Stopping {
 }
 
 /// What automon remembers about one worker id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerMemory {
     /// The live process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,7 +176,175 @@ pub struct WorkerMemory {
     /// The worker's own claim that its range is done (a completion log line or flag), in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_complete: Option<String>,
+    /// Parked by scale-down (the reason); resumes when scaling allows, before new shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<String>,
+    /// Paused by escalation or an operator; not started until `automon resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Hold>,
+    /// Failed by escalation (`stop_worker`); never restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Hold>,
+    /// Parameter values set by config fixes, kept across restarts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, i64>,
+    /// Fix attempts and their verification.
+    #[serde(default)]
+    pub fixes: FixState,
+    /// The latest LLM diagnosis for this worker, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<DiagnosisNote>,
+    /// When a diagnosis was requested and not yet answered (boot clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis_requested_at: Option<BootTime>,
+    /// When the current stuck spell was first confirmed (boot clock); longest-stuck parks first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_since: Option<BootTime>,
+    /// Recent (boot time, checkpoint) samples for rates and ETAs; oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub rate_samples: VecDeque<(BootTime, u64)>,
     /// The last error record seen in the log (first line, truncated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Why a worker is held (paused or failed), and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// In words.
+    pub reason: String,
+    /// When (wall clock).
+    pub at: Timestamp,
+    /// True when an operator did it (`automon pause`), false for an escalation.
+    pub by_operator: bool,
+}
+
+/// The kinds of fix automon can apply, in the order `try_different_fix` tries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixKind {
+    /// Stop and restart from the checkpoint.
+    Restart,
+    /// New template parameter values, then a restart.
+    ConfigFix,
+    /// An edit to an allow-listed source file, then a restart.
+    CodeFix,
+}
+
+impl FixKind {
+    /// The snake_case name used in manifests, history and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::ConfigFix => "config_fix",
+            Self::CodeFix => "code_fix",
+        }
+    }
+}
+
+/// One applied fix and, once known, its verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt after the last success.
+    pub n: u32,
+    /// The kind.
+    pub kind: FixKind,
+    /// When it was applied (boot clock).
+    pub at: BootTime,
+    /// When it was applied (wall clock).
+    pub at_wall: Timestamp,
+    /// The checkpoint when it was applied.
+    pub checkpoint: Option<u64>,
+    /// What was done, in words.
+    pub detail: String,
+    /// When it is verified (boot clock).
+    pub verify_at: BootTime,
+    /// The verification, once made.
+    pub result: Option<Verification>,
+    /// For a code fix: the file and its backup, to roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<AppliedCode>,
+}
+
+/// A code fix as applied, enough to roll it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedCode {
+    /// The changed file.
+    pub file: std::path::PathBuf,
+    /// Its backup.
+    pub backup: std::path::PathBuf,
+    /// The patch hash.
+    pub patch_hash: String,
+}
+
+/// The verdict on one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// True when a progress signal followed the fix.
+    pub succeeded: bool,
+    /// In words, with numbers.
+    pub detail: String,
+    /// When (wall clock).
+    pub at: Timestamp,
+}
+
+/// Fix attempts of one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixState {
+    /// Recent attempts, oldest first (the last [`MAX_ATTEMPT_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Failed verifications since the last success.
+    #[serde(default)]
+    pub failed_in_row: u32,
+    /// The kind `try_different_fix` has moved on to, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FixKind>,
+}
+
+/// How many attempts are remembered per worker.
+pub const MAX_ATTEMPT_HISTORY: usize = 20;
+
+impl FixState {
+    /// The attempt awaiting verification, if any.
+    pub fn pending(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.result.is_none())
+    }
+
+    /// When the last fix was applied.
+    pub fn last_at(&self) -> Option<BootTime> {
+        self.attempts.last().map(|a| a.at)
+    }
+
+    /// Records a new attempt, keeping the history bounded.
+    pub fn push(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        if self.attempts.len() > MAX_ATTEMPT_HISTORY {
+            self.attempts.remove(0);
+        }
+    }
+}
+
+/// What an LLM said about a stuck worker (validated and clamped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosisNote {
+    /// When it arrived (boot clock).
+    pub at: BootTime,
+    /// The root cause in words ("Unknown" when the model did not know).
+    pub root_cause: String,
+    /// The proposed fix kind; `None` for scale_down.
+    pub fix: Option<FixKind>,
+    /// True when the model proposed a scale-down.
+    pub scale_down: bool,
+    /// Parameter values proposed (already clamped to the manifest's bounds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, i64>,
+    /// The proposed code change, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_changes: Option<String>,
+    /// Model confidence, 0–1.
+    pub confidence: f64,
+    /// Whether it has been acted on.
+    #[serde(default)]
+    pub used: bool,
 }
