@@ -1,0 +1,510 @@
+//! One worker's step: progress, liveness, stuck detection, exits, and its idle phase.
+
+use std::time::Duration;
+
+use super::*;
+
+impl Planner<'_> {
+    pub(super) fn step_worker(
+        &mut self,
+        id: WorkerId,
+        obs: &WorkerObservation,
+        exit: Option<&crate::observe::ExitEvent>,
+        exit_pending: bool,
+    ) {
+        let shard = self.desired.shard(id);
+        let mut w = self.memory.workers.remove(&id).unwrap_or_default();
+        let signal_at = self.read_progress(id, &mut w, obs);
+        let alive = w.process.is_some()
+            && exit.is_none()
+            && match obs.process {
+                Some(ProcessStatus::Alive { .. }) => true,
+                // Adopted this pass: seen alive by the scan.
+                None => w.process.as_ref().is_some_and(|p| p.adopted),
+                _ => false,
+            };
+        if alive {
+            self.step_alive(id, &mut w, obs, signal_at);
+            if self.conflicts.contains(&id) {
+                self.set(
+                    id,
+                    Phase::Conflict,
+                    "another live process also runs this worker; see the events".into(),
+                );
+            }
+        } else if self.conflicts.contains(&id) && w.process.is_none() {
+            self.set(
+                id,
+                Phase::Conflict,
+                "several live processes run this worker; none adopted, none started".into(),
+            );
+            self.memory.workers.insert(id, w);
+            return;
+        } else if exit_pending {
+            // Our own child is gone from /proc but not reaped yet: its status is on its way.
+            self.set(
+                id,
+                Phase::Stopping,
+                "exited; collecting its exit status".into(),
+            );
+            self.wake_in(Duration::from_millis(100));
+        } else if let Some(process) = w.process.take() {
+            if obs.group_alive {
+                // The leader is gone but the group lives on: finish it before any replacement.
+                w.process = Some(process.clone());
+                if w.stopping.is_none() {
+                    let reason = format!(
+                        "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
+                        process.identity.pid
+                    );
+                    w.stopping = Some(Stopping {
+                        requested_at: self.now.boot,
+                        reason: reason.clone(),
+                        restart: true,
+                    });
+                    self.actions.push(Action::Stop(StopAction {
+                        worker: id,
+                        identity: process.identity,
+                        whole_group: process.own_group,
+                        grace: self.desired.stop_grace,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.set(
+                    id,
+                    Phase::Stopping,
+                    "waiting for the rest of its process group to exit".into(),
+                );
+                self.memory.workers.insert(id, w);
+                return;
+            }
+            self.step_exited(id, &mut w, shard, &process, obs, exit);
+        } else if w.completed_at.is_none()
+            && shard
+                .zip(w.checkpoint)
+                .is_some_and(|(s, c)| c >= s.last_key())
+        {
+            w.completed_at = Some(self.now.wall);
+            self.events.push(format!(
+                "worker {id}: shard {} already complete (checkpoint {})",
+                span(shard.map(|s| (s.start, s.end))),
+                count(w.checkpoint.unwrap_or(0))
+            ));
+        }
+        if w.process.is_none() {
+            self.idle_status(id, &w, shard);
+        }
+        self.memory.workers.insert(id, w);
+    }
+
+    /// Updates checkpoint and log state; returns the time of the newest progress signal.
+    fn read_progress(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        obs: &WorkerObservation,
+    ) -> Option<BootTime> {
+        let mut signal_at: Option<BootTime> = None;
+        let running_since = w.process.as_ref().map(|p| p.started_at);
+        match &obs.progress {
+            ProgressObservation::Read {
+                checkpoint, items, ..
+            } => {
+                if w.checkpoint != Some(*checkpoint) {
+                    if let Some(old) = w.checkpoint
+                        && *checkpoint < old
+                    {
+                        self.events.push(format!(
+                            "worker {id}: checkpoint went back from {} to {}",
+                            count(old),
+                            count(*checkpoint)
+                        ));
+                    }
+                    if w.checkpoint.is_some() && running_since.is_some() {
+                        signal_at = Some(self.now.boot);
+                        w.left_discovery = true;
+                    }
+                    w.checkpoint = Some(*checkpoint);
+                    w.checkpoint_changed_at = Some(self.now.boot);
+                    w.repeating = None;
+                }
+                w.items = *items;
+                if w.progress_problem.take().is_some() {
+                    self.events.push(format!(
+                        "worker {id}: progress file readable again (checkpoint {})",
+                        count(*checkpoint)
+                    ));
+                }
+            }
+            ProgressObservation::Unreadable { why } => {
+                if w.progress_problem.as_deref() != Some(why.as_str()) {
+                    self.events.push(format!(
+                        "worker {id}: progress file unreadable: {why}; keeping the last good checkpoint {}",
+                        w.checkpoint.map_or_else(|| "(none yet)".to_string(), count)
+                    ));
+                    w.progress_problem = Some(why.clone());
+                }
+            }
+            ProgressObservation::Missing => {}
+        }
+        if let LogObservation::Read {
+            cursor,
+            records,
+            first_look,
+            reset,
+            repeated,
+            ..
+        } = &obs.log
+        {
+            if let Some(reset) = reset {
+                let what = match reset {
+                    crate::observe::logtail::LogReset::Rotated => "was rotated",
+                    crate::observe::logtail::LogReset::Truncated => "was truncated",
+                };
+                self.events.push(format!(
+                    "worker {id}: log {what}; reading the new file from its tail"
+                ));
+            }
+            for r in records {
+                if r.class == LineClass::Completion {
+                    let first = r.message.lines().next().unwrap_or("");
+                    w.claimed_complete = Some(format!(
+                        "its log says \"{}\"",
+                        first.chars().take(200).collect::<String>()
+                    ));
+                    continue;
+                }
+                if r.class == LineClass::Error {
+                    let first = r.message.lines().next().unwrap_or("");
+                    w.last_error = Some(first.chars().take(300).collect());
+                    continue;
+                }
+                let fp = fingerprint(&r.message);
+                if w.recent_signals.contains(&fp) {
+                    continue; // the same line again: a loop, not progress
+                }
+                w.recent_signals.push_back(fp);
+                if w.recent_signals.len() > memory::RECENT_SIGNALS {
+                    w.recent_signals.pop_front();
+                }
+                // A first look may show old lines: trust their timestamps (never in the future).
+                let at = if *first_look {
+                    r.timestamp
+                        .map_or(self.now.boot, |t| self.now.boot_time_of(t))
+                } else {
+                    self.now.boot
+                };
+                if running_since.is_some_and(|s| at >= s) {
+                    signal_at = Some(signal_at.map_or(at, |s| s.max(at)));
+                    if r.class == LineClass::Upload {
+                        w.left_discovery = true;
+                    }
+                }
+            }
+            if let Some(r) = repeated {
+                match &mut w.repeating {
+                    Some(prev) if prev.what == r.what => prev.times += r.times,
+
+                    _ => w.repeating = Some(r.clone()),
+                }
+            }
+            w.log_cursor = Some(*cursor);
+        }
+        signal_at
+    }
+
+    fn step_alive(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        obs: &WorkerObservation,
+        signal_at: Option<BootTime>,
+    ) {
+        let Some(process) = w.process.clone() else {
+            return;
+        };
+        if let Some(at) = signal_at {
+            w.last_progress_at = Some(w.last_progress_at.map_or(at, |l| l.max(at)));
+            w.stuck_passes = 0;
+        }
+        if let Some(stopping) = w.stopping.clone() {
+            let waited = self.since(stopping.requested_at);
+            if waited > self.desired.stop_grace * 2 + Duration::from_secs(10) {
+                let reason = format!(
+                    "worker {id}: still alive {} after the stop was requested; stopping again",
+                    fmt_dur(waited)
+                );
+                w.stopping = Some(Stopping {
+                    requested_at: self.now.boot,
+                    reason: reason.clone(),
+                    restart: stopping.restart,
+                });
+                self.actions.push(Action::Stop(StopAction {
+                    worker: id,
+                    identity: process.identity.clone(),
+                    whole_group: process.own_group,
+                    grace: self.desired.stop_grace,
+                    reason,
+                }));
+            }
+            self.set(
+                id,
+                Phase::Stopping,
+                format!("stop requested: {}", stopping.reason),
+            );
+            self.wake_in(self.desired.stop_grace + Duration::from_secs(1));
+            return;
+        }
+        if w.failures > 0
+            && self.since(process.started_at) >= self.desired.restart.backoff_reset_after.get()
+            && w.last_progress_at.is_some_and(|p| p > process.started_at)
+        {
+            w.failures = 0;
+            self.events.push(format!(
+                "worker {id}: progressing for {}; crash backoff reset",
+                self.desired.restart.backoff_reset_after
+            ));
+        }
+        let reference = w
+            .last_progress_at
+            .filter(|p| *p >= process.started_at)
+            .unwrap_or(process.started_at);
+        let (threshold, threshold_name, stage) = if w.left_discovery {
+            (
+                self.desired.health.stuck_after.get(),
+                "stuck_after",
+                "progressing",
+            )
+        } else {
+            (
+                self.desired.health.discovery_grace.get(),
+                "discovery_grace",
+                "discovering",
+            )
+        };
+        let idle = self.since(reference);
+        let d_state = matches!(obs.process, Some(ProcessStatus::Alive { state: 'D' }));
+        let at = w
+            .checkpoint
+            .map(|c| format!(" at {} {}", self.unit(), count(c)))
+            .unwrap_or_default();
+        if idle >= threshold {
+            w.stuck_passes += 1;
+            let d_note = if d_state {
+                "; process in uninterruptible I/O (D)"
+            } else {
+                ""
+            };
+            let loop_note = w
+                .repeating
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "; its log keeps repeating \"{}\" ({} times)",
+                        r.what, r.times
+                    )
+                })
+                .unwrap_or_default();
+            let what = format!(
+                "no progress for {} (threshold {} {threshold_name}, {stage}){at}{d_note}{loop_note}",
+                fmt_dur(idle),
+                fmt_dur(threshold),
+            );
+            if w.stuck_passes >= STUCK_CONFIRMATIONS {
+                let resume = w
+                    .checkpoint
+                    .map_or_else(|| "its range start".to_string(), count);
+                let reason =
+                    format!("worker {id}: {what}; stopping it to restart from checkpoint {resume}");
+                w.stopping = Some(Stopping {
+                    requested_at: self.now.boot,
+                    reason: reason.clone(),
+                    restart: true,
+                });
+                self.actions.push(Action::Stop(StopAction {
+                    worker: id,
+                    identity: process.identity.clone(),
+                    whole_group: process.own_group,
+                    grace: self.desired.stop_grace,
+                    reason,
+                }));
+                self.set(id, Phase::Stopping, what);
+            } else {
+                self.set(
+                    id,
+                    Phase::Stuck,
+                    format!("{what}; confirming on the next pass"),
+                );
+                self.wake_in(self.desired.interval.min(Duration::from_secs(5)));
+            }
+            return;
+        }
+        w.stuck_passes = 0;
+        self.wake_in(threshold - idle);
+        let phase = if w.left_discovery {
+            Phase::Progressing
+        } else {
+            Phase::Discovering
+        };
+        let last = if reference == process.started_at {
+            "since start"
+        } else {
+            "since the last progress"
+        };
+        self.set(
+            id,
+            phase,
+            format!("pid {}{at}; {} {last}", process.identity.pid, fmt_dur(idle)),
+        );
+    }
+
+    fn step_exited(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        shard: Option<Shard>,
+        process: &RunningProcess,
+        obs: &WorkerObservation,
+        exit: Option<&crate::observe::ExitEvent>,
+    ) {
+        w.left_discovery = false;
+        w.stuck_passes = 0;
+        let stopping = w.stopping.take();
+        let how = match (exit, &obs.process) {
+            _ if stopping.is_some() => "stopped".to_string(),
+            (Some(e), _) if e.code.is_some() => {
+                format!("exited with status {}", e.code.unwrap_or_default())
+            }
+            (Some(e), _) => format!(
+                "was killed by signal {}",
+                e.signal.map_or_else(|| "?".into(), signal_name)
+            ),
+            (None, Some(ProcessStatus::Reused)) => format!(
+                "is gone (pid {} now belongs to another process)",
+                process.identity.pid
+            ),
+            (None, _) => "exited (status unknown: not automon's child)".to_string(),
+        };
+        let at = w
+            .checkpoint
+            .map(|c| format!(" at {} {}", self.unit(), count(c)))
+            .unwrap_or_default();
+        // Completion is judged by the checkpoint, whatever ended the process.
+        let done = match shard {
+            Some(s) => w.checkpoint.is_some_and(|c| c >= s.last_key()),
+            None => {
+                exit.is_some_and(|e| e.code == Some(0))
+                    && !matches!(
+                        obs.progress,
+                        ProgressObservation::Read {
+                            completed: Some(false),
+                            ..
+                        }
+                    )
+            }
+        };
+        if done {
+            w.completed_at = Some(self.now.wall);
+            w.failures = 0;
+            w.backoff_until = None;
+            w.restart_reason = None;
+            w.claimed_complete = None;
+            let items = w
+                .items
+                .map(|n| format!("; {} {}s done", count(n), self.unit()))
+                .unwrap_or_default();
+            self.events.push(format!(
+                "worker {id} {how}: shard {} complete{items}",
+                span(shard.map(|s| (s.start, s.end)))
+            ));
+            return;
+        }
+        if let Some(stopping) = stopping {
+            if stopping.restart {
+                w.restart_reason = Some(stopping.reason);
+                self.memory.totals.stuck_restarts += 1;
+            }
+            return;
+        }
+        let claimed = w.claimed_complete.take();
+        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) || claimed.is_some() {
+            let end = shard.map_or_else(String::new, |s| {
+                format!(" short of the shard's last key {}", count(s.last_key()))
+            });
+            let claim = claimed.map(|c| format!(" {c},")).unwrap_or_default();
+            format!(
+                ";{claim} but its checkpoint{at}{end} says it is not done (suspicious completion)"
+            )
+        } else {
+            String::new()
+        };
+        w.failures += 1;
+        let delay = backoff::delay(w.failures, &self.desired.restart);
+        w.backoff_until = Some(self.later(delay));
+        let resume = w
+            .checkpoint
+            .map_or_else(|| "its range start".to_string(), count);
+        let error = w
+            .last_error
+            .as_ref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        let when = if delay.is_zero() {
+            "now".to_string()
+        } else {
+            format!("in {}", fmt_dur(delay))
+        };
+        let reason = format!(
+            "worker {id} {how}{at}{suspicious}{error}; restarting from checkpoint {resume} {when} (failure {} in a row)",
+            w.failures
+        );
+        self.memory.totals.crash_restarts += 1;
+        if delay.is_zero() {
+            w.restart_reason = Some(reason);
+        } else {
+            self.events.push(reason.clone());
+            w.restart_reason = Some(format!(
+                "worker {id}: backoff of {} over; restarting from checkpoint {resume}",
+                fmt_dur(delay)
+            ));
+        }
+    }
+
+    fn idle_status(&mut self, id: WorkerId, w: &WorkerMemory, shard: Option<Shard>) {
+        if w.completed_at.is_some() {
+            let at = w.checkpoint.map(count).unwrap_or_default();
+            self.set(
+                id,
+                Phase::Completed,
+                format!(
+                    "shard {} done (checkpoint {at})",
+                    span(shard.map(|s| (s.start, s.end)))
+                ),
+            );
+        } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now.boot) {
+            let left = until.since(self.now.boot);
+            self.wake_in(left);
+            self.set(
+                id,
+                Phase::BackingOff,
+                format!(
+                    "crashed {} times in a row; restart in {}",
+                    w.failures,
+                    fmt_dur(left)
+                ),
+            );
+        } else if w.restart_reason.is_some() || w.checkpoint.is_some() {
+            self.set(
+                id,
+                Phase::Stopped,
+                format!(
+                    "not running; resumes from checkpoint {} when a slot is free",
+                    w.checkpoint.map_or_else(|| "(none)".into(), count)
+                ),
+            );
+        } else {
+            self.set(id, Phase::Pending, "waiting for a free slot".into());
+        }
+    }
+
+}
