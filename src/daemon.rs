@@ -34,6 +34,8 @@ pub enum RunEnd {
     PassDone,
     /// Interrupted by a signal; workers keep running.
     Interrupted,
+    /// Nothing can progress without an operator (every unfinished worker paused or failed).
+    Blocked(String),
 }
 
 /// Errors that end a run.
@@ -50,12 +52,201 @@ pub enum RunError {
     RangeChanged(String),
 }
 
+/// A background task finished.
 enum Wake {
     StopDone {
         worker: WorkerId,
         pid: i32,
         outcome: stop::StopOutcome,
     },
+    Diagnosis {
+        worker: WorkerId,
+        outcome: Result<plan::memory::DiagnosisNote, String>,
+    },
+    CodeFix {
+        worker: WorkerId,
+        outcome: plan::CodeFixOutcome,
+    },
+    Rollback {
+        worker: WorkerId,
+        outcome: Result<(), String>,
+    },
+}
+
+/// How a run is to end after a pass, if it is.
+enum After {
+    Continue,
+    End(RunEnd),
+}
+
+/// The loop's state between passes.
+struct Daemon<'a> {
+    desired: &'a Desired,
+    opts: &'a RunOptions,
+    memory: Memory,
+    events: EventLog,
+    history: crate::state::FixHistory,
+    observer: observe::Observer,
+    exit_tx: mpsc::UnboundedSender<ExitEvent>,
+    wake_tx: mpsc::UnboundedSender<Wake>,
+    pending_exits: Vec<ExitEvent>,
+    unreaped: std::collections::BTreeSet<i32>,
+    in_flight: usize,
+    first: bool,
+    started: Instant,
+    before: plan::Totals,
+}
+
+impl Daemon<'_> {
+    /// One pass: observe → plan → act → persist. Returns the plan.
+    fn pass(&mut self) -> Result<Plan, RunError> {
+        for e in &self.pending_exits {
+            self.unreaped.remove(&e.pid);
+        }
+        let children = observe::Children {
+            exits: std::mem::take(&mut self.pending_exits),
+            unreaped: self.unreaped.clone(),
+        };
+        let now = crate::clock::Now::read();
+        let observed = self.observer.observe(
+            self.desired,
+            &self.memory,
+            &self.opts.state_dir,
+            children,
+            self.first,
+            now.boot,
+        );
+        self.first = false;
+        let plan = plan::plan(self.desired, &observed, &self.memory, now);
+        for e in &plan.events {
+            self.events.record(now.wall, e);
+        }
+        self.history
+            .record_changes(&self.memory, &plan.memory, self.desired);
+        self.memory = plan.memory.clone();
+        for action in &plan.actions {
+            self.events.record(now.wall, action.reason());
+            self.act(action, now);
+        }
+        state::save_memory(&self.opts.state_dir, &self.memory)?;
+        Ok(plan)
+    }
+
+    /// Carries out one action; long ones run in the background and report a [`Wake`].
+    fn act(&mut self, action: &Action, now: crate::clock::Now) {
+        match action {
+            Action::Stop(a) => {
+                self.in_flight += 1;
+                let (tx, a, signal) = (self.wake_tx.clone(), a.clone(), self.desired.stop_signal);
+                tokio::spawn(async move {
+                    let outcome =
+                        stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
+                    let _ = tx.send(Wake::StopDone {
+                        worker: a.worker,
+                        pid: a.identity.pid,
+                        outcome,
+                    });
+                });
+            }
+            Action::Start(a) => {
+                let outcome = spawn::spawn_worker(
+                    self.desired,
+                    a,
+                    &self.opts.state_dir,
+                    self.exit_tx.clone(),
+                );
+                if let Ok((id, _)) = &outcome {
+                    self.unreaped.insert(id.pid);
+                    self.events.record(
+                        now.wall,
+                        &format!(
+                            "worker {}: started pid {}: {}",
+                            a.worker,
+                            id.pid,
+                            a.argv.join(" ")
+                        ),
+                    );
+                }
+                if let Some(msg) =
+                    plan::record_start(&mut self.memory, self.desired, a, outcome, now)
+                {
+                    self.events.record(now.wall, &msg);
+                }
+            }
+            Action::Diagnose(a) => {
+                self.in_flight += 1;
+                let _ = self.wake_tx.send(Wake::Diagnosis {
+                    worker: a.worker,
+                    outcome: Err("this automon has no LLM client configured".into()),
+                });
+            }
+            Action::ApplyCodeFix(a) => {
+                self.in_flight += 1;
+                let _ = self.wake_tx.send(Wake::CodeFix {
+                    worker: a.worker,
+                    outcome: plan::CodeFixOutcome::Rejected(
+                        "this automon has no code-fix engine".into(),
+                    ),
+                });
+            }
+            Action::RollbackCodeFix(a) => {
+                self.in_flight += 1;
+                let _ = self.wake_tx.send(Wake::Rollback {
+                    worker: a.worker,
+                    outcome: Err("this automon has no code-fix engine".into()),
+                });
+            }
+        }
+    }
+
+    /// Records what a background task reported.
+    fn on_wake(&mut self, wake: Wake) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let now = crate::clock::Now::read();
+        let message = match wake {
+            Wake::StopDone {
+                worker,
+                pid,
+                outcome,
+            } => stop_message(worker, pid, &outcome),
+            Wake::Diagnosis { worker, outcome } => {
+                plan::record_diagnosis(&mut self.memory, worker, outcome)
+            }
+            Wake::CodeFix { worker, outcome } => {
+                plan::record_code_fix(&mut self.memory, worker, outcome, now)
+            }
+            Wake::Rollback { worker, outcome } => match outcome {
+                Ok(()) => format!("worker {worker}: code fix rolled back"),
+                Err(why) => format!("worker {worker}: rollback failed: {why}"),
+            },
+        };
+        self.events.record(now.wall, &message);
+    }
+
+    /// What follows a pass.
+    fn after(&mut self, plan: &Plan) -> After {
+        let now = jiff::Timestamp::now();
+        if plan.complete {
+            self.events.record(
+                now,
+                &summary(
+                    self.desired,
+                    &self.memory,
+                    &self.before,
+                    self.started.elapsed(),
+                ),
+            );
+            return After::End(RunEnd::Complete);
+        }
+        if let Some(why) = &plan.blocked
+            && self.in_flight == 0
+        {
+            self.events
+                .record(now, &format!("stopping the control loop: {why}"));
+            return After::End(RunEnd::Blocked(why.clone()));
+        }
+        After::Continue
+    }
 }
 
 /// Runs passes until complete (watch), or one pass; `shutdown` ends the loop when it resolves.
@@ -70,113 +261,59 @@ pub async fn run(
     let _lock = InstanceLock::acquire(&opts.state_dir)?;
     let mut memory = state::load_memory(&opts.state_dir)?;
     check_range(desired, &mut memory, &opts.state_dir)?;
-    let mut events = EventLog::open(&opts.state_dir, true);
-    let started = Instant::now();
-    let before = memory.totals.clone();
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let mut observer = observe::Observer::new(desired, Roots::default());
-    let mut pending_exits: Vec<ExitEvent> = Vec::new();
-    let mut unreaped: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
-    let mut first = true;
-    let mut stops_in_flight = 0usize;
+    let before = memory.totals.clone();
+    let mut d = Daemon {
+        desired,
+        opts,
+        memory,
+        events: EventLog::open(&opts.state_dir, true),
+        history: crate::state::FixHistory::open(&opts.state_dir),
+        observer: observe::Observer::new(desired, Roots::default()),
+        exit_tx,
+        wake_tx,
+        pending_exits: Vec::new(),
+        unreaped: std::collections::BTreeSet::new(),
+        in_flight: 0,
+        first: true,
+        started: Instant::now(),
+        before,
+    };
     let mut one_shot_passes = 0;
     tokio::pin!(shutdown);
     loop {
         while let Ok(e) = exit_rx.try_recv() {
-            pending_exits.push(e);
+            d.pending_exits.push(e);
         }
-        for e in &pending_exits {
-            unreaped.remove(&e.pid);
-        }
-        let children = observe::Children {
-            exits: std::mem::take(&mut pending_exits),
-            unreaped: unreaped.clone(),
-        };
-        let now = crate::clock::Now::read();
-        let observed =
-            observer.observe(desired, &memory, &opts.state_dir, children, first, now.boot);
-        first = false;
-        let plan = plan::plan(desired, &observed, &memory, now);
-        for e in &plan.events {
-            events.record(now.wall, e);
-        }
-        memory = plan.memory.clone();
-        for action in &plan.actions {
-            events.record(now.wall, action.reason());
-            match action {
-                Action::Stop(a) => {
-                    stops_in_flight += 1;
-                    let (tx, a, signal) = (wake_tx.clone(), a.clone(), desired.stop_signal);
-                    tokio::spawn(async move {
-                        let outcome =
-                            stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
-                        let _ = tx.send(Wake::StopDone {
-                            worker: a.worker,
-                            pid: a.identity.pid,
-                            outcome,
-                        });
-                    });
-                }
-                Action::Start(a) => {
-                    let outcome = spawn::spawn_worker(desired, a, &opts.state_dir, exit_tx.clone());
-                    if let Ok((id, _)) = &outcome {
-                        unreaped.insert(id.pid);
-                        events.record(
-                            now.wall,
-                            &format!(
-                                "worker {}: started pid {}: {}",
-                                a.worker,
-                                id.pid,
-                                a.argv.join(" ")
-                            ),
-                        );
-                    }
-                    if let Some(msg) = plan::record_start(&mut memory, desired, a, outcome, now) {
-                        events.record(now.wall, &msg);
-                    }
-                }
-            }
-        }
-        state::save_memory(&opts.state_dir, &memory)?;
-        if plan.complete {
-            events.record(
-                now.wall,
-                &summary(desired, &memory, &before, started.elapsed()),
-            );
-            return Ok(RunEnd::Complete);
+        let plan = d.pass()?;
+        if let After::End(end) = d.after(&plan) {
+            return Ok(end);
         }
         if !opts.watch {
             one_shot_passes += 1;
-            // One pass; if it stopped workers to restart them, wait for the stops and make the
-            // restarts in a second pass so `apply` leaves the WorkerSet converged.
-            if stops_in_flight == 0 || one_shot_passes >= 2 {
-                events.record(now.wall, &pass_summary(&plan));
+            // One pass; if it started stops or background work, wait for them and make the
+            // resulting restarts in a second pass so `apply` leaves the WorkerSet converged.
+            if d.in_flight == 0 || one_shot_passes >= 2 {
+                d.events
+                    .record(jiff::Timestamp::now(), &pass_summary(&plan));
                 return Ok(RunEnd::PassDone);
             }
-            while stops_in_flight > 0 {
-                if let Some(Wake::StopDone {
-                    worker,
-                    pid,
-                    outcome,
-                }) = wake_rx.recv().await
-                {
-                    stops_in_flight -= 1;
-                    events.record(jiff::Timestamp::now(), &stop_message(worker, pid, &outcome));
+            while d.in_flight > 0 {
+                match wake_rx.recv().await {
+                    Some(w) => d.on_wake(w),
+                    None => break,
                 }
             }
             continue;
         }
         tokio::select! {
             () = tokio::time::sleep(plan.requeue_after) => {}
-            Some(e) = exit_rx.recv() => pending_exits.push(e),
-            Some(Wake::StopDone { worker, pid, outcome }) = wake_rx.recv() => {
-                stops_in_flight = stops_in_flight.saturating_sub(1);
-                events.record(jiff::Timestamp::now(), &stop_message(worker, pid, &outcome));
-            }
+            Some(e) = exit_rx.recv() => d.pending_exits.push(e),
+            Some(w) = wake_rx.recv() => d.on_wake(w),
             () = &mut shutdown => {
                 let running = plan.workers.values().filter(|s| is_running(s.phase)).count();
-                events.record(jiff::Timestamp::now(), &format!(
+                d.events.record(jiff::Timestamp::now(), &format!(
                     "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
                 ));
                 return Ok(RunEnd::Interrupted);

@@ -97,6 +97,8 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,
+        // Every unfinished worker is paused or failed: an operator must act.
+        RunEnd::Blocked(_) => 3,
     })
 }
 

@@ -67,10 +67,7 @@ pub(crate) fn print_plan(
     }
     println!("actions the next pass would take:");
     for a in &plan.actions {
-        let verb = match a {
-            plan::Action::Start(_) => "start",
-            plan::Action::Stop(_) => "stop",
-        };
+        let verb = a.verb();
         println!("  {verb:<5} worker {}: {}", a.worker(), a.reason());
     }
     Ok(1)

@@ -41,6 +41,9 @@ pub struct Memory {
     /// `[min, max]`; `None` until the first pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_count: Option<u32>,
+    /// The manifest's target when the desired count was last reset to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_target: Option<u32>,
     /// When the last scale-down happened (boot clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_down: Option<BootTime>,

@@ -2,8 +2,8 @@
 //! and the only place automon decides. Every action carries the reason a person would read.
 
 pub mod backoff;
-pub mod memory;
 mod fixes;
+pub mod memory;
 mod scaling;
 mod worker;
 
@@ -28,6 +28,9 @@ pub use memory::{Memory, RunningProcess, Stopping, Totals, WorkerMemory};
 /// Passes in a row that must find a worker stuck before it is stopped.
 pub const STUCK_CONFIRMATIONS: u32 = 2;
 
+/// How far back rate samples reach (items/min and ETAs use this window).
+pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
 /// Where a worker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Phase {
@@ -49,6 +52,12 @@ pub enum Phase {
     Stopped,
     /// Crashed; waiting out its backoff.
     BackingOff,
+    /// Stopped on purpose by scale-down; resumes when scaling allows, before new shards.
+    Parked,
+    /// Stopped by escalation or an operator; waits for `automon resume`.
+    Paused,
+    /// Stopped by escalation `stop_worker`; never restarted.
+    Failed,
     /// Its shard is done; never restarted.
     Completed,
 }
@@ -90,6 +99,40 @@ pub struct StopAction {
     pub reason: String,
 }
 
+/// Ask the LLM what is wrong with a stuck worker (runs in the background; the answer is
+/// recorded with [`record_diagnosis`] and used by a later pass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnoseAction {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Apply a proposed code change to an allow-listed file (recorded with [`record_code_fix`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeFixAction {
+    /// The worker whose fix it is.
+    pub worker: WorkerId,
+    /// The change as proposed (function replacement, old → new, or unified diff).
+    pub proposal: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Restore a file from its backup after a code fix failed verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackAction {
+    /// The worker whose fix it was.
+    pub worker: WorkerId,
+    /// The changed file.
+    pub file: std::path::PathBuf,
+    /// Its backup.
+    pub backup: std::path::PathBuf,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// Something to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
@@ -97,6 +140,12 @@ pub enum Action {
     Start(StartAction),
     /// Stop a worker's process group.
     Stop(StopAction),
+    /// Ask the LLM about a stuck worker.
+    Diagnose(DiagnoseAction),
+    /// Apply a code fix.
+    ApplyCodeFix(CodeFixAction),
+    /// Roll a code fix back.
+    RollbackCodeFix(RollbackAction),
 }
 
 impl Action {
@@ -105,6 +154,20 @@ impl Action {
         match self {
             Self::Start(a) => a.worker,
             Self::Stop(a) => a.worker,
+            Self::Diagnose(a) => a.worker,
+            Self::ApplyCodeFix(a) => a.worker,
+            Self::RollbackCodeFix(a) => a.worker,
+        }
+    }
+
+    /// A one-word verb for listings: start, stop, diagnose, code-fix, rollback.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::Stop(_) => "stop",
+            Self::Diagnose(_) => "diagnose",
+            Self::ApplyCodeFix(_) => "code-fix",
+            Self::RollbackCodeFix(_) => "rollback",
         }
     }
 
@@ -113,6 +176,9 @@ impl Action {
         match self {
             Self::Start(a) => &a.reason,
             Self::Stop(a) => &a.reason,
+            Self::Diagnose(a) => &a.reason,
+            Self::ApplyCodeFix(a) => &a.reason,
+            Self::RollbackCodeFix(a) => &a.reason,
         }
     }
 }
@@ -132,6 +198,11 @@ pub struct Plan {
     pub events: Vec<String>,
     /// True when every shard is complete.
     pub complete: bool,
+    /// Set when nothing can progress without an operator (every unfinished worker is paused or
+    /// failed): the reason.
+    pub blocked: Option<String>,
+    /// The scaling decision or hold of this pass, in words.
+    pub scaling: String,
 }
 
 /// Plans one pass. `now` is the wall-clock time of the observation.
@@ -145,6 +216,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
         statuses: BTreeMap::new(),
         requeue: desired.interval,
         conflicts: std::collections::BTreeSet::new(),
+        scaling: String::new(),
     };
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
@@ -177,7 +249,9 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
                 .is_some_and(|p| observed.children.unreaped.contains(&p.identity.pid));
         planner.step_worker(id, obs, exit, exit_pending);
     }
+    planner.scale(observed);
     planner.schedule_starts();
+    let blocked = planner.blocked();
     let complete = desired.shards.is_some()
         && desired.worker_ids().iter().all(|id| {
             planner
@@ -185,9 +259,11 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
                 .get(id)
                 .is_some_and(|s| s.phase == Phase::Completed)
         });
-    planner
-        .actions
-        .sort_by_key(|a| matches!(a, Action::Start(_)));
+    planner.actions.sort_by_key(|a| match a {
+        Action::Stop(_) | Action::RollbackCodeFix(_) => 0,
+        Action::ApplyCodeFix(_) | Action::Diagnose(_) => 1,
+        Action::Start(_) => 2,
+    });
     Plan {
         actions: planner.actions,
         memory: planner.memory,
@@ -195,6 +271,8 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
         workers: planner.statuses,
         events: planner.events,
         complete,
+        blocked,
+        scaling: planner.scaling,
     }
 }
 
@@ -208,6 +286,8 @@ struct Planner<'a> {
     requeue: Duration,
     /// Worker ids with more than one live process this pass.
     conflicts: std::collections::BTreeSet<WorkerId>,
+    /// The scaling decision of this pass, in words.
+    scaling: String,
 }
 
 fn fingerprint(text: &str) -> u64 {
@@ -316,7 +396,6 @@ impl Planner<'_> {
             }
         }
     }
-
 }
 
 /// Records the outcome of a start in memory: the new process, or a failure with backoff.
@@ -356,6 +435,96 @@ pub fn record_start(
                 action.worker,
                 fmt_dur(delay)
             ))
+        }
+    }
+}
+
+/// Records an LLM answer (or failure) for `worker`; returns the event to log.
+pub fn record_diagnosis(
+    memory: &mut Memory,
+    worker: WorkerId,
+    outcome: Result<memory::DiagnosisNote, String>,
+) -> String {
+    let w = memory.workers.entry(worker).or_default();
+    match outcome {
+        Ok(note) => {
+            let fix = note.fix.map_or("scale_down", memory::FixKind::name);
+            let event = format!(
+                "worker {worker}: LLM diagnosis: {} → {fix} (confidence {:.2})",
+                note.root_cause, note.confidence
+            );
+            w.diagnosis = Some(note);
+            event
+        }
+        Err(why) => {
+            format!("worker {worker}: LLM diagnosis failed: {why}; using the built-in fixes")
+        }
+    }
+}
+
+/// How applying a code fix ended, as the actuator reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeFixOutcome {
+    /// Written, with a backup.
+    Applied(memory::AppliedCode),
+    /// The file already contains the change: nothing written, no attempt spent.
+    AlreadyApplied,
+    /// Rejected; the file is untouched.
+    Rejected(String),
+}
+
+/// Records a code-fix outcome; on success every running worker (the file is shared) is
+/// restarted on the next pass. Returns the event to log.
+pub fn record_code_fix(
+    memory: &mut Memory,
+    worker: WorkerId,
+    outcome: CodeFixOutcome,
+    now: Now,
+) -> String {
+    let running: Vec<WorkerId> = memory
+        .workers
+        .iter()
+        .filter(|(_, w)| w.process.is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    let w = memory.workers.entry(worker).or_default();
+    let attempt = w
+        .fixes
+        .attempts
+        .last_mut()
+        .filter(|a| a.result.is_none() && a.kind == memory::FixKind::CodeFix);
+    match outcome {
+        CodeFixOutcome::Applied(code) => {
+            let event = format!(
+                "worker {worker}: code fix applied to {} (backup {}, patch {}); restarting the workers that run it",
+                code.file.display(),
+                code.backup.display(),
+                code.patch_hash
+            );
+            memory.applied_patches.insert(code.patch_hash.clone());
+            if let Some(a) = attempt {
+                a.detail = format!("code fix applied to {}", code.file.display());
+                a.code = Some(code);
+            }
+            memory.restart_for_code = running;
+            if !memory.restart_for_code.contains(&worker) {
+                memory.restart_for_code.push(worker);
+            }
+            event
+        }
+        CodeFixOutcome::AlreadyApplied => {
+            // No attempt is spent on a change that is already there.
+            if attempt.is_some() {
+                w.fixes.attempts.pop();
+            }
+            format!("worker {worker}: the proposed code fix is already applied; nothing written")
+        }
+        CodeFixOutcome::Rejected(why) => {
+            if let Some(a) = attempt {
+                a.detail = format!("code fix rejected: {why}");
+                a.verify_at = now.boot;
+            }
+            format!("worker {worker}: code fix rejected, file untouched: {why}")
         }
     }
 }

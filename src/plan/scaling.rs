@@ -1,34 +1,206 @@
 //! How many workers run, and which: scaling on disk utilisation, then filling free slots.
+//!
+//! Scale down: disk ≥ `saturated_percent` busy (on an SSD/NVMe also a queue of at least one
+//! request: 100 % util with a shallow queue is a parallel device with headroom) AND some worker
+//! stuck AND more than `min` running → park the longest-stuck worker (ties: highest id),
+//! cooldown `scale_down_cooldown`. Scale up: disk < `normal_percent` AND fewer than `target`
+//! wanted → one more, cooldown `scale_up_cooldown`; a parked shard resumes first. Between the
+//! two, or without a disk figure: hold, and say so.
+
+use crate::observe::disk::DiskObservation;
 
 use super::*;
 
+/// Phases that hold a slot.
+fn occupies_slot(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Starting
+            | Phase::Discovering
+            | Phase::Progressing
+            | Phase::Stuck
+            | Phase::Stopping
+            | Phase::BackingOff
+            | Phase::Conflict
+    )
+}
+
 impl Planner<'_> {
-    /// Starts workers up to the desired count: restarts first, then resumed shards, then new ones.
+    /// Adjusts the desired count from the disk figure.
+    pub(super) fn scale(&mut self, observed: &Observed) {
+        let counts = self.desired.counts;
+        let target = counts.target.min(counts.max);
+        if self.memory.applied_target != Some(target) {
+            // A new target in the manifest replaces whatever scaling had set.
+            self.memory.applied_target = Some(target);
+            self.memory.desired_count = Some(target);
+        }
+        let mut wanted = self
+            .memory
+            .desired_count
+            .unwrap_or(target)
+            .clamp(counts.min, counts.max);
+        let running = self
+            .statuses
+            .values()
+            .filter(|s| occupies_slot(s.phase))
+            .count() as u32;
+        let sat = self.desired.scaling.disk.saturated_percent;
+        let normal = self.desired.scaling.disk.normal_percent;
+        self.scaling = match &observed.disk {
+            DiskObservation::Unavailable { why } => {
+                format!("holding at {wanted}: disk utilisation unavailable ({why})")
+            }
+            DiskObservation::Warming { device } => format!(
+                "holding at {wanted}: measuring {} (needs two readings)",
+                device.name
+            ),
+            DiskObservation::Sample {
+                device,
+                util_percent,
+                queue_depth,
+            } => {
+                let saturated = *util_percent >= sat
+                    && (device.rotational != Some(false) || *queue_depth >= 1.0);
+                let figure = format!(
+                    "disk {} {util_percent:.0}% busy, queue {queue_depth:.1}",
+                    device.name
+                );
+                let down_ready = self.memory.last_scale_down.is_none_or(|t| {
+                    self.since(t) >= self.desired.scaling.scale_down_cooldown.get()
+                });
+                let up_ready = self
+                    .memory
+                    .last_scale_up
+                    .is_none_or(|t| self.since(t) >= self.desired.scaling.scale_up_cooldown.get());
+                if saturated {
+                    match self.longest_stuck() {
+                        None => {
+                            format!("holding at {wanted}: {figure} ≥ {sat}% but no worker is stuck")
+                        }
+                        Some(_) if running <= counts.min => format!(
+                            "holding at {wanted}: {figure} ≥ {sat}% but only {running} running (min {})",
+                            counts.min
+                        ),
+                        Some(_) if !down_ready => {
+                            format!("holding at {wanted}: {figure} ≥ {sat}%; scale-down cooldown")
+                        }
+                        Some((id, stuck_for)) => {
+                            wanted = running.saturating_sub(1).max(counts.min);
+                            self.park(id, format!(
+                                "scale down: {figure} ≥ {sat}% and worker {id} stuck for {}; parking worker {id} (the longest stuck), {wanted} of target {target} will run",
+                                fmt_dur(stuck_for)
+                            ));
+                            self.memory.last_scale_down = Some(self.now.boot);
+                            self.memory.totals.scale_downs += 1;
+                            format!("scaled down to {wanted}: {figure}")
+                        }
+                    }
+                } else if *util_percent < normal && wanted < target {
+                    if up_ready {
+                        wanted += 1;
+                        self.memory.last_scale_up = Some(self.now.boot);
+                        self.memory.totals.scale_ups += 1;
+                        self.events.push(format!(
+                            "scale up: {figure} < {normal}%; {wanted} of target {target} will run"
+                        ));
+                        format!("scaled up to {wanted}: {figure}")
+                    } else {
+                        format!("holding at {wanted}: {figure} < {normal}%; scale-up cooldown")
+                    }
+                } else {
+                    format!("holding at {wanted}: {figure}")
+                }
+            }
+        };
+        self.memory.desired_count = Some(wanted);
+    }
+
+    /// The worker stuck the longest (ties: the highest id) and for how long.
+    fn longest_stuck(&self) -> Option<(WorkerId, std::time::Duration)> {
+        self.memory
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                w.process.is_some()
+                    && w.stuck_since.is_some()
+                    && self
+                        .statuses
+                        .get(*id)
+                        .is_some_and(|s| matches!(s.phase, Phase::Stuck | Phase::Stopping))
+            })
+            .filter_map(|(id, w)| Some((*id, w.stuck_since?)))
+            .min_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(id, since)| (id, self.since(since)))
+    }
+
+    /// Parks a running worker: stop without restart. A fix stop issued this pass becomes the
+    /// park (its attempt is withdrawn: parking is not a fix).
+    fn park(&mut self, id: WorkerId, reason: String) {
+        let Some(mut w) = self.memory.workers.remove(&id) else {
+            return;
+        };
+        if w.fixes.pending().is_some_and(|a| a.at == self.now.boot) {
+            if let Some(a) = w.fixes.attempts.pop()
+                && let Some(n) = self.memory.totals.fixes.get_mut(a.kind.name())
+            {
+                *n = n.saturating_sub(1);
+            }
+            self.actions.retain(|a| {
+                !(a.worker() == id && matches!(a, Action::Stop(_) | Action::ApplyCodeFix(_)))
+            });
+            w.stopping = None;
+        }
+        w.parked = Some(reason.clone());
+        self.stop_if_running(id, &mut w, reason.clone());
+        self.events.push(reason.clone());
+        self.set(id, Phase::Stopping, reason);
+        self.memory.workers.insert(id, w);
+    }
+
+    /// Set when every unfinished worker is paused or failed: nothing moves without an operator.
+    pub(super) fn blocked(&self) -> Option<String> {
+        let unfinished: Vec<(&WorkerId, &WorkerStatus)> = self
+            .statuses
+            .iter()
+            .filter(|(_, s)| s.phase != Phase::Completed)
+            .collect();
+        let held: Vec<String> = unfinished
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Paused | Phase::Failed))
+            .map(|(id, s)| format!("worker {id} {:?}", s.phase).to_lowercase())
+            .collect();
+        (!unfinished.is_empty() && held.len() == unfinished.len() && self.desired.shards.is_some())
+            .then(|| {
+                format!(
+                    "nothing can progress without an operator: {}",
+                    held.join(", ")
+                )
+            })
+    }
+
+    /// Starts workers up to the desired count: restarts first, then parked and resumed shards,
+    /// then new ones. Paused and failed workers are never started.
     pub(super) fn schedule_starts(&mut self) {
-        let desired_count = self.desired.counts.target.min(self.desired.counts.max) as usize;
+        let counts = self.desired.counts;
+        let desired_count = self
+            .memory
+            .desired_count
+            .unwrap_or(counts.target)
+            .min(counts.max) as usize;
         let occupied = self
             .statuses
             .values()
-            .filter(|s| {
-                matches!(
-                    s.phase,
-                    Phase::Discovering
-                        | Phase::Progressing
-                        | Phase::Stuck
-                        | Phase::Stopping
-                        | Phase::BackingOff
-                )
-            })
+            .filter(|s| occupies_slot(s.phase))
             .count();
         let mut candidates: Vec<(u8, WorkerId)> = self
             .statuses
             .iter()
-            .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped))
+            .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped | Phase::Parked))
             .map(|(id, _)| {
-                let w = self.memory.workers.get(id);
-                let rank = match w {
+                let rank = match self.memory.workers.get(id) {
                     Some(w) if w.restart_reason.is_some() => 0,
-                    Some(w) if w.checkpoint.is_some() => 1,
+                    Some(w) if w.parked.is_some() || w.checkpoint.is_some() => 1,
                     _ => 2,
                 };
                 (rank, *id)
@@ -40,14 +212,19 @@ impl Planner<'_> {
             let shard = self.desired.shard(id);
             let w = self.memory.workers.entry(id).or_default();
             let resume_from = w.checkpoint;
-            let params = self.desired.parameter_values(&BTreeMap::new());
+            let params = self.desired.parameter_values(&w.params);
             let argv = render_argv(&self.desired.command, id, shard, resume_from, &params);
-            let reason = match w.restart_reason.take() {
-                Some(r) => {
+            let reason = match (w.restart_reason.take(), w.parked.take()) {
+                (Some(r), _) => {
                     w.restarts += 1;
                     format!("{r} (restart {})", w.restarts)
                 }
-                None => {
+                (None, Some(_)) => format!(
+                    "worker {id}: resuming parked shard {} from checkpoint {}",
+                    span(shard.map(|s| (s.start, s.end))),
+                    resume_from.map_or_else(|| "(none)".into(), count)
+                ),
+                (None, None) => {
                     self.memory.totals.starts += 1;
                     let from = match (resume_from, shard) {
                         (Some(c), _) => format!("resuming from checkpoint {}", count(c)),
@@ -59,6 +236,12 @@ impl Planner<'_> {
                         span(shard.map(|s| (s.start, s.end)))
                     )
                 }
+            };
+            let reason = if w.params.is_empty() {
+                reason
+            } else {
+                let p: Vec<String> = w.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{reason} with {}", p.join(", "))
             };
             w.backoff_until = None;
             self.statuses.insert(

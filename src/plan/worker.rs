@@ -15,6 +15,7 @@ impl Planner<'_> {
         let shard = self.desired.shard(id);
         let mut w = self.memory.workers.remove(&id).unwrap_or_default();
         let signal_at = self.read_progress(id, &mut w, obs);
+        self.verify_fix(id, &mut w);
         let alive = w.process.is_some()
             && exit.is_none()
             && match obs.process {
@@ -127,6 +128,7 @@ impl Planner<'_> {
                     w.checkpoint = Some(*checkpoint);
                     w.checkpoint_changed_at = Some(self.now.boot);
                     w.repeating = None;
+                    self.sample_rate(w, *checkpoint);
                 }
                 w.items = *items;
                 if w.progress_problem.take().is_some() {
@@ -255,6 +257,34 @@ impl Planner<'_> {
             self.wake_in(self.desired.stop_grace + Duration::from_secs(1));
             return;
         }
+        if let Some(hold) = w.paused.as_ref().or(w.failed.as_ref()) {
+            let reason = format!("worker {id}: {}; stopping it", hold.reason);
+            self.stop_if_running(id, w, reason.clone());
+            self.set(id, Phase::Stopping, reason);
+            return;
+        }
+        if let Some(i) = self.memory.restart_for_code.iter().position(|x| *x == id) {
+            self.memory.restart_for_code.remove(i);
+            let resume = w
+                .checkpoint
+                .map_or_else(|| "its range start".to_string(), count);
+            let reason =
+                format!("worker {id}: restarting from checkpoint {resume} to run the fixed code");
+            w.stopping = Some(Stopping {
+                requested_at: self.now.boot,
+                reason: reason.clone(),
+                restart: true,
+            });
+            self.actions.push(Action::Stop(StopAction {
+                worker: id,
+                identity: process.identity.clone(),
+                whole_group: process.own_group,
+                grace: self.desired.stop_grace,
+                reason: reason.clone(),
+            }));
+            self.set(id, Phase::Stopping, reason);
+            return;
+        }
         if w.failures > 0
             && self.since(process.started_at) >= self.desired.restart.backoff_reset_after.get()
             && w.last_progress_at.is_some_and(|p| p > process.started_at)
@@ -310,25 +340,11 @@ impl Planner<'_> {
                 fmt_dur(idle),
                 fmt_dur(threshold),
             );
+            if w.stuck_since.is_none() {
+                w.stuck_since = Some(self.now.boot);
+            }
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
-                let resume = w
-                    .checkpoint
-                    .map_or_else(|| "its range start".to_string(), count);
-                let reason =
-                    format!("worker {id}: {what}; stopping it to restart from checkpoint {resume}");
-                w.stopping = Some(Stopping {
-                    requested_at: self.now.boot,
-                    reason: reason.clone(),
-                    restart: true,
-                });
-                self.actions.push(Action::Stop(StopAction {
-                    worker: id,
-                    identity: process.identity.clone(),
-                    whole_group: process.own_group,
-                    grace: self.desired.stop_grace,
-                    reason,
-                }));
-                self.set(id, Phase::Stopping, what);
+                self.on_stuck(id, w, &process, &what);
             } else {
                 self.set(
                     id,
@@ -340,6 +356,7 @@ impl Planner<'_> {
             return;
         }
         w.stuck_passes = 0;
+        w.stuck_since = None;
         self.wake_in(threshold - idle);
         let phase = if w.left_discovery {
             Phase::Progressing
@@ -481,6 +498,24 @@ impl Planner<'_> {
                     span(shard.map(|s| (s.start, s.end)))
                 ),
             );
+        } else if let Some(hold) = &w.failed {
+            self.set(id, Phase::Failed, hold.reason.clone());
+        } else if let Some(hold) = &w.paused {
+            let by = if hold.by_operator {
+                "paused by an operator"
+            } else {
+                "paused by escalation"
+            };
+            self.set(id, Phase::Paused, format!("{by}: {}", hold.reason));
+        } else if let Some(reason) = &w.parked {
+            self.set(
+                id,
+                Phase::Parked,
+                format!(
+                    "{reason}; resumes from checkpoint {} when scaling allows",
+                    w.checkpoint.map_or_else(|| "(none)".into(), count)
+                ),
+            );
         } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now.boot) {
             let left = until.since(self.now.boot);
             self.wake_in(left);
@@ -507,4 +542,21 @@ impl Planner<'_> {
         }
     }
 
+    /// Keeps (time, checkpoint) samples of the last [`RATE_WINDOW`] for rates and ETAs.
+    fn sample_rate(&self, w: &mut WorkerMemory, checkpoint: u64) {
+        if w.rate_samples.back().is_some_and(|(_, c)| *c > checkpoint) {
+            w.rate_samples.clear(); // went backwards: the old samples say nothing now
+        }
+        w.rate_samples.push_back((self.now.boot, checkpoint));
+        while w.rate_samples.len() > 2
+            && w.rate_samples
+                .front()
+                .is_some_and(|(t, _)| self.since(*t) > RATE_WINDOW)
+        {
+            w.rate_samples.pop_front();
+        }
+        while w.rate_samples.len() > 64 {
+            w.rate_samples.pop_front();
+        }
+    }
 }

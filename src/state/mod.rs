@@ -2,13 +2,16 @@
 //! single-instance lock, and the events log.
 //!
 //! Layout: `state.json` (memory, written atomically), `lock` (flock held for automon's life;
-//! holds the owner's pid), `events.log` (one line per decision, appended).
+//! holds the owner's pid), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
+//! fix and verification, appended).
 
 mod events;
+mod history;
 mod lock;
 mod store;
 
 pub use events::EventLog;
+pub use history::{FixHistory, HISTORY_FILE, HistoryRecord, read_history};
 pub use lock::{InstanceLock, LockError};
 pub use store::{StateError, load_memory, save_memory};
 
