@@ -179,7 +179,8 @@ impl Planner<'_> {
         if w.diagnosis.as_ref().is_some_and(|d| !d.used) {
             return false;
         }
-        w.diagnosis_requested_at.is_none_or(|at| self.since(at) >= self.desired.fixes.cooldown.get())
+        w.diagnosis_requested_at
+            .is_none_or(|at| self.since(at) >= self.desired.fixes.cooldown.get())
     }
 
     /// The fix to apply next: what a fresh diagnosis proposed (when that kind is allowed), else

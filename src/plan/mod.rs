@@ -536,3 +536,6 @@ fn signal_name(sig: i32) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sim_tests;
