@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Keep reconciling until complete or interrupted; otherwise one pass.
     pub watch: bool,
+    /// Move the state file aside and start from empty memory.
+    pub reset_state: bool,
 }
 
 /// How a run ended.
@@ -124,6 +126,9 @@ impl Daemon<'_> {
         self.history
             .record_changes(&self.memory, &plan.memory, self.desired);
         self.memory = plan.memory.clone();
+        if self.memory.last_applied.as_deref() != Some(self.desired.normalized.as_str()) {
+            self.memory.last_applied = Some(self.desired.normalized.clone());
+        }
         for action in &plan.actions {
             self.events.record(now.wall, action.reason());
             self.act(action, now);
@@ -259,6 +264,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
     let _lock = InstanceLock::acquire(&opts.state_dir)?;
+    if opts.reset_state
+        && let Some(kept) = state::move_aside(&opts.state_dir)?
+    {
+        eprintln!(
+            "automon: --reset-state: the old state is kept as {}",
+            kept.display()
+        );
+    }
     let mut memory = state::load_memory(&opts.state_dir)?;
     check_range(desired, &mut memory, &opts.state_dir)?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();

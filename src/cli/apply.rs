@@ -49,6 +49,10 @@ pub struct ApplyArgs {
     /// State directory (default: .automon/ beside the manifest).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Start from empty memory: the current state file is moved aside (kept as
+    /// state.json.reset-TIMESTAMP), never deleted. Running workers are still adopted.
+    #[arg(long)]
+    pub reset_state: bool,
     /// Command-line overrides of manifest fields.
     #[command(flatten)]
     pub overrides: OverrideArgs,
@@ -90,6 +94,7 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
     let opts = RunOptions {
         state_dir,
         watch: args.watch,
+        reset_state: args.reset_state,
     };
     let end = runtime
         .block_on(daemon::run(&desired, &opts, shutdown_signal()))

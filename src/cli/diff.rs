@@ -1,9 +1,12 @@
-//! `automon diff FILE`: observe and plan, print the actions and every worker's phase, act on
-//! nothing. Exit 0 when the next pass would do nothing, 1 when it would act.
+//! `automon diff FILE`: what would change, acting on nothing — (a) the manifest against the one
+//! last applied, as a unified diff of the normalised YAML; (b) the actions the next pass would
+//! take, each with its reason; and every worker's phase. Exit 0 when there is no difference,
+//! 1 when there is, 2 on error (kubectl's convention).
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use serde::Serialize;
 
 use super::CliError;
 use crate::observe::{self, Roots};
@@ -17,26 +20,99 @@ pub struct DiffArgs {
     /// State directory (default: .automon/ beside the manifest).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DiffFormat::Text)]
+    pub output: DiffFormat,
     /// Command-line overrides of manifest fields (preview what `apply` with them would do).
     #[command(flatten)]
     pub overrides: super::apply::OverrideArgs,
 }
 
-/// Runs `diff`.
-pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
-    let (manifest, overridden) =
-        super::load_manifest_with(&args.file, &args.overrides.overrides())?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest)?;
-    super::print_overrides(&overridden);
-    print_plan(&desired, &state_dir)
+/// Output formats of `diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
-/// Observes, plans and prints; returns 0 (no actions) or 1 (actions).
-pub(crate) fn print_plan(
+/// Everything `diff` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffReport {
+    /// Overrides given on the command line, in words.
+    pub overrides: Vec<String>,
+    /// `None` when the manifest was never applied; else the unified diff (empty: unchanged).
+    pub manifest_diff: Option<String>,
+    /// Every worker: id, phase, reason.
+    pub workers: Vec<WorkerLine>,
+    /// Facts noticed (unreadable files, adoptions, completions).
+    pub notes: Vec<String>,
+    /// The scaling decision.
+    pub scaling: String,
+    /// The actions the next pass would take.
+    pub actions: Vec<ActionLine>,
+}
+
+/// One worker in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerLine {
+    /// Worker id.
+    pub worker: u32,
+    /// Phase name.
+    pub phase: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One action in a report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionLine {
+    /// `start`, `stop`, `diagnose`, `code-fix`, `rollback`.
+    pub action: String,
+    /// Worker id.
+    pub worker: u32,
+    /// Why.
+    pub reason: String,
+}
+
+impl DiffReport {
+    /// True when the manifest changed or the next pass would act.
+    pub fn differs(&self) -> bool {
+        self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty()) || !self.actions.is_empty()
+    }
+}
+
+/// Runs `diff`.
+pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
+    let as_diff_error = |e: CliError| CliError {
+        code: 2,
+        message: e.message,
+    };
+    let (manifest, overridden) = super::load_manifest_with(&args.file, &args.overrides.overrides())
+        .map_err(as_diff_error)?;
+    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let desired = super::resolve(&manifest).map_err(as_diff_error)?;
+    let report = build_report(&desired, &state_dir, overridden).map_err(as_diff_error)?;
+    match args.output {
+        DiffFormat::Text => print!("{}", render(&report)),
+        DiffFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CliError {
+                code: 2,
+                message: e.to_string()
+            })?
+        ),
+    }
+    Ok(u8::from(report.differs()))
+}
+
+/// Observes and plans once (acting on nothing) and compares the manifest with the last-applied.
+pub(crate) fn build_report(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
-) -> Result<u8, CliError> {
+    overrides: Vec<String>,
+) -> Result<DiffReport, CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     let now = crate::clock::Now::read();
@@ -49,26 +125,140 @@ pub(crate) fn print_plan(
         now.boot,
     );
     let plan = plan::plan(desired, &observed, &memory, now);
-    println!("{:<6} {:<12} REASON", "WORKER", "PHASE");
-    for (id, s) in &plan.workers {
-        println!(
-            "{:<6} {:<12} {}",
-            id.to_string(),
-            format!("{:?}", s.phase),
-            s.reason
+    let manifest_diff = memory
+        .last_applied
+        .as_ref()
+        .map(|old| unified(old, &desired.normalized));
+    Ok(DiffReport {
+        overrides,
+        manifest_diff,
+        workers: plan
+            .workers
+            .iter()
+            .map(|(id, s)| WorkerLine {
+                worker: id.0,
+                phase: format!("{:?}", s.phase),
+                reason: s.reason.clone(),
+            })
+            .collect(),
+        notes: plan.events.clone(),
+        scaling: plan.scaling.clone(),
+        actions: plan
+            .actions
+            .iter()
+            .map(|a| ActionLine {
+                action: a.verb().into(),
+                worker: a.worker().0,
+                reason: a.reason().into(),
+            })
+            .collect(),
+    })
+}
+
+/// A unified diff from the last-applied manifest to this one; empty when equal.
+pub fn unified(old: &str, new: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header("last applied", "this manifest")
+        .to_string()
+}
+
+/// The report for people.
+pub fn render(report: &DiffReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for o in &report.overrides {
+        let _ = writeln!(out, "override: {o}");
+    }
+    match &report.manifest_diff {
+        None => out.push_str("manifest: never applied (no state yet)\n"),
+        Some(d) if d.is_empty() => out.push_str("manifest: unchanged since the last apply\n"),
+        Some(d) => {
+            out.push_str("manifest: changed since the last apply:\n");
+            out.push_str(d);
+            if !d.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    let _ = writeln!(out, "\n{:<6} {:<12} REASON", "WORKER", "PHASE");
+    for w in &report.workers {
+        let _ = writeln!(out, "{:<6} {:<12} {}", w.worker, w.phase, w.reason);
+    }
+    let _ = writeln!(out, "\nscaling: {}", report.scaling);
+    for n in &report.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    if report.actions.is_empty() {
+        out.push_str("\nno actions: the workers match the manifest\n");
+    } else {
+        out.push_str("\nactions the next pass would take:\n");
+        for a in &report.actions {
+            let _ = writeln!(out, "  {:<8} worker {}: {}", a.action, a.worker, a.reason);
+        }
+    }
+    out
+}
+
+/// Prints the plan of one pass (for `apply --dry-run`); returns 0 (no actions) or 1.
+pub(crate) fn print_plan(
+    desired: &crate::manifest::Desired,
+    state_dir: &Path,
+) -> Result<u8, CliError> {
+    let report = build_report(desired, state_dir, Vec::new())?;
+    print!("{}", render(&report));
+    Ok(u8::from(!report.actions.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(manifest_diff: Option<String>, actions: Vec<ActionLine>) -> DiffReport {
+        DiffReport {
+            overrides: vec!["interval 1m → 5s (--check-interval)".into()],
+            manifest_diff,
+            workers: vec![
+                WorkerLine { worker: 0, phase: "Progressing".into(), reason: "pid 4242 at book 1,204; 12s since the last progress".into() },
+                WorkerLine { worker: 1, phase: "Pending".into(), reason: "waiting for a free slot".into() },
+            ],
+            notes: vec!["worker 3: progress file unreadable: truncated JSON; keeping the last good checkpoint 900".into()],
+            scaling: "holding at 4: disk vda 12% busy, queue 0.1".into(),
+            actions,
+        }
+    }
+
+    #[test]
+    fn never_applied_with_actions() {
+        let r = report(
+            None,
+            vec![ActionLine {
+                action: "start".into(),
+                worker: 1,
+                reason: "worker 1: starting shard [269, 538) from book 269".into(),
+            }],
         );
+        assert!(r.differs());
+        insta::assert_snapshot!(render(&r));
     }
-    for e in &plan.events {
-        println!("note: {e}");
+
+    #[test]
+    fn manifest_changed_target() {
+        let old = "spec:\n  workers:\n    target: 4\n    min: 1\n    max: 8\n";
+        let new = "spec:\n  workers:\n    target: 6\n    min: 1\n    max: 8\n";
+        let r = report(Some(unified(old, new)), vec![]);
+        assert!(r.differs());
+        insta::assert_snapshot!(render(&r));
     }
-    if plan.actions.is_empty() {
-        println!("no actions: the workers match the manifest");
-        return Ok(0);
+
+    #[test]
+    fn nothing_to_do() {
+        let r = report(Some(String::new()), vec![]);
+        assert!(!r.differs());
+        insta::assert_snapshot!(render(&r));
     }
-    println!("actions the next pass would take:");
-    for a in &plan.actions {
-        let verb = a.verb();
-        println!("  {verb:<5} worker {}: {}", a.worker(), a.reason());
-    }
-    Ok(1)
 }

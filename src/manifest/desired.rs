@@ -129,6 +129,9 @@ pub struct Desired {
     pub llm: Llm,
     /// Adoption of processes automon did not start.
     pub adoption: Adoption,
+    /// The WorkerSet as applied (defaults filled, overrides applied), as YAML; what
+    /// `automon diff` compares with the next version.
+    pub normalized: String,
 }
 
 /// Why a manifest could not be resolved (after it validated).
@@ -211,6 +214,7 @@ impl Desired {
                 .collect(),
             llm: spec.llm.clone(),
             adoption: spec.adoption,
+            normalized: serde_saphyr::to_string(&manifest.workerset).unwrap_or_default(),
             workdir,
         })
     }

@@ -13,7 +13,7 @@ mod store;
 pub use events::EventLog;
 pub use history::{FixHistory, HISTORY_FILE, HistoryRecord, read_history};
 pub use lock::{InstanceLock, LockError};
-pub use store::{StateError, load_memory, save_memory};
+pub use store::{StateError, load_memory, move_aside, save_memory};
 
 use std::path::{Path, PathBuf};
 

@@ -89,6 +89,27 @@ pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> 
     Ok(())
 }
 
+/// Moves `state.json` aside as `state.json.reset-<UTC timestamp>` (for `--reset-state`);
+/// returns the new name, or `None` when there was no state file.
+///
+/// # Errors
+/// [`StateError::Io`] naming the file.
+pub fn move_aside(state_dir: &Path) -> Result<Option<PathBuf>, StateError> {
+    let path = state_dir.join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%S%.3fZ")
+        .to_string();
+    let kept = state_dir.join(format!("{STATE_FILE}.reset-{stamp}"));
+    std::fs::rename(&path, &kept).map_err(|source| StateError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(kept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
