@@ -123,8 +123,7 @@ impl Daemon<'_> {
         for e in &plan.events {
             self.events.record(now.wall, e);
         }
-        self.history
-            .record_changes(&self.memory, &plan.memory, self.desired);
+        let before_pass = std::mem::take(&mut self.memory);
         self.memory = plan.memory.clone();
         if self.memory.last_applied.as_deref() != Some(self.desired.normalized.as_str()) {
             self.memory.last_applied = Some(self.desired.normalized.clone());
@@ -134,6 +133,9 @@ impl Daemon<'_> {
             self.act(action, now);
         }
         state::save_memory(&self.opts.state_dir, &self.memory)?;
+        // After the save: a crash may lose a history line, never duplicate one.
+        self.history
+            .record_changes(&before_pass, &self.memory, self.desired);
         Ok(plan)
     }
 

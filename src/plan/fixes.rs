@@ -16,8 +16,9 @@ const FIX_ORDER: [FixKind; 3] = [FixKind::Restart, FixKind::ConfigFix, FixKind::
 const DIAGNOSIS_SLACK: Duration = Duration::from_secs(30);
 
 impl Planner<'_> {
-    /// Verifies the pending fix attempt once `verify_after` has passed: success needs a progress
-    /// signal after the fix (the checkpoint past where it was, or a new upload/activity line).
+    /// Verifies the pending fix attempt once `verify_after` has passed: success needs the
+    /// checkpoint past where it was at the fix (or the shard complete); a fresh log alone is not
+    /// progress. Only a worker with no checkpoint at all is judged by new progress lines.
     pub(super) fn verify_fix(&mut self, id: WorkerId, w: &mut WorkerMemory) {
         let Some(a) = w.fixes.pending().cloned() else {
             return;
@@ -32,7 +33,10 @@ impl Planner<'_> {
             (None, Some(_)) => true,
             _ => false,
         };
-        let signalled = w.last_progress_at.is_some_and(|p| p > a.at);
+        // Without any checkpoint to go by, a new progress line is the only evidence.
+        let signalled = a.checkpoint.is_none()
+            && w.checkpoint.is_none()
+            && w.last_progress_at.is_some_and(|p| p > a.at);
         let succeeded = w.completed_at.is_some() || moved || signalled;
         let since_fix = fmt_dur(self.since(a.at));
         let detail = if succeeded {

@@ -261,3 +261,92 @@ fn a_worker_looping_without_advancing_is_stuck_although_its_log_grows() {
     );
     assert_eq!(resume_points(&events, owner).len(), 2, "{events}");
 }
+
+fn history(m: &Migration) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(m.state_dir().join("auto_fix_history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn automon_killed_between_a_fix_and_its_verification_still_verifies_and_escalates() {
+    let probe = Migration::new(&Knobs::default());
+    let book = fault_in_middle_of_shard(&probe, 2);
+    let fault: &'static str = Box::leak(format!("hang:{book}:always").into_boxed_str());
+    let m = Migration::new(&Knobs {
+        fault,
+        stuck_after: "2s",
+        discovery_grace: "3s",
+        stop_grace: "1s",
+        extra_spec: "  fixes: {cooldown: 1s, verify_after: 4s, max_attempts: 3, escalation: alert_and_pause}\n",
+        ..Knobs::default()
+    });
+    let owner = m.owner(book);
+    let mut first = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !history(&m).iter().any(|r| r["record"] == "fix") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fix within 90 s:\n{}",
+            m.events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Killed right after fix attempt 1, before its verification (4 s later).
+    first.kill().expect("SIGKILL automon");
+    first.wait().expect("reap");
+    assert!(
+        !history(&m).iter().any(|r| r["record"] == "verification"),
+        "verified before the kill"
+    );
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(m.path())
+        .args(["apply", "workerset.yaml", "--watch"])
+        .timeout(LIMIT)
+        .output()
+        .expect("second automon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Every other shard completes; the hung worker is paused: nothing more without an operator.
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let records = history(&m);
+    let of_owner = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["record"] == kind && r["worker"] == owner)
+            .count()
+    };
+    assert_eq!(of_owner("fix"), 3, "{records:#?}");
+    assert_eq!(of_owner("verification"), 3, "{records:#?}");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["record"] == "verification")
+            .all(|r| r["succeeded"] == false)
+    );
+    assert_eq!(of_owner("escalation"), 1, "{records:#?}");
+    let events = m.events();
+    assert!(
+        events.contains(&format!(
+            "ALERT: worker {owner}: 3 fix attempts failed (restart, restart, restart)"
+        )),
+        "{events}"
+    );
+    // The attempt made before the kill was verified by the second automon and counted.
+    assert!(
+        events.contains(&format!(
+            "worker {owner}: fix attempt 1/3 (restart) failed verification"
+        )),
+        "{events}"
+    );
+    assert!(
+        stderr.contains("nothing can progress without an operator"),
+        "{stderr}"
+    );
+}

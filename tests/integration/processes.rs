@@ -191,7 +191,25 @@ fn processes_matching_the_template_are_adopted_when_the_manifest_opts_in() {
     let mut one = start(&["python3", &f, "--worker-id", "1"]);
     let mut thirteen = start(&["python3", &f, "--worker-id", "13"]);
     let mut wrapped = start(&["bash", "-c", &format!("python3 {f} --worker-id 0; true")]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait (under load this can take a while) until every worker is running python3 with its
+    // real command line: the wrapper's child included.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let cmdline = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    loop {
+        let pids = proc::list_pids(Path::new("/proc"));
+        let ready = [&one, &thirteen]
+            .iter()
+            .all(|c| cmdline(c.id() as i32).windows(4).any(|w| w == b"fake"))
+            && pids.iter().any(|p| {
+                proc::read_stat(Path::new("/proc"), *p)
+                    .is_some_and(|s| s.ppid == wrapped.id() as i32)
+                    && cmdline(*p).windows(4).any(|w| w == b"fake")
+            });
+        if ready || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_automon"))
         .args(["diff", "m.yaml"])
         .current_dir(dir.path())

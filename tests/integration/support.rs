@@ -24,6 +24,8 @@ pub struct Knobs {
     pub discovery_grace: &'static str,
     pub stop_grace: &'static str,
     pub batch_size: u32,
+    /// Extra lines appended to `spec` (two-space indented YAML).
+    pub extra_spec: &'static str,
 }
 
 impl Default for Knobs {
@@ -36,6 +38,7 @@ impl Default for Knobs {
             discovery_grace: "6s",
             stop_grace: "2s",
             batch_size: 10,
+            extra_spec: "",
         }
     }
 }
@@ -94,7 +97,7 @@ spec:
     activity_patterns: ["Processed batch", "Found [\\d,]+ new files"]
   health: {{stuck_after: {stuck}, discovery_grace: {grace_disc}}}
   restart: {{backoff_initial: 1s, backoff_max: 4s}}
-"#,
+{extra}"#,
             worker = example("migrate_worker.py").display(),
             batch = knobs.batch_size,
             delay = knobs.upload_delay,
@@ -102,6 +105,7 @@ spec:
             grace = knobs.stop_grace,
             stuck = knobs.stuck_after,
             grace_disc = knobs.discovery_grace,
+            extra = knobs.extra_spec,
         );
         std::fs::create_dir_all(dir.path().join("progress")).expect("mkdir");
         std::fs::write(dir.path().join("workerset.yaml"), manifest).expect("write manifest");
