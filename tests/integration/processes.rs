@@ -194,7 +194,15 @@ fn processes_matching_the_template_are_adopted_when_the_manifest_opts_in() {
     // Wait (under load this can take a while) until every worker is running python3 with its
     // real command line: the wrapper's child included.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let cmdline = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // python3 may be a shim script that execs the interpreter: wait for the interpreter itself.
+    let cmdline = |pid: i32| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim().starts_with("python") {
+            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
     loop {
         let pids = proc::list_pids(Path::new("/proc"));
         let ready = [&one, &thirteen]
