@@ -138,14 +138,17 @@ fn region_style(text: &Text, region: &[String]) -> Style {
     }
 }
 
-/// Refuses `new` lines whose indentation style differs from the region's.
+/// Refuses `new` lines indented with spaces where the region indents with tabs, or the reverse.
 fn check_style(new: &[String], region: Style) -> Result<(), String> {
-    let new_style = style_of(new.iter().map(String::as_str));
-    match (region, new_style) {
-        (Style::Tabs, Style::Spaces) => {
+    let starts_with = |c: u8| {
+        new.iter()
+            .any(|l| !l.trim().is_empty() && l.as_bytes().first() == Some(&c))
+    };
+    match region {
+        Style::Tabs if starts_with(b' ') => {
             Err("the replacement indents with spaces where the file indents with tabs".into())
         }
-        (Style::Spaces, Style::Tabs) => {
+        Style::Spaces if starts_with(b'\t') => {
             Err("the replacement indents with tabs where the file indents with spaces".into())
         }
         _ => Ok(()),
