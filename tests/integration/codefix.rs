@@ -106,8 +106,7 @@ impl Fx {
         dry_run: bool,
     ) -> Result<Outcome, String> {
         let proposal = parse_proposal(text).map_err(|r| r.why)?;
-        apply_code_fix(&self.policy, &proposal, &self.backups(), hashes, dry_run)
-            .map_err(|r| r.why)
+        apply_code_fix(&self.policy, &proposal, &self.backups(), hashes, dry_run).map_err(|r| r.why)
     }
 
     /// Every file under the temp dir (not following symlinks), with its bytes.
@@ -155,12 +154,21 @@ fn codefix_function_replacement_fixture_with_return_annotation() {
     assert!(new.contains(
         "    def next_start_id(self, rows: list[tuple[int, str]], current: int) -> int:\n        \"\"\"Return the id to resume from after a page of rows.\"\"\"\n        if not rows:\n            return current + self.batch_size\n"
     ), "{new}");
-    assert_eq!(new.matches("def next_start_id").count(), 1, "replaced, not appended");
+    assert_eq!(
+        new.matches("def next_start_id").count(),
+        1,
+        "replaced, not appended"
+    );
     assert!(new.ends_with("        return self.next_start_id(rows, start_id)\n"));
     assert!(compiles(&file));
     assert_eq!(a.file, fs::canonicalize(&file).unwrap());
     assert_eq!(a.changed_lines, 1);
-    assert!(a.diff.contains("+            return current + self.batch_size"), "{}", a.diff);
+    assert!(
+        a.diff
+            .contains("+            return current + self.batch_size"),
+        "{}",
+        a.diff
+    );
 
     // Backup: original bytes, named <file>.<UTC ms stamp>.<8 hex of the new content>.bak
     assert_eq!(fs::read(&a.backup).unwrap(), WORKER.as_bytes());
@@ -230,8 +238,13 @@ fn codefix_dry_run_writes_nothing_and_returns_the_diff() {
         panic!("not a dry run")
     };
     assert!(diff.starts_with("--- a/app/migrate_worker.py\n+++ b/app/migrate_worker.py\n"));
-    assert!(diff.contains("-            return start_id\n+            return start_id + self.batch_size\n"));
-    assert_eq!(file, fs::canonicalize(fx.work("app/migrate_worker.py")).unwrap());
+    assert!(diff.contains(
+        "-            return start_id\n+            return start_id + self.batch_size\n"
+    ));
+    assert_eq!(
+        file,
+        fs::canonicalize(fx.work("app/migrate_worker.py")).unwrap()
+    );
     assert_eq!(fx.snapshot(), before);
     assert!(!fx.backups().exists());
 }
@@ -245,11 +258,21 @@ fn codefix_keeps_crlf_permissions_and_rolls_back() {
     let a = applied(fx.apply(&fixture("unified_diff.txt")).unwrap());
     let new = fs::read_to_string(&file).unwrap();
     assert!(new.contains("            return start_id + self.batch_size\r\n"));
-    assert_eq!(new.matches('\n').count(), new.matches("\r\n").count(), "still all CRLF");
-    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(
+        new.matches('\n').count(),
+        new.matches("\r\n").count(),
+        "still all CRLF"
+    );
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
     rollback(&a).unwrap();
     assert_eq!(fs::read(&file).unwrap(), crlf.as_bytes());
-    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
     // Rolling back twice is harmless; a file changed after the fix is not clobbered.
     rollback(&a).unwrap();
     let a = applied(fx.apply(&fixture("unified_diff.txt")).unwrap());
@@ -336,48 +359,169 @@ fn codefix_adversarial_proposals_leave_every_byte_alone() {
     let w = "# file: app/migrate_worker.py\n";
     let good_old_new = "OLD:\n            return current\nNEW:\n            return current + 1\n";
     let cases = vec![
-        case("not on the allow-list", &format!("# file: other.py\n{good_old_new}"), "not on the allow-list"),
-        case("a path with ..", &format!("# file: app/../app/migrate_worker.py\n{good_old_new}"), "contains `..`"),
-        case("an absolute path outside the workdir", &format!("# file: {}\n{good_old_new}", elsewhere.display()), "absolute path that is not an allow-listed file"),
-        case("a symlink leading outside", &format!("# file: link.py\n{good_old_new}"), "leads outside the working directory"),
-        case("an ambiguous old string", &format!("{w}OLD:\n        if not rows:\nNEW:\n        if rows is None:\n"), "ambiguous: it occurs 2 times (lines 15, 21)"),
-        case("a def name in two classes", "# file: app/classes.py\ndef run(self):\n    return 3\n", "`run` is ambiguous: it matches 2 functions: A.run (line 2), B.run (line 7)"),
-        case("a syntax-breaking change", &format!("{w}OLD:\n        if not rows:\n            return current\nNEW:\n        if not rows\n            return current\n"), "the result does not parse: expected ':'"),
+        case(
+            "not on the allow-list",
+            &format!("# file: other.py\n{good_old_new}"),
+            "not on the allow-list",
+        ),
+        case(
+            "a path with ..",
+            &format!("# file: app/../app/migrate_worker.py\n{good_old_new}"),
+            "contains `..`",
+        ),
+        case(
+            "an absolute path outside the workdir",
+            &format!("# file: {}\n{good_old_new}", elsewhere.display()),
+            "absolute path that is not an allow-listed file",
+        ),
+        case(
+            "a symlink leading outside",
+            &format!("# file: link.py\n{good_old_new}"),
+            "leads outside the working directory",
+        ),
+        case(
+            "an ambiguous old string",
+            &format!("{w}OLD:\n        if not rows:\nNEW:\n        if rows is None:\n"),
+            "ambiguous: it occurs 2 times (lines 15, 21)",
+        ),
+        case(
+            "a def name in two classes",
+            "# file: app/classes.py\ndef run(self):\n    return 3\n",
+            "`run` is ambiguous: it matches 2 functions: A.run (line 2), B.run (line 7)",
+        ),
+        case(
+            "a syntax-breaking change",
+            &format!(
+                "{w}OLD:\n        if not rows:\n            return current\nNEW:\n        if not rows\n            return current\n"
+            ),
+            "the result does not parse: expected ':'",
+        ),
         // ast.parse accepts duplicate argument names; only compile() (symtable) rejects them.
-        case("parses but fails compile()", &format!("{w}def next_start_id(self, rows, rows) -> int:\n    return max(rows)\n"), "fails python3's compile(): SyntaxError: duplicate argument 'rows'"),
+        case(
+            "parses but fails compile()",
+            &format!("{w}def next_start_id(self, rows, rows) -> int:\n    return max(rows)\n"),
+            "fails python3's compile(): SyntaxError: duplicate argument 'rows'",
+        ),
         // `break` outside a loop: the same split between the two validators.
-        case("break outside a loop", &format!("{w}OLD:\nclass Worker:\nNEW:\nbreak\nclass Worker:\n"), "compile(): SyntaxError: 'break' outside loop"),
+        case(
+            "break outside a loop",
+            &format!("{w}OLD:\nclass Worker:\nNEW:\nbreak\nclass Worker:\n"),
+            "compile(): SyntaxError: 'break' outside loop",
+        ),
         Adversarial {
             name: "a failing test command",
             proposal: format!("{w}{good_old_new}"),
             reason: "the test command `python3 -c import sys; print('2 tests failed'); sys.exit(3)` failed (exit status: 3): 2 tests failed",
-            policy: Some(|p| p.test_command = Some(vec!["python3".into(), "-c".into(), "import sys; print('2 tests failed'); sys.exit(3)".into()])),
+            policy: Some(|p| {
+                p.test_command = Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    "import sys; print('2 tests failed'); sys.exit(3)".into(),
+                ])
+            }),
         },
         Adversarial {
             name: "a change over the size cap",
-            proposal: fixture("function_replacement.txt").replace("current + self.batch_size", "current + 1\n        x = 1\n        y = 2\n        z = 3"),
+            proposal: fixture("function_replacement.txt").replace(
+                "current + self.batch_size",
+                "current + 1\n        x = 1\n        y = 2\n        z = 3",
+            ),
             reason: "it changes 4 lines, more than the cap of 3",
             policy: Some(|p| {
                 p.max_changed_lines = 3;
                 p.files.truncate(1);
             }),
         },
-        case("an elision comment", &format!("{w}def next_start_id(self, rows, current) -> int:\n    # ... existing code ...\n    return current\n"), "elision marker (\"# ... existing code ...\")"),
-        case("a rest-unchanged elision", &format!("{w}OLD:\n            return current\nNEW:\n            return current + 1\n        ... rest unchanged\n"), "elision marker"),
-        case("a unicode ellipsis", &format!("{w}@@ -15,3 +15,3 @@\n         if not rows:\n-            return current\n+            return current …\n"), "elision marker"),
+        case(
+            "an elision comment",
+            &format!(
+                "{w}def next_start_id(self, rows, current) -> int:\n    # ... existing code ...\n    return current\n"
+            ),
+            "elision marker (\"# ... existing code ...\")",
+        ),
+        case(
+            "a rest-unchanged elision",
+            &format!(
+                "{w}OLD:\n            return current\nNEW:\n            return current + 1\n        ... rest unchanged\n"
+            ),
+            "elision marker",
+        ),
+        case(
+            "a unicode ellipsis",
+            &format!(
+                "{w}@@ -15,3 +15,3 @@\n         if not rows:\n-            return current\n+            return current …\n"
+            ),
+            "elision marker",
+        ),
         case("an empty change", "", "the proposal is empty"),
-        case("a diff that changes nothing", &format!("{w}@@ -15,2 +15,2 @@\n         if not rows:\n             return current\n"), "adds and removes nothing"),
-        case("old == new", &format!("{w}<<<<<<< SEARCH\n        return current\n=======\n        return current\n>>>>>>> REPLACE\n"), "identical (no change)"),
-        case("a diff whose context is absent", &format!("{w}@@ -15,3 +15,3 @@\n         if not cells:\n-            return current\n+            return current + 1\n"), "hunk 1 of 1 (hinted at line 15): its context and removed lines are not in the file"),
-        case("a diff that applies only partly", &format!("{w}@@ -15,3 +15,3 @@\n         if not rows:\n-            return current\n+            return current + 1\n@@ -21,3 +21,3 @@\n         if not cells:\n-            return start_id\n+            return start_id + 1\n"), "hunk 2 of 2 (hinted at line 21): its context and removed lines are not in the file; nothing was applied"),
-        case("tabs vs spaces", "# file: app/tabs.py\nOLD:\n\t\t\treturn 1\nNEW:\n\t\t\tif x > 1:\n                return 2\n\t\t\treturn 1\n", "indents with spaces where the file indents with tabs"),
-        case("mixed CRLF and LF", &format!("# file: app/mixed.py\n{good_old_new}"), "mixes CRLF and LF line endings"),
-        case("non-UTF-8 bytes", &format!("# file: app/latin1.py\n{good_old_new}"), "not UTF-8 (invalid byte at offset 5)"),
-        case("a replacement defining another name", &format!("{w}# function: next_start_id\ndef next_start(self):\n    return 0\n"), "header names `next_start_id` but the code defines `next_start`"),
-        case("a function that is not there", &format!("{w}def resume(self) -> int:\n    return 0\n"), "defines no function `resume`"),
-        case("no file with two allow-listed files", good_old_new, "names no file and 6 files are allow-listed"),
-        case("two SEARCH/REPLACE blocks", &format!("{w}<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE\n"), "2 SEARCH/REPLACE blocks"),
-        case("an old text that is not there", &format!("{w}OLD:\n        return rows[-1]\nNEW:\n        return rows[0]\n"), "the old text is not in the file"),
+        case(
+            "a diff that changes nothing",
+            &format!("{w}@@ -15,2 +15,2 @@\n         if not rows:\n             return current\n"),
+            "adds and removes nothing",
+        ),
+        case(
+            "old == new",
+            &format!(
+                "{w}<<<<<<< SEARCH\n        return current\n=======\n        return current\n>>>>>>> REPLACE\n"
+            ),
+            "identical (no change)",
+        ),
+        case(
+            "a diff whose context is absent",
+            &format!(
+                "{w}@@ -15,3 +15,3 @@\n         if not cells:\n-            return current\n+            return current + 1\n"
+            ),
+            "hunk 1 of 1 (hinted at line 15): its context and removed lines are not in the file",
+        ),
+        case(
+            "a diff that applies only partly",
+            &format!(
+                "{w}@@ -15,3 +15,3 @@\n         if not rows:\n-            return current\n+            return current + 1\n@@ -21,3 +21,3 @@\n         if not cells:\n-            return start_id\n+            return start_id + 1\n"
+            ),
+            "hunk 2 of 2 (hinted at line 21): its context and removed lines are not in the file; nothing was applied",
+        ),
+        case(
+            "tabs vs spaces",
+            "# file: app/tabs.py\nOLD:\n\t\t\treturn 1\nNEW:\n\t\t\tif x > 1:\n                return 2\n\t\t\treturn 1\n",
+            "indents with spaces where the file indents with tabs",
+        ),
+        case(
+            "mixed CRLF and LF",
+            &format!("# file: app/mixed.py\n{good_old_new}"),
+            "mixes CRLF and LF line endings",
+        ),
+        case(
+            "non-UTF-8 bytes",
+            &format!("# file: app/latin1.py\n{good_old_new}"),
+            "not UTF-8 (invalid byte at offset 5)",
+        ),
+        case(
+            "a replacement defining another name",
+            &format!("{w}# function: next_start_id\ndef next_start(self):\n    return 0\n"),
+            "header names `next_start_id` but the code defines `next_start`",
+        ),
+        case(
+            "a function that is not there",
+            &format!("{w}def resume(self) -> int:\n    return 0\n"),
+            "defines no function `resume`",
+        ),
+        case(
+            "no file with two allow-listed files",
+            good_old_new,
+            "names no file and 6 files are allow-listed",
+        ),
+        case(
+            "two SEARCH/REPLACE blocks",
+            &format!(
+                "{w}<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE\n"
+            ),
+            "2 SEARCH/REPLACE blocks",
+        ),
+        case(
+            "an old text that is not there",
+            &format!("{w}OLD:\n        return rows[-1]\nNEW:\n        return rows[0]\n"),
+            "the old text is not in the file",
+        ),
     ];
     assert!(cases.len() >= 20);
     for c in &cases {
@@ -404,8 +548,7 @@ fn codefix_adversarial_proposals_leave_every_byte_alone() {
 fn codefix_the_same_patch_is_never_applied_twice() {
     let fx = Fx::worker();
     let text = fixture("unified_diff.txt");
-    let Outcome::DryRun { patch_hash, .. } =
-        fx.apply_with(&text, &BTreeSet::new(), true).unwrap()
+    let Outcome::DryRun { patch_hash, .. } = fx.apply_with(&text, &BTreeSet::new(), true).unwrap()
     else {
         panic!()
     };
@@ -443,8 +586,16 @@ print(w.discover_batch(db, 0, 100, 10, lambda max_id: True).next_cursor)
         .arg(file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -456,7 +607,11 @@ fn codefix_fixes_the_example_workers_loop_bug() {
         true,
     )]);
     let file = fx.work("examples/calibre-migration/migrate_worker.py");
-    assert_eq!(discovery_cursor_with_loop_fault(&file), 0, "the bug is there");
+    assert_eq!(
+        discovery_cursor_with_loop_fault(&file),
+        0,
+        "the bug is there"
+    );
 
     // The useless fix compiles and applies, but the cursor still does not advance.
     let useless = applied(fx.apply(&fixture("useless_fix.txt")).unwrap());
@@ -475,7 +630,11 @@ fn codefix_fixes_the_example_workers_loop_bug() {
     let new = fs::read_to_string(&file).unwrap();
     assert!(!new.contains("if loop_fault_due(max_id):"));
     assert!(compiles(&file));
-    assert_eq!(discovery_cursor_with_loop_fault(&file), 3, "advances to max_id");
+    assert_eq!(
+        discovery_cursor_with_loop_fault(&file),
+        3,
+        "advances to max_id"
+    );
     assert!(fix.changed_lines <= 10, "{}", fix.changed_lines);
     assert!(matches!(
         fx.apply(&text).unwrap(),

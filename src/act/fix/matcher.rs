@@ -213,7 +213,7 @@ fn spaces_to_tabs(lines: &[String]) -> Result<Vec<String>, String> {
                     i + 1
                 ));
             }
-            if ind.len() % unit != 0 {
+            if !ind.len().is_multiple_of(unit) {
                 return Err(format!(
                     "cannot re-indent the replacement with tabs: line {} has {} spaces, not a multiple of {unit}",
                     i + 1,
@@ -262,7 +262,11 @@ fn replace_function(
 
     // The replacement: one definition of the same name, nothing else.
     let bare = name.rsplit('.').next().unwrap_or(name);
-    let src_lines: Vec<String> = source.replace("\r\n", "\n").lines().map(String::from).collect();
+    let src_lines: Vec<String> = source
+        .replace("\r\n", "\n")
+        .lines()
+        .map(String::from)
+        .collect();
     let mut new = dedent(&src_lines);
     while new.last().is_some_and(|l| l.is_empty()) {
         new.pop();
@@ -292,7 +296,10 @@ fn replace_function(
     let (start, end) = (target.start - 1, target.end);
     let region = &text.lines[start..end];
     let base = indent_of(&text.lines[start]).to_string();
-    let new = match (region_style(text, region), style_of(new.iter().map(String::as_str))) {
+    let new = match (
+        region_style(text, region),
+        style_of(new.iter().map(String::as_str)),
+    ) {
         (Style::Tabs, Style::Spaces) => spaces_to_tabs(&new)?,
         (Style::Spaces, Style::Tabs) => {
             return Err(
@@ -312,7 +319,10 @@ fn replace_function(
         })
         .collect();
     let same = region.len() == new.len()
-        && region.iter().zip(&new).all(|(a, b)| a.trim_end() == b.trim_end());
+        && region
+            .iter()
+            .zip(&new)
+            .all(|(a, b)| a.trim_end() == b.trim_end());
     if same {
         return Ok(Edit::AlreadyApplied);
     }
@@ -332,7 +342,9 @@ enum Grade {
     Exact,
     TrailingWhitespace,
     /// The needle's common indentation is `given`; each place has its own.
-    Indent { given: String },
+    Indent {
+        given: String,
+    },
 }
 
 /// All places where `needle` occurs as whole lines at or after line `from` (0-based), using the
@@ -509,7 +521,11 @@ fn apply_hunks(text: &Text, hunks: &[Hunk]) -> Result<Vec<String>, String> {
     let mut shift: isize = 0;
     let total = hunks.len();
     for (k, hunk) in hunks.iter().enumerate() {
-        let which = format!("hunk {} of {total} (hinted at line {})", k + 1, hunk.old_start);
+        let which = format!(
+            "hunk {} of {total} (hinted at line {})",
+            k + 1,
+            hunk.old_start
+        );
         let old: Vec<String> = hunk.old_lines().into_iter().map(String::from).collect();
         let new: Vec<String> = hunk.new_lines().into_iter().map(String::from).collect();
         if old.iter().all(|l| l.trim().is_empty()) {
@@ -570,7 +586,14 @@ mod tests {
     }
 
     fn changed(src: &str, proposal: &str) -> String {
-        match apply(&text(src), &parse_proposal(proposal).unwrap(), "python3", "t.py").unwrap() {
+        match apply(
+            &text(src),
+            &parse_proposal(proposal).unwrap(),
+            "python3",
+            "t.py",
+        )
+        .unwrap()
+        {
             Edit::Changed(t) => t.render(),
             Edit::AlreadyApplied => panic!("already applied"),
         }
@@ -594,12 +617,18 @@ mod tests {
         );
         // trailing whitespace ignored
         assert_eq!(
-            changed(src, "<<<<<<< SEARCH\n    x = 1\n    return x\n=======\n    x = 2\n    return x\n>>>>>>> REPLACE\n"),
+            changed(
+                src,
+                "<<<<<<< SEARCH\n    x = 1\n    return x\n=======\n    x = 2\n    return x\n>>>>>>> REPLACE\n"
+            ),
             "def f():\n    x = 2\n    return x\n"
         );
         // indentation offset: given at column 0, found at column 4; new re-indented
         assert_eq!(
-            changed(src, "<<<<<<< SEARCH\nx = 1\nreturn x\n=======\nx = 2\nif x:\n    return x\n>>>>>>> REPLACE\n"),
+            changed(
+                src,
+                "<<<<<<< SEARCH\nx = 1\nreturn x\n=======\nx = 2\nif x:\n    return x\n>>>>>>> REPLACE\n"
+            ),
             "def f():\n    x = 2\n    if x:\n        return x\n"
         );
     }
@@ -616,7 +645,10 @@ mod tests {
     fn already_applied_strings() {
         let src = "a = 3\n";
         let p = parse_proposal("OLD:\na = 1\nNEW:\na = 3\n").unwrap();
-        assert_eq!(apply(&text(src), &p, "python3", "t.py").unwrap(), Edit::AlreadyApplied);
+        assert_eq!(
+            apply(&text(src), &p, "python3", "t.py").unwrap(),
+            Edit::AlreadyApplied
+        );
         // new contains old: applied once means the old text only occurs inside the new one
         let p = parse_proposal("OLD:\nx()\nNEW:\nx()\ny()\n").unwrap();
         assert_eq!(
@@ -650,7 +682,10 @@ mod tests {
     #[test]
     fn function_into_tabs_is_retabbed() {
         let src = "class A:\n\tdef f(self):\n\t\treturn 1\n";
-        let out = changed(src, "def f(self):\n    if self:\n        return 2\n    return 1\n");
+        let out = changed(
+            src,
+            "def f(self):\n    if self:\n        return 2\n    return 1\n",
+        );
         assert_eq!(
             out,
             "class A:\n\tdef f(self):\n\t\tif self:\n\t\t\treturn 2\n\t\treturn 1\n"

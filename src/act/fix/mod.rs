@@ -234,7 +234,9 @@ pub fn apply_code_fix(
 
     // The file must not have changed while we validated.
     if fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
-        return Err(reject("the file changed while the fix was validated".into()));
+        return Err(reject(
+            "the file changed while the fix was validated".into(),
+        ));
     }
     let stamp = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%S%.3fZ")

@@ -108,7 +108,9 @@ impl Hunk {
     }
 
     fn changes(&self) -> bool {
-        self.lines.iter().any(|l| !matches!(l, HunkLine::Context(_)))
+        self.lines
+            .iter()
+            .any(|l| !matches!(l, HunkLine::Context(_)))
     }
 }
 
@@ -188,10 +190,10 @@ pub fn is_elision(line: &str) -> bool {
         return true;
     }
     let t = line.trim();
-    if let Some(rest) = t.strip_prefix("...") {
-        if rest.chars().any(char::is_alphabetic) {
-            return true;
-        }
+    if let Some(rest) = t.strip_prefix("...")
+        && rest.chars().any(char::is_alphabetic)
+    {
+        return true;
     }
     match t.find('#') {
         Some(i) => ELISION.is_match(&t[i + 1..]),
@@ -311,10 +313,7 @@ fn unfence(part: &str) -> String {
     }
 }
 
-fn parse_search_replace(
-    text: &str,
-    file: &Option<String>,
-) -> Result<Option<Proposal>, Rejection> {
+fn parse_search_replace(text: &str, file: &Option<String>) -> Result<Option<Proposal>, Rejection> {
     let lines: Vec<&str> = text.lines().collect();
     let starts: Vec<usize> = (0..lines.len())
         .filter(|&i| lines[i].starts_with("<<<<<<<") && lines[i].contains("SEARCH"))
@@ -333,7 +332,8 @@ fn parse_search_replace(
     }
     let sep = (start + 1..lines.len()).find(|&i| lines[i].trim_end() == "=======");
     let end = sep.and_then(|s| {
-        (s + 1..lines.len()).find(|&i| lines[i].starts_with(">>>>>>>") && lines[i].contains("REPLACE"))
+        (s + 1..lines.len())
+            .find(|&i| lines[i].starts_with(">>>>>>>") && lines[i].contains("REPLACE"))
     });
     let (Some(sep), Some(end)) = (sep, end) else {
         return Err(Rejection::proposal(
@@ -379,8 +379,8 @@ fn parse_diff(text: &str, file: Option<String>) -> Proposal {
         let Some(hunk) = current.as_mut() else {
             continue;
         };
-        let next_is_new_file = line.starts_with("--- ")
-            && lines.get(i + 1).is_some_and(|n| n.starts_with("+++ "));
+        let next_is_new_file =
+            line.starts_with("--- ") && lines.get(i + 1).is_some_and(|n| n.starts_with("+++ "));
         if next_is_new_file || line.starts_with("diff ") || line.trim_start().starts_with("```") {
             hunks.extend(current.take());
             pending_blank = 0;
@@ -502,7 +502,10 @@ mod tests {
         assert_eq!(hunks.len(), 1);
         assert_eq!(hunks[0].old_start, 120);
         assert_eq!(hunks[0].old_lines().len(), 5);
-        assert_eq!(hunks[0].new_lines()[2], "            return start_id + self.batch_size");
+        assert_eq!(
+            hunks[0].new_lines()[2],
+            "            return start_id + self.batch_size"
+        );
     }
 
     #[test]
@@ -530,8 +533,7 @@ mod tests {
     #[test]
     fn fenced_function_with_file_header_and_decorator() {
         let text = "Here is the fix:\n```python\n# file: src/w.py\n@cache\ndef f(x) -> int:\n    return x\n```\nThanks.";
-        let Proposal::ReplaceFunction { file, name, source } = parse_proposal(text).unwrap()
-        else {
+        let Proposal::ReplaceFunction { file, name, source } = parse_proposal(text).unwrap() else {
             panic!()
         };
         assert_eq!(file.as_deref(), Some("src/w.py"));
@@ -546,7 +548,10 @@ mod tests {
             ("  \n", "empty"),
             ("OLD:\nx = 1\nNEW:\nx = 1\n", "identical"),
             ("OLD:\n\nNEW:\nx = 1\n", "old text is empty"),
-            ("def f():\n    x = 1\n    # ... existing code ...\n", "elision"),
+            (
+                "def f():\n    x = 1\n    # ... existing code ...\n",
+                "elision",
+            ),
             ("def f():\n    ... rest unchanged\n", "elision"),
             ("OLD:\nx = 1\nNEW:\nx = 2 …\n", "elision"),
             ("@@ -1,2 +1,2 @@\n a\n b\n", "adds and removes nothing"),

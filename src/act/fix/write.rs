@@ -109,13 +109,23 @@ mod tests {
         let perms = fs::metadata(&f).unwrap().permissions();
         atomic_write(&f, b"new", perms).unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"new");
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o750);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
     fn hashes_are_hex() {
         assert_eq!(sha256_hex(b"").len(), 64);
-        assert_ne!(patch_hash(Path::new("/a"), b"x"), patch_hash(Path::new("/b"), b"x"));
+        assert_ne!(
+            patch_hash(Path::new("/a"), b"x"),
+            patch_hash(Path::new("/b"), b"x")
+        );
     }
 }
