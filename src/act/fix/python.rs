@@ -3,11 +3,12 @@
 //! `compile()` on a temporary copy (which also catches what the parser accepts and the compiler
 //! rejects, e.g. duplicate argument names or `break` outside a loop).
 //!
-//! Why a subprocess and not a Rust parser crate: `rustpython-parser` 0.4 (the last release) stops at
-//! an older grammar and pulls in a multi-megabyte generated parser and a bigint crate, and
-//! `ruff_python_parser` is published only as an unstable internal component; both are slow to
-//! build on two cores. The interpreter that runs the workers is needed for `compile()` anyway, and
-//! its own `ast` module is by definition the grammar the worker will be run with.
+//! Why a subprocess and not a Rust parser crate: `rustpython-parser` 0.4 carries a large generated
+//! LALRPOP parser and a bigint crate, and its grammar can lag the interpreter's; the
+//! `ruff_python_parser` releases on crates.io are 0.0.x internal components of Ruff with a chain of
+//! sibling crates. Either is a heavy build on two cores for one job: exact line ranges. The
+//! interpreter that runs the workers is needed for `compile()` anyway, and its own `ast` module is
+//! by definition the grammar the worker will run with. Cost: one interpreter start per call.
 
 use std::io::Write;
 use std::path::Path;
