@@ -6,7 +6,7 @@
 //! - [`manifest`]: the WorkerSet manifest — types, defaults, validation, the resolved [`manifest::Desired`].
 //! - [`observe`]: the world as plain data — processes, progress files, log tails.
 //! - [`plan`]: the pure planner, `plan(desired, observed, memory, now) -> Plan`.
-//! - [`act`]: actuators — spawn, stop, setup.
+//! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
 //! - [`cli`]: command-line parsing and the subcommands.

@@ -1,4 +1,5 @@
 mod bad_input;
+mod codefix;
 mod manifests;
 mod migration;
 mod processes;
