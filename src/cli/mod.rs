@@ -2,6 +2,7 @@
 //! decided here: 0 success, 1 runtime failure (or `diff` found differences), 2 bad input.
 
 mod apply;
+mod diagnose;
 mod diff;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Show what the next pass would do, acting on nothing (exit 0: nothing, 1: something).
     Diff(diff::DiffArgs),
+    /// Ask the LLM why a worker is stuck and print its validated answer; applies nothing
+    /// (works even with llm.enabled false; exit 0 answer, 1 LLM failure, 2 bad input).
+    Diagnose(diagnose::DiagnoseArgs),
     /// Check manifests and report every problem (exit 0 valid, 2 invalid).
     Validate {
         /// Manifest files.
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Apply(args) => apply::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Diagnose(args) => diagnose::run(&args),
         Command::Validate { files } => validate(&files),
         Command::Schema => schema(),
     };

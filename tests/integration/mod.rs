@@ -1,4 +1,5 @@
 mod bad_input;
+mod llm;
 mod manifests;
 mod migration;
 mod processes;
