@@ -524,9 +524,8 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// `d` scaled by a random factor in [0.5, 1.5).
 fn jittered(d: Duration) -> Duration {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    Instant::now().hash(&mut h);
-    let r = (h.finish() % 1000) as f64 / 1000.0;
+    let h = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    let r = (h % 1000) as f64 / 1000.0;
     d.mul_f64(0.5 + r)
 }
 
@@ -580,7 +579,7 @@ pub fn parse_dotenv(text: &str, key: &str) -> Option<String> {
                 }
             })
         })
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]
