@@ -22,14 +22,6 @@ pub enum Output {
 
 /// Arguments of `diagnose`.
 #[derive(Debug, Args)]
-#[command(
-    long_about = "Ask the LLM configured in the manifest's `llm` section (any OpenAI-compatible \
-endpoint) why one worker is stuck, and print its validated answer. Works even when \
-llm.enabled is false: this is an explicit request. Nothing is applied.\n\n\
-Base URL: llm.base_url, else $OPENAI_BASE_URL, else $OPENAI_API_BASE, else OpenAI. Key: the \
-variable named by llm.api_key_env (default OPENAI_API_KEY), else that key in a .env file \
-beside the manifest; none for local servers. Secrets are redacted before anything is sent."
-)]
 pub struct DiagnoseArgs {
     /// The WorkerSet manifest.
     pub file: PathBuf,

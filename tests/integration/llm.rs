@@ -751,6 +751,7 @@ async fn run(mut cmd: std::process::Command) -> std::process::Output {
 async fn diagnose_subcommand_prints_the_answer_and_applies_nothing() {
     let server = serve(ok(&fixture("bad_types.json"))).await;
     let dir = tempfile::tempdir().unwrap();
+    // The planted manifest leaves llm.enabled false: diagnose is an explicit request.
     planted(dir.path(), &format!("{}/v1", server.uri()));
 
     let mut cmd = automon_cmd(dir.path());
