@@ -2,6 +2,7 @@
 //! retry by themselves — the next plan does.
 
 pub mod fix;
+pub mod llm;
 pub mod setup;
 pub mod spawn;
 pub mod stop;

@@ -2,6 +2,7 @@
 //! decided here: 0 success, 1 runtime failure (or `diff` found differences), 2 bad input.
 
 mod apply;
+mod diagnose;
 mod diff;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,15 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Show what the next pass would do, acting on nothing (exit 0: nothing, 1: something).
     Diff(diff::DiffArgs),
+    /// Ask the LLM why a worker is stuck and print its validated answer; applies nothing.
+    ///
+    /// Uses the manifest's `llm` section with any OpenAI-compatible endpoint, and works even when
+    /// llm.enabled is false: this is an explicit request. Base URL: llm.base_url, else
+    /// $OPENAI_BASE_URL, else $OPENAI_API_BASE, else OpenAI's. Key: the variable named by
+    /// llm.api_key_env (default OPENAI_API_KEY), else that key in a .env file beside the
+    /// manifest; none for local servers. Secrets are redacted before anything is sent. Exit 0
+    /// with an answer, 1 when the LLM call fails, 2 on bad input.
+    Diagnose(diagnose::DiagnoseArgs),
     /// Check manifests and report every problem (exit 0 valid, 2 invalid).
     Validate {
         /// Manifest files.
@@ -70,6 +80,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Apply(args) => apply::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Diagnose(args) => diagnose::run(&args),
         Command::Validate { files } => validate(&files),
         Command::Schema => schema(),
     };

@@ -1,5 +1,6 @@
 mod bad_input;
 mod codefix;
+mod llm;
 mod manifests;
 mod migration;
 mod processes;

@@ -1,0 +1,252 @@
+//! Redaction: secrets are replaced by [`REDACTED`] before any text leaves the machine (the
+//! prompt) or is stored (diagnostics, answers, error messages).
+//!
+//! Two kinds of secret are removed:
+//!
+//! - literal values: the values of the environment variables named in `llm.secret_env` (read
+//!   from automon's own environment and from the worker template's `env`), and the API key
+//!   itself. Values shorter than [`MIN_SECRET_LEN`] bytes are ignored (redacting every `1` in a
+//!   log would destroy it and protect nothing);
+//! - shapes: OpenAI keys (`sk-…`), GitHub tokens (`ghp_…`, `gho_…`, `github_pat_…`), AWS access
+//!   key ids (`AKIA` + 16), JWTs (three base64url segments starting `eyJ`), `Bearer …`,
+//!   passwords in URLs (`scheme://user:pass@`), and `key=value` / `key: value` pairs whose key
+//!   contains password, passwd, secret, token, api_key, apikey or api-key.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Literal secret values shorter than this many bytes are not redacted.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// Replaces secrets in text. Cheap to clone; build one per manifest.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Literal values, longest first (so a value containing another is removed whole).
+    literals: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    // The literals are the secrets themselves: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("literals", &self.literals.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// A redactor for the literal `values` (empty and short ones are skipped) plus the shapes.
+    pub fn new<I, S>(values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut r = Self::default();
+        r.add(values);
+        r
+    }
+
+    /// A redactor for the values of the environment variables `names`, looked up first in
+    /// `template_env` (the worker template's `env`) and in automon's process environment (both
+    /// values are added when both exist).
+    pub fn from_env_names(
+        names: &[String],
+        template_env: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        let mut values = Vec::new();
+        for name in names {
+            if let Some(v) = template_env.get(name) {
+                values.push(v.clone());
+            }
+            if let Ok(v) = std::env::var(name) {
+                values.push(v);
+            }
+        }
+        Self::new(values)
+    }
+
+    /// Adds literal values (empty and short ones are skipped).
+    pub fn add<I, S>(&mut self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for v in values {
+            let v: String = v.into();
+            let v = v.trim().to_string();
+            if v.len() >= MIN_SECRET_LEN && !self.literals.contains(&v) {
+                self.literals.push(v);
+            }
+        }
+        self.literals.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// Adds the literal values of another redactor.
+    pub fn merge(&mut self, other: &Redactor) {
+        self.add(other.literals.iter().cloned());
+    }
+
+    /// `text` with every literal secret and every secret shape replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.literals {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), REDACTED);
+            }
+        }
+        redact_shapes(&out)
+    }
+}
+
+struct Shape {
+    re: Regex,
+    replacement: &'static str,
+}
+
+fn shapes() -> &'static [Shape] {
+    static SHAPES: OnceLock<Vec<Shape>> = OnceLock::new();
+    SHAPES.get_or_init(|| {
+        let table: [(&str, &'static str); 8] = [
+            // Passwords in URLs: keep scheme and user, drop the password.
+            (
+                r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]+@",
+                "${1}:[REDACTED]@",
+            ),
+            // Authorization headers and the like.
+            (r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]+", "${1} [REDACTED]"),
+            // key=value, key: value, "key": "value".
+            (
+                r#"(?i)\b([\w.\-]*(?:password|passwd|secret|token|api_key|apikey|api-key)[\w.\-]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
+                "${1}${2}[REDACTED]",
+            ),
+            // JWTs (header.payload.signature; the signature may be empty with alg none).
+            (
+                r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*",
+                REDACTED,
+            ),
+            // OpenAI-style keys (sk-..., sk-proj-...).
+            (r"\bsk-[A-Za-z0-9_\-]{8,}", REDACTED),
+            // GitHub tokens.
+            (r"\bgh[pousr]_[A-Za-z0-9]{16,}", REDACTED),
+            (r"\bgithub_pat_[A-Za-z0-9_]{16,}", REDACTED),
+            // AWS access key ids.
+            (r"\bAKIA[0-9A-Z]{16}\b", REDACTED),
+        ];
+        table
+            .into_iter()
+            .filter_map(|(pattern, replacement)| {
+                // The patterns are constants covered by the unit tests below; one that failed
+                // to compile would be skipped rather than crash automon.
+                Regex::new(pattern).ok().map(|re| Shape { re, replacement })
+            })
+            .collect()
+    })
+}
+
+/// `text` with every secret shape replaced (no literal values).
+pub fn redact_shapes(text: &str) -> String {
+    let mut out = text.to_string();
+    for s in shapes() {
+        if s.re.is_match(&out) {
+            out = s.re.replace_all(&out, s.replacement).into_owned();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_compiles() {
+        assert_eq!(shapes().len(), 8);
+    }
+
+    #[test]
+    fn shapes_table() {
+        let cases = [
+            ("key sk-test-abc1234567890XYZ used", "key [REDACTED] used"),
+            ("sk-proj-AbCdEf_1234567890", "[REDACTED]"),
+            ("token ghp_0123456789abcdefABCDEF0123", "token [REDACTED]"),
+            ("github_pat_11ABCDEFG0123456789_abcdef", "[REDACTED]"),
+            ("aws AKIAIOSFODNN7EXAMPLE here", "aws [REDACTED] here"),
+            (
+                "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-nat_ure end",
+                "jwt [REDACTED] end",
+            ),
+            (
+                "Authorization: Bearer abc.def-ghi",
+                "Authorization: Bearer [REDACTED]",
+            ),
+            (
+                "postgres://migrator:hunter2@db:5432/calibre",
+                "postgres://migrator:[REDACTED]@db:5432/calibre",
+            ),
+            ("password=hunter2 next", "password=[REDACTED] next"),
+            ("db_password: hunter2", "db_password: [REDACTED]"),
+            (
+                r#"{"api_key": "abc 123", "n": 1}"#,
+                r#"{"api_key": [REDACTED], "n": 1}"#,
+            ),
+            ("APIKEY=xyz&page=2", "APIKEY=[REDACTED]&page=2"),
+            ("client_secret='s3cr3t'", "client_secret=[REDACTED]"),
+            ("passwd:abc", "passwd:[REDACTED]"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_shapes(input), want, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn ordinary_log_lines_are_untouched() {
+        let lines = [
+            "2024-05-01 10:00:00,123 - INFO - Processed batch: book.id > 61,000",
+            "Successfully uploaded: War and Peace (id 4411)",
+            "Traceback (most recent call last):",
+            "  File \"/srv/migrate_worker.py\", line 120, in run_batch",
+            "https://example.org/api/books?page=2",
+            "risk-averse task-runner",
+        ];
+        for l in lines {
+            assert_eq!(redact_shapes(l), l);
+        }
+    }
+
+    #[test]
+    fn literal_values_are_removed_longest_first() {
+        let r = Redactor::new(["hunter2-long", "hunter2", "", "abc"]);
+        assert_eq!(
+            r.redact("a hunter2-long b hunter2 c abc"),
+            "a [REDACTED] b [REDACTED] c abc",
+            "short values (< MIN_SECRET_LEN) are not redacted"
+        );
+    }
+
+    #[test]
+    fn env_names_read_template_env_and_process_env() {
+        let env = std::collections::BTreeMap::from([(
+            "CALIBRE_DB_PASSWORD".to_string(),
+            "template-value-9".to_string(),
+        )]);
+        let r = Redactor::from_env_names(&["CALIBRE_DB_PASSWORD".to_string()], &env);
+        assert_eq!(r.redact("x template-value-9 y"), "x [REDACTED] y");
+        // PATH is always set in the test's environment.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let r = Redactor::from_env_names(&["PATH".to_string()], &Default::default());
+        if path.len() >= MIN_SECRET_LEN {
+            assert!(!r.redact(&format!("p={path}")).contains(&path));
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_values() {
+        let r = Redactor::new(["very-secret-value"]);
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("very-secret-value"), "{dbg}");
+    }
+}
