@@ -250,7 +250,16 @@ fn scan_for_unrecorded(
         if matches!(stat.state, 'Z' | 'X') {
             continue;
         }
-        let environ = proc::read_environ(&roots.proc, pid);
+        let mut environ = proc::read_environ(&roots.proc, pid);
+        // A process caught mid-exec (a shim that execs the interpreter) shows no environment
+        // for an instant; a missed worker would be started twice, so look again.
+        for _ in 0..3 {
+            if !environ.is_empty() || stat.pgid != pid {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            environ = proc::read_environ(&roots.proc, pid);
+        }
         let var = |k: &str| {
             environ
                 .iter()

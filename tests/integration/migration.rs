@@ -198,7 +198,14 @@ fn one_pass_apply_starts_workers_that_a_later_watch_adopts_even_with_state_lost(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let running = live_workers(&m.state_dir());
+    // A worker caught mid-exec (python3 may be a shim that execs the interpreter) can hide its
+    // environment for an instant: look again for a moment before judging.
+    let mut running = live_workers(&m.state_dir());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running.len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        running = live_workers(&m.state_dir());
+    }
     assert_eq!(
         running.len(),
         4,
