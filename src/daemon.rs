@@ -89,6 +89,10 @@ struct Daemon<'a> {
     events: EventLog,
     history: crate::state::FixHistory,
     observer: observe::Observer,
+    /// The LLM client, when `llm.enabled` and it could be built.
+    llm: Option<crate::act::llm::LlmClient>,
+    /// Why there is no LLM client, when the manifest enables it.
+    llm_error: Option<String>,
     exit_tx: mpsc::UnboundedSender<ExitEvent>,
     wake_tx: mpsc::UnboundedSender<Wake>,
     pending_exits: Vec<ExitEvent>,
@@ -130,7 +134,7 @@ impl Daemon<'_> {
         }
         for action in &plan.actions {
             self.events.record(now.wall, action.reason());
-            self.act(action, now);
+            self.act(action, &plan, &observed, now);
         }
         state::save_memory(&self.opts.state_dir, &self.memory)?;
         // After the save: a crash may lose a history line, never duplicate one.
@@ -140,7 +144,13 @@ impl Daemon<'_> {
     }
 
     /// Carries out one action; long ones run in the background and report a [`Wake`].
-    fn act(&mut self, action: &Action, now: crate::clock::Now) {
+    fn act(
+        &mut self,
+        action: &Action,
+        plan: &Plan,
+        observed: &observe::Observed,
+        now: crate::clock::Now,
+    ) {
         match action {
             Action::Stop(a) => {
                 self.in_flight += 1;
@@ -182,25 +192,75 @@ impl Daemon<'_> {
             }
             Action::Diagnose(a) => {
                 self.in_flight += 1;
-                let _ = self.wake_tx.send(Wake::Diagnosis {
-                    worker: a.worker,
-                    outcome: Err("this automon has no LLM client configured".into()),
+                let worker = a.worker;
+                let tx = self.wake_tx.clone();
+                let Some(client) = self.llm.clone() else {
+                    let why = self
+                        .llm_error
+                        .clone()
+                        .unwrap_or_else(|| "the LLM is not enabled".into());
+                    let _ = tx.send(Wake::Diagnosis {
+                        worker,
+                        outcome: Err(why),
+                    });
+                    return;
+                };
+                let empty = crate::plan::WorkerMemory::default();
+                let w = self.memory.workers.get(&worker).unwrap_or(&empty);
+                let status = plan
+                    .workers
+                    .get(&worker)
+                    .cloned()
+                    .unwrap_or(plan::WorkerStatus {
+                        phase: Phase::Stuck,
+                        reason: String::new(),
+                    });
+                let mut diagnostics = crate::act::llm::collect_diagnostics(
+                    self.desired,
+                    worker,
+                    &status,
+                    w,
+                    observed,
+                    now,
+                );
+                diagnostics.recent_fixes = crate::act::remedy::recent_fixes(w);
+                tokio::spawn(async move {
+                    let outcome = client
+                        .diagnose(&diagnostics)
+                        .await
+                        .map(|o| {
+                            crate::act::remedy::diagnosis_note(&o, crate::clock::BootTime::read())
+                        })
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Wake::Diagnosis { worker, outcome });
                 });
             }
             Action::ApplyCodeFix(a) => {
                 self.in_flight += 1;
-                let _ = self.wake_tx.send(Wake::CodeFix {
-                    worker: a.worker,
-                    outcome: plan::CodeFixOutcome::Rejected(
-                        "this automon has no code-fix engine".into(),
-                    ),
+                let (tx, worker, proposal) = (self.wake_tx.clone(), a.worker, a.proposal.clone());
+                let policy = crate::act::fix::CodeFixPolicy::from_desired(self.desired);
+                let (state_dir, applied) = (
+                    self.opts.state_dir.clone(),
+                    self.memory.applied_patches.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let outcome =
+                        crate::act::remedy::apply_code(&policy, &state_dir, &proposal, &applied);
+                    let _ = tx.send(Wake::CodeFix { worker, outcome });
                 });
             }
             Action::RollbackCodeFix(a) => {
                 self.in_flight += 1;
-                let _ = self.wake_tx.send(Wake::Rollback {
-                    worker: a.worker,
-                    outcome: Err("this automon has no code-fix engine".into()),
+                let tx = self.wake_tx.clone();
+                let worker = a.worker;
+                let code = plan::memory::AppliedCode {
+                    file: a.file.clone(),
+                    backup: a.backup.clone(),
+                    patch_hash: a.patch_hash.clone(),
+                };
+                tokio::task::spawn_blocking(move || {
+                    let outcome = crate::act::remedy::rollback_code(&code);
+                    let _ = tx.send(Wake::Rollback { worker, outcome });
                 });
             }
         }
@@ -220,7 +280,19 @@ impl Daemon<'_> {
                 plan::record_diagnosis(&mut self.memory, worker, outcome)
             }
             Wake::CodeFix { worker, outcome } => {
-                plan::record_code_fix(&mut self.memory, worker, outcome, now)
+                let message = plan::record_code_fix(&mut self.memory, worker, outcome, now);
+                self.history.append(&crate::state::HistoryRecord {
+                    record: "code_fix".into(),
+                    at: now.wall,
+                    worker,
+                    kind: Some("code_fix".into()),
+                    attempt: None,
+                    detail: message.clone(),
+                    checkpoint: self.memory.workers.get(&worker).and_then(|w| w.checkpoint),
+                    succeeded: None,
+                    analysis: None,
+                });
+                message
             }
             Wake::Rollback { worker, outcome } => match outcome {
                 Ok(()) => format!("worker {worker}: code fix rolled back"),
@@ -279,6 +351,17 @@ pub async fn run(
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let before = memory.totals.clone();
+    let (llm, llm_error) = if desired.llm.enabled {
+        match crate::act::llm::LlmClient::from_desired(desired, &desired.manifest_dir) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (
+                None,
+                Some(format!("the LLM client could not be built: {e}")),
+            ),
+        }
+    } else {
+        (None, None)
+    };
     let mut d = Daemon {
         desired,
         opts,
@@ -286,6 +369,8 @@ pub async fn run(
         events: EventLog::open(&opts.state_dir, true),
         history: crate::state::FixHistory::open(&opts.state_dir),
         observer: observe::Observer::new(desired, Roots::default()),
+        llm,
+        llm_error,
         exit_tx,
         wake_tx,
         pending_exits: Vec::new(),

@@ -3,6 +3,7 @@
 
 pub mod fix;
 pub mod llm;
+pub mod remedy;
 pub mod setup;
 pub mod spawn;
 pub mod stop;

@@ -77,6 +77,8 @@ pub struct Desired {
     pub name: String,
     /// The manifest file as named by the user.
     pub manifest_file: PathBuf,
+    /// The manifest's directory, absolute (a `.env` beside it may hold the LLM key).
+    pub manifest_dir: PathBuf,
     /// The workers' working directory, absolute.
     pub workdir: PathBuf,
     /// Time between passes when nothing wakes the loop earlier.
@@ -180,6 +182,7 @@ impl Desired {
         Ok(Self {
             name: manifest.workerset.metadata.name.clone(),
             manifest_file: manifest.file.clone(),
+            manifest_dir: manifest.dir.clone(),
             interval: spec.interval.get(),
             counts: spec.workers,
             shards,

@@ -89,6 +89,7 @@ impl Planner<'_> {
                 worker: id,
                 file: code.file.clone(),
                 backup: code.backup.clone(),
+                patch_hash: code.patch_hash.clone(),
                 reason: format!(
                     "worker {id}: the code fix to {} did not help; restoring {}",
                     code.file.display(),

@@ -129,6 +129,8 @@ pub struct RollbackAction {
     pub file: std::path::PathBuf,
     /// Its backup.
     pub backup: std::path::PathBuf,
+    /// The hash of the patch being undone (the rollback is refused if the file changed since).
+    pub patch_hash: String,
     /// Why, in words.
     pub reason: String,
 }

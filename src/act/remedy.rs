@@ -1,0 +1,116 @@
+//! Glue between the planner's fix actions and the engines that carry them out: the LLM client
+//! (its answer becomes a [`DiagnosisNote`]) and the code-fix engine (its outcome becomes a
+//! [`CodeFixOutcome`]). No decisions here: the planner makes them from these reports.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::act::fix::{self, CodeFixPolicy, Outcome};
+use crate::act::llm::{DiagnosisOutcome, FixRecord, FixType};
+use crate::clock::BootTime;
+use crate::plan::CodeFixOutcome;
+use crate::plan::memory::{AppliedCode, DiagnosisNote, FixKind, WorkerMemory};
+
+/// Directory (inside the state directory) where code-fix backups are kept.
+pub const BACKUPS_DIR: &str = "backups";
+
+/// An LLM answer as the planner remembers it (already validated and clamped by the client).
+pub fn diagnosis_note(outcome: &DiagnosisOutcome, at: BootTime) -> DiagnosisNote {
+    let d = &outcome.diagnosis;
+    let fix = match d.fix_type {
+        FixType::Restart => Some(FixKind::Restart),
+        FixType::ConfigFix => Some(FixKind::ConfigFix),
+        FixType::CodeFix => Some(FixKind::CodeFix),
+        FixType::ScaleDown => None,
+    };
+    DiagnosisNote {
+        at,
+        root_cause: d.root_cause.clone(),
+        fix,
+        scale_down: d.fix_type == FixType::ScaleDown,
+        params: d
+            .config_changes
+            .as_ref()
+            .map(|c| c.values())
+            .unwrap_or_default(),
+        code_changes: d.code_changes.clone(),
+        confidence: d.confidence,
+        used: false,
+    }
+}
+
+/// This worker's recent fixes and their results, for the prompt.
+pub fn recent_fixes(w: &WorkerMemory) -> Vec<FixRecord> {
+    w.fixes
+        .attempts
+        .iter()
+        .rev()
+        .take(5)
+        .rev()
+        .map(|a| FixRecord {
+            fix_type: match a.kind {
+                FixKind::Restart => FixType::Restart,
+                FixKind::ConfigFix => FixType::ConfigFix,
+                FixKind::CodeFix => FixType::CodeFix,
+            },
+            description: a.detail.clone(),
+            result: a.result.as_ref().map_or_else(
+                || "not verified yet".to_string(),
+                |v| {
+                    format!(
+                        "{}: {}",
+                        if v.succeeded { "succeeded" } else { "failed" },
+                        v.detail
+                    )
+                },
+            ),
+        })
+        .collect()
+}
+
+/// Parses and applies a proposed code change under the manifest's policy; backups go to
+/// `state_dir/backups`. Never panics; every failure is a `Rejected` with the reason.
+pub fn apply_code(
+    policy: &CodeFixPolicy,
+    state_dir: &Path,
+    proposal: &str,
+    applied: &BTreeSet<String>,
+) -> CodeFixOutcome {
+    let parsed = match fix::parse_proposal(proposal) {
+        Ok(p) => p,
+        Err(e) => return CodeFixOutcome::Rejected(e.why),
+    };
+    match fix::apply_code_fix(
+        policy,
+        &parsed,
+        &state_dir.join(BACKUPS_DIR),
+        applied,
+        false,
+    ) {
+        Ok(Outcome::Applied(a)) => CodeFixOutcome::Applied(AppliedCode {
+            file: a.file,
+            backup: a.backup,
+            patch_hash: a.patch_hash,
+        }),
+        Ok(Outcome::AlreadyApplied { .. }) => CodeFixOutcome::AlreadyApplied,
+        Ok(Outcome::DryRun { .. }) => {
+            CodeFixOutcome::Rejected("the engine answered a dry run to a real apply".into())
+        }
+        Err(e) => CodeFixOutcome::Rejected(e.why),
+    }
+}
+
+/// Restores `file` from `backup` (refused if the file changed since the fix).
+///
+/// # Errors
+/// The engine's reason, in words.
+pub fn rollback_code(code: &AppliedCode) -> Result<(), String> {
+    let applied = fix::Applied {
+        file: code.file.clone(),
+        backup: code.backup.clone(),
+        patch_hash: code.patch_hash.clone(),
+        diff: String::new(),
+        changed_lines: 0,
+    };
+    fix::rollback(&applied).map_err(|e| e.why)
+}
