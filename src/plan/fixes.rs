@@ -23,7 +23,8 @@ impl Planner<'_> {
         let Some(a) = w.fixes.pending().cloned() else {
             return;
         };
-        if self.now.boot < a.verify_at {
+        // A shard that completed needs no waiting: the fix worked.
+        if self.now.boot < a.verify_at && w.completed_at.is_none() {
             self.wake_in(a.verify_at.since(self.now.boot));
             return;
         }

@@ -95,6 +95,9 @@ impl Planner<'_> {
         if w.process.is_none() {
             self.idle_status(id, &w, shard);
         }
+        if w.completed_at.is_some() {
+            self.verify_fix(id, &mut w);
+        }
         self.memory.workers.insert(id, w);
     }
 

@@ -1,5 +1,6 @@
 mod bad_input;
 mod codefix;
+mod codefix_e2e;
 mod llm;
 mod manifests;
 mod migration;
