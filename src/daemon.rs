@@ -106,6 +106,16 @@ struct Daemon<'a> {
 impl Daemon<'_> {
     /// One pass: observe → plan → act → persist. Returns the plan.
     fn pass(&mut self) -> Result<Plan, RunError> {
+        let requests = crate::state::requests::read_requests(&self.opts.state_dir);
+        for r in &requests {
+            let message = plan::apply_request(
+                &mut self.memory,
+                r.kind,
+                r.worker,
+                crate::clock::Now::read(),
+            );
+            self.events.record(jiff::Timestamp::now(), &message);
+        }
         for e in &self.pending_exits {
             self.unreaped.remove(&e.pid);
         }
@@ -137,6 +147,7 @@ impl Daemon<'_> {
             self.act(action, &plan, &observed, now);
         }
         state::save_memory(&self.opts.state_dir, &self.memory)?;
+        crate::state::requests::remove_requests(&requests);
         // After the save: a crash may lose a history line, never duplicate one.
         self.history
             .record_changes(&before_pass, &self.memory, self.desired);
@@ -381,6 +392,9 @@ pub async fn run(
         before,
     };
     let mut one_shot_passes = 0;
+    // SIGUSR1: an operator request is waiting (automon pause/resume); reconcile now.
+    let mut nudge =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
     tokio::pin!(shutdown);
     loop {
         while let Ok(e) = exit_rx.try_recv() {
@@ -411,6 +425,7 @@ pub async fn run(
             () = tokio::time::sleep(plan.requeue_after) => {}
             Some(e) = exit_rx.recv() => d.pending_exits.push(e),
             Some(w) = wake_rx.recv() => d.on_wake(w),
+            Some(()) = async { match nudge.as_mut() { Some(n) => n.recv().await, None => std::future::pending().await } } => {}
             () = &mut shutdown => {
                 let running = plan.workers.values().filter(|s| is_running(s.phase)).count();
                 d.events.record(jiff::Timestamp::now(), &format!(

@@ -94,16 +94,19 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let desired = super::resolve(&manifest).map_err(as_diff_error)?;
     let report = build_report(&desired, &state_dir, overridden).map_err(as_diff_error)?;
-    match args.output {
-        DiffFormat::Text => print!("{}", render(&report)),
-        DiffFormat::Json => println!(
-            "{}",
+    let text = match args.output {
+        DiffFormat::Text => render(&report),
+        DiffFormat::Json => {
             serde_json::to_string_pretty(&report).map_err(|e| CliError {
                 code: 2,
-                message: e.to_string()
-            })?
-        ),
-    }
+                message: e.to_string(),
+            })? + "\n"
+        }
+    };
+    super::emit(&text).map_err(|e| CliError {
+        code: 2,
+        message: e.message,
+    })?;
     Ok(u8::from(report.differs()))
 }
 

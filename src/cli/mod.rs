@@ -4,6 +4,9 @@
 mod apply;
 mod diagnose;
 mod diff;
+mod get;
+mod history;
+mod operator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +40,14 @@ pub enum Command {
     /// manifest; none for local servers. Secrets are redacted before anything is sent. Exit 0
     /// with an answer, 1 when the LLM call fails, 2 on bad input.
     Diagnose(diagnose::DiagnoseArgs),
+    /// Where every worker stands: phase, checkpoint, rate, ETA, fixes, what happens next.
+    Get(get::GetArgs),
+    /// The fix history: fixes, verifications, code fixes, escalations.
+    History(history::HistoryArgs),
+    /// Stop a worker and keep it stopped until `automon resume`.
+    Pause(operator::OperatorArgs),
+    /// Let a paused (or escalated) worker run again.
+    Resume(operator::OperatorArgs),
     /// Check manifests and report every problem (exit 0 valid, 2 invalid).
     Validate {
         /// Manifest files.
@@ -80,6 +91,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Apply(args) => apply::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Get(args) => get::run(&args),
+        Command::History(args) => history::run(&args),
+        Command::Pause(args) => operator::run(&args, crate::state::requests::RequestKind::Pause),
+        Command::Resume(args) => operator::run(&args, crate::state::requests::RequestKind::Resume),
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Validate { files } => validate(&files),
         Command::Schema => schema(),
@@ -116,17 +131,19 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     Ok(if bad { 2 } else { 0 })
 }
 
-/// Prints the JSON Schema to stdout; a closed pipe (`automon schema | head`) is not an error.
+/// Prints the JSON Schema to stdout.
 fn schema() -> Result<u8, CliError> {
+    emit(&manifest::schema::schema_json())
+}
+
+/// Writes `text` to stdout; a closed pipe (`automon get FILE | head`) is not an error.
+pub(crate) fn emit(text: &str) -> Result<u8, CliError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out
-        .write_all(manifest::schema::schema_json().as_bytes())
-        .and_then(|()| out.flush())
-    {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(0),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
-        Err(e) => Err(CliError::runtime(format!("cannot write the schema: {e}"))),
+        Err(e) => Err(CliError::runtime(format!("cannot write to stdout: {e}"))),
     }
 }
 

@@ -464,6 +464,49 @@ pub fn record_diagnosis(
     }
 }
 
+/// Applies an operator's pause or resume to memory (the planner honours it on the next pass: a
+/// paused worker is stopped and never started; resume also clears an escalation pause or
+/// failure and the failed-attempt count). Returns the event to log.
+pub fn apply_request(
+    memory: &mut Memory,
+    kind: crate::state::requests::RequestKind,
+    worker: WorkerId,
+    now: Now,
+) -> String {
+    use crate::state::requests::RequestKind;
+    let w = memory.workers.entry(worker).or_default();
+    match kind {
+        RequestKind::Pause => {
+            w.paused = Some(memory::Hold {
+                reason: "paused by an operator (automon pause)".into(),
+                at: now.wall,
+                by_operator: true,
+            });
+            format!(
+                "worker {worker}: paused by an operator; it is stopped and stays stopped until `automon resume`"
+            )
+        }
+        RequestKind::Resume => {
+            let was = match (&w.paused, &w.failed) {
+                (_, Some(f)) => format!("failed: {}", f.reason),
+                (Some(p), None) => p.reason.clone(),
+                (None, None) => "not paused".into(),
+            };
+            w.paused = None;
+            w.failed = None;
+            w.fixes.failed_in_row = 0;
+            w.fixes.kind = None;
+            w.stuck_since = None;
+            w.stuck_passes = 0;
+            w.failures = 0;
+            w.backoff_until = None;
+            format!(
+                "worker {worker}: resumed by an operator (was {was}); it starts when a slot is free"
+            )
+        }
+    }
+}
+
 /// How applying a code fix ended, as the actuator reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeFixOutcome {

@@ -73,6 +73,21 @@ impl InstanceLock {
     }
 }
 
+/// The pid of the automon holding the lock of `state_dir`, if one does (read-only: nothing is
+/// written, and a free lock is released at once).
+pub fn lock_holder(state_dir: &Path) -> Option<i32> {
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new().read(true).open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => None,
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            pid.trim().parse().ok()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,7 +101,9 @@ mod tests {
             err.to_string().contains(&std::process::id().to_string()),
             "{err}"
         );
+        assert_eq!(lock_holder(dir.path()), Some(std::process::id() as i32));
         drop(first);
+        assert_eq!(lock_holder(dir.path()), None);
         InstanceLock::acquire(dir.path()).expect("after release");
     }
 }

@@ -8,11 +8,12 @@
 mod events;
 mod history;
 mod lock;
+pub mod requests;
 mod store;
 
 pub use events::EventLog;
 pub use history::{FixHistory, HISTORY_FILE, HistoryRecord, read_history};
-pub use lock::{InstanceLock, LockError};
+pub use lock::{InstanceLock, LockError, lock_holder};
 pub use store::{StateError, load_memory, move_aside, save_memory};
 
 use std::path::{Path, PathBuf};

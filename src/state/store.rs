@@ -23,7 +23,7 @@ pub enum StateError {
     },
     /// The state file is not valid JSON of the expected shape.
     #[error(
-        "{path}: corrupt state file: {why} (move it aside to start over; automon never resets it silently)"
+        "{path}: corrupt state file: {why} (run `automon apply --reset-state` to move it aside and start over; automon never resets it silently)"
     )]
     Corrupt {
         /// The file.

@@ -1,0 +1,448 @@
+//! `automon get FILE`: where every worker stands and when the job will finish — one row per
+//! worker (phase, pid, shard, checkpoint, % of its shard, rate, ETA, age of the last progress
+//! signal, fix attempts, what happens next), then an overall line. `-o wide|json|yaml`;
+//! `--observed -o json` dumps one raw observation for bug reports. Reads state and `/proc`;
+//! changes nothing.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::CliError;
+use crate::clock::Now;
+use crate::manifest::Desired;
+use crate::manifest::duration::format_duration;
+use crate::observe::disk::DiskObservation;
+use crate::observe::{self, Roots};
+use crate::plan::{self, Memory, Phase, Plan, WorkerMemory};
+use crate::text::{count, span};
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The WorkerSet manifest.
+    pub file: PathBuf,
+    /// State directory (default: .automon/ beside the manifest).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = GetFormat::Table)]
+    pub output: GetFormat,
+    /// Print the raw observation (processes, progress files, log tails, disk) instead.
+    #[arg(long)]
+    pub observed: bool,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GetFormat {
+    /// A table for people.
+    Table,
+    /// The table with each phase's reason.
+    Wide,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// One worker's row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerRow {
+    /// Worker id.
+    pub worker: u32,
+    /// Phase name.
+    pub phase: Phase,
+    /// Why it is in that phase.
+    pub reason: String,
+    /// Its process, when it has one.
+    pub pid: Option<i32>,
+    /// Its shard `[start, end)`.
+    pub shard: Option<(u64, u64)>,
+    /// The last good checkpoint.
+    pub checkpoint: Option<u64>,
+    /// Percent of its shard done (0–100).
+    pub percent: Option<f64>,
+    /// Keys per minute over the recent window.
+    pub rate_per_min: Option<f64>,
+    /// Seconds until its shard is done at that rate.
+    pub eta_seconds: Option<u64>,
+    /// Seconds since its last progress signal.
+    pub last_progress_seconds: Option<u64>,
+    /// Failed fix attempts since the last success.
+    pub failed_attempts: u32,
+    /// `fixes.max_attempts`.
+    pub max_attempts: u32,
+    /// What happens next, in words.
+    pub next: String,
+    /// Parameter values set by config fixes.
+    pub params: std::collections::BTreeMap<String, i64>,
+}
+
+/// The overall line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overall {
+    /// Completed shards.
+    pub shards_done: usize,
+    /// All shards.
+    pub shards_total: usize,
+    /// Keys done over all shards.
+    pub keys_done: u64,
+    /// Keys in the range.
+    pub keys_total: u64,
+    /// Sum of the workers' item counts (the progress file's items pointer), when known.
+    pub items: Option<u64>,
+    /// Keys per minute, all workers.
+    pub rate_per_min: f64,
+    /// Seconds until every shard is done at that rate.
+    pub eta_seconds: Option<u64>,
+    /// Workers wanted now.
+    pub desired: u32,
+    /// Workers running now.
+    pub running: usize,
+    /// Disk utilisation, percent.
+    pub disk_util_percent: Option<f64>,
+    /// Disk queue depth.
+    pub disk_queue_depth: Option<f64>,
+    /// The scaling decision or why it holds.
+    pub scaling: String,
+    /// The pid of the running automon loop, if one runs.
+    pub automon_pid: Option<i32>,
+}
+
+/// Everything `get` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// The WorkerSet's name.
+    pub name: String,
+    /// The noun for one key.
+    pub unit: String,
+    /// One row per worker.
+    pub workers: Vec<WorkerRow>,
+    /// Totals.
+    pub overall: Overall,
+}
+
+/// Runs `get`.
+pub fn run(args: &GetArgs) -> Result<u8, CliError> {
+    let manifest = super::load_manifest(&args.file)?;
+    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let desired = super::resolve(&manifest)?;
+    let memory =
+        crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    if memory.workers.is_empty() && !args.observed {
+        return Err(CliError::runtime(format!(
+            "no state yet in {}: automon has not applied {} (run `automon apply {}`)",
+            state_dir.display(),
+            manifest.file.display(),
+            manifest.file.display()
+        )));
+    }
+    let now = Now::read();
+    let observed = observe::Observer::new(&desired, Roots::default()).observe(
+        &desired,
+        &memory,
+        &state_dir,
+        observe::Children::default(),
+        false,
+        now.boot,
+    );
+    let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
+    let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
+    if args.observed {
+        return match args.output {
+            GetFormat::Yaml => {
+                print(serde_saphyr::to_string(&observed).map_err(|e| serialize_err(e.to_string()))?)
+            }
+            _ => print(
+                serde_json::to_string_pretty(&observed)
+                    .map_err(|e| serialize_err(e.to_string()))?,
+            ),
+        };
+    }
+    let plan = plan::plan(&desired, &observed, &memory, now);
+    let status = build(
+        &desired,
+        &memory,
+        &plan,
+        &observed.disk,
+        now,
+        crate::state::lock_holder(&state_dir),
+    );
+    match args.output {
+        GetFormat::Json => {
+            print(serde_json::to_string_pretty(&status).map_err(|e| serialize_err(e.to_string()))?)
+        }
+        GetFormat::Yaml => {
+            print(serde_saphyr::to_string(&status).map_err(|e| serialize_err(e.to_string()))?)
+        }
+        GetFormat::Table | GetFormat::Wide => {
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            print(render(&status, args.output == GetFormat::Wide, colour))
+        }
+    }
+}
+
+/// Keys per minute from the worker's samples, over the window ending now (a stalled worker's
+/// rate decays rather than freezing at its last value).
+fn rate(w: &WorkerMemory, now: Now) -> Option<f64> {
+    let (first, last) = (w.rate_samples.front()?, w.rate_samples.back()?);
+    let span = now.boot.since(first.0);
+    if w.rate_samples.len() < 2 || span < Duration::from_secs(10) {
+        return None;
+    }
+    Some((last.1 - first.1) as f64 / (span.as_secs_f64() / 60.0))
+}
+
+/// Builds the status from memory, this pass's plan and the disk figure.
+pub fn build(
+    desired: &Desired,
+    memory: &Memory,
+    plan: &Plan,
+    disk: &DiskObservation,
+    now: Now,
+    automon_pid: Option<i32>,
+) -> Status {
+    let empty = WorkerMemory::default();
+    let max = desired.fixes.max_attempts;
+    let mut workers = Vec::new();
+    let (mut keys_done, mut keys_total, mut total_rate, mut remaining) = (0u64, 0u64, 0.0f64, 0u64);
+    for (id, s) in &plan.workers {
+        let w = memory.workers.get(id).unwrap_or(&empty);
+        let shard = desired.shard(*id);
+        let done = match (shard, w.checkpoint) {
+            (Some(sh), Some(c)) => c.min(sh.last_key()).saturating_sub(sh.initial_cursor()),
+            _ => 0,
+        };
+        let done = if s.phase == Phase::Completed {
+            shard.map_or(done, |sh| sh.len())
+        } else {
+            done
+        };
+        if let Some(sh) = shard {
+            keys_done += done;
+            keys_total += sh.len();
+            remaining += sh.len() - done.min(sh.len());
+        }
+        let r = rate(w, now).filter(|_| !matches!(s.phase, Phase::Completed));
+        total_rate += r.unwrap_or(0.0);
+        let eta_seconds = shard
+            .zip(r)
+            .filter(|(_, r)| *r > 0.0)
+            .map(|(sh, r)| ((sh.len() - done.min(sh.len())) as f64 / r * 60.0) as u64);
+        workers.push(WorkerRow {
+            worker: id.0,
+            phase: s.phase,
+            reason: s.reason.clone(),
+            pid: w.process.as_ref().map(|p| p.identity.pid),
+            shard: shard.map(|sh| (sh.start, sh.end)),
+            checkpoint: w.checkpoint,
+            percent: shard
+                .filter(|sh| !sh.is_empty())
+                .map(|sh| done as f64 * 100.0 / sh.len() as f64),
+            rate_per_min: r,
+            eta_seconds,
+            last_progress_seconds: w.last_progress_at.map(|t| now.boot.since(t).as_secs()),
+            failed_attempts: w.fixes.failed_in_row,
+            max_attempts: max,
+            next: next_step(desired, w, s.phase, now),
+            params: w.params.clone(),
+        });
+    }
+    let (disk_util_percent, disk_queue_depth) = match disk {
+        DiskObservation::Sample {
+            util_percent,
+            queue_depth,
+            ..
+        } => (Some(*util_percent), Some(*queue_depth)),
+        _ => (None, None),
+    };
+    let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
+    let running = plan
+        .workers
+        .values()
+        .filter(|s| {
+            matches!(
+                s.phase,
+                Phase::Starting
+                    | Phase::Discovering
+                    | Phase::Progressing
+                    | Phase::Stuck
+                    | Phase::Stopping
+            )
+        })
+        .count();
+    Status {
+        name: desired.name.clone(),
+        unit: desired.unit.clone(),
+        overall: Overall {
+            shards_done: plan
+                .workers
+                .values()
+                .filter(|s| s.phase == Phase::Completed)
+                .count(),
+            shards_total: desired.shards.as_ref().map_or(0, Vec::len),
+            keys_done,
+            keys_total,
+            items,
+            rate_per_min: total_rate,
+            eta_seconds: (total_rate > 0.0).then(|| (remaining as f64 / total_rate * 60.0) as u64),
+            desired: memory.desired_count.unwrap_or(desired.counts.target),
+            running,
+            disk_util_percent,
+            disk_queue_depth,
+            scaling: plan.scaling.clone(),
+            automon_pid,
+        },
+        workers,
+    }
+}
+
+/// What happens next for a worker, in words.
+fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> String {
+    let clock = |t: crate::clock::BootTime| {
+        now.wall_of(t)
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S")
+            .to_string()
+    };
+    if let Some(a) = w.fixes.pending() {
+        return format!("verify {} at {}", a.kind.name(), clock(a.verify_at));
+    }
+    match phase {
+        Phase::BackingOff => w.backoff_until.map_or_else(String::new, |t| {
+            format!("restart in {}", format_duration(t.since(now.boot)))
+        }),
+        Phase::Paused => "waits for `automon resume`".into(),
+        Phase::Failed => "stays stopped (escalation stop_worker)".into(),
+        Phase::Pending | Phase::Stopped | Phase::Parked => "starts when a slot is free".into(),
+        Phase::Stuck => match w.fixes.last_at() {
+            Some(t) if now.boot.since(t) < desired.fixes.cooldown.get() => {
+                format!(
+                    "fix allowed at {}",
+                    clock(t.plus(desired.fixes.cooldown.get()))
+                )
+            }
+            _ => "fix on the next pass".into(),
+        },
+        Phase::Discovering | Phase::Progressing => {
+            let (threshold, from) = if w.left_discovery {
+                (desired.health.stuck_after.get(), w.last_progress_at)
+            } else {
+                (
+                    desired.health.discovery_grace.get(),
+                    w.process.as_ref().map(|p| p.started_at),
+                )
+            };
+            from.map_or_else(String::new, |t| {
+                format!("stuck if silent until {}", clock(t.plus(threshold)))
+            })
+        }
+        _ => String::new(),
+    }
+}
+
+fn colour_phase(phase: Phase, text: &str, colour: bool) -> String {
+    if !colour {
+        return text.to_string();
+    }
+    let code = match phase {
+        Phase::Progressing | Phase::Completed => "32",
+        Phase::Discovering | Phase::Starting | Phase::Pending => "36",
+        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked => "33",
+        Phase::Paused | Phase::Failed | Phase::Conflict => "31",
+        Phase::Stopped => "0",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// The table for people.
+pub fn render(s: &Status, wide: bool, colour: bool) -> String {
+    use std::fmt::Write;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{:<6} {:<12} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9} {:>5}  NEXT",
+        "WORKER",
+        "PHASE",
+        "PID",
+        "SHARD",
+        "CHECKPOINT",
+        "DONE",
+        "RATE/MIN",
+        "ETA",
+        "PROGRESS",
+        "FIXES"
+    );
+    if wide {
+        out.push_str("  REASON");
+    }
+    out.push('\n');
+    for w in &s.workers {
+        let phase = format!("{:<12}", format!("{:?}", w.phase));
+        let _ = write!(
+            out,
+            "{:<6} {} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9} {:>5}  {}",
+            w.worker,
+            colour_phase(w.phase, &phase, colour),
+            opt(w.pid.map(|p| p.to_string())),
+            span(w.shard),
+            opt(w.checkpoint.map(count)),
+            opt(w.percent.map(|p| format!("{p:.1}%"))),
+            opt(w.rate_per_min.map(|r| count(r.round() as u64))),
+            opt(w
+                .eta_seconds
+                .map(|e| format_duration(Duration::from_secs(e)))),
+            opt(w
+                .last_progress_seconds
+                .map(|a| format!("{} ago", format_duration(Duration::from_secs(a))))),
+            format!("{}/{}", w.failed_attempts, w.max_attempts),
+            if w.next.is_empty() { "-" } else { &w.next },
+        );
+        if wide {
+            let _ = write!(out, "  {}", w.reason);
+        }
+        out.push('\n');
+    }
+    let o = &s.overall;
+    let pct = if o.keys_total > 0 {
+        o.keys_done as f64 * 100.0 / o.keys_total as f64
+    } else {
+        0.0
+    };
+    let items = o
+        .items
+        .map(|n| format!(" · {} {}s migrated", count(n), s.unit))
+        .unwrap_or_default();
+    let eta = o.eta_seconds.map_or_else(
+        || "unknown".to_string(),
+        |e| format_duration(Duration::from_secs(e)),
+    );
+    let disk = match (o.disk_util_percent, o.disk_queue_depth) {
+        (Some(u), Some(q)) => format!("disk {u:.0}% busy, queue {q:.1}"),
+        _ => "disk utilisation unknown".into(),
+    };
+    let automon = o.automon_pid.map_or_else(
+        || "automon not running".to_string(),
+        |p| format!("automon running (pid {p})"),
+    );
+    let _ = writeln!(
+        out,
+        "\n{}: shards {}/{} complete · {} ids {}/{} ({pct:.1}%){items} · {}/min · ETA {eta} · workers {}/{} running · {disk} · {automon}",
+        s.name,
+        o.shards_done,
+        o.shards_total,
+        s.unit,
+        count(o.keys_done),
+        count(o.keys_total),
+        count(o.rate_per_min.round() as u64),
+        o.running,
+        o.desired,
+    );
+    out
+}

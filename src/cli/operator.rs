@@ -1,0 +1,88 @@
+//! `automon pause FILE N` / `automon resume FILE N`: operator holds kept in memory and honoured
+//! by the planner. With a running loop the request goes through `STATE_DIR/requests/` and a
+//! SIGUSR1 nudge (the loop is the only writer of the state); without one it is applied here,
+//! under the lock.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliError;
+use crate::WorkerId;
+use crate::state::requests::{RequestKind, write_request};
+
+/// Arguments of `pause` and `resume`.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// The WorkerSet manifest.
+    pub file: PathBuf,
+    /// The worker id.
+    pub worker: u32,
+    /// State directory (default: .automon/ beside the manifest).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Runs `pause` (`kind` = Pause) or `resume`.
+pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
+    let manifest = super::load_manifest(&args.file)?;
+    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let desired = super::resolve(&manifest)?;
+    let worker = WorkerId(args.worker);
+    let ids = desired.worker_ids();
+    if !ids.contains(&worker) {
+        let range = match (ids.first(), ids.last()) {
+            (Some(a), Some(b)) => format!("{a}–{b}"),
+            _ => "none".into(),
+        };
+        return Err(CliError::input(format!(
+            "worker {worker} is not in WorkerSet {} (worker ids {range})",
+            desired.name
+        )));
+    }
+    let verb = match kind {
+        RequestKind::Pause => "pause",
+        RequestKind::Resume => "resume",
+    };
+    if let Some(pid) = crate::state::lock_holder(&state_dir) {
+        write_request(&state_dir, kind, worker).map_err(|e| {
+            CliError::runtime(format!(
+                "{}: cannot write the request: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let nudged = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .is_ok();
+        let when = if nudged { "now" } else { "at its next pass" };
+        println!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
+        return Ok(0);
+    }
+    if kind == RequestKind::Resume && !state_dir.join("state.json").exists() {
+        return Err(CliError::runtime(format!(
+            "no state yet in {}: nothing to resume (run `automon apply` first)",
+            state_dir.display()
+        )));
+    }
+    let _lock = crate::state::InstanceLock::acquire(&state_dir)
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let mut memory =
+        crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    let message = crate::plan::apply_request(&mut memory, kind, worker, crate::clock::Now::read());
+    crate::state::save_memory(&state_dir, &memory).map_err(|e| CliError::runtime(e.to_string()))?;
+    crate::state::EventLog::open(&state_dir, false).record(jiff::Timestamp::now(), &message);
+    println!("{message}");
+    if kind == RequestKind::Pause
+        && memory
+            .workers
+            .get(&worker)
+            .is_some_and(|w| w.process.is_some())
+    {
+        println!(
+            "note: no automon is running; the worker's process is stopped by the next `automon apply`"
+        );
+    }
+    Ok(0)
+}
