@@ -4,5 +4,6 @@ mod codefix_e2e;
 mod llm;
 mod manifests;
 mod migration;
+mod operate;
 mod processes;
 mod support;
