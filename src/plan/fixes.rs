@@ -23,6 +23,10 @@ impl Planner<'_> {
         let Some(a) = w.fixes.pending().cloned() else {
             return;
         };
+        // A held worker is not judged: it was stopped on purpose (resume settles the attempt).
+        if w.paused.is_some() || w.failed.is_some() {
+            return;
+        }
         // A shard that completed needs no waiting: the fix worked.
         if self.now.boot < a.verify_at && w.completed_at.is_none() {
             self.wake_in(a.verify_at.since(self.now.boot));

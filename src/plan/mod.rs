@@ -62,6 +62,25 @@ pub enum Phase {
     Completed,
 }
 
+impl Phase {
+    /// Whether one pass may move a worker from `self` to `next` without an operator. Phases
+    /// are derived from observation each pass, so most moves are possible; the exceptions are
+    /// the held and finished ones: Completed stays Completed (a persisted fact), Failed and
+    /// Paused stay put until `automon resume` (or turn out Completed), and a Parked worker only
+    /// resumes by starting (or is paused).
+    pub fn may_become(self, next: Phase) -> bool {
+        use Phase::*;
+        match self {
+            _ if self == next => true,
+            Completed => false,
+            // A held worker whose progress file shows its shard done is done.
+            Failed | Paused => next == Completed,
+            Parked => matches!(next, Starting | Paused | Failed),
+            _ => true,
+        }
+    }
+}
+
 /// A worker's phase and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
@@ -494,6 +513,13 @@ pub fn apply_request(
             };
             w.paused = None;
             w.failed = None;
+            if let Some(a) = w.fixes.attempts.last_mut().filter(|a| a.result.is_none()) {
+                a.result = Some(memory::Verification {
+                    succeeded: false,
+                    detail: "not verified: the worker was held before its verification".into(),
+                    at: now.wall,
+                });
+            }
             w.fixes.failed_in_row = 0;
             w.fixes.kind = None;
             w.stuck_since = None;

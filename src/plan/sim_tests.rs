@@ -478,6 +478,73 @@ fn an_ssd_at_full_util_with_a_shallow_queue_is_not_saturated() {
     );
 }
 
+#[test]
+fn the_phase_transition_table_both_ways() {
+    use Phase::*;
+    let valid = [
+        (Pending, Starting),
+        (Starting, Discovering),
+        (Discovering, Progressing),
+        (Progressing, Stuck),
+        (Stuck, Stopping),
+        (Stopping, Stopped),
+        (Stopped, Starting),
+        (Progressing, BackingOff),
+        (BackingOff, Starting),
+        (Stuck, Parked),
+        (Parked, Starting),
+        (Progressing, Completed),
+        (Stopping, Paused),
+        (Stopping, Failed),
+        (Completed, Completed),
+        (Paused, Paused),
+    ];
+    for (a, b) in valid {
+        assert!(a.may_become(b), "{a:?} → {b:?} must be allowed");
+    }
+    let invalid = [
+        (Completed, Starting),
+        (Completed, Progressing),
+        (Completed, Stopped),
+        (Failed, Starting),
+        (Failed, Pending),
+        (Paused, Starting),
+        (Paused, Stopped),
+        (Parked, Progressing),
+        (Parked, Stopped),
+    ];
+    for (a, b) in invalid {
+        assert!(!a.may_become(b), "{a:?} → {b:?} must be refused");
+    }
+}
+
+#[test]
+fn invalid_moves_never_happen_over_a_long_simulated_run() {
+    let mut sim = started(
+        "  fixes: {cooldown: 1m, verify_after: 1m, max_attempts: 2, escalation: alert_and_pause}\n",
+    );
+    sim.disk = saturated(95.0);
+    let mut last: BTreeMap<WorkerId, Phase> = BTreeMap::new();
+    for i in 0..600 {
+        sim.advance(10);
+        if i % 3 == 0 {
+            let c = sim.checkpoints.get(&WorkerId(1)).copied().unwrap_or(100) + 1;
+            sim.progress(1, c);
+        }
+        let p = sim.pass();
+        for (id, s) in &p.workers {
+            if let Some(prev) = last.get(id) {
+                assert!(
+                    prev.may_become(s.phase),
+                    "worker {id}: {prev:?} → {:?} at pass {i}",
+                    s.phase
+                );
+            }
+            last.insert(*id, s.phase);
+        }
+    }
+}
+
 mod properties {
     use proptest::prelude::*;
 
@@ -509,6 +576,7 @@ mod properties {
         fn planner_invariants_hold_under_random_worlds(ops in proptest::collection::vec(op(), 1..120), escalation in 0usize..3) {
             let mode = ["alert_and_pause", "stop_worker", "try_different_fix"][escalation];
             let mut sim = Sim::new(desired(&format!("  fixes: {{cooldown: 1m, verify_after: 1m, max_attempts: 2, escalation: {mode}}}\n  health: {{stuck_after: 2m, discovery_grace: 3m}}\n")));
+            let mut last: BTreeMap<WorkerId, Phase> = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Advance(s) => sim.advance(s),
@@ -540,6 +608,13 @@ mod properties {
                     prop_assert!(!alive_before.contains_key(&WorkerId(id)), "started worker {id} while alive");
                     // Paused or failed workers are never started.
                     prop_assert!(!held.contains(&WorkerId(id)), "started held worker {id}");
+                }
+                // Only allowed phase moves (an operator's pause may come at any time).
+                for (id, st) in &p.workers {
+                    if let Some(prev) = last.get(id) {
+                        prop_assert!(prev.may_become(st.phase) || st.phase == Phase::Paused || (held.contains(id) && st.phase == Phase::Stopping), "worker {id}: {prev:?} → {:?}", st.phase);
+                    }
+                    last.insert(*id, st.phase);
                 }
                 // Never more running than max.
                 prop_assert!(sim.alive.len() <= sim.d.counts.max as usize);
