@@ -41,6 +41,10 @@ pub struct Memory {
     /// `[min, max]`; `None` until the first pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_count: Option<u32>,
+    /// The manifest's template parameters when config-fix overrides were last valid; when the
+    /// manifest changes them, the overrides are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_basis: Option<BTreeMap<String, crate::manifest::Parameter>>,
     /// The manifest's target when the desired count was last reset to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_target: Option<u32>,

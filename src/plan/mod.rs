@@ -243,6 +243,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: &Memory, now: Now) -
     if planner.memory.boot_id != observed.boot_id {
         planner.forget_previous_boot(&observed.boot_id);
     }
+    planner.reset_params_if_the_manifest_changed();
     planner.adopt_unrecorded(observed);
     let empty = WorkerObservation {
         process: None,
@@ -333,6 +334,25 @@ impl Planner<'_> {
             w.backoff_until = None;
         }
         self.memory.boot_id = boot_id.to_string();
+    }
+
+    /// Config-fix overrides last until the manifest changes its parameters.
+    fn reset_params_if_the_manifest_changed(&mut self) {
+        if self.memory.params_basis.as_ref() == Some(&self.desired.parameters) {
+            return;
+        }
+        if self.memory.params_basis.is_some() {
+            for (id, w) in &mut self.memory.workers {
+                if !w.params.is_empty() {
+                    self.events.push(format!(
+                        "worker {id}: the manifest changed its parameters; dropping the config-fix values {:?}",
+                        w.params
+                    ));
+                    w.params.clear();
+                }
+            }
+        }
+        self.memory.params_basis = Some(self.desired.parameters.clone());
     }
 
     fn since(&self, then: BootTime) -> Duration {

@@ -388,6 +388,41 @@ fn try_different_fix_moves_from_restart_to_a_config_fix_then_pauses() {
     assert_ne!(argv[3], "8", "{argv:?}");
 }
 
+#[test]
+fn config_fix_values_last_until_the_manifest_changes_the_parameters() {
+    let mut sim = started(
+        "  fixes: {cooldown: 1m, verify_after: 1m, max_attempts: 2, escalation: try_different_fix}\n",
+    );
+    run(&mut sim, 10, 3600);
+    assert!(
+        !sim.m.workers[&WorkerId(0)].params.is_empty(),
+        "a config fix happened"
+    );
+    // Same manifest: kept.
+    sim.advance(10);
+    sim.pass();
+    assert!(!sim.m.workers[&WorkerId(0)].params.is_empty());
+    // The operator edits the parameter's bounds: the override is dropped, with an event.
+    sim.d.parameters.insert(
+        "parallel_uploads".into(),
+        crate::manifest::Parameter {
+            default: 2,
+            min: 1,
+            max: 4,
+        },
+    );
+    sim.advance(10);
+    let p = sim.pass();
+    assert!(sim.m.workers[&WorkerId(0)].params.is_empty());
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.contains("the manifest changed its parameters")),
+        "{:?}",
+        p.events
+    );
+}
+
 fn saturated(util: f64) -> DiskObservation {
     DiskObservation::Sample {
         device: DiskDevice {
