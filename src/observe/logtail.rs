@@ -99,7 +99,8 @@ pub struct RepeatedCursor {
 }
 
 /// Finds the cursor phrase (`KEY > N`, `KEY >= N`, `KEY from N`) most repeated across activity
-/// records; `None` unless some phrase occurs at least twice.
+/// records, with its count in this read (the planner adds the counts up across passes while the
+/// checkpoint stands still); `None` when no activity record carries one.
 pub fn repeated_cursor(records: &[LogRecord]) -> Option<RepeatedCursor> {
     static PHRASE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = PHRASE
@@ -125,7 +126,7 @@ pub fn repeated_cursor(records: &[LogRecord]) -> Option<RepeatedCursor> {
     counts
         .into_iter()
         .max_by_key(|(_, _, n)| *n)
-        .filter(|(_, _, n)| *n >= 2)
+        .filter(|(_, _, n)| *n >= 1)
         .map(|(what, value, times)| RepeatedCursor { what, value, times })
 }
 

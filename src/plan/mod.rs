@@ -28,6 +28,10 @@ pub use memory::{Memory, RunningProcess, Stopping, Totals, WorkerMemory};
 /// Passes in a row that must find a worker stuck before it is stopped.
 pub const STUCK_CONFIRMATIONS: u32 = 2;
 
+/// Times a cursor phrase must recur (with the checkpoint standing still) before a stuck reason
+/// calls it a loop.
+pub const LOOP_EVIDENCE: u32 = 3;
+
 /// How far back rate samples reach (items/min and ETAs use this window).
 pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 

@@ -331,6 +331,7 @@ impl Planner<'_> {
             let loop_note = w
                 .repeating
                 .as_ref()
+                .filter(|r| r.times >= LOOP_EVIDENCE)
                 .map(|r| {
                     format!(
                         "; its log keeps repeating \"{}\" ({} times)",
@@ -441,7 +442,8 @@ impl Planner<'_> {
         }
         if let Some(stopping) = stopping {
             if stopping.restart {
-                w.restart_reason = Some(stopping.reason);
+                let resume = w.checkpoint.map_or_else(|| "its range start".to_string(), count);
+                w.restart_reason = Some(format!("worker {id}: restarting from checkpoint {resume} after the stop"));
                 self.memory.totals.stuck_restarts += 1;
             }
             return;
