@@ -139,14 +139,19 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     } else {
         format!("; overrides: {}", overridden.join(", "))
     };
-    eprintln!(
-        "automon: applying {} ({}; {} workers, {}; state in {}{overrides})",
+    let first_line = format!(
+        "applying {} ({}; {} workers, {}; state in {}{overrides})",
         manifest.file.display(),
         desired.name,
         desired.counts.target,
         mode,
         state_dir.display()
     );
+    if log_format == super::logging::LogFormat::Json {
+        tracing::info!(target: "automon::events", "{first_line}");
+    } else {
+        eprintln!("automon: {first_line}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

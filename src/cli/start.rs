@@ -50,7 +50,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     if let Some(running) = state::running_instance(&state_dir) {
         return Err(CliError::runtime(format!(
-            "automon is already running for {} ({}); stop it first with `automon stop {}`",
+            "already running for {} ({}); stop it first with `automon stop {}`",
             manifest.file.display(),
             super::status::describe(&running),
             args.file.display()

@@ -32,7 +32,7 @@ pub fn run(args: &StopArgs) -> Result<u8, CliError> {
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let Some(instance) = state::running_instance(&state_dir) else {
         return Err(CliError::runtime(format!(
-            "automon is not running for {} (no live automon holds {}); nothing to stop",
+            "not running for {} (no live automon holds {}); nothing to stop",
             manifest.file.display(),
             state_dir.join("lock").display()
         )));

@@ -5,4 +5,5 @@ mod llm;
 mod manifests;
 mod migration;
 mod processes;
+mod service;
 mod support;
