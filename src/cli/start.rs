@@ -2,8 +2,10 @@
 //! the background. The current binary is run again as `automon apply FILE --watch --state-dir
 //! DIR …` in its own process group, stdin from /dev/null, stdout and stderr appended to
 //! `STATE_DIR/automon.log`; its pid and start time go to `STATE_DIR/automon.pid`. `start` returns
-//! once the child holds the state directory's lock (it is then *the* automon of this WorkerSet),
-//! or fails with the end of its log when it exits first.
+//! once the child holds the state directory's lock (it is then *the* automon of this WorkerSet)
+//! and has finished its first pass (so a failure just after taking the lock — a metrics port in
+//! use, a corrupt state file — is still reported), or fails with the end of its log when it exits
+//! first.
 
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
@@ -18,8 +20,8 @@ use super::apply::{MetricsArgs, OverrideArgs};
 use super::logging::LogFormat;
 use crate::state;
 
-/// How long `start` waits for the child to take the lock (setup such as `end_command` runs
-/// before it does).
+/// How long `start` waits for the child to take the lock and make its first pass (setup such as
+/// `end_command` runs before it does).
 const WAIT_FOR_LOCK: Duration = Duration::from_secs(30);
 
 /// Lines of `automon.log` shown when the child exits at once.
@@ -98,7 +100,14 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     }
     let deadline = Instant::now() + WAIT_FOR_LOCK;
     loop {
-        if state::running_instance(&state_dir).is_some_and(|i| i.pid == pid) {
+        let locked = state::running_instance(&state_dir).is_some_and(|i| i.pid == pid);
+        let passed = || {
+            state::read_status(&state_dir)
+                .ok()
+                .flatten()
+                .is_some_and(|s| i64::from(s.pid) == i64::from(pid))
+        };
+        if locked && passed() {
             println!(
                 "automon started in the background (pid {pid}) for {}; log: {}",
                 manifest.file.display(),
@@ -116,7 +125,12 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
         }
         if Instant::now() >= deadline {
             println!(
-                "automon started in the background (pid {pid}) but has not taken the state directory's lock after {}s (setup still running?); follow {}",
+                "automon started in the background (pid {pid}) but has not {} after {}s (setup still running?); follow {}",
+                if locked {
+                    "finished its first pass"
+                } else {
+                    "taken the state directory's lock"
+                },
                 WAIT_FOR_LOCK.as_secs(),
                 log_path.display()
             );

@@ -527,6 +527,7 @@ fn service_commands_answer_bad_input_clearly() {
         books: 16,
         ..Knobs::default()
     });
+    let _cleanup = Cleanup(&m);
     let (code, out, err) = run(&m, &["stop", "workerset.yaml"]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("not running for workerset.yaml"), "{err}");
