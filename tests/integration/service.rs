@@ -254,7 +254,7 @@ fn parse_prometheus(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
             continue;
         }
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .ok_or_else(|| at("no value"))?;
         let name = &line[..name_end];
         if !name_ok(name) {
