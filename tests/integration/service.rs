@@ -253,9 +253,7 @@ fn parse_prometheus(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>
         if line.starts_with('#') {
             continue;
         }
-        let name_end = line
-            .find(['{', ' '])
-            .ok_or_else(|| at("no value"))?;
+        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value"))?;
         let name = &line[..name_end];
         if !name_ok(name) {
             return Err(at("bad metric name"));
