@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub watch: bool,
     /// Move the state file aside and start from empty memory.
     pub reset_state: bool,
+    /// Metrics, status file and log format.
+    pub report: crate::metrics::ReportOptions,
 }
 
 /// How a run ended.
@@ -52,6 +54,9 @@ pub enum RunError {
     /// The key range moved since the state was written.
     #[error("{0}")]
     RangeChanged(String),
+    /// The metrics endpoint could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ReportError),
 }
 
 /// A background task finished.
@@ -101,6 +106,10 @@ struct Daemon<'a> {
     first: bool,
     started: Instant,
     before: plan::Totals,
+    /// Publishes status and metrics after each pass.
+    reporter: crate::metrics::Reporter,
+    /// The last pass's disk observation, for the metrics.
+    last_disk: Option<observe::disk::DiskObservation>,
 }
 
 impl Daemon<'_> {
@@ -133,6 +142,7 @@ impl Daemon<'_> {
             now.boot,
         );
         self.first = false;
+        self.last_disk = Some(observed.disk.clone());
         let plan = plan::plan(self.desired, &observed, &self.memory, now);
         for e in &plan.events {
             self.events.record(now.wall, e);
@@ -362,6 +372,8 @@ pub async fn run(
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let before = memory.totals.clone();
+    let reporter =
+        crate::metrics::Reporter::start(&opts.report, &opts.state_dir, opts.watch).await?;
     let (llm, llm_error) = if desired.llm.enabled {
         match crate::act::llm::LlmClient::from_desired(desired, &desired.manifest_dir) {
             Ok(c) => (Some(c), None),
@@ -377,7 +389,7 @@ pub async fn run(
         desired,
         opts,
         memory,
-        events: EventLog::open(&opts.state_dir, true),
+        events: EventLog::open(&opts.state_dir, !opts.report.json_logs),
         history: crate::state::FixHistory::open(&opts.state_dir),
         observer: observe::Observer::new(desired, Roots::default()),
         llm,
@@ -390,6 +402,8 @@ pub async fn run(
         first: true,
         started: Instant::now(),
         before,
+        reporter,
+        last_disk: None,
     };
     let mut one_shot_passes = 0;
     // SIGUSR1: an operator request is waiting (automon pause/resume); reconcile now.
@@ -400,7 +414,15 @@ pub async fn run(
         while let Ok(e) = exit_rx.try_recv() {
             d.pending_exits.push(e);
         }
+        let began = Instant::now();
         let plan = d.pass()?;
+        d.reporter.after_pass(
+            desired,
+            &d.memory,
+            &plan,
+            d.last_disk.as_ref(),
+            began.elapsed(),
+        );
         if let After::End(end) = d.after(&plan) {
             return Ok(end);
         }

@@ -9,6 +9,7 @@
 //! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
+//! - [`metrics`]: Prometheus metrics and the status file, published after each pass.
 //! - [`cli`]: command-line parsing and the subcommands.
 //! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
 //! - [`text`]: numbers and ranges for people.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod daemon;
 pub mod manifest;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod state;

@@ -1,4 +1,5 @@
-//! `automon apply FILE [--watch] [--dry-run] [--check-interval D] [--threshold D] [--llm-enabled]`.
+//! `automon apply FILE [--watch] [--dry-run] [--check-interval D] [--threshold D] [--llm-enabled]
+//! [--metrics-addr ADDR] [--metrics-textfile PATH]`.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,57 @@ impl OverrideArgs {
     }
 }
 
+/// Where the control loop publishes metrics, shared by `apply` and `start`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics while watching (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Write Prometheus metrics to PATH after every pass, replacing it atomically (for
+    /// node_exporter's textfile collector; name it *.prom).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+}
+
+impl MetricsArgs {
+    /// The flags again, for a child automon (`automon start`); paths made absolute.
+    pub fn to_argv(&self) -> Vec<std::ffi::OsString> {
+        let mut argv = Vec::new();
+        if let Some(addr) = self.metrics_addr {
+            argv.push("--metrics-addr".into());
+            argv.push(addr.to_string().into());
+        }
+        if let Some(path) = &self.metrics_textfile {
+            argv.push("--metrics-textfile".into());
+            argv.push(
+                std::path::absolute(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .into(),
+            );
+        }
+        argv
+    }
+}
+
+impl OverrideArgs {
+    /// The flags again, for a child automon (`automon start`).
+    pub fn to_argv(&self) -> Vec<std::ffi::OsString> {
+        let mut argv = Vec::new();
+        if let Some(d) = self.check_interval {
+            argv.push("--check-interval".into());
+            argv.push(d.to_string().into());
+        }
+        if let Some(d) = self.threshold {
+            argv.push("--threshold".into());
+            argv.push(d.to_string().into());
+        }
+        if self.llm_enabled {
+            argv.push("--llm-enabled".into());
+        }
+        argv
+    }
+}
+
 /// Arguments of `apply`.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -56,10 +108,18 @@ pub struct ApplyArgs {
     /// Command-line overrides of manifest fields.
     #[command(flatten)]
     pub overrides: OverrideArgs,
+    /// Metrics.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
-/// Runs `apply`.
-pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
+/// Runs `apply`; `log_format` is the global `--log-format`.
+pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8, CliError> {
+    if args.metrics.metrics_addr.is_some() && !args.watch {
+        return Err(CliError::input(
+            "--metrics-addr needs --watch: a single pass ends before anything could scrape it (use --metrics-textfile)",
+        ));
+    }
     let (manifest, overridden) =
         super::load_manifest_with(&args.file, &args.overrides.overrides())?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
@@ -79,14 +139,19 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
     } else {
         format!("; overrides: {}", overridden.join(", "))
     };
-    eprintln!(
-        "automon: applying {} ({}; {} workers, {}; state in {}{overrides})",
+    let first_line = format!(
+        "applying {} ({}; {} workers, {}; state in {}{overrides})",
         manifest.file.display(),
         desired.name,
         desired.counts.target,
         mode,
         state_dir.display()
     );
+    if log_format == super::logging::LogFormat::Json {
+        tracing::info!(target: "automon::events", "{first_line}");
+    } else {
+        eprintln!("automon: {first_line}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,6 +160,11 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
         state_dir,
         watch: args.watch,
         reset_state: args.reset_state,
+        report: crate::metrics::ReportOptions {
+            metrics_addr: args.metrics.metrics_addr,
+            metrics_textfile: args.metrics.metrics_textfile.clone(),
+            json_logs: log_format == super::logging::LogFormat::Json,
+        },
     };
     let end = runtime
         .block_on(daemon::run(&desired, &opts, shutdown_signal()))
@@ -108,7 +178,7 @@ pub fn run(args: &ApplyArgs) -> Result<u8, CliError> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

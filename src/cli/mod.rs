@@ -2,11 +2,16 @@
 //! decided here: 0 success, 1 runtime failure (or `diff` found differences), 2 bad input.
 
 mod apply;
+mod completions;
 mod diagnose;
 mod diff;
 mod get;
 mod history;
+mod logging;
 mod operator;
+mod start;
+mod status;
+mod stop;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +27,9 @@ pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text, or json (one JSON object per line, events included).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    pub log_format: logging::LogFormat,
 }
 
 /// Subcommands.
@@ -56,6 +64,18 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft 2020-12) of the WorkerSet manifest.
     Schema,
+    /// Run the control loop in the background (`apply FILE --watch`, detached; output appended
+    /// to STATE_DIR/automon.log). Exit 0 started, 1 already running or failed to start, 2 bad
+    /// input.
+    Start(start::StartArgs),
+    /// Stop a background control loop gracefully; the workers keep running. Exit 0 stopped,
+    /// 1 not running or did not stop.
+    Stop(stop::StopArgs),
+    /// Whether the control loop runs, since when, and its last pass. Exit 0 running, 3 not
+    /// running (including never run), 2 bad input.
+    Status(status::StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -87,9 +107,9 @@ impl CliError {
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Apply(args) => apply::run(&args),
+        Command::Apply(args) => apply::run(&args, cli.log_format),
         Command::Diff(args) => diff::run(&args),
         Command::Get(args) => get::run(&args),
         Command::History(args) => history::run(&args),
@@ -98,6 +118,10 @@ pub fn main() -> ExitCode {
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Validate { files } => validate(&files),
         Command::Schema => schema(),
+        Command::Start(args) => start::run(&args, cli.log_format),
+        Command::Stop(args) => stop::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Completions(args) => completions::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -106,15 +130,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn validate(files: &[PathBuf]) -> Result<u8, CliError> {

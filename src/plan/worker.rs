@@ -442,8 +442,12 @@ impl Planner<'_> {
         }
         if let Some(stopping) = stopping {
             if stopping.restart {
-                let resume = w.checkpoint.map_or_else(|| "its range start".to_string(), count);
-                w.restart_reason = Some(format!("worker {id}: restarting from checkpoint {resume} after the stop"));
+                let resume = w
+                    .checkpoint
+                    .map_or_else(|| "its range start".to_string(), count);
+                w.restart_reason = Some(format!(
+                    "worker {id}: restarting from checkpoint {resume} after the stop"
+                ));
                 self.memory.totals.stuck_restarts += 1;
             }
             return;

@@ -41,8 +41,10 @@ impl EventLog {
         &self.path
     }
 
-    /// Records one event at `now`.
+    /// Records one event at `now`: in the file, on stderr when echoing, and as a `tracing` event
+    /// (target `automon::events`, level info) so structured logs carry it.
     pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
+        tracing::info!(target: "automon::events", "{message}");
         let local = now
             .to_zoned_datetime(jiff::tz::TimeZone::system())
             .strftime("%Y-%m-%d %H:%M:%S")

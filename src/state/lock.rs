@@ -1,5 +1,7 @@
 //! One automon per state directory: an exclusive `flock` on `STATE_DIR/lock`, held for the
-//! process's life. The file holds the owner's pid so a refusal can name it.
+//! process's life. The file holds the owner's pid and its start time (`PID START_TICKS`, ticks
+//! from `/proc/PID/stat` field 22) so a refusal can name it and `automon status`/`stop` can tell
+//! the owner from a process that later reused its pid.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -56,36 +58,36 @@ impl InstanceLock {
             Ok(mut lock) => {
                 lock.set_len(0).map_err(io)?;
                 lock.rewind().map_err(io)?;
-                writeln!(lock, "{}", std::process::id()).map_err(io)?;
+                let pid = std::process::id();
+                let ticks = i32::try_from(pid)
+                    .ok()
+                    .and_then(|p| crate::observe::proc::read_stat(Path::new("/proc"), p))
+                    .map_or(0, |s| s.start_ticks);
+                writeln!(lock, "{pid} {ticks}").map_err(io)?;
                 Ok(Self { _lock: lock })
             }
             Err((mut file, _)) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
-                let pid = if pid.trim().is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.trim().to_string()
-                };
+                let pid = pid
+                    .split_whitespace()
+                    .next()
+                    .map_or_else(|| "unknown".to_string(), str::to_string);
                 Err(LockError::Held { path, pid })
             }
         }
     }
 }
 
-/// The pid of the automon holding the lock of `state_dir`, if one does (read-only: nothing is
-/// written, and a free lock is released at once).
-pub fn lock_holder(state_dir: &Path) -> Option<i32> {
-    let path = state_dir.join("lock");
-    let file = std::fs::OpenOptions::new().read(true).open(&path).ok()?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_free) => None,
-        Err((mut file, _)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            pid.trim().parse().ok()
-        }
-    }
+/// The owner recorded in `state_dir/lock`: (pid, start ticks); ticks are 0 when the file was
+/// written by an automon that recorded only the pid. `None` when the file is absent or unreadable.
+/// This only reads the file: whether that process still runs is for [`super::running_instance`].
+pub fn recorded_owner(state_dir: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(state_dir.join("lock")).ok()?;
+    let mut fields = text.split_whitespace();
+    let pid = fields.next()?.parse().ok()?;
+    let ticks = fields.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    Some((pid, ticks))
 }
 
 #[cfg(test)]
@@ -101,9 +103,10 @@ mod tests {
             err.to_string().contains(&std::process::id().to_string()),
             "{err}"
         );
-        assert_eq!(lock_holder(dir.path()), Some(std::process::id() as i32));
+        let (pid, ticks) = recorded_owner(dir.path()).expect("owner");
+        assert_eq!(pid.to_string(), std::process::id().to_string());
+        assert!(ticks > 0, "start ticks recorded");
         drop(first);
-        assert_eq!(lock_holder(dir.path()), None);
         InstanceLock::acquire(dir.path()).expect("after release");
     }
 }

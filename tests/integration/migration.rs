@@ -92,7 +92,7 @@ fn worker_deaf_to_sigterm_is_killed_after_the_grace_period() {
 }
 
 /// Live worker group leaders of this state dir, per worker id.
-fn live_workers(state_dir: &Path) -> BTreeMap<u32, Vec<i32>> {
+pub(super) fn live_workers(state_dir: &Path) -> BTreeMap<u32, Vec<i32>> {
     let mut by_id: BTreeMap<u32, Vec<i32>> = BTreeMap::new();
     let want = state_dir.to_string_lossy().into_owned();
     for pid in automon::observe::proc::list_pids(Path::new("/proc")) {

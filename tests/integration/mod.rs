@@ -6,4 +6,5 @@ mod manifests;
 mod migration;
 mod operate;
 mod processes;
+mod service;
 mod support;

@@ -1,0 +1,134 @@
+//! `automon status FILE [--state-dir DIR] [-o text|json]`: whether a control loop manages the
+//! WorkerSet now (the live owner of `STATE_DIR/lock`), since when, and its last pass (from
+//! `STATE_DIR/status.json`). Exit 0 when running, 3 when not (including never run).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::CliError;
+use crate::manifest::duration::format_duration;
+use crate::state::{self, DaemonStatus, Instance};
+
+/// Exit code of `status` when no automon runs.
+pub const NOT_RUNNING: u8 = 3;
+
+/// Output format of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Readable text.
+    Text,
+    /// One JSON object: running, pid, since, state_dir, last_pass (status.json or null).
+    Json,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The WorkerSet manifest.
+    pub file: PathBuf,
+    /// State directory (default: .automon/ beside the manifest).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// A wall-clock time for people: local time and how long ago.
+fn when(t: jiff::Timestamp) -> String {
+    let local = t
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let ago = jiff::Timestamp::now()
+        .duration_since(t)
+        .try_into()
+        .map_or_else(
+            |_| "just now".to_string(),
+            |d| format!("{} ago", format_duration(d)),
+        );
+    format!("{local}, {ago}")
+}
+
+/// "pid N, since TIME, AGO" for messages about a running automon.
+pub fn describe(i: &Instance) -> String {
+    match i.since {
+        Some(t) => format!("pid {}, since {}", i.pid, when(t)),
+        None => format!("pid {}", i.pid),
+    }
+}
+
+/// Runs `status`.
+pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
+    let manifest = super::load_manifest(&args.file)?;
+    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let running = state::running_instance(&state_dir);
+    let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
+    match args.output {
+        Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref())?,
+        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref()),
+    }
+    Ok(if running.is_some() { 0 } else { NOT_RUNNING })
+}
+
+fn print_json(
+    state_dir: &std::path::Path,
+    running: Option<&Instance>,
+    last: Option<&DaemonStatus>,
+) -> Result<(), CliError> {
+    let value = serde_json::json!({
+        "running": running.is_some(),
+        "pid": running.map(|i| i.pid),
+        "since": running.and_then(|i| i.since),
+        "state_dir": state_dir,
+        "last_pass": last,
+    });
+    let text = serde_json::to_string_pretty(&value)
+        .map_err(|e| CliError::runtime(format!("cannot write JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_text(
+    file: &std::path::Path,
+    state_dir: &std::path::Path,
+    running: Option<&Instance>,
+    last: Option<&DaemonStatus>,
+) {
+    match running {
+        Some(i) => println!("automon: running ({})", describe(i)),
+        None => println!("automon: not running for {}", file.display()),
+    }
+    let Some(s) = last else {
+        println!(
+            "last pass: none recorded ({} does not exist yet)",
+            state::status_file(state_dir).display()
+        );
+        return;
+    };
+    let by = if running.is_some_and(|i| u32::try_from(i.pid).ok() == Some(s.pid)) {
+        String::new()
+    } else {
+        format!(" by pid {}", s.pid)
+    };
+    println!(
+        "last pass: {} (took {} ms; pass {}{by})",
+        when(s.last_pass_at),
+        s.last_pass_ms,
+        s.passes
+    );
+    let phases: Vec<String> = s
+        .phases
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(p, n)| format!("{n} {p}"))
+        .collect();
+    println!(
+        "workers: desired {}, running {}{}{}",
+        s.desired,
+        s.running,
+        if phases.is_empty() { "" } else { "; " },
+        phases.join(", ")
+    );
+}

@@ -1,0 +1,200 @@
+//! [`Reporter`]: what the control loop publishes after each pass — `STATE_DIR/status.json`, the
+//! metrics textfile and the HTTP responder's snapshot.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{ALL_PHASES, MetricsSnapshot, phase_name, render_metrics};
+use crate::manifest::Desired;
+use crate::observe::disk::DiskObservation;
+use crate::plan::{Memory, Plan};
+use crate::state::{self, DaemonStatus};
+
+/// Where the loop publishes what it did.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Serve `GET /metrics` on this address (`--metrics-addr`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Write the metrics to this file after each pass, for node_exporter's textfile collector
+    /// (`--metrics-textfile`; the name should end in `.prom`).
+    pub metrics_textfile: Option<PathBuf>,
+    /// Logs are JSON (`--log-format json`): events are not echoed as plain lines on stderr, they
+    /// reach it through `tracing` only.
+    pub json_logs: bool,
+}
+
+/// The metrics endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Binding the listener failed (address in use, no permission…).
+    #[error("cannot listen on {addr} for metrics: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Publishes after each pass; holds this process's identity for the status file.
+#[derive(Debug)]
+pub struct Reporter {
+    state_dir: PathBuf,
+    textfile: Option<PathBuf>,
+    http: Option<watch::Sender<String>>,
+    watch: bool,
+    started_at: jiff::Timestamp,
+    passes: u64,
+    /// The last write failure reported, so a persistent one is not repeated every pass.
+    last_problem: Option<String>,
+}
+
+impl Reporter {
+    /// Binds the metrics listener (when asked) and starts serving it on the current runtime.
+    ///
+    /// # Errors
+    /// [`ReportError::Bind`] when the address cannot be listened on.
+    pub async fn start(
+        opts: &ReportOptions,
+        state_dir: &Path,
+        watch: bool,
+    ) -> Result<Self, ReportError> {
+        let http = match opts.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ReportError::Bind { addr, source })?;
+                let (tx, rx) = watch::channel(String::new());
+                tokio::spawn(super::serve(listener, rx));
+                Some(tx)
+            }
+            None => None,
+        };
+        Ok(Self {
+            state_dir: state_dir.to_path_buf(),
+            textfile: opts.metrics_textfile.clone(),
+            http,
+            watch,
+            started_at: jiff::Timestamp::now(),
+            passes: 0,
+            last_problem: None,
+        })
+    }
+
+    /// Publishes one pass: status file, metrics textfile, HTTP snapshot. Failures to write are
+    /// logged (once while they persist) and never end the loop.
+    pub fn after_pass(
+        &mut self,
+        desired: &Desired,
+        memory: &Memory,
+        plan: &Plan,
+        disk: Option<&DiskObservation>,
+        took: Duration,
+    ) {
+        self.passes += 1;
+        let now = jiff::Timestamp::now();
+        let snap = MetricsSnapshot::from_pass(
+            plan,
+            memory,
+            desired.counts.target,
+            disk,
+            took,
+            self.passes,
+            now,
+        );
+        let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            target: "automon::pass",
+            pass = self.passes,
+            duration_ms = took_ms,
+            desired = snap.desired,
+            running = snap.running,
+            "pass done"
+        );
+        let status = DaemonStatus {
+            workerset: desired.name.clone(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            watch: self.watch,
+            last_pass_at: now,
+            last_pass_ms: took_ms,
+            passes: self.passes,
+            phases: ALL_PHASES
+                .iter()
+                .map(|p| {
+                    (
+                        phase_name(*p).to_string(),
+                        snap.phases.get(p).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            desired: snap.desired,
+            running: snap.running,
+        };
+        let mut problems = Vec::new();
+        if let Err(e) = state::write_status(&self.state_dir, &status) {
+            problems.push(format!(
+                "cannot write {}: {e}",
+                state::status_file(&self.state_dir).display()
+            ));
+        }
+        if self.textfile.is_some() || self.http.is_some() {
+            let text = render_metrics(&snap);
+            if let Some(path) = &self.textfile
+                && let Err(e) = write_textfile(path, &text)
+            {
+                problems.push(format!("cannot write {}: {e}", path.display()));
+            }
+            if let Some(tx) = &self.http {
+                tx.send_replace(text);
+            }
+        }
+        let problem = (!problems.is_empty()).then(|| problems.join("; "));
+        if problem.is_some() && problem != self.last_problem {
+            tracing::warn!("{}", problem.as_deref().unwrap_or_default());
+        }
+        self.last_problem = problem;
+    }
+}
+
+/// Writes `text` to `path` atomically for node_exporter: a temp file in the same directory
+/// (readable by all, as the collector may run as another user), then rename.
+fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".automon-metrics")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn textfile_is_replaced_whole_and_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("automon.prom");
+        write_textfile(&path, "a 1\n").expect("first");
+        write_textfile(&path, "b 2\n").expect("second");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "b 2\n");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(left.len(), 1, "no temp files left behind");
+    }
+}
