@@ -476,13 +476,17 @@ impl Planner<'_> {
             .map(|e| format!(" (last error: {e})"))
             .unwrap_or_default();
         let when = if delay.is_zero() {
-            "now".to_string()
+            String::new()
         } else {
-            format!("in {}", fmt_dur(delay))
+            format!(" in {}", fmt_dur(delay))
+        };
+        let streak = if w.failures > 1 {
+            format!(" ({} failures in a row)", w.failures)
+        } else {
+            String::new()
         };
         let reason = format!(
-            "worker {id} {how}{at}{suspicious}{error}; restarting from checkpoint {resume} {when} (failure {} in a row)",
-            w.failures
+            "worker {id} {how}{at}{suspicious}{error}; restarting from checkpoint {resume}{when}{streak}"
         );
         self.memory.totals.crash_restarts += 1;
         if delay.is_zero() {
