@@ -18,7 +18,7 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use desired::{Desired, Patterns, ResolveError, Shard, render_argv};
+pub use desired::{Desired, Patterns, ResolveError, Shard, normalize, render_argv};
 pub use duration::HumanDuration;
 pub use overrides::{Overrides, apply_overrides};
 pub use types::*;

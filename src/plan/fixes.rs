@@ -327,18 +327,7 @@ impl Planner<'_> {
         };
         if kind != FixKind::CodeFix {
             let reason = format!("worker {id}: {what}; fix attempt {n}/{max}: {detail}{note}");
-            w.stopping = Some(Stopping {
-                requested_at: self.now.boot,
-                reason: reason.clone(),
-                restart: true,
-            });
-            self.actions.push(Action::Stop(StopAction {
-                worker: id,
-                identity: process.identity.clone(),
-                whole_group: process.own_group,
-                grace: self.desired.stop_grace,
-                reason,
-            }));
+            self.request_stop(id, w, process, reason.clone(), true);
             self.set(
                 id,
                 Phase::Stopping,
@@ -466,18 +455,7 @@ impl Planner<'_> {
         match &mut w.stopping {
             Some(s) => s.restart = false,
             None => {
-                w.stopping = Some(Stopping {
-                    requested_at: self.now.boot,
-                    reason: reason.clone(),
-                    restart: false,
-                });
-                self.actions.push(Action::Stop(StopAction {
-                    worker: id,
-                    identity: process.identity,
-                    whole_group: process.own_group,
-                    grace: self.desired.stop_grace,
-                    reason,
-                }));
+                self.request_stop(id, w, &process, reason.clone(), false);
             }
         }
     }

@@ -359,6 +359,31 @@ impl Planner<'_> {
         self.memory.params_basis = Some(self.desired.parameters.clone());
     }
 
+    /// Records a stop in memory and issues it: the stop signal to the worker's process group
+    /// (or to the process alone when it leads none), `stop_grace`, SIGKILL. `restart` says
+    /// whether the worker is restarted once it is gone.
+    pub(super) fn request_stop(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        process: &RunningProcess,
+        reason: String,
+        restart: bool,
+    ) {
+        w.stopping = Some(Stopping {
+            requested_at: self.now.boot,
+            reason: reason.clone(),
+            restart,
+        });
+        self.actions.push(Action::Stop(StopAction {
+            worker: id,
+            identity: process.identity.clone(),
+            whole_group: process.own_group,
+            grace: self.desired.stop_grace,
+            reason,
+        }));
+    }
+
     fn since(&self, then: BootTime) -> Duration {
         self.now.boot.since(then)
     }

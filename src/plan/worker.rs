@@ -58,18 +58,7 @@ impl Planner<'_> {
                         "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
                         process.identity.pid
                     );
-                    w.stopping = Some(Stopping {
-                        requested_at: self.now.boot,
-                        reason: reason.clone(),
-                        restart: true,
-                    });
-                    self.actions.push(Action::Stop(StopAction {
-                        worker: id,
-                        identity: process.identity,
-                        whole_group: process.own_group,
-                        grace: self.desired.stop_grace,
-                        reason: reason.clone(),
-                    }));
+                    self.request_stop(id, &mut w, &process, reason.clone(), true);
                 }
                 self.set(
                     id,
@@ -239,18 +228,7 @@ impl Planner<'_> {
                     "worker {id}: still alive {} after the stop was requested; stopping again",
                     fmt_dur(waited)
                 );
-                w.stopping = Some(Stopping {
-                    requested_at: self.now.boot,
-                    reason: reason.clone(),
-                    restart: stopping.restart,
-                });
-                self.actions.push(Action::Stop(StopAction {
-                    worker: id,
-                    identity: process.identity.clone(),
-                    whole_group: process.own_group,
-                    grace: self.desired.stop_grace,
-                    reason,
-                }));
+                self.request_stop(id, w, &process, reason.clone(), stopping.restart);
             }
             self.set(
                 id,
@@ -273,18 +251,7 @@ impl Planner<'_> {
                 .map_or_else(|| "its range start".to_string(), count);
             let reason =
                 format!("worker {id}: restarting from checkpoint {resume} to run the fixed code");
-            w.stopping = Some(Stopping {
-                requested_at: self.now.boot,
-                reason: reason.clone(),
-                restart: true,
-            });
-            self.actions.push(Action::Stop(StopAction {
-                worker: id,
-                identity: process.identity.clone(),
-                whole_group: process.own_group,
-                grace: self.desired.stop_grace,
-                reason: reason.clone(),
-            }));
+            self.request_stop(id, w, &process, reason.clone(), true);
             self.set(id, Phase::Stopping, reason);
             return;
         }

@@ -412,7 +412,7 @@ fn source_excerpts(log: &str, desired: &Desired, policy: &FixPolicy) -> Vec<Sour
 /// The allow-listed file a traceback path names (absolute path equal, or relative to the
 /// working directory, or the same file name when only one allow-listed file has it).
 fn allowed_file(path: &str, desired: &Desired, policy: &FixPolicy) -> Option<(PathBuf, String)> {
-    let p = normalize(&desired.workdir.join(path));
+    let p = crate::manifest::normalize(&desired.workdir.join(path));
     let pairs = desired.code_files.iter().zip(policy.code_files.iter());
     if let Some((abs, name)) = pairs.clone().find(|(abs, _)| **abs == p) {
         return Some((abs.clone(), name.clone()));
@@ -426,21 +426,6 @@ fn allowed_file(path: &str, desired: &Desired, policy: &FixPolicy) -> Option<(Pa
         return Some((abs.clone(), name.clone()));
     }
     None
-}
-
-/// Removes `.` and resolves `..` lexically.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn read_bounded(path: &Path) -> Option<String> {
