@@ -31,15 +31,16 @@ fn injected_crash_is_restarted_from_its_checkpoint_and_the_run_completes() {
     let owner = m.owner(book);
     let (start, _) = m.shard(owner);
     let resumes = resume_points(&events, owner);
-    assert_eq!(
-        resumes.len(),
-        2,
-        "worker {owner} should start twice:\n{events}"
+    // Under load a slow worker may also be restarted as stuck; every restart must still resume
+    // from its checkpoint.
+    assert!(
+        resumes.len() >= 2,
+        "worker {owner} should start at least twice:\n{events}"
     );
     assert_eq!(resumes[0], start - 1, "first start is at the range start");
     assert!(
-        resumes[1] > start - 1,
-        "restart must resume from the checkpoint, not the range start: {resumes:?}"
+        resumes[1..].iter().all(|r| *r > start - 1),
+        "restarts must resume from the checkpoint, not the range start: {resumes:?}"
     );
     assert!(
         events.contains(&format!("worker {owner} exited with status 3")),
@@ -67,7 +68,7 @@ fn injected_hang_is_stopped_and_restarted_from_its_checkpoint() {
         "{events}"
     );
     let resumes = resume_points(&events, owner);
-    assert_eq!(resumes.len(), 2, "{events}");
+    assert!(resumes.len() >= 2, "{events}");
     assert!(resumes[1] > start - 1, "{resumes:?}");
 }
 
@@ -115,10 +116,13 @@ pub(super) fn live_workers(state_dir: &Path) -> BTreeMap<u32, Vec<i32>> {
 
 #[test]
 fn automon_sigkilled_mid_run_is_restarted_and_adopts_without_duplicates() {
+    // Not about stuck detection: thresholds a loaded machine cannot trip.
     let m = Migration::new(&Knobs {
         books: 200,
         upload_delay: "0.08",
         batch_size: 5,
+        stuck_after: "60s",
+        discovery_grace: "60s",
         ..Knobs::default()
     });
     let state_dir = m.state_dir();
@@ -181,10 +185,13 @@ fn automon_sigkilled_mid_run_is_restarted_and_adopts_without_duplicates() {
 
 #[test]
 fn one_pass_apply_starts_workers_that_a_later_watch_adopts_even_with_state_lost() {
+    // Not about stuck detection: thresholds a loaded machine cannot trip.
     let m = Migration::new(&Knobs {
         books: 160,
         upload_delay: "0.08",
         batch_size: 5,
+        stuck_after: "60s",
+        discovery_grace: "60s",
         ..Knobs::default()
     });
     let out = m
@@ -266,7 +273,7 @@ fn a_worker_looping_without_advancing_is_stuck_although_its_log_grows() {
             && events.contains("its log keeps repeating \"book.id > "),
         "{events}"
     );
-    assert_eq!(resume_points(&events, owner).len(), 2, "{events}");
+    assert!(resume_points(&events, owner).len() >= 2, "{events}");
 }
 
 fn history(m: &Migration) -> Vec<serde_json::Value> {
