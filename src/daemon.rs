@@ -301,7 +301,13 @@ impl Daemon<'_> {
                 plan::record_diagnosis(&mut self.memory, worker, outcome)
             }
             Wake::CodeFix { worker, outcome } => {
-                let message = plan::record_code_fix(&mut self.memory, worker, outcome, now);
+                let message = plan::record_code_fix(
+                    &mut self.memory,
+                    worker,
+                    outcome,
+                    self.desired.fixes.code.restart,
+                    now,
+                );
                 self.history.append(&crate::state::HistoryRecord {
                     record: "code_fix".into(),
                     at: now.wall,

@@ -223,6 +223,21 @@ pub struct CodeFixes {
     /// Roll a code fix back when its verification fails (default true).
     #[serde(default = "defaults::yes")]
     pub rollback_on_failure: bool,
+    /// Which workers restart after a code fix: every running one (they run the changed file;
+    /// default) or only the stuck one.
+    #[serde(default)]
+    pub restart: CodeFixRestart,
+}
+
+/// Which workers restart after a code fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeFixRestart {
+    /// Every running worker: they all run the changed file.
+    #[default]
+    All,
+    /// Only the worker the fix was for.
+    StuckOnly,
 }
 
 impl Default for CodeFixes {
@@ -234,6 +249,7 @@ impl Default for CodeFixes {
             test_command: None,
             max_changed_lines: defaults::max_changed_lines(),
             rollback_on_failure: true,
+            restart: CodeFixRestart::All,
         }
     }
 }
@@ -674,6 +690,7 @@ mod tests {
         assert!(s.fixes.config.enabled);
         assert!(!s.fixes.code.enabled);
         assert!(s.fixes.code.rollback_on_failure);
+        assert_eq!(s.fixes.code.restart, CodeFixRestart::All);
         assert_eq!(s.template.workdir, ".");
         assert_eq!(s.template.stop_signal, "SIGTERM");
         assert_eq!(secs(s.template.stop_grace), 30);
@@ -876,6 +893,11 @@ mod tests {
                             test_command: code.then(|| vec!["pytest".into(), "-q".into()]),
                             max_changed_lines: lines,
                             rollback_on_failure: !code,
+                            restart: if code {
+                                CodeFixRestart::StuckOnly
+                            } else {
+                                CodeFixRestart::All
+                            },
                         },
                     }
                 },

@@ -593,12 +593,14 @@ pub enum CodeFixOutcome {
     Rejected(String),
 }
 
-/// Records a code-fix outcome; on success every running worker (the file is shared) is
-/// restarted on the next pass. Returns the event to log.
+/// Records a code-fix outcome; on success the workers that run the file (every running one, or
+/// with `restart: stuck_only` the fixed one alone) restart on the next pass. Returns the event
+/// to log.
 pub fn record_code_fix(
     memory: &mut Memory,
     worker: WorkerId,
     outcome: CodeFixOutcome,
+    restart: crate::manifest::CodeFixRestart,
     now: Now,
 ) -> String {
     let running: Vec<WorkerId> = memory
@@ -626,7 +628,10 @@ pub fn record_code_fix(
                 a.detail = format!("code fix applied to {}", code.file.display());
                 a.code = Some(code);
             }
-            memory.restart_for_code = running;
+            memory.restart_for_code = match restart {
+                crate::manifest::CodeFixRestart::All => running,
+                crate::manifest::CodeFixRestart::StuckOnly => Vec::new(),
+            };
             if !memory.restart_for_code.contains(&worker) {
                 memory.restart_for_code.push(worker);
             }

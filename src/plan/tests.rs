@@ -483,3 +483,38 @@ fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
         "{reason}"
     );
 }
+
+#[test]
+fn after_a_code_fix_all_running_workers_restart_or_only_the_stuck_one() {
+    use crate::manifest::CodeFixRestart;
+    let applied = || {
+        CodeFixOutcome::Applied(memory::AppliedCode {
+            file: "/w/x.py".into(),
+            backup: "/s/x.bak".into(),
+            patch_hash: "h".into(),
+        })
+    };
+    let mut m = mem();
+    for id in 0..3 {
+        m.workers
+            .insert(WorkerId(id), running(10 + id as i32, t0(), 5));
+    }
+    let mut all = m.clone();
+    record_code_fix(&mut all, WorkerId(1), applied(), CodeFixRestart::All, at(1));
+    assert_eq!(
+        all.restart_for_code,
+        [WorkerId(0), WorkerId(1), WorkerId(2)]
+    );
+    record_code_fix(
+        &mut m,
+        WorkerId(1),
+        applied(),
+        CodeFixRestart::StuckOnly,
+        at(1),
+    );
+    assert_eq!(m.restart_for_code, [WorkerId(1)]);
+    assert!(
+        m.applied_patches.contains("h"),
+        "the patch is never applied twice"
+    );
+}
