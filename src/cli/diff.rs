@@ -110,12 +110,11 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
     Ok(u8::from(report.differs()))
 }
 
-/// Observes and plans once (acting on nothing) and compares the manifest with the last-applied.
-pub(crate) fn build_report(
+/// Observes and plans once, acting on nothing; returns the memory it planned from and the plan.
+pub(crate) fn plan_once(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
-    overrides: Vec<String>,
-) -> Result<DiffReport, CliError> {
+) -> Result<(plan::Memory, plan::Plan), CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     let now = crate::clock::Now::read();
@@ -128,11 +127,31 @@ pub(crate) fn build_report(
         now.boot,
     );
     let plan = plan::plan(desired, &observed, &memory, now);
+    Ok((memory, plan))
+}
+
+/// Observes and plans once (acting on nothing) and compares the manifest with the last-applied.
+pub(crate) fn build_report(
+    desired: &crate::manifest::Desired,
+    state_dir: &Path,
+    overrides: Vec<String>,
+) -> Result<DiffReport, CliError> {
+    let (memory, plan) = plan_once(desired, state_dir)?;
+    Ok(report_from(desired, &memory, &plan, overrides))
+}
+
+/// The report of one plan.
+fn report_from(
+    desired: &crate::manifest::Desired,
+    memory: &plan::Memory,
+    plan: &plan::Plan,
+    overrides: Vec<String>,
+) -> DiffReport {
     let manifest_diff = memory
         .last_applied
         .as_ref()
         .map(|old| unified(old, &desired.normalized));
-    Ok(DiffReport {
+    DiffReport {
         overrides,
         manifest_diff,
         workers: plan
@@ -155,7 +174,7 @@ pub(crate) fn build_report(
                 reason: a.reason().into(),
             })
             .collect(),
-    })
+    }
 }
 
 /// A unified diff from the last-applied manifest to this one; empty when equal.
@@ -212,9 +231,84 @@ pub(crate) fn print_plan(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
 ) -> Result<u8, CliError> {
-    let report = build_report(desired, state_dir, Vec::new())?;
+    let (memory, plan) = plan_once(desired, state_dir)?;
+    let report = report_from(desired, &memory, &plan, Vec::new());
     print!("{}", render(&report));
+    for a in &plan.actions {
+        if let plan::Action::ApplyCodeFix(fix) = a {
+            println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
+        }
+    }
     Ok(u8::from(!report.actions.is_empty()))
+}
+
+/// Dry run of a code fix: the engine checks the proposal and builds the patch without writing
+/// the file; the patch goes to `STATE_DIR/proposed/` and the fix history as a unified diff.
+fn propose_code_fix(
+    desired: &crate::manifest::Desired,
+    state_dir: &Path,
+    memory: &plan::Memory,
+    fix: &plan::CodeFixAction,
+) -> String {
+    use crate::act::fix;
+    let policy = fix::CodeFixPolicy::from_desired(desired);
+    let outcome = fix::parse_proposal(&fix.proposal).and_then(|p| {
+        fix::apply_code_fix(
+            &policy,
+            &p,
+            &state_dir.join(crate::act::remedy::BACKUPS_DIR),
+            &memory.applied_patches,
+            true,
+        )
+    });
+    let (detail, diff) = match outcome {
+        Ok(fix::Outcome::DryRun { file, diff, .. }) => (
+            format!("dry run: proposed code fix to {}", file.display()),
+            Some(diff),
+        ),
+        Ok(fix::Outcome::AlreadyApplied { file, .. }) => (
+            format!(
+                "dry run: the proposed code fix is already in {}",
+                file.display()
+            ),
+            None,
+        ),
+        Ok(fix::Outcome::Applied(a)) => (
+            format!("dry run: unexpected write to {}", a.file.display()),
+            None,
+        ),
+        Err(e) => (
+            format!(
+                "dry run: the proposed code fix would be rejected: {}",
+                e.why
+            ),
+            None,
+        ),
+    };
+    let mut written = String::new();
+    if let Some(diff) = &diff {
+        let dir = state_dir.join("proposed");
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%S%.3fZ")
+            .to_string();
+        let path = dir.join(format!("{stamp}-worker{}.diff", fix.worker));
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, diff)) {
+            Ok(()) => written = format!(" (patch written to {})", path.display()),
+            Err(e) => written = format!(" (cannot write {}: {e})", path.display()),
+        }
+    }
+    crate::state::FixHistory::open(state_dir).append(&crate::state::HistoryRecord {
+        record: "code_fix".into(),
+        at: jiff::Timestamp::now(),
+        worker: fix.worker,
+        kind: Some("code_fix".into()),
+        attempt: None,
+        detail: format!("{detail}{written}"),
+        checkpoint: memory.workers.get(&fix.worker).and_then(|w| w.checkpoint),
+        succeeded: None,
+        analysis: diff.clone().map(serde_json::Value::String),
+    });
+    format!("{detail}{written}\n{}", diff.unwrap_or_default())
 }
 
 #[cfg(test)]
