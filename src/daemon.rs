@@ -141,9 +141,26 @@ impl Daemon<'_> {
             self.first,
             now.boot,
         );
-        self.first = false;
         self.last_disk = Some(observed.disk.clone());
         let plan = plan::plan(self.desired, &observed, &self.memory, now);
+        if self.first {
+            // Workers recorded by an earlier automon and still alive are taken over, not restarted.
+            for (id, w) in &self.memory.workers {
+                let kept = plan.memory.workers.get(id).and_then(|n| n.process.as_ref());
+                if let (Some(old), Some(new)) = (&w.process, kept)
+                    && old.identity == new.identity
+                {
+                    self.events.record(
+                        now.wall,
+                        &format!(
+                            "worker {id}: adopted pid {} (recorded by an earlier automon)",
+                            old.identity.pid
+                        ),
+                    );
+                }
+            }
+        }
+        self.first = false;
         for e in &plan.events {
             self.events.record(now.wall, e);
         }
@@ -355,16 +372,20 @@ impl Daemon<'_> {
     }
 }
 
-/// Runs passes until complete (watch), or one pass; `shutdown` ends the loop when it resolves.
+/// Runs passes until complete (watch), or one pass, holding `lock` (the state directory's
+/// single-instance lock, see [`InstanceLock::acquire`]); `shutdown` ends the loop when it
+/// resolves.
 ///
 /// # Errors
 /// [`RunError`] for a held lock, unreadable/unwritable state, or a moved key range.
 pub async fn run(
     desired: &Desired,
     opts: &RunOptions,
+    lock: InstanceLock,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
-    let _lock = InstanceLock::acquire(&opts.state_dir)?;
+    // Held for the whole run (taken by the caller before setup, so setup never runs twice).
+    let _lock = lock;
     if opts.reset_state
         && let Some(kept) = state::move_aside(&opts.state_dir)?
     {

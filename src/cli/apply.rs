@@ -130,6 +130,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         println!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
+    // The lock first: a second automon on this WorkerSet must not even run setup.
+    let lock = crate::state::InstanceLock::acquire(&state_dir)
+        .map_err(|e| CliError::runtime(e.to_string()))?;
     crate::act::setup::run_setup(&manifest, |m| eprintln!("automon: {m}"))
         .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
     let desired = super::resolve(&manifest)?;
@@ -167,7 +170,7 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         },
     };
     let end = runtime
-        .block_on(daemon::run(&desired, &opts, shutdown_signal()))
+        .block_on(daemon::run(&desired, &opts, lock, shutdown_signal()))
         .map_err(|e| CliError::runtime(e.to_string()))?;
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,

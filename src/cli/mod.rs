@@ -185,8 +185,27 @@ pub(crate) fn print_overrides(overridden: &[String]) {
 
 /// Resolves the manifest into [`Desired`], running `end_command` when there is one.
 pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
-    let end = crate::act::setup::resolve_range_end(manifest)
-        .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))?;
+    let spec = &manifest.workerset.spec;
+    let workdir = crate::manifest::normalize(&manifest.dir.join(&spec.template.workdir));
+    if !workdir.is_dir() {
+        return Err(CliError::input(format!(
+            "{}: spec.template.workdir: {} is not a directory (it is resolved against the manifest's directory)",
+            manifest.file.display(),
+            workdir.display()
+        )));
+    }
+    let end = crate::act::setup::resolve_range_end(manifest).map_err(|e| {
+        // Before the first apply, setup may not have created what end_command reads.
+        let pending = spec.setup.as_ref().and_then(|s| s.creates.as_ref()).filter(|c| !workdir.join(c).exists());
+        match pending {
+            Some(creates) => CliError::input(format!(
+                "{}: {e} — the range end comes from spec.work.range.end_command, which needs spec.setup to have created {creates}; run `automon apply {}` first",
+                manifest.file.display(),
+                manifest.file.display()
+            )),
+            None => CliError::input(format!("{}: {e}", manifest.file.display())),
+        }
+    })?;
     Desired::resolve(manifest, end)
         .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))
 }

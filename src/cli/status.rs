@@ -67,7 +67,7 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
     let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
     match args.output {
         Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref())?,
-        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref()),
+        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref())?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
 }
@@ -86,8 +86,7 @@ fn print_json(
     });
     let text = serde_json::to_string_pretty(&value)
         .map_err(|e| CliError::runtime(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    super::emit(&format!("{text}\n")).map(|_| ())
 }
 
 fn print_text(
@@ -95,24 +94,31 @@ fn print_text(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
     last: Option<&DaemonStatus>,
-) {
+) -> Result<(), CliError> {
+    let mut text = String::new();
+    macro_rules! out {
+        ($($arg:tt)*) => {{
+            use std::fmt::Write;
+            let _ = writeln!(text, $($arg)*);
+        }};
+    }
     match running {
-        Some(i) => println!("automon: running ({})", describe(i)),
-        None => println!("automon: not running for {}", file.display()),
+        Some(i) => out!("automon: running ({})", describe(i)),
+        None => out!("automon: not running for {}", file.display()),
     }
     let Some(s) = last else {
-        println!(
+        out!(
             "last pass: none recorded ({} does not exist yet)",
             state::status_file(state_dir).display()
         );
-        return;
+        return super::emit(&text).map(|_| ());
     };
     let by = if running.is_some_and(|i| u32::try_from(i.pid).ok() == Some(s.pid)) {
         String::new()
     } else {
         format!(" by pid {}", s.pid)
     };
-    println!(
+    out!(
         "last pass: {} (took {} ms; pass {}{by})",
         when(s.last_pass_at),
         s.last_pass_ms,
@@ -124,11 +130,12 @@ fn print_text(
         .filter(|(_, n)| **n > 0)
         .map(|(p, n)| format!("{n} {p}"))
         .collect();
-    println!(
+    out!(
         "workers: desired {}, running {}{}{}",
         s.desired,
         s.running,
         if phases.is_empty() { "" } else { "; " },
         phases.join(", ")
     );
+    super::emit(&text).map(|_| ())
 }

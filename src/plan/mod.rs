@@ -544,6 +544,12 @@ pub fn apply_request(
     use crate::state::requests::RequestKind;
     let w = memory.workers.entry(worker).or_default();
     match kind {
+        RequestKind::Pause if w.completed_at.is_some() => {
+            format!("worker {worker}: its shard is already complete; nothing to pause")
+        }
+        RequestKind::Resume if w.paused.is_none() && w.failed.is_none() => {
+            format!("worker {worker} is not paused; nothing to resume")
+        }
         RequestKind::Pause => {
             w.paused = Some(memory::Hold {
                 reason: "paused by an operator (automon pause)".into(),
@@ -558,7 +564,7 @@ pub fn apply_request(
             let was = match (&w.paused, &w.failed) {
                 (_, Some(f)) => format!("failed: {}", f.reason),
                 (Some(p), None) => p.reason.clone(),
-                (None, None) => "not paused".into(),
+                (None, None) => String::new(),
             };
             w.paused = None;
             w.failed = None;

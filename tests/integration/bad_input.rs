@@ -100,3 +100,87 @@ spec:
         "{stderr}"
     );
 }
+
+/// Regression: `automon status FILE | head -1` panicked with "failed printing to stdout: Broken
+/// pipe" (exit 101); every command that prints must treat a closed pipe as the end.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let m = super::support::Migration::new(&super::support::Knobs {
+        books: 20,
+        ..Default::default()
+    });
+    for args in [
+        &["status", "workerset.yaml"][..],
+        &["history", "workerset.yaml"],
+        &["diff", "workerset.yaml"],
+        &["schema"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_automon"))
+            .current_dir(m.path())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+    }
+}
+
+/// Regression: two `apply` started together on a fresh WorkerSet both ran `setup` (the lock was
+/// taken only afterwards), and the second one's setup failed half-way.
+#[test]
+fn a_second_apply_is_refused_before_it_runs_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: setup-once}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  setup:
+    command: [sh, -c, "echo run >> setup_runs; sleep 2; touch made"]
+    creates: made
+  template: {command: [sleep, "30"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+    std::fs::write(dir.path().join("m.yaml"), manifest).unwrap();
+    let first = std::process::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !dir.path().join("setup_runs").exists() {
+        assert!(std::time::Instant::now() < deadline, "setup never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = automon()
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another automon"), "{stderr}");
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("setup_runs")).unwrap(),
+        "run\n",
+        "setup ran twice"
+    );
+    // Clean up the one worker the first apply started.
+    if let Ok(state) = std::fs::read_to_string(dir.path().join(".automon/state.json")) {
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+        if let Some(pid) = v["workers"]["0"]["process"]["identity"]["pid"].as_i64() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
