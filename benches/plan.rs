@@ -236,9 +236,12 @@ fn bench(n: u32, iters: usize) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument filters nothing.
     let iters = common::iters(200);
+    // An optional worker count runs only that size (e.g. `cargo bench --bench plan -- 1000`).
+    let only: Option<u32> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     for n in [8, 100, 1000] {
-        bench(n, iters);
+        if only.is_none_or(|o| o == n) {
+            bench(n, iters);
+        }
     }
 }
