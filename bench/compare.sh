@@ -164,7 +164,7 @@ unset PM2_HOME
 
 # --- report --------------------------------------------------------------------------------
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$N workers, $KILLS kill -9s, ${IDLE} s idle window; $(date -u '+%Y-%m-%d %H:%M UTC')"
 printf '%-44s %14s %14s %14s\n' "figure" "supervisord" "pm2" "automon"
 row() { # LABEL FIELD SCALE FORMAT

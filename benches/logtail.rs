@@ -49,7 +49,10 @@ fn bench(label: &str, path: &Path, size: u64, iters: usize) {
         std::hint::black_box(obs);
     });
     common::report(
-        &format!("read_tail {label}, first look ({} KiB window)", desired.tail_bytes >> 10),
+        &format!(
+            "read_tail {label}, first look ({} KiB window)",
+            desired.tail_bytes >> 10
+        ),
         &first,
         None,
     );

@@ -117,7 +117,10 @@ fn bench(n: u32, iters: usize) {
         })
         .sum();
     // The first of the three lines shares a line with the hole's NULs and is dropped as partial.
-    assert!(records >= 2 * n as usize, "every log's lines were read ({records})");
+    assert!(
+        records >= 2 * n as usize,
+        "every log's lines were read ({records})"
+    );
     let cursors = |observed: &automon::observe::Observed, memory: &mut Memory| {
         for (id, w) in &observed.workers {
             if let LogObservation::Read { cursor, .. } = &w.log {
@@ -158,7 +161,11 @@ fn bench(n: u32, iters: usize) {
         first_time
     );
     let target = (n == 1000).then_some(Duration::from_millis(200));
-    common::report(&format!("observe, {n} workers, steady pass"), &steady, target);
+    common::report(
+        &format!("observe, {n} workers, steady pass"),
+        &steady,
+        target,
+    );
     let rss_ok = if n == 1000 {
         if hwm <= 30 * 1024 {
             "  target ≤ 30 MB: met"
@@ -171,7 +178,11 @@ fn bench(n: u32, iters: usize) {
     println!(
         "    peak RSS (VmHWM) {:.1} MB{}; RSS before the passes {:.1} MB; logs {} × {} GiB sparse{rss_ok}",
         hwm as f64 / 1024.0,
-        if reset { " since the passes began" } else { " of the whole process" },
+        if reset {
+            " since the passes began"
+        } else {
+            " of the whole process"
+        },
         rss_before as f64 / 1024.0,
         n,
         LOG_SIZE >> 30

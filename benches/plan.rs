@@ -200,7 +200,11 @@ fn bench(n: u32, iters: usize) {
     let stuck = |id: WorkerId| id.0 % 100 == 3 || (n < 100 && id.0 == 3 % n);
     for i in 23..=26 {
         fleet.pass(i * 60, |id| {
-            if stuck(id) { Fate::Stuck } else { Fate::Progress }
+            if stuck(id) {
+                Fate::Stuck
+            } else {
+                Fate::Progress
+            }
         });
     }
     // The pass being timed: most progress, ~1 % stuck, ~1 % crashed.
