@@ -242,7 +242,13 @@ impl Desired {
 
     /// The shard of worker `id`, if the WorkerSet is sharded.
     pub fn shard(&self, id: WorkerId) -> Option<Shard> {
-        self.shards.as_ref()?.iter().find(|s| s.id == id).copied()
+        let shards = self.shards.as_ref()?;
+        // [`split_range`] puts shard `i` at index `i`: O(1), where a search made every pass
+        // quadratic in the number of workers (the planner asks once per worker).
+        match shards.get(usize::try_from(id.0).ok()?) {
+            Some(s) if s.id == id => Some(*s),
+            _ => shards.iter().find(|s| s.id == id).copied(),
+        }
     }
 
     /// Parameter values for a worker: defaults, overridden by `overrides` (clamped to bounds).

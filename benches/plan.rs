@@ -1,0 +1,251 @@
+//! `plan()` at 8, 100 and 1,000 workers, in a realistic steady state: every worker has run
+//! for a while (memory full of checkpoints, log cursors and recent progress lines), and in the
+//! pass being timed most workers advanced their checkpoint and logged new upload lines, about
+//! 1 % are stuck (no progress for longer than `stuck_after`) and about 1 % crashed.
+//!
+//! Run with `cargo bench --bench plan`; `BENCH_ITERS` sets the number of timed runs.
+//! Target (issue 9): 1,000 workers ≤ 1 ms.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use automon::WorkerId;
+use automon::clock::{BootTime, Now};
+use automon::manifest::Desired;
+use automon::observe::disk::DiskObservation;
+use automon::observe::logtail::{LineClass, LogRecord};
+use automon::observe::{
+    Children, ExitEvent, LogCursor, LogObservation, Observed, ProcessIdentity, ProcessStatus,
+    ProgressObservation, WorkerObservation,
+};
+use automon::plan::{self, Action, Memory, Phase};
+
+const BOOT: &str = "bench-boot";
+
+fn now(t: u64) -> Now {
+    Now {
+        wall: jiff::Timestamp::from_second(1_800_000_000 + t as i64).unwrap_or_default(),
+        boot: BootTime(1_000_000 + t * 1000),
+    }
+}
+
+/// What the simulated fleet does in one pass.
+#[derive(Clone, Copy, PartialEq)]
+enum Fate {
+    Progress,
+    Stuck,
+    Crashed,
+}
+
+struct Fleet {
+    desired: Desired,
+    memory: Memory,
+    pids: BTreeMap<WorkerId, i32>,
+    checkpoints: BTreeMap<WorkerId, u64>,
+    offsets: BTreeMap<WorkerId, u64>,
+    next_pid: i32,
+    line: u64,
+}
+
+impl Fleet {
+    fn new(desired: Desired) -> Self {
+        Self {
+            desired,
+            memory: Memory {
+                boot_id: BOOT.into(),
+                ..Memory::default()
+            },
+            pids: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            next_pid: 10_000,
+            line: 0,
+        }
+    }
+
+    /// The observation of a pass at `t` seconds where each worker meets `fate(id)`.
+    fn observed(&mut self, t: u64, fate: impl Fn(WorkerId) -> Fate) -> Observed {
+        let mut exits = Vec::new();
+        let wall = now(t).wall;
+        let ids = self.desired.worker_ids();
+        let mut workers = BTreeMap::new();
+        for id in ids {
+            let shard = self.desired.shard(id).map_or(0, |s| s.start);
+            let f = fate(id);
+            let process = self.pids.get(&id).map(|pid| {
+                if f == Fate::Crashed {
+                    exits.push(ExitEvent {
+                        worker: id,
+                        pid: *pid,
+                        code: None,
+                        signal: Some(9),
+                    });
+                    ProcessStatus::Exited
+                } else {
+                    ProcessStatus::Alive { state: 'S' }
+                }
+            });
+            let cp = self.checkpoints.entry(id).or_insert(shard);
+            let off = self.offsets.entry(id).or_insert(0);
+            let mut records = Vec::new();
+            if f == Fate::Progress && process.is_some() {
+                *cp += 50;
+                for k in 0..3 {
+                    self.line += 1;
+                    records.push(LogRecord {
+                        class: if k == 2 {
+                            LineClass::Activity
+                        } else {
+                            LineClass::Upload
+                        },
+                        timestamp: Some(wall),
+                        message: format!(
+                            " - INFO - Successfully uploaded: book {} ({} KiB)",
+                            *cp + k,
+                            self.line
+                        ),
+                    });
+                }
+                *off += 400;
+            }
+            let log = LogObservation::Read {
+                cursor: LogCursor {
+                    dev: 1,
+                    inode: u64::from(id.0) + 1,
+                    offset: *off,
+                },
+                first_look: false,
+                reset: None,
+                new_bytes: if records.is_empty() { 0 } else { 400 },
+                records,
+                repeated: None,
+            };
+            workers.insert(
+                id,
+                WorkerObservation {
+                    process,
+                    group_alive: false,
+                    progress: ProgressObservation::Read {
+                        checkpoint: *cp,
+                        items: Some(*cp - shard),
+                        completed: None,
+                    },
+                    log,
+                },
+            );
+        }
+        Observed {
+            disk: DiskObservation::Unavailable {
+                why: "bench".into(),
+            },
+            boot_id: BOOT.into(),
+            workers,
+            children: Children {
+                exits,
+                unreaped: Default::default(),
+            },
+            unrecorded: Vec::new(),
+        }
+    }
+
+    /// Runs one pass and applies its starts and stops the way the daemon would.
+    fn pass(&mut self, t: u64, fate: impl Fn(WorkerId) -> Fate) {
+        let observed = self.observed(t, &fate);
+        let now = now(t);
+        let plan = plan::plan(&self.desired, &observed, &self.memory, now);
+        self.memory = plan.memory;
+        for a in &plan.actions {
+            match a {
+                Action::Start(s) => {
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    let identity = ProcessIdentity {
+                        pid,
+                        start_ticks: 1,
+                        boot_id: BOOT.into(),
+                    };
+                    plan::record_start(
+                        &mut self.memory,
+                        &self.desired,
+                        s,
+                        Ok((identity, now.boot)),
+                        now,
+                    );
+                    self.pids.insert(s.worker, pid);
+                }
+                Action::Stop(s) => {
+                    self.pids.remove(&s.worker);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn bench(n: u32, iters: usize) {
+    let dir = std::env::temp_dir().join("automon-bench-plan");
+    let desired = common::desired(n, &dir);
+    let mut fleet = Fleet::new(desired);
+    // Start everyone, then 20 passes a minute apart with everyone progressing: memory now holds
+    // checkpoints, cursors and recent progress-line fingerprints like a fleet that has run.
+    fleet.pass(0, |_| Fate::Progress);
+    for i in 1..=22 {
+        fleet.pass(i * 60, |_| Fate::Progress);
+    }
+    // Then 4 minutes in which ~1 % of the workers make no progress (stuck at the next pass).
+    let stuck = |id: WorkerId| id.0 % 100 == 3 || (n < 100 && id.0 == 3 % n);
+    for i in 23..=26 {
+        fleet.pass(i * 60, |id| {
+            if stuck(id) {
+                Fate::Stuck
+            } else {
+                Fate::Progress
+            }
+        });
+    }
+    // The pass being timed: most progress, ~1 % stuck, ~1 % crashed.
+    let t = 27 * 60;
+    let crashed = |id: WorkerId| id.0 % 100 == 5 || (n < 100 && id.0 == 5 % n);
+    let observed = fleet.observed(t, |id| {
+        if crashed(id) {
+            Fate::Crashed
+        } else if stuck(id) {
+            Fate::Stuck
+        } else {
+            Fate::Progress
+        }
+    });
+    let memory = fleet.memory.clone();
+    let desired = fleet.desired.clone();
+    let at = now(t);
+    let check = plan::plan(&desired, &observed, &memory, at);
+    let count = |p: Phase| check.workers.values().filter(|s| s.phase == p).count();
+    let timings = common::Timings::measure(iters / 10 + 1, iters, || {
+        let p = plan::plan(&desired, &observed, &memory, at);
+        std::hint::black_box(p);
+    });
+    let target = (n == 1000).then_some(Duration::from_millis(1));
+    common::report(&format!("plan, {n} workers"), &timings, target);
+    println!(
+        "    ({} progressing, {} stuck, {} starting after a crash; {} actions)",
+        count(Phase::Progressing),
+        count(Phase::Stuck) + count(Phase::Stopping),
+        count(Phase::Starting),
+        check.actions.len()
+    );
+}
+
+fn main() {
+    let iters = common::iters(200);
+    // An optional worker count runs only that size (e.g. `cargo bench --bench plan -- 1000`).
+    let only: Option<u32> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    for n in [8, 100, 1000] {
+        if only.is_none_or(|o| o == n) {
+            bench(n, iters);
+        }
+    }
+}
