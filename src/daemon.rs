@@ -142,7 +142,7 @@ impl Daemon<'_> {
             now.boot,
         );
         self.last_disk = Some(observed.disk.clone());
-        let plan = plan::plan(self.desired, &observed, &self.memory, now);
+        let mut plan = plan::plan(self.desired, &observed, &self.memory, now);
         if self.first {
             // Workers recorded by an earlier automon and still alive are taken over, not restarted.
             for (id, w) in &self.memory.workers {
@@ -165,7 +165,8 @@ impl Daemon<'_> {
             self.events.record(now.wall, e);
         }
         let before_pass = std::mem::take(&mut self.memory);
-        self.memory = plan.memory.clone();
+        // The plan's memory becomes ours (no copy); the returned plan keeps an empty one.
+        self.memory = std::mem::take(&mut plan.memory);
         if self.memory.last_applied.as_deref() != Some(self.desired.normalized.as_str()) {
             self.memory.last_applied = Some(self.desired.normalized.clone());
         }

@@ -32,6 +32,9 @@ pub const STUCK_CONFIRMATIONS: u32 = 2;
 /// calls it a loop.
 pub const LOOP_EVIDENCE: u32 = 3;
 
+/// Most (time, checkpoint) samples kept per worker.
+pub const MAX_RATE_SAMPLES: usize = 64;
+
 /// How far back rate samples reach (items/min and ETAs use this window).
 pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 

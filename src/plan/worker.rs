@@ -177,10 +177,12 @@ impl Planner<'_> {
                 if w.recent_signals.contains(&fp) {
                     continue; // the same line again: a loop, not progress
                 }
-                w.recent_signals.push_back(fp);
-                if w.recent_signals.len() > memory::RECENT_SIGNALS {
+                // Make room first: a cloned queue has no spare capacity, and pushing into a full
+                // one would reallocate it on every pass.
+                if w.recent_signals.len() >= memory::RECENT_SIGNALS {
                     w.recent_signals.pop_front();
                 }
+                w.recent_signals.push_back(fp);
                 // A first look may show old lines: trust their timestamps (never in the future).
                 let at = if *first_look {
                     r.timestamp
@@ -527,16 +529,17 @@ impl Planner<'_> {
         if w.rate_samples.back().is_some_and(|(_, c)| *c > checkpoint) {
             w.rate_samples.clear(); // went backwards: the old samples say nothing now
         }
-        w.rate_samples.push_back((self.now.boot, checkpoint));
-        while w.rate_samples.len() > 2
+        // Trim before pushing (no regrowth of a full, freshly cloned queue).
+        while w.rate_samples.len() >= 2
             && w.rate_samples
                 .front()
                 .is_some_and(|(t, _)| self.since(*t) > RATE_WINDOW)
         {
             w.rate_samples.pop_front();
         }
-        while w.rate_samples.len() > 64 {
+        while w.rate_samples.len() >= MAX_RATE_SAMPLES {
             w.rate_samples.pop_front();
         }
+        w.rate_samples.push_back((self.now.boot, checkpoint));
     }
 }
