@@ -16,7 +16,7 @@ pub const MEMORY_VERSION: u32 = 1;
 
 /// How many distinct progress-line fingerprints are remembered per worker: a line repeated
 /// within this many distinct lines is not new progress (a loop that logs the same batch).
-pub const RECENT_SIGNALS: usize = 256;
+pub const RECENT_SIGNALS: usize = 64;
 
 /// Everything automon remembers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
