@@ -56,6 +56,8 @@ pub enum Command {
     Pause(operator::OperatorArgs),
     /// Let a paused (or escalated) worker run again.
     Resume(operator::OperatorArgs),
+    /// Drop the parameter values config fixes set for a worker (the manifest's apply again).
+    ResetParams(operator::OperatorArgs),
     /// Check manifests and report every problem (exit 0 valid, 2 invalid).
     Validate {
         /// Manifest files.
@@ -115,6 +117,9 @@ pub fn main() -> ExitCode {
         Command::History(args) => history::run(&args),
         Command::Pause(args) => operator::run(&args, crate::state::requests::RequestKind::Pause),
         Command::Resume(args) => operator::run(&args, crate::state::requests::RequestKind::Resume),
+        Command::ResetParams(args) => {
+            operator::run(&args, crate::state::requests::RequestKind::ResetParams)
+        }
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Validate { files } => validate(&files),
         Command::Schema => schema(),

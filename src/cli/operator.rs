@@ -1,5 +1,5 @@
-//! `automon pause FILE N` / `automon resume FILE N`: operator holds kept in memory and honoured
-//! by the planner. With a running loop the request goes through `STATE_DIR/requests/` and a
+//! `automon pause FILE N` / `resume FILE N` / `reset-params FILE N`: operator requests kept in
+//! memory and honoured by the planner. With a running loop the request goes through `STATE_DIR/requests/` and a
 //! SIGUSR1 nudge (the loop is the only writer of the state); without one it is applied here,
 //! under the lock.
 
@@ -43,6 +43,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     let verb = match kind {
         RequestKind::Pause => "pause",
         RequestKind::Resume => "resume",
+        RequestKind::ResetParams => "reset the config-fix values of",
     };
     if let Some(pid) = crate::state::lock_holder(&state_dir) {
         write_request(&state_dir, kind, worker).map_err(|e| {
@@ -60,7 +61,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
         println!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
         return Ok(0);
     }
-    if kind == RequestKind::Resume && !state_dir.join("state.json").exists() {
+    if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {
         return Err(CliError::runtime(format!(
             "no state yet in {}: nothing to resume (run `automon apply` first)",
             state_dir.display()

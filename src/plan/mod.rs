@@ -547,6 +547,17 @@ pub fn apply_request(
     use crate::state::requests::RequestKind;
     let w = memory.workers.entry(worker).or_default();
     match kind {
+        RequestKind::ResetParams if w.params.is_empty() => {
+            format!("worker {worker} has no config-fix values; nothing to reset")
+        }
+        RequestKind::ResetParams => {
+            let dropped: Vec<String> = w.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            w.params.clear();
+            format!(
+                "worker {worker}: config-fix values {} dropped by an operator; the manifest's apply from its next start",
+                dropped.join(", ")
+            )
+        }
         RequestKind::Pause if w.completed_at.is_some() => {
             format!("worker {worker}: its shard is already complete; nothing to pause")
         }

@@ -518,3 +518,17 @@ fn after_a_code_fix_all_running_workers_restart_or_only_the_stuck_one() {
         "the patch is never applied twice"
     );
 }
+
+#[test]
+fn an_operator_can_drop_config_fix_values() {
+    use crate::state::requests::RequestKind;
+    let mut m = mem();
+    let mut w = running(10, t0(), 5);
+    w.params.insert("parallel_uploads".into(), 2);
+    m.workers.insert(WorkerId(0), w);
+    let msg = apply_request(&mut m, RequestKind::ResetParams, WorkerId(0), at(1));
+    assert!(msg.contains("parallel_uploads=2 dropped"), "{msg}");
+    assert!(m.workers[&WorkerId(0)].params.is_empty());
+    let again = apply_request(&mut m, RequestKind::ResetParams, WorkerId(0), at(2));
+    assert!(again.contains("nothing to reset"), "{again}");
+}

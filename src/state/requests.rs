@@ -1,4 +1,4 @@
-//! Operator requests (`automon pause` / `automon resume`) as files in `STATE_DIR/requests/`.
+//! Operator requests (`automon pause` / `resume` / `reset-params`) as files in `STATE_DIR/requests/`.
 //!
 //! The running loop is the only writer of `state.json`, so a command that wants to change memory
 //! leaves a request file (`<unix-ms>-<pause|resume>-<worker>`, written atomically) and wakes the
@@ -19,6 +19,9 @@ pub enum RequestKind {
     Pause,
     /// Let the worker run again (also clears an escalation pause or failure).
     Resume,
+    /// Drop the parameter values config fixes set; the manifest's defaults apply from the
+    /// worker's next start.
+    ResetParams,
 }
 
 /// One request, and the file it came from.
@@ -50,6 +53,7 @@ pub fn write_request(
     let word = match kind {
         RequestKind::Pause => "pause",
         RequestKind::Resume => "resume",
+        RequestKind::ResetParams => "resetparams",
     };
     let ms = jiff::Timestamp::now().as_millisecond();
     let path = d.join(format!("{ms:015}-{word}-{worker}"));
@@ -74,6 +78,7 @@ pub fn read_requests(state_dir: &Path) -> Vec<OperatorRequest> {
             let kind = match parts.next()? {
                 "pause" => RequestKind::Pause,
                 "resume" => RequestKind::Resume,
+                "resetparams" => RequestKind::ResetParams,
                 _ => return None,
             };
             let worker = WorkerId(parts.next()?.parse().ok()?);
