@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tests::{starts, stops};
 use super::*;
 use crate::manifest::{Desired, Manifest};
 use crate::observe::disk::{DiskDevice, DiskObservation};
@@ -169,32 +170,6 @@ impl Sim {
     fn phase(&self, plan: &Plan, id: u32) -> Phase {
         plan.workers[&WorkerId(id)].phase
     }
-}
-
-fn stops(plan: &Plan) -> Vec<u32> {
-    plan.actions
-        .iter()
-        .filter_map(|a| {
-            if let Action::Stop(s) = a {
-                Some(s.worker.0)
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-fn starts(plan: &Plan) -> Vec<u32> {
-    plan.actions
-        .iter()
-        .filter_map(|a| {
-            if let Action::Start(s) = a {
-                Some(s.worker.0)
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 /// Runs passes every `step` seconds until `until` seconds have passed; returns every plan.

@@ -105,7 +105,8 @@ fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent
     }
 }
 
-fn starts(plan: &Plan) -> Vec<u32> {
+/// The workers a plan starts.
+pub(super) fn starts(plan: &Plan) -> Vec<u32> {
     plan.actions
         .iter()
         .filter_map(|a| {
@@ -118,7 +119,8 @@ fn starts(plan: &Plan) -> Vec<u32> {
         .collect()
 }
 
-fn stops(plan: &Plan) -> Vec<u32> {
+/// The workers a plan stops.
+pub(super) fn stops(plan: &Plan) -> Vec<u32> {
     plan.actions
         .iter()
         .filter_map(|a| {
