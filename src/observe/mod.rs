@@ -118,24 +118,67 @@ impl Default for Roots {
 pub struct Observer {
     roots: Roots,
     disk: disk::DiskSampler,
-    progress_cache:
-        std::collections::HashMap<PathBuf, (progress::FileVersion, ProgressObservation)>,
+    progress: ProgressReader,
+    /// How log lines start; built once (a custom format compiles a regex, and the system time
+    /// zone is looked up once).
+    format: logtail::LineFormat,
+}
+
+/// Reads progress files, reusing the last parse of a file that has not changed.
+#[derive(Debug)]
+struct ProgressReader {
+    pointers: progress::Pointers,
+    cache: std::collections::HashMap<PathBuf, (progress::FileVersion, ProgressObservation)>,
+}
+
+impl ProgressReader {
+    /// Reads a progress file, or reuses the last parse when the file is unchanged.
+    fn read(&mut self, path: &Path) -> ProgressObservation {
+        let Some(version) = progress::version(path) else {
+            self.cache.remove(path);
+            return progress::read(path, &self.pointers);
+        };
+        if let Some((v, obs)) = self.cache.get(path)
+            && *v == version
+        {
+            return obs.clone();
+        }
+        let obs = progress::read(path, &self.pointers);
+        // Only a stable version is cached: a file rewritten during the read is read again.
+        if progress::version(path) == Some(version) {
+            self.cache
+                .insert(path.to_path_buf(), (version, obs.clone()));
+        }
+        obs
+    }
 }
 
 impl Observer {
     /// Observers for `desired`, reading `/proc` and `/sys` under `roots`.
     pub fn new(desired: &Desired, roots: Roots) -> Self {
         let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);
+        let progress = ProgressReader {
+            pointers: progress::Pointers {
+                checkpoint: desired.checkpoint_pointer.clone(),
+                items: desired.items_pointer.clone(),
+                completion: desired.completion_pointer.clone(),
+            },
+            cache: std::collections::HashMap::new(),
+        };
+        let format =
+            logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
         Self {
             roots,
             disk,
-            progress_cache: std::collections::HashMap::new(),
+            progress,
+            format,
         }
     }
 
-    /// Observes every worker of `desired`, using `memory` for recorded identities and log
-    /// cursors, at boot-clock time `now`. `scan_unrecorded` also walks `/proc` for live workers
-    /// memory does not know (done once at startup: it reads every process's environment).
+    /// Observes every worker of `desired` (the one the observer was made for), using `memory`
+    /// for recorded identities and log cursors, at boot-clock time `now`. `scan_unrecorded`
+    /// also walks `/proc` for live workers memory does not know (done once at startup: it
+    /// reads every process's environment).
     pub fn observe(
         &mut self,
         desired: &Desired,
@@ -145,15 +188,13 @@ impl Observer {
         scan_unrecorded: bool,
         now: crate::clock::BootTime,
     ) -> Observed {
-        let roots = self.roots.clone();
+        let Self {
+            roots,
+            disk,
+            progress,
+            format,
+        } = self;
         let boot = proc::boot_id(&roots.proc);
-        let format =
-            logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
-        let pointers = progress::Pointers {
-            checkpoint: desired.checkpoint_pointer.clone(),
-            items: desired.items_pointer.clone(),
-            completion: desired.completion_pointer.clone(),
-        };
         let workers = desired
             .worker_ids()
             .into_iter()
@@ -167,13 +208,13 @@ impl Observer {
                         && process == Some(ProcessStatus::Exited)
                         && proc::group_exists(p.identity.pid)
                 });
-                let progress = self.read_progress(&desired.progress_path(id), &pointers);
+                let progress = progress.read(&desired.progress_path(id));
                 let log = logtail::read_tail(
                     &desired.log_path(id),
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,
-                    &format,
+                    format,
                 );
                 (
                     id,
@@ -187,37 +228,17 @@ impl Observer {
             })
             .collect();
         let unrecorded = if scan_unrecorded {
-            scan_for_unrecorded(desired, memory, state_dir, &boot, &roots)
+            scan_for_unrecorded(desired, memory, state_dir, &boot, roots)
         } else {
             Vec::new()
         };
         Observed {
-            disk: self.disk.sample(now),
+            disk: disk.sample(now),
             boot_id: boot,
             workers,
             children,
             unrecorded,
         }
-    }
-
-    /// Reads a progress file, or reuses the last parse when the file is unchanged.
-    fn read_progress(&mut self, path: &Path, pointers: &progress::Pointers) -> ProgressObservation {
-        let Some(version) = progress::version(path) else {
-            self.progress_cache.remove(path);
-            return progress::read(path, pointers);
-        };
-        if let Some((v, obs)) = self.progress_cache.get(path)
-            && *v == version
-        {
-            return obs.clone();
-        }
-        let obs = progress::read(path, pointers);
-        // Only a stable version is cached: a file rewritten during the read is read again.
-        if progress::version(path) == Some(version) {
-            self.progress_cache
-                .insert(path.to_path_buf(), (version, obs.clone()));
-        }
-        obs
     }
 }
 
