@@ -5,7 +5,8 @@
 # polled every 1 ms for a new child of the daemon running the worker), the daemon's RSS with 8
 # idle workers, and the daemon's CPU time over an idle window (schedstat of all its threads).
 #
-# Usage: bench/compare.sh [--quick]     (--quick: 3 kills, 10 s idle window)
+# Usage: bench/compare.sh [--quick] [--only NAME]
+#   --quick: 3 kills, 10 s idle window; --only automon|supervisord|pm2: measure that one alone
 # Needs: python3 (venv, pip), npm/node, network access to PyPI and npm; builds automon with
 # `cargo build --release`. Everything lives in a temporary directory, removed on exit, and every
 # process started is stopped on exit. No TCP ports are opened (supervisord has no http server
@@ -14,10 +15,16 @@ set -euo pipefail
 
 KILLS=10
 IDLE=60
-if [[ "${1:-}" == "--quick" ]]; then
-    KILLS=3
-    IDLE=10
-fi
+ONLY=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) KILLS=3; IDLE=10 ;;
+        --only) ONLY="${2:?--only needs automon, supervisord or pm2}"; shift ;;
+        *) echo "usage: bench/compare.sh [--quick] [--only automon|supervisord|pm2]" >&2; exit 2 ;;
+    esac
+    shift
+done
+wanted() { [[ -z "$ONLY" || "$ONLY" == "$1" ]]; }
 N=8
 SETTLE=1.5
 
@@ -82,6 +89,7 @@ measure() { # NAME DAEMON_PID
 }
 
 # --- automon -------------------------------------------------------------------------------
+if wanted automon; then  # (body not indented: it holds here-documents)
 say "building automon (cargo build --release)"
 (cd "$ROOT" && cargo build --release --locked --quiet)
 mkdir -p "$TMP/automon"
@@ -108,8 +116,10 @@ kill -INT "$DAEMON"; wait "$DAEMON" || true; DAEMON=""
 if grep -q "in a row" "$TMP/automon/stderr.log" && grep -q "failure [2-9] in a row" "$TMP/automon/stderr.log"; then
     say "[automon] note: a restart went through crash backoff (see its log)"
 fi
+fi
 
 # --- supervisord ---------------------------------------------------------------------------
+if wanted supervisord; then  # (body not indented: it holds here-documents)
 say "installing supervisor 4.3 into a virtualenv"
 python3 -m venv "$TMP/venv"
 "$TMP/venv/bin/pip" install --quiet --disable-pip-version-check 'supervisor==4.3.*'
@@ -139,8 +149,10 @@ say "supervisord $("$TMP/venv/bin/supervisord" --version)"
 measure supervisord "$DAEMON"
 kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=""
 "$PY" "$PROBE" cleanup "$MARKER"; sleep 1
+fi
 
 # --- pm2 -----------------------------------------------------------------------------------
+if wanted pm2; then  # (body not indented: it holds here-documents)
 say "installing pm2 5.x with npm"
 mkdir -p "$TMP/pm2" "$TMP/pm2home"
 (cd "$TMP/pm2" && npm install --silent --no-audit --no-fund --prefix "$TMP/pm2" 'pm2@5' >/dev/null)
@@ -161,6 +173,7 @@ measure pm2 "$DAEMON"
 DAEMON=""
 unset PM2_HOME
 "$PY" "$PROBE" cleanup "$MARKER"
+fi
 
 # --- report --------------------------------------------------------------------------------
 echo

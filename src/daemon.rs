@@ -434,6 +434,7 @@ pub async fn run(
         last_disk: None,
     };
     let mut one_shot_passes = 0;
+    let mut trimmed = false;
     // SIGUSR1: an operator request is waiting (automon pause/resume); reconcile now.
     let mut nudge =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
@@ -453,6 +454,12 @@ pub async fn run(
         );
         if let After::End(end) = d.after(&plan) {
             return Ok(end);
+        }
+        if opts.watch && !trimmed {
+            // Startup is over: give back the code only it ran (see `footprint`).
+            trimmed = true;
+            let bytes = crate::footprint::release_startup_code();
+            tracing::debug!(bytes, "released the startup code's pages");
         }
         if !opts.watch {
             one_shot_passes += 1;
