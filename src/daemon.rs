@@ -133,6 +133,7 @@ impl Daemon<'_> {
             unreaped: self.unreaped.clone(),
         };
         let now = crate::clock::Now::read();
+        let history_basis = crate::state::HistoryBasis::of(&self.memory);
         let observed = self.observer.observe(
             self.desired,
             &self.memory,
@@ -142,19 +143,35 @@ impl Daemon<'_> {
             now.boot,
         );
         self.last_disk = Some(observed.disk.clone());
-        let mut plan = plan::plan(self.desired, &observed, &self.memory, now);
+        // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
+        let recorded: Vec<(WorkerId, observe::ProcessIdentity)> = if self.first {
+            self.memory
+                .workers
+                .iter()
+                .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // The memory moves into the plan and back (no copy of it per pass).
+        let mut plan = plan::plan(
+            self.desired,
+            &observed,
+            std::mem::take(&mut self.memory),
+            now,
+        );
         if self.first {
             // Workers recorded by an earlier automon and still alive are taken over, not restarted.
-            for (id, w) in &self.memory.workers {
+            for (id, old) in &recorded {
                 let kept = plan.memory.workers.get(id).and_then(|n| n.process.as_ref());
-                if let (Some(old), Some(new)) = (&w.process, kept)
-                    && old.identity == new.identity
+                if let Some(new) = kept
+                    && *old == new.identity
                 {
                     self.events.record(
                         now.wall,
                         &format!(
                             "worker {id}: adopted pid {} (recorded by an earlier automon)",
-                            old.identity.pid
+                            old.pid
                         ),
                     );
                 }
@@ -164,7 +181,6 @@ impl Daemon<'_> {
         for e in &plan.events {
             self.events.record(now.wall, e);
         }
-        let before_pass = std::mem::take(&mut self.memory);
         // The plan's memory becomes ours (no copy); the returned plan keeps an empty one.
         self.memory = std::mem::take(&mut plan.memory);
         if self.memory.last_applied.as_deref() != Some(self.desired.normalized.as_str()) {
@@ -178,7 +194,7 @@ impl Daemon<'_> {
         crate::state::requests::remove_requests(&requests);
         // After the save: a crash may lose a history line, never duplicate one.
         self.history
-            .record_changes(&before_pass, &self.memory, self.desired);
+            .record_changes(&history_basis, &self.memory, self.desired);
         Ok(plan)
     }
 

@@ -2,15 +2,37 @@
 
 /// `1204` → `"1,204"`.
 pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
+    Count(n).to_string()
+}
+
+/// A number with thousands separators, written without allocating: `Count(1204)` displays
+/// as `1,204` (see [`count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // u64::MAX has 20 digits: 26 bytes with its 6 separators. Filled from the end.
+        let mut buf = [0u8; 26];
+        let mut at = buf.len();
+        let mut n = self.0;
+        let mut digits: u32 = 0;
+        loop {
+            if digits > 0 && u32::is_multiple_of(digits, 3) {
+                at -= 1;
+                buf[at] = b',';
+            }
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            digits += 1;
+            if n == 0 {
+                break;
+            }
         }
-        out.push(ch);
+        // Only ASCII digits and commas were written.
+        f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or_default())
     }
-    out
 }
 
 /// `Some((751, 1001))` → `"[751, 1,001)"`; `None` → `"(replica)"`.
@@ -24,6 +46,26 @@ pub fn span(range: Option<(u64, u64)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_displays_like_count_for_every_digit_length() {
+        let mut n: u64 = 0;
+        for digits in 1..=20 {
+            n = n * 10 + (digits % 10);
+            let plain = n.to_string();
+            let mut expected = String::new();
+            for (i, ch) in plain.chars().enumerate() {
+                if i > 0 && (plain.len() - i).is_multiple_of(3) {
+                    expected.push(',');
+                }
+                expected.push(ch);
+            }
+            assert_eq!(Count(n).to_string(), expected);
+        }
+        assert_eq!(Count(u64::MAX).to_string(), "18,446,744,073,709,551,615");
+        assert_eq!(Count(0).to_string(), "0");
+        assert_eq!(format!("at {}", Count(999)), "at 999");
+    }
 
     #[test]
     fn thousands_separators() {

@@ -66,6 +66,37 @@ impl Timings {
         Self(v)
     }
 
+    /// Like [`Timings::measure`], but each run gets a fresh input from `setup` (not timed), and
+    /// what `f` returns is dropped after the clock stops.
+    #[allow(dead_code)] // not every bench binary uses it
+    pub fn measure_with<I, O>(
+        warmup: usize,
+        iters: usize,
+        mut setup: impl FnMut() -> I,
+        mut f: impl FnMut(I) -> O,
+    ) -> Self {
+        for _ in 0..warmup {
+            drop(f(setup()));
+        }
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let input = setup();
+            let t = Instant::now();
+            let out = f(input);
+            v.push(t.elapsed());
+            drop(out);
+        }
+        v.sort();
+        Self(v)
+    }
+
+    /// Timings from durations measured elsewhere.
+    #[allow(dead_code)] // not every bench binary uses it
+    pub fn from_runs(mut runs: Vec<Duration>) -> Self {
+        runs.sort();
+        Self(runs)
+    }
+
     /// The shortest run.
     pub fn min(&self) -> Duration {
         self.0.first().copied().unwrap_or_default()

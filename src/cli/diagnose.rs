@@ -66,7 +66,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<u8, CliError> {
         false,
         now.boot,
     );
-    let plan = crate::plan::plan(&desired, &observed, &memory, now);
+    let plan = crate::plan::plan(&desired, &observed, memory.clone(), now);
     let status = plan
         .workers
         .get(&worker)

@@ -126,7 +126,7 @@ pub(crate) fn plan_once(
         true,
         now.boot,
     );
-    let plan = plan::plan(desired, &observed, &memory, now);
+    let plan = plan::plan(desired, &observed, memory.clone(), now);
     Ok((memory, plan))
 }
 

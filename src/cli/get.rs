@@ -163,7 +163,7 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
             ),
         };
     }
-    let plan = plan::plan(&desired, &observed, &memory, now);
+    let plan = plan::plan(&desired, &observed, memory.clone(), now);
     let status = build(
         &desired,
         &memory,

@@ -281,20 +281,40 @@ pub fn render_argv(
     let cursor = checkpoint
         .or(shard.map(|s| s.initial_cursor()))
         .unwrap_or(0);
+    let value = |name: &str| -> Option<String> {
+        match name {
+            "id" => Some(id.to_string()),
+            "checkpoint" => Some(cursor.to_string()),
+            "range_start" => shard.map(|s| s.start.to_string()),
+            "range_end" => shard.map(|s| s.end.to_string()),
+            _ => params.get(name).map(i64::to_string),
+        }
+    };
     command
         .iter()
         .map(|arg| {
-            let mut out = arg
-                .replace("{id}", &id.to_string())
-                .replace("{checkpoint}", &cursor.to_string());
-            if let Some(s) = shard {
-                out = out
-                    .replace("{range_start}", &s.start.to_string())
-                    .replace("{range_end}", &s.end.to_string());
+            // One scan per argument; most have no placeholder at all.
+            let mut out = String::with_capacity(arg.len());
+            let mut rest = arg.as_str();
+            while let Some(open) = rest.find('{') {
+                out.push_str(&rest[..open]);
+                let after = &rest[open + 1..];
+                match after
+                    .find('}')
+                    .and_then(|close| Some((close, value(&after[..close])?)))
+                {
+                    Some((close, v)) => {
+                        out.push_str(&v);
+                        rest = &after[close + 1..];
+                    }
+                    None => {
+                        // Not a placeholder (or an unknown name): kept as written.
+                        out.push('{');
+                        rest = after;
+                    }
+                }
             }
-            for (k, v) in params {
-                out = out.replace(&format!("{{{k}}}"), &v.to_string());
-            }
+            out.push_str(rest);
             out
         })
         .collect()
@@ -373,5 +393,42 @@ mod tests {
         );
         let resumed = render_argv(&cmd, WorkerId(3), Some(shard), Some(900), &params);
         assert_eq!(resumed[4], "900");
+    }
+
+    #[test]
+    fn placeholders_inside_arguments_and_braces_that_are_not_placeholders() {
+        let cmd: Vec<String> = [
+            "--log=w{id}-{range_start}.log",
+            "{",
+            "}{id}{",
+            "{\"json\": {id}}",
+            "{unknown}{id}",
+            "{{id}}",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let shard = Shard {
+            id: WorkerId(12),
+            start: 10,
+            end: 20,
+        };
+        let argv = render_argv(&cmd, WorkerId(12), Some(shard), None, &BTreeMap::new());
+        assert_eq!(
+            argv,
+            [
+                "--log=w12-10.log",
+                "{",
+                "}12{",
+                "{\"json\": 12}",
+                "{unknown}12",
+                "{12}",
+                ""
+            ]
+        );
+        // A replica has no range: its range placeholders stay as written.
+        let replica = render_argv(&cmd[..1], WorkerId(2), None, Some(5), &BTreeMap::new());
+        assert_eq!(replica, ["--log=w2-{range_start}.log"]);
     }
 }

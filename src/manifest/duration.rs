@@ -111,33 +111,43 @@ impl schemars::JsonSchema for HumanDuration {
 /// Formats a duration compactly for people: `"0s"`, `"45s"`, `"6m12s"`, `"2h05m"`, `"3d04h"`;
 /// sub-second spans print as milliseconds (`"250ms"`).
 pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        let ms = d.subsec_millis();
-        return if ms == 0 {
-            "0s".into()
-        } else {
-            format!("{ms}ms")
-        };
-    }
-    let (days, hours, mins, s) = (
-        secs / 86_400,
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-    );
-    if days > 0 {
-        format!("{days}d{hours:02}h")
-    } else if hours > 0 {
-        format!("{hours}h{mins:02}m")
-    } else if mins > 0 {
-        if s == 0 {
-            format!("{mins}m")
-        } else {
-            format!("{mins}m{s:02}s")
+    Compact(d).to_string()
+}
+
+/// A duration written the way [`format_duration`] writes it, without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compact(pub Duration);
+
+impl std::fmt::Display for Compact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if secs == 0 {
+            let ms = self.0.subsec_millis();
+            return if ms == 0 {
+                f.write_str("0s")
+            } else {
+                write!(f, "{ms}ms")
+            };
         }
-    } else {
-        format!("{s}s")
+        let (days, hours, mins, s) = (
+            secs / 86_400,
+            (secs / 3600) % 24,
+            (secs / 60) % 60,
+            secs % 60,
+        );
+        if days > 0 {
+            write!(f, "{days}d{hours:02}h")
+        } else if hours > 0 {
+            write!(f, "{hours}h{mins:02}m")
+        } else if mins > 0 {
+            if s == 0 {
+                write!(f, "{mins}m")
+            } else {
+                write!(f, "{mins}m{s:02}s")
+            }
+        } else {
+            write!(f, "{s}s")
+        }
     }
 }
 

@@ -67,15 +67,39 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 
 /// Reads `/proc/PID/stat` under `proc_root`; `None` when the process does not exist.
 pub fn read_stat(proc_root: &Path, pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let text = read_generated(&proc_root.join(pid.to_string()).join("stat"))?;
     parse_stat(&text)
 }
 
-/// Reads the boot id (`/proc/sys/kernel/random/boot_id`); empty when unreadable.
+/// Reads a small generated file (a `/proc` entry, whose reported size is 0) with one buffer:
+/// open, read, read (end of file), close. `std::fs::read_to_string` first asks for the size
+/// and then reads in growing steps, about twice the system calls; the supervisor reads one
+/// such file per worker per pass, and one more before each restart.
+fn read_generated(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(1024);
+    std::fs::File::open(path).ok()?.read_to_end(&mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+/// Reads the boot id (`/proc/sys/kernel/random/boot_id`); empty when unreadable. The real
+/// `/proc`'s is read once per process (it changes only with a reboot, which ends the process).
 pub fn boot_id(proc_root: &Path) -> String {
-    std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static REAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let read = || {
+        read_generated(&proc_root.join("sys/kernel/random/boot_id"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    if proc_root != Path::new("/proc") {
+        return read();
+    }
+    let id = REAL.get_or_init(read);
+    if id.is_empty() {
+        // Unreadable once (a sandbox without it?): do not cache the failure.
+        return read();
+    }
+    id.clone()
 }
 
 /// Boot time in seconds since the Unix epoch (`btime` in `/proc/stat`).

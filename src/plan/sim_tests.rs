@@ -134,7 +134,7 @@ impl Sim {
     fn pass(&mut self) -> Plan {
         let observed = self.observed();
         let now = self.now();
-        let plan = plan(&self.d, &observed, &self.m, now);
+        let plan = plan(&self.d, &observed, std::mem::take(&mut self.m), now);
         self.m = plan.memory.clone();
         for a in &plan.actions {
             match a {
@@ -609,7 +609,7 @@ mod properties {
                 let held: Vec<WorkerId> = sim.m.workers.iter().filter(|(_, w)| w.paused.is_some() || w.failed.is_some()).map(|(id, _)| *id).collect();
                 // Same inputs, same plan.
                 let (o, now) = (sim.observed(), sim.now());
-                prop_assert_eq!(plan(&sim.d, &o, &sim.m, now), plan(&sim.d, &o, &sim.m, now));
+                prop_assert_eq!(plan(&sim.d, &o, sim.m.clone(), now), plan(&sim.d, &o, sim.m.clone(), now));
                 let p = sim.pass();
                 // Never a start and a stop for one worker in one plan.
                 for id in starts(&p) {

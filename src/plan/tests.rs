@@ -136,7 +136,7 @@ pub(super) fn stops(plan: &Plan) -> Vec<u32> {
 #[test]
 fn fresh_workerset_starts_target_workers_on_the_first_shards_from_their_range_start() {
     let d = desired();
-    let p = plan(&d, &observed(BTreeMap::new(), vec![]), &mem(), t0());
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), mem(), t0());
     assert_eq!(starts(&p), [0, 1, 2, 3]);
     let Action::Start(s) = &p.actions[1] else {
         panic!()
@@ -172,7 +172,7 @@ fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
             .collect(),
         vec![],
     );
-    let p = plan(&d, &o, &m, at(10));
+    let p = plan(&d, &o, m.clone(), at(10));
     assert_eq!(
         starts(&p),
         [4],
@@ -208,7 +208,7 @@ fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure(
             },
         ],
     );
-    let p = plan(&d, &o, &m, at(60));
+    let p = plan(&d, &o, m.clone(), at(60));
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Completed);
     let restart = p
         .actions
@@ -239,7 +239,7 @@ fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
         )
     };
     // First crash: restart at once, from the checkpoint.
-    let p1 = plan(&d, &crashed(10), &m, at(30));
+    let p1 = plan(&d, &crashed(10), m.clone(), at(30));
     let Some(Action::Start(s)) = p1.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
         panic!("{:?}", p1.actions)
     };
@@ -252,14 +252,19 @@ fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
     // It starts (pid 20) and crashes again: 10s backoff, no start, wake-up within 10s.
     let mut m2 = p1.memory.clone();
     record_start(&mut m2, &d, s, Ok((identity(20), at(30).boot)), at(30));
-    let p2 = plan(&d, &crashed(20), &m2, at(35));
+    let p2 = plan(&d, &crashed(20), m2.clone(), at(35));
     assert!(!starts(&p2).contains(&0));
     assert_eq!(p2.workers[&WorkerId(0)].phase, Phase::BackingOff);
     assert!(p2.requeue_after <= Duration::from_secs(10));
     // Its slot stays held: no other shard takes it.
     assert_eq!(starts(&p2), [1, 2, 3]);
     // After the backoff the restart happens.
-    let p3 = plan(&d, &observed(BTreeMap::new(), vec![]), &p2.memory, at(46));
+    let p3 = plan(
+        &d,
+        &observed(BTreeMap::new(), vec![]),
+        p2.memory.clone(),
+        at(46),
+    );
     assert!(starts(&p3).contains(&0), "{:?}", p3.workers[&WorkerId(0)]);
 }
 
@@ -272,13 +277,13 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     w.last_progress_at = Some(at(60).boot);
     m.workers.insert(WorkerId(0), w);
     let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
-    let fine = plan(&d, &o, &m, at(60 + 299));
+    let fine = plan(&d, &o, m.clone(), at(60 + 299));
     assert!(fine.actions.iter().all(|a| a.worker() != WorkerId(0)));
     assert_eq!(fine.workers[&WorkerId(0)].phase, Phase::Progressing);
-    let first = plan(&d, &o, &fine.memory, at(60 + 372));
+    let first = plan(&d, &o, fine.memory.clone(), at(60 + 372));
     assert_eq!(first.workers[&WorkerId(0)].phase, Phase::Stuck);
     assert!(stops(&first).is_empty());
-    let second = plan(&d, &o, &first.memory, at(60 + 380));
+    let second = plan(&d, &o, first.memory.clone(), at(60 + 380));
     assert_eq!(stops(&second), [0]);
     let reason = second
         .actions
@@ -291,7 +296,7 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
         "{reason}"
     );
     // While stopping, no replacement is started for that shard.
-    let during = plan(&d, &o, &second.memory, at(60 + 381));
+    let during = plan(&d, &o, second.memory.clone(), at(60 + 381));
     assert!(!starts(&during).contains(&0));
 }
 
@@ -301,13 +306,13 @@ fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() 
     let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 0));
     let o = observed([(WorkerId(0), obs(alive(), Some(0)))].into(), vec![]);
-    let p = plan(&d, &o, &m, at(600));
+    let p = plan(&d, &o, m.clone(), at(600));
     assert_eq!(
         p.workers[&WorkerId(0)].phase,
         Phase::Discovering,
         "10 minutes < 20m grace"
     );
-    let p = plan(&d, &o, &p.memory, at(1201));
+    let p = plan(&d, &o, p.memory.clone(), at(1201));
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stuck);
 }
 
@@ -341,7 +346,7 @@ fn a_repeated_log_line_is_not_progress() {
     let p1 = plan(
         &d,
         &observed([(WorkerId(0), o1.clone())].into(), vec![]),
-        &m,
+        m.clone(),
         at(100),
     );
     assert_eq!(
@@ -352,7 +357,7 @@ fn a_repeated_log_line_is_not_progress() {
     let p2 = plan(
         &d,
         &observed([(WorkerId(0), o1)].into(), vec![]),
-        &p1.memory,
+        p1.memory.clone(),
         at(200),
     );
     assert_eq!(
@@ -371,7 +376,12 @@ fn unreadable_progress_keeps_the_last_good_checkpoint() {
     o.progress = ProgressObservation::Unreadable {
         why: "truncated JSON".into(),
     };
-    let p = plan(&d, &observed([(WorkerId(0), o)].into(), vec![]), &m, at(5));
+    let p = plan(
+        &d,
+        &observed([(WorkerId(0), o)].into(), vec![]),
+        m.clone(),
+        at(5),
+    );
     assert_eq!(p.memory.workers[&WorkerId(0)].checkpoint, Some(77));
     assert!(
         p.events
@@ -396,7 +406,7 @@ fn all_shards_complete_completes_the_workerset() {
             },
         );
     }
-    let p = plan(&d, &observed(BTreeMap::new(), vec![]), &m, at(1));
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), m.clone(), at(1));
     assert!(p.complete);
     assert!(p.actions.is_empty());
 }
@@ -410,7 +420,10 @@ fn planning_twice_on_the_same_inputs_gives_the_same_plan() {
         [(WorkerId(2), obs(Some(ProcessStatus::Exited), Some(240)))].into(),
         vec![],
     );
-    assert_eq!(plan(&d, &o, &m, at(9)), plan(&d, &o, &m, at(9)));
+    assert_eq!(
+        plan(&d, &o, m.clone(), at(9)),
+        plan(&d, &o, m.clone(), at(9))
+    );
 }
 
 /// Regression: a pass that ran between a child's death and its reaping restarted it as
@@ -425,7 +438,7 @@ fn an_own_child_gone_from_proc_but_not_reaped_waits_for_its_exit_status() {
         vec![],
     );
     o.children.unreaped.insert(10);
-    let p = plan(&d, &o, &m, at(5));
+    let p = plan(&d, &o, m.clone(), at(5));
     assert!(
         p.actions.iter().all(|a| a.worker() != WorkerId(0)),
         "{:?}",
@@ -469,7 +482,7 @@ fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
                 signal: None,
             }],
         ),
-        &m,
+        m.clone(),
         at(5),
     );
     assert_ne!(p.workers[&WorkerId(0)].phase, Phase::Completed);
@@ -533,4 +546,17 @@ fn an_operator_can_drop_config_fix_values() {
     assert!(m.workers[&WorkerId(0)].params.is_empty());
     let again = apply_request(&mut m, RequestKind::ResetParams, WorkerId(0), at(2));
     assert!(again.contains("nothing to reset"), "{again}");
+}
+
+/// Guards the persisted fingerprints of `recent_signals`: they must not change between
+/// builds or Rust releases (std's `DefaultHasher` may; a state file written by one automon
+/// would then see every remembered line as new progress after an upgrade).
+#[test]
+fn progress_line_fingerprints_are_stable_across_builds() {
+    assert_eq!(
+        super::fingerprint(" - INFO - Successfully uploaded: book 1204 (312 KiB)"),
+        17_966_728_807_261_934_678
+    );
+    // XXH3-64 of the empty input, as the algorithm's specification gives it.
+    assert_eq!(super::fingerprint(""), 0x2d06_8005_38d3_94c2);
 }

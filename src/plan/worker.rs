@@ -1,21 +1,51 @@
 //! One worker's step: progress, liveness, stuck detection, exits, and its idle phase.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::*;
+use crate::manifest::duration::Compact;
+use crate::text::Count;
+
+/// Whether `fp` is among the recent fingerprints: a compare of every entry without an early
+/// exit, which the compiler turns into a few vector compares (VecDeque::contains stops at the
+/// first match, one branch per entry; this runs for every new log line of every worker).
+fn seen_recently(recent: &std::collections::VecDeque<u64>, fp: u64) -> bool {
+    let (front, back) = recent.as_slices();
+    let any = |xs: &[u64]| xs.iter().fold(false, |found, &x| found | (x == fp));
+    any(front) || any(back)
+}
+
+/// ` at book 1,234` for a worker's checkpoint, nothing without one.
+struct AtCheckpoint<'a> {
+    unit: &'a str,
+    checkpoint: Option<u64>,
+}
+
+impl std::fmt::Display for AtCheckpoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.checkpoint {
+            Some(c) => write!(f, " at {} {}", self.unit, Count(c)),
+            None => Ok(()),
+        }
+    }
+}
 
 impl Planner<'_> {
+    /// One worker's pass. `w` is its memory, updated in place (the caller holds the workers'
+    /// map outside `self.memory` meanwhile: moving a worker's memory out and back costs a
+    /// large copy per worker per pass).
     pub(super) fn step_worker(
         &mut self,
         id: WorkerId,
+        w: &mut WorkerMemory,
         obs: &WorkerObservation,
         exit: Option<&crate::observe::ExitEvent>,
         exit_pending: bool,
     ) {
         let shard = self.desired.shard(id);
-        let mut w = self.memory.workers.remove(&id).unwrap_or_default();
-        let signal_at = self.read_progress(id, &mut w, obs);
-        self.verify_fix(id, &mut w);
+        let signal_at = self.read_progress(id, w, obs);
+        self.verify_fix(id, w);
         let alive = w.process.is_some()
             && exit.is_none()
             && match obs.process {
@@ -25,7 +55,7 @@ impl Planner<'_> {
                 _ => false,
             };
         if alive {
-            self.step_alive(id, &mut w, obs, signal_at);
+            self.step_alive(id, w, obs, signal_at);
             if self.conflicts.contains(&id) {
                 self.set(
                     id,
@@ -39,7 +69,6 @@ impl Planner<'_> {
                 Phase::Conflict,
                 "several live processes run this worker; none adopted, none started".into(),
             );
-            self.memory.workers.insert(id, w);
             return;
         } else if exit_pending {
             // Our own child is gone from /proc but not reaped yet: its status is on its way.
@@ -58,17 +87,16 @@ impl Planner<'_> {
                         "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
                         process.identity.pid
                     );
-                    self.request_stop(id, &mut w, &process, reason.clone(), true);
+                    self.request_stop(id, w, &process, reason.clone(), true);
                 }
                 self.set(
                     id,
                     Phase::Stopping,
                     "waiting for the rest of its process group to exit".into(),
                 );
-                self.memory.workers.insert(id, w);
                 return;
             }
-            self.step_exited(id, &mut w, shard, &process, obs, exit);
+            self.step_exited(id, w, shard, &process, obs, exit);
         } else if w.completed_at.is_none()
             && shard
                 .zip(w.checkpoint)
@@ -82,12 +110,11 @@ impl Planner<'_> {
             ));
         }
         if w.process.is_none() {
-            self.idle_status(id, &w, shard);
+            self.idle_status(id, w, shard);
         }
         if w.completed_at.is_some() {
-            self.verify_fix(id, &mut w);
+            self.verify_fix(id, w);
         }
-        self.memory.workers.insert(id, w);
     }
 
     /// Updates checkpoint and log state; returns the time of the newest progress signal.
@@ -174,7 +201,7 @@ impl Planner<'_> {
                     continue;
                 }
                 let fp = fingerprint(&r.message);
-                if w.recent_signals.contains(&fp) {
+                if seen_recently(&w.recent_signals, fp) {
                     continue; // the same line again: a loop, not progress
                 }
                 // Make room first: a cloned queue has no spare capacity, and pushing into a full
@@ -216,7 +243,9 @@ impl Planner<'_> {
         obs: &WorkerObservation,
         signal_at: Option<BootTime>,
     ) {
-        let Some(process) = w.process.clone() else {
+        // Copied, not cloned: most passes only read these two (a clone allocates).
+        let Some((started_at, pid)) = w.process.as_ref().map(|p| (p.started_at, p.identity.pid))
+        else {
             return;
         };
         if let Some(at) = signal_at {
@@ -230,7 +259,9 @@ impl Planner<'_> {
                     "worker {id}: still alive {} after the stop was requested; stopping again",
                     fmt_dur(waited)
                 );
-                self.request_stop(id, w, &process, reason.clone(), stopping.restart);
+                if let Some(process) = w.process.clone() {
+                    self.request_stop(id, w, &process, reason.clone(), stopping.restart);
+                }
             }
             self.set(
                 id,
@@ -253,13 +284,15 @@ impl Planner<'_> {
                 .map_or_else(|| "its range start".to_string(), count);
             let reason =
                 format!("worker {id}: restarting from checkpoint {resume} to run the fixed code");
-            self.request_stop(id, w, &process, reason.clone(), true);
+            if let Some(process) = w.process.clone() {
+                self.request_stop(id, w, &process, reason.clone(), true);
+            }
             self.set(id, Phase::Stopping, reason);
             return;
         }
         if w.failures > 0
-            && self.since(process.started_at) >= self.desired.restart.backoff_reset_after.get()
-            && w.last_progress_at.is_some_and(|p| p > process.started_at)
+            && self.since(started_at) >= self.desired.restart.backoff_reset_after.get()
+            && w.last_progress_at.is_some_and(|p| p > started_at)
         {
             w.failures = 0;
             self.events.push(format!(
@@ -269,8 +302,8 @@ impl Planner<'_> {
         }
         let reference = w
             .last_progress_at
-            .filter(|p| *p >= process.started_at)
-            .unwrap_or(process.started_at);
+            .filter(|p| *p >= started_at)
+            .unwrap_or(started_at);
         let (threshold, threshold_name, stage) = if w.left_discovery {
             (
                 self.desired.health.stuck_after.get(),
@@ -286,10 +319,11 @@ impl Planner<'_> {
         };
         let idle = self.since(reference);
         let d_state = matches!(obs.process, Some(ProcessStatus::Alive { state: 'D' }));
-        let at = w
-            .checkpoint
-            .map(|c| format!(" at {} {}", self.unit(), count(c)))
-            .unwrap_or_default();
+        let desired = self.desired;
+        let at = AtCheckpoint {
+            unit: &desired.unit,
+            checkpoint: w.checkpoint,
+        };
         if idle >= threshold {
             w.stuck_passes += 1;
             let d_note = if d_state {
@@ -317,7 +351,9 @@ impl Planner<'_> {
                 w.stuck_since = Some(self.now.boot);
             }
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
-                self.on_stuck(id, w, &process, &what);
+                if let Some(process) = w.process.clone() {
+                    self.on_stuck(id, w, &process, &what);
+                }
             } else {
                 self.set(
                     id,
@@ -336,16 +372,16 @@ impl Planner<'_> {
         } else {
             Phase::Discovering
         };
-        let last = if reference == process.started_at {
+        let last = if reference == started_at {
             "since start"
         } else {
             "since the last progress"
         };
-        self.set(
-            id,
-            phase,
-            format!("pid {}{at}; {} {last}", process.identity.pid, fmt_dur(idle)),
-        );
+        // Every running worker's reason, every pass: written once into a buffer of the right
+        // size (no intermediate strings).
+        let mut reason = String::with_capacity(96);
+        let _ = write!(reason, "pid {pid}{at}; {} {last}", Compact(idle));
+        self.set(id, phase, reason);
     }
 
     fn step_exited(

@@ -49,14 +49,19 @@ impl EventLog {
             .to_zoned_datetime(jiff::tz::TimeZone::system())
             .strftime("%Y-%m-%d %H:%M:%S")
             .to_string();
+        // Each line is formatted first and written with one call: a whole line per write(2)
+        // (O_APPEND keeps it in one piece), not one system call per formatted part.
         if self.echo {
-            eprintln!("{local}  {message}");
+            let line = format!("{local}  {message}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
         if let Some(f) = &mut self.file
-            && let Err(e) = writeln!(
-                f,
-                "{}  {message}",
-                now.round(jiff::Unit::Millisecond).unwrap_or(now)
+            && let Err(e) = f.write_all(
+                format!(
+                    "{}  {message}\n",
+                    now.round(jiff::Unit::Millisecond).unwrap_or(now)
+                )
+                .as_bytes(),
             )
         {
             eprintln!("automon: cannot write {}: {e}", self.path.display());

@@ -6,12 +6,14 @@
 //! done, the checkpoint, the LLM analysis when there was one), `verification` (its verdict),
 //! `code_fix` (how applying a code change ended), `escalation` (paused or failed).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::WorkerId;
+use crate::clock::BootTime;
 use crate::manifest::Desired;
 use crate::plan::Memory;
 
@@ -87,15 +89,13 @@ impl FixHistory {
         }
     }
 
-    /// Appends records for what changed between two memories: new fix attempts, new
-    /// verifications, new pauses and failures.
-    pub fn record_changes(&self, old: &Memory, new: &Memory, desired: &Desired) {
+    /// Appends records for what changed since `old` (the basis of an earlier memory, see
+    /// [`HistoryBasis::of`]): new fix attempts, new verifications, new pauses and failures.
+    pub fn record_changes(&self, old: &HistoryBasis, new: &Memory, desired: &Desired) {
         let max = desired.fixes.max_attempts;
         for (id, w) in &new.workers {
             let before = old.workers.get(id);
-            let old_attempts = before
-                .map(|b| b.fixes.attempts.as_slice())
-                .unwrap_or_default();
+            let old_attempts = before.map(|b| b.attempts.as_slice()).unwrap_or_default();
             for a in &w.fixes.attempts {
                 let previous = old_attempts.iter().find(|o| o.at == a.at && o.n == a.n);
                 if previous.is_none() {
@@ -117,7 +117,7 @@ impl FixHistory {
                     });
                 }
                 if let Some(v) = &a.result
-                    && previous.is_none_or(|p| p.result.is_none())
+                    && previous.is_none_or(|p| !p.verified)
                 {
                     self.append(&HistoryRecord {
                         record: "verification".into(),
@@ -133,11 +133,11 @@ impl FixHistory {
                 }
             }
             for (hold, was) in [
-                (&w.paused, before.and_then(|b| b.paused.as_ref())),
-                (&w.failed, before.and_then(|b| b.failed.as_ref())),
+                (&w.paused, before.is_some_and(|b| b.paused)),
+                (&w.failed, before.is_some_and(|b| b.failed)),
             ] {
                 if let Some(h) = hold
-                    && was.is_none()
+                    && !was
                 {
                     self.append(&HistoryRecord {
                         record: "escalation".into(),
@@ -153,6 +153,60 @@ impl FixHistory {
                 }
             }
         }
+    }
+}
+
+/// What [`FixHistory::record_changes`] compares a pass's memory with: per worker, its fix
+/// attempts (when, which, verified yet) and whether it was paused or failed. A few bytes per
+/// worker with fixes, where a copy of the whole memory would cost as much as planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryBasis {
+    workers: BTreeMap<WorkerId, WorkerBasis>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct WorkerBasis {
+    attempts: Vec<AttemptBasis>,
+    paused: bool,
+    failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttemptBasis {
+    at: BootTime,
+    n: u32,
+    verified: bool,
+}
+
+impl HistoryBasis {
+    /// The basis of `memory` (workers without fix attempts or holds are left out).
+    pub fn of(memory: &Memory) -> Self {
+        let workers = memory
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                !w.fixes.attempts.is_empty() || w.paused.is_some() || w.failed.is_some()
+            })
+            .map(|(id, w)| {
+                let attempts = w
+                    .fixes
+                    .attempts
+                    .iter()
+                    .map(|a| AttemptBasis {
+                        at: a.at,
+                        n: a.n,
+                        verified: a.result.is_some(),
+                    })
+                    .collect();
+                let basis = WorkerBasis {
+                    attempts,
+                    paused: w.paused.is_some(),
+                    failed: w.failed.is_some(),
+                };
+                (*id, basis)
+            })
+            .collect();
+        Self { workers }
     }
 }
 
