@@ -76,11 +76,14 @@ fn page_out(start: usize, len: usize) -> bool {
         return false;
     };
     // SAFETY: the range is one whole, page-aligned, read-only mapping of the executable file
-    // listed in /proc/self/maps. MADV_PAGEOUT on a private file mapping only drops the page
-    // table entries (and, when nobody else maps them, the page-cache pages): no write to the
-    // range is possible or pending (it is not writable), and a later read faults the identical
-    // bytes back from the file, so no Rust reference observes a change. A range unmapped in
-    // the meantime makes the call fail with ENOMEM, which is ignored.
+    // listed in /proc/self/maps. MADV_PAGEOUT never discards contents: a clean file page is
+    // unmapped (and dropped from the page cache when nobody else maps it) and a later read
+    // faults the identical bytes back from the file; a page that differs from the file — the
+    // relocated RELRO data (vtables, function pointers) the loader wrote before making it
+    // read-only — is anonymous copy-on-write memory, written to swap or kept, never dropped.
+    // So no Rust reference observes a change. (MADV_DONTNEED would drop those relocated pages
+    // and crash the process: see the test below.) A range unmapped in the meantime makes the
+    // call fail with ENOMEM, which is ignored.
     unsafe { nix::sys::mman::madvise(addr, len, nix::sys::mman::MmapAdvise::MADV_PAGEOUT) }.is_ok()
 }
 
@@ -159,5 +162,19 @@ mod tests {
             read_only_range_of("1000-2000 r-xp 0 fe:00 5713094 /x", EXE),
             Some((0x1000, 0x2000))
         );
+    }
+
+    /// Regression: advising with MADV_DONTNEED instead of MADV_PAGEOUT dropped the relocated
+    /// RELRO pages (read-only after the loader wrote them) and the daemon segfaulted on its
+    /// next virtual call. After a release, calls through vtables and function pointers (which
+    /// live in RELRO) still work.
+    #[test]
+    fn relocated_read_only_data_survives_a_release() {
+        release_startup_code();
+        let shown: Vec<Box<dyn std::fmt::Display>> = vec![Box::new(42_u64), Box::new("text")];
+        let text: Vec<String> = shown.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["42", "text"]);
+        let ops: [fn(u64) -> u32; 2] = [u64::count_ones, u64::leading_zeros];
+        assert_eq!(ops.map(|f| f(std::hint::black_box(3))), [2, 62]);
     }
 }
