@@ -184,7 +184,7 @@ row() { # LABEL FIELD SCALE FORMAT
     local label=$1 field=$2 scale=$3 fmt=$4 out=""
     for s in supervisord pm2 automon; do
         # shellcheck disable=SC2086
-        set -- ${RESULT[$s]:-nan nan nan 0 0 0}
+        set -- ${RESULT[$s]:-nan nan nan 0 nan nan}
         local v=${!field}
         out+=$(awk -v v="$v" -v s="$scale" -v f="$fmt" 'BEGIN { if (v == "nan") printf "%14s", "n/a"; else printf "%14" f, v / s }')
         out+=" "
@@ -201,11 +201,11 @@ echo "ratios automon / other (lower is better for automon):"
 ratio() { # LABEL FIELD
     local label=$1 field=$2
     # shellcheck disable=SC2086
-    set -- ${RESULT[automon]:-nan nan nan 0 0 0}
+    set -- ${RESULT[automon]:-nan nan nan 0 nan nan}
     local a=${!field}
     for s in supervisord pm2; do
         # shellcheck disable=SC2086
-        set -- ${RESULT[$s]:-nan nan nan 0 0 0}
+        set -- ${RESULT[$s]:-nan nan nan 0 nan nan}
         local o=${!field}
         awk -v a="$a" -v o="$o" -v l="$label" -v s="$s" 'BEGIN { if (a == "nan" || o == "nan" || o == 0) printf "  %-34s vs %-12s n/a\n", l, s; else printf "  %-34s vs %-12s %.2f\n", l, s, a / o }'
     done

@@ -268,7 +268,7 @@ impl Daemon<'_> {
                     .cloned()
                     .unwrap_or(plan::WorkerStatus {
                         phase: Phase::Stuck,
-                        reason: String::new(),
+                        reason: plan::Reason::Text(String::new()),
                     });
                 let mut diagnostics = crate::act::llm::collect_diagnostics(
                     self.desired,

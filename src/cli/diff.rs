@@ -160,7 +160,7 @@ fn report_from(
             .map(|(id, s)| WorkerLine {
                 worker: id.0,
                 phase: format!("{:?}", s.phase),
-                reason: s.reason.clone(),
+                reason: s.reason.to_string(),
             })
             .collect(),
         notes: plan.events.clone(),

@@ -237,7 +237,7 @@ pub fn build(
         workers.push(WorkerRow {
             worker: id.0,
             phase: s.phase,
-            reason: s.reason.clone(),
+            reason: s.reason.to_string(),
             pid: w.process.as_ref().map(|p| p.identity.pid),
             shard: shard.map(|sh| (sh.start, sh.end)),
             checkpoint: w.checkpoint,

@@ -248,7 +248,7 @@ impl Planner<'_> {
                 id,
                 WorkerStatus {
                     phase: Phase::Starting,
-                    reason: reason.clone(),
+                    reason: Reason::Text(reason.clone()),
                 },
             );
             self.actions.push(Action::Start(StartAction {

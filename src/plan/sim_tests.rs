@@ -313,6 +313,7 @@ fn stop_worker_escalation_fails_the_worker_and_the_stopped_rule_does_not_revive_
     assert!(
         plans[failed_at].workers[&WorkerId(0)]
             .reason
+            .to_string()
             .contains("2 fix attempts failed")
     );
     // Its slot goes to the next shard.

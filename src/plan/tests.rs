@@ -560,3 +560,33 @@ fn progress_line_fingerprints_are_stable_across_builds() {
     // XXH3-64 of the empty input, as the algorithm's specification gives it.
     assert_eq!(super::fingerprint(""), 0x2d06_8005_38d3_94c2);
 }
+
+#[test]
+fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
+    let running = |at: Option<u64>, idle: u64, since_start: bool| Reason::Running {
+        pid: 4242,
+        at: at.map(|c| (std::sync::Arc::from("book"), c)),
+        idle: Duration::from_secs(idle),
+        since_start,
+    };
+    assert_eq!(
+        running(Some(1_234_567), 372, false).to_string(),
+        "pid 4242 at book 1,234,567; 6m12s since the last progress"
+    );
+    assert_eq!(
+        running(None, 5, true).to_string(),
+        "pid 4242; 5s since start"
+    );
+    let status = WorkerStatus {
+        phase: Phase::Progressing,
+        reason: running(Some(40), 30, false),
+    };
+    let json = serde_json::to_string(&status).expect("serializes");
+    assert_eq!(
+        json,
+        r#"{"phase":"Progressing","reason":"pid 4242 at book 40; 30s since the last progress"}"#
+    );
+    // Read back (status files, `get -o json` consumers) it is the same sentence.
+    let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back.reason.to_string(), status.reason.to_string());
+}

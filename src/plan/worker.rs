@@ -1,10 +1,8 @@
 //! One worker's step: progress, liveness, stuck detection, exits, and its idle phase.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::*;
-use crate::manifest::duration::Compact;
 use crate::text::Count;
 
 /// Whether `fp` is among the recent fingerprints: a compare of every entry without an early
@@ -60,23 +58,19 @@ impl Planner<'_> {
                 self.set(
                     id,
                     Phase::Conflict,
-                    "another live process also runs this worker; see the events".into(),
+                    "another live process also runs this worker; see the events",
                 );
             }
         } else if self.conflicts.contains(&id) && w.process.is_none() {
             self.set(
                 id,
                 Phase::Conflict,
-                "several live processes run this worker; none adopted, none started".into(),
+                "several live processes run this worker; none adopted, none started",
             );
             return;
         } else if exit_pending {
             // Our own child is gone from /proc but not reaped yet: its status is on its way.
-            self.set(
-                id,
-                Phase::Stopping,
-                "exited; collecting its exit status".into(),
-            );
+            self.set(id, Phase::Stopping, "exited; collecting its exit status");
             self.wake_in(Duration::from_millis(100));
         } else if let Some(process) = w.process.take() {
             if obs.group_alive {
@@ -92,7 +86,7 @@ impl Planner<'_> {
                 self.set(
                     id,
                     Phase::Stopping,
-                    "waiting for the rest of its process group to exit".into(),
+                    "waiting for the rest of its process group to exit",
                 );
                 return;
             }
@@ -372,15 +366,13 @@ impl Planner<'_> {
         } else {
             Phase::Discovering
         };
-        let last = if reference == started_at {
-            "since start"
-        } else {
-            "since the last progress"
+        // Every running worker's reason, every pass: kept as facts, written when read.
+        let reason = Reason::Running {
+            pid,
+            at: w.checkpoint.map(|c| (self.unit_name.clone(), c)),
+            idle,
+            since_start: reference == started_at,
         };
-        // Every running worker's reason, every pass: written once into a buffer of the right
-        // size (no intermediate strings).
-        let mut reason = String::with_capacity(96);
-        let _ = write!(reason, "pid {pid}{at}; {} {last}", Compact(idle));
         self.set(id, phase, reason);
     }
 
@@ -556,7 +548,7 @@ impl Planner<'_> {
                 ),
             );
         } else {
-            self.set(id, Phase::Pending, "waiting for a free slot".into());
+            self.set(id, Phase::Pending, "waiting for a free slot");
         }
     }
 

@@ -185,7 +185,7 @@ pub fn collect_diagnostics(
     Diagnostics {
         worker,
         phase: format!("{:?}", status.phase),
-        reason: redactor.redact(&status.reason),
+        reason: redactor.redact(&status.reason.to_string()),
         since_progress: memory.last_progress_at.map(|t| now.boot.since(t)),
         checkpoint: memory.checkpoint,
         shard: desired.shard(worker).map(|s| (s.start, s.end)),
