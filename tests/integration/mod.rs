@@ -7,4 +7,5 @@ mod migration;
 mod operate;
 mod processes;
 mod service;
+mod sigstop;
 mod support;
