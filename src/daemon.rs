@@ -51,7 +51,7 @@ pub enum RunError {
     /// Reading or writing state failed.
     #[error(transparent)]
     State(#[from] state::StateError),
-    /// The key range moved since the state was written.
+    /// The key range or shard count changed since the state was written.
     #[error("{0}")]
     RangeChanged(String),
     /// The metrics endpoint could not be set up.
@@ -528,33 +528,23 @@ fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> Stri
     format!("worker {worker}: pid {pid} {how}")
 }
 
-/// Refuses a run whose key range differs from the one the state was written with.
+/// Refuses a run whose shard layout (key range, shard count) differs from the one the state
+/// was written with (see [`plan::layout_change`]); records the layout otherwise.
 fn check_range(
     desired: &Desired,
     memory: &mut Memory,
     state_dir: &std::path::Path,
 ) -> Result<(), RunError> {
-    let Some(shards) = &desired.shards else {
-        return Ok(());
-    };
-    let (Some(first), Some(last)) = (shards.first(), shards.last()) else {
-        return Ok(());
-    };
-    let range = (first.start, last.end);
-    match memory.range {
-        Some(old) if old != range => Err(RunError::RangeChanged(format!(
-            "the key range is now [{}, {}) but {} was written for [{}, {}): shard boundaries would move under the workers' checkpoints (use another state directory to start a new migration)",
-            count(range.0),
-            count(range.1),
-            state_dir.join("state.json").display(),
-            count(old.0),
-            count(old.1)
-        ))),
-        _ => {
-            memory.range = Some(range);
-            Ok(())
-        }
+    if let Some(why) = plan::layout_change(desired, memory, &state_dir.join("state.json")) {
+        return Err(RunError::RangeChanged(why));
     }
+    if let Some(shards) = &desired.shards
+        && let (Some(first), Some(last)) = (shards.first(), shards.last())
+    {
+        memory.range = Some((first.start, last.end));
+        memory.shard_count = Some(u32::try_from(shards.len()).unwrap_or(u32::MAX));
+    }
+    Ok(())
 }
 
 fn pass_summary(plan: &Plan) -> String {

@@ -117,6 +117,11 @@ pub(crate) fn plan_once(
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    // What `apply` would refuse is not planned here either (it would show re-cut shards as
+    // complete).
+    if let Some(why) = plan::layout_change(desired, &memory, &state_dir.join("state.json")) {
+        return Err(CliError::runtime(why));
+    }
     let now = crate::clock::Now::read();
     let observed = observe::Observer::new(desired, Roots::default()).observe(
         desired,

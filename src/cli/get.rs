@@ -163,10 +163,15 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
             ),
         };
     }
+    if let Some(why) = plan::layout_change(&desired, &memory, &state_dir.join("state.json")) {
+        return Err(CliError::runtime(why));
+    }
     let plan = plan::plan(&desired, &observed, memory.clone(), now);
+    // The columns come from the plan's memory, the same look as the phase and reason (the
+    // saved state lags the files by up to a pass).
     let status = build(
         &desired,
-        &memory,
+        &plan.memory,
         &plan,
         &observed.disk,
         now,

@@ -27,6 +27,10 @@ pub struct Memory {
     /// whose range differs is refused, since shard boundaries would move under the checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<(u64, u64)>,
+    /// How many shards the range was cut into when first applied; like the range, a later
+    /// run with another count is refused (the boundaries would move under the checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<u32>,
     /// Boot id of the kernel the boot-clock times below were taken on; after a reboot they are
     /// meaningless and are dropped.
     #[serde(default)]

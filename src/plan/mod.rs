@@ -303,6 +303,43 @@ pub struct Plan {
     pub scaling: String,
 }
 
+/// Whether the manifest's shard layout (key range and shard count) differs from the one
+/// `memory` was written with: `Some(why)` in words when it does. Each worker's checkpoint is
+/// meaningful only inside its own shard: re-cut shards would put old checkpoints into other
+/// shards (a checkpoint past a new, smaller shard's end reads as that shard being complete),
+/// so a run with another layout must be refused, not planned. `state_file` names the file in
+/// the message. State written before the layout was recorded has nothing to compare.
+pub fn layout_change(
+    desired: &Desired,
+    memory: &Memory,
+    state_file: &std::path::Path,
+) -> Option<String> {
+    let shards = desired.shards.as_ref()?;
+    let (first, last) = (shards.first()?, shards.last()?);
+    let range = (first.start, last.end);
+    let n = u32::try_from(shards.len()).unwrap_or(u32::MAX);
+    let advice = "shard boundaries would move under the workers' checkpoints (use another state directory to start a new migration)";
+    if let Some(old) = memory.range
+        && old != range
+    {
+        return Some(format!(
+            "the key range is now [{}, {}) but {} was written for [{}, {}): {advice}",
+            count(range.0),
+            count(range.1),
+            state_file.display(),
+            count(old.0),
+            count(old.1)
+        ));
+    }
+    match memory.shard_count {
+        Some(old) if old != n => Some(format!(
+            "spec.work.shards is now {n} but {} was written for {old} shards: {advice}",
+            state_file.display()
+        )),
+        _ => None,
+    }
+}
+
 /// Plans one pass. `now` is the time of the observation. `memory` is the previous pass's
 /// (consumed: the next one is [`Plan::memory`]; a caller that wants both keeps a clone, which
 /// costs about as much as the plan itself at 1,000 workers).

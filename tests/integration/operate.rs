@@ -205,3 +205,43 @@ fn bad_operator_input_is_a_clear_error() {
     assert!(stderr.contains("no state yet"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// Regression: changing `spec.work.shards` re-cut the range under the old checkpoints, and
+/// `diff`/`apply` showed shards whose books were never migrated as complete (a checkpoint
+/// from the old, larger shard lay past the new shard's end). Now every command that plans
+/// refuses, names the field, and leaves the state file as it was.
+#[test]
+fn a_changed_shard_count_is_refused_not_planned() {
+    let m = super::support::Migration::new(&super::support::Knobs::default());
+    m.watch_to_completion(std::time::Duration::from_secs(180));
+    let state_file = m.state_dir().join("state.json");
+    let before = std::fs::read(&state_file).expect("state written");
+    let manifest = m.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    assert!(text.contains("shards: 8"), "{text}");
+    std::fs::write(&manifest, text.replace("shards: 8", "shards: 16")).expect("edit");
+    for args in [
+        vec!["apply", "workerset.yaml"],
+        vec!["apply", "workerset.yaml", "--dry-run"],
+        vec!["diff", "workerset.yaml"],
+        vec!["get", "workerset.yaml"],
+    ] {
+        let out = m.automon().args(&args).output().expect("run automon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // (For `diff`, exit 1 would mean "differences found": an error is not that.)
+        assert!(
+            !out.status.success() && (args[0] != "diff" || out.status.code() != Some(1)),
+            "{args:?} must fail: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains("spec.work.shards is now 16 but") && stderr.contains("8 shards"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&state_file).expect("state"),
+        before,
+        "state untouched"
+    );
+}
