@@ -9,7 +9,6 @@ use clap::{Args, ValueEnum};
 use super::CliError;
 use crate::WorkerId;
 use crate::act::llm::{self, DiagnosisOutcome, Diagnostics, LlmClient};
-use crate::observe::{self, Roots};
 
 /// Output format of `diagnose`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,16 +56,8 @@ pub fn run(args: &DiagnoseArgs) -> Result<u8, CliError> {
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
-    let now = crate::clock::Now::read();
-    let observed = observe::Observer::new(&desired, Roots::default()).observe(
-        &desired,
-        &memory,
-        &state_dir,
-        observe::Children::default(),
-        false,
-        now.boot,
-    );
-    let plan = crate::plan::plan(&desired, &observed, memory.clone(), now);
+    let (observed, now) = super::observe_once(&desired, &memory, &state_dir, false);
+    let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
     let status = plan
         .workers
         .get(&worker)

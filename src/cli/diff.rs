@@ -9,7 +9,6 @@ use clap::Args;
 use serde::Serialize;
 
 use super::CliError;
-use crate::observe::{self, Roots};
 use crate::plan;
 
 /// Arguments of `diff`.
@@ -117,21 +116,8 @@ pub(crate) fn plan_once(
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
-    // What `apply` would refuse is not planned here either (it would show re-cut shards as
-    // complete).
-    if let Some(why) = plan::layout_change(desired, &memory, &state_dir.join("state.json")) {
-        return Err(CliError::runtime(why));
-    }
-    let now = crate::clock::Now::read();
-    let observed = observe::Observer::new(desired, Roots::default()).observe(
-        desired,
-        &memory,
-        state_dir,
-        observe::Children::default(),
-        true,
-        now.boot,
-    );
-    let plan = plan::plan(desired, &observed, memory.clone(), now);
+    let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
+    let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;
     Ok((memory, plan))
 }
 

@@ -16,8 +16,7 @@ use crate::clock::Now;
 use crate::manifest::Desired;
 use crate::manifest::duration::format_duration;
 use crate::observe::disk::DiskObservation;
-use crate::observe::{self, Roots};
-use crate::plan::{self, Memory, Phase, Plan, WorkerMemory};
+use crate::plan::{Memory, Phase, Plan, WorkerMemory};
 use crate::text::{count, span};
 
 /// Arguments of `get`.
@@ -141,15 +140,7 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
             manifest.file.display()
         )));
     }
-    let now = Now::read();
-    let observed = observe::Observer::new(&desired, Roots::default()).observe(
-        &desired,
-        &memory,
-        &state_dir,
-        observe::Children::default(),
-        false,
-        now.boot,
-    );
+    let (observed, now) = super::observe_once(&desired, &memory, &state_dir, false);
     let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
     let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
     if args.observed {
@@ -163,10 +154,7 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
             ),
         };
     }
-    if let Some(why) = plan::layout_change(&desired, &memory, &state_dir.join("state.json")) {
-        return Err(CliError::runtime(why));
-    }
-    let plan = plan::plan(&desired, &observed, memory.clone(), now);
+    let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
     let status = build(

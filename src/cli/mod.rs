@@ -215,6 +215,43 @@ pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
         .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))
 }
 
+/// Observes the WorkerSet once from `memory`, acting on nothing (the read-only commands'
+/// look); `scan_unrecorded` adds the `/proc` scan for workers memory does not record.
+pub(crate) fn observe_once(
+    desired: &Desired,
+    memory: &crate::plan::Memory,
+    state_dir: &Path,
+    scan_unrecorded: bool,
+) -> (crate::observe::Observed, crate::clock::Now) {
+    let now = crate::clock::Now::read();
+    let observed = crate::observe::Observer::new(desired, crate::observe::Roots::default())
+        .observe(
+            desired,
+            memory,
+            state_dir,
+            crate::observe::Children::default(),
+            scan_unrecorded,
+            now.boot,
+        );
+    (observed, now)
+}
+
+/// Plans once from a copy of `memory`, for a command that only shows the plan. Refused, as
+/// `apply` refuses it, when the shard layout changed since the state was written (see
+/// [`crate::plan::layout_change`]): such a plan would show re-cut shards as complete.
+pub(crate) fn plan_shown(
+    desired: &Desired,
+    observed: &crate::observe::Observed,
+    memory: &crate::plan::Memory,
+    now: crate::clock::Now,
+    state_dir: &Path,
+) -> Result<crate::plan::Plan, CliError> {
+    if let Some(why) = crate::plan::layout_change(desired, memory, &state_dir.join("state.json")) {
+        return Err(CliError::runtime(why));
+    }
+    Ok(crate::plan::plan(desired, observed, memory.clone(), now))
+}
+
 /// The state directory: `--state-dir` or `.automon/` beside the manifest.
 pub(crate) fn state_dir(manifest: &Manifest, flag: Option<&Path>) -> PathBuf {
     flag.map_or_else(
