@@ -538,11 +538,9 @@ fn check_range(
     if let Some(why) = plan::layout_change(desired, memory, &state_dir.join("state.json")) {
         return Err(RunError::RangeChanged(why));
     }
-    if let Some(shards) = &desired.shards
-        && let (Some(first), Some(last)) = (shards.first(), shards.last())
-    {
-        memory.range = Some((first.start, last.end));
-        memory.shard_count = Some(u32::try_from(shards.len()).unwrap_or(u32::MAX));
+    if let Some((range, n)) = plan::shard_layout(desired) {
+        memory.range = Some(range);
+        memory.shard_count = Some(n);
     }
     Ok(())
 }

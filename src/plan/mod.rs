@@ -314,10 +314,7 @@ pub fn layout_change(
     memory: &Memory,
     state_file: &std::path::Path,
 ) -> Option<String> {
-    let shards = desired.shards.as_ref()?;
-    let (first, last) = (shards.first()?, shards.last()?);
-    let range = (first.start, last.end);
-    let n = u32::try_from(shards.len()).unwrap_or(u32::MAX);
+    let (range, n) = shard_layout(desired)?;
     let advice = "shard boundaries would move under the workers' checkpoints (use another state directory to start a new migration)";
     if let Some(old) = memory.range
         && old != range
@@ -338,6 +335,15 @@ pub fn layout_change(
         )),
         _ => None,
     }
+}
+
+/// The manifest's shard layout: the key range `[start, end)` and the shard count; `None` for
+/// replicas (no range). What [`Memory::range`] and [`Memory::shard_count`] record.
+pub fn shard_layout(desired: &Desired) -> Option<((u64, u64), u32)> {
+    let shards = desired.shards.as_ref()?;
+    let (first, last) = (shards.first()?, shards.last()?);
+    let n = u32::try_from(shards.len()).unwrap_or(u32::MAX);
+    Some(((first.start, last.end), n))
 }
 
 /// Plans one pass. `now` is the time of the observation. `memory` is the previous pass's
