@@ -227,7 +227,7 @@ pub(crate) fn print_plan(
     print!("{}", render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
-            println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
+            crate::outln!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
     Ok(u8::from(!report.actions.is_empty()))

@@ -129,9 +129,14 @@ pub fn main() -> ExitCode {
         Command::Completions(args) => completions::run(&args),
     };
     match result {
+        // The work is done; a closed stdout is fine (see `stdio`), a failed one is not.
+        Ok(0) if let Some(why) = crate::stdio::stdout_failure() => {
+            crate::errln!("automon: cannot write to stdout: {why}");
+            ExitCode::from(1)
+        }
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("automon: {}", e.message);
+            crate::errln!("automon: {}", e.message);
             ExitCode::from(e.code)
         }
     }
@@ -141,9 +146,9 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     let mut bad = false;
     for f in files {
         match manifest::load(f) {
-            Ok(_) => println!("{}: valid", f.display()),
+            Ok(_) => crate::outln!("{}: valid", f.display()),
             Err(e) => {
-                eprintln!("{e}");
+                crate::errln!("{e}");
                 bad = true;
             }
         }
@@ -184,7 +189,7 @@ pub(crate) fn load_manifest_with(
 /// Prints the overrides applied, one line each, before a plan.
 pub(crate) fn print_overrides(overridden: &[String]) {
     for o in overridden {
-        println!("override: {o}");
+        crate::outln!("override: {o}");
     }
 }
 

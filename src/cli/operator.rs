@@ -58,7 +58,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
         )
         .is_ok();
         let when = if nudged { "now" } else { "at its next pass" };
-        println!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
+        crate::outln!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
         return Ok(0);
     }
     if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {
@@ -74,14 +74,14 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     let message = crate::plan::apply_request(&mut memory, kind, worker, crate::clock::Now::read());
     crate::state::save_memory(&state_dir, &memory).map_err(|e| CliError::runtime(e.to_string()))?;
     crate::state::EventLog::open(&state_dir, false).record(jiff::Timestamp::now(), &message);
-    println!("{message}");
+    crate::outln!("{message}");
     if kind == RequestKind::Pause
         && memory
             .workers
             .get(&worker)
             .is_some_and(|w| w.process.is_some())
     {
-        println!(
+        crate::outln!(
             "note: no automon is running; the worker's process is stopped by the next `automon apply`"
         );
     }

@@ -93,7 +93,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     let ticks =
         crate::observe::proc::read_stat(Path::new("/proc"), pid).map_or(0, |s| s.start_ticks);
     if let Err(e) = state::write_pid_file(&state_dir, pid, ticks) {
-        eprintln!(
+        crate::errln!(
             "automon: cannot write {}: {e}",
             state::pid_file(&state_dir).display()
         );
@@ -108,7 +108,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
                 .is_some_and(|s| i64::from(s.pid) == i64::from(pid))
         };
         if locked && passed() {
-            println!(
+            crate::outln!(
                 "automon started in the background (pid {pid}) for {}; log: {}",
                 manifest.file.display(),
                 log_path.display()
@@ -124,7 +124,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
             )));
         }
         if Instant::now() >= deadline {
-            println!(
+            crate::outln!(
                 "automon started in the background (pid {pid}) but has not {} after {}s (setup still running?); follow {}",
                 if locked {
                     "finished its first pass"

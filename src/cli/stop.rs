@@ -62,7 +62,7 @@ pub fn run(args: &StopArgs) -> Result<u8, CliError> {
         Ok(Some(s)) => format!("{} worker(s) keep running", s.running),
         _ => "its workers keep running".to_string(),
     };
-    println!(
+    crate::outln!(
         "automon (pid {}) stopped; {workers}: `automon start {}` adopts them",
         instance.pid,
         args.file.display()
