@@ -149,6 +149,17 @@ impl Daemon<'_> {
             if !self.applied_requests.insert(r.file.clone()) {
                 continue;
             }
+            // A request sent without reading the manifest (`pause --state-dir`) is checked here.
+            if !self.desired.worker_ids().contains(&r.worker) {
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!(
+                        "operator request for worker {} ignored: no such worker in WorkerSet {}",
+                        r.worker, self.desired.name
+                    ),
+                );
+                continue;
+            }
             let message = plan::apply_request(
                 &mut self.memory,
                 r.kind,

@@ -111,6 +111,10 @@ pub struct ApplyArgs {
     /// Metrics.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Write STATE_DIR/automon.pid once the lock is held (set by `automon start`: only the
+    /// lock holder writes the pid file, so two racing starts cannot leave it naming the loser).
+    #[arg(long, hide = true)]
+    pub write_pid_file: bool,
 }
 
 /// Runs `apply`; `log_format` is the global `--log-format`.
@@ -145,6 +149,17 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     // The lock first: a second automon on this WorkerSet must not even run setup.
     let lock = crate::state::InstanceLock::acquire(&state_dir)
         .map_err(|e| CliError::runtime(e.to_string()))?;
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    if args.write_pid_file {
+        let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
+            .map_or(0, |s| s.start_ticks);
+        if let Err(e) = crate::state::write_pid_file(&state_dir, me, ticks) {
+            crate::errln!(
+                "automon: cannot write {}: {e}",
+                crate::state::pid_file(&state_dir).display()
+            );
+        }
+    }
     let setup = runtime
         .block_on(crate::act::setup::run_setup(
             &manifest,
@@ -186,9 +201,11 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             json_logs: log_format == super::logging::LogFormat::Json,
         },
     };
-    let end = runtime
-        .block_on(daemon::run(&desired, &opts, lock, shutdown.recv()))
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let end = runtime.block_on(daemon::run(&desired, &opts, lock, shutdown.recv()));
+    if args.write_pid_file {
+        crate::state::remove_pid_file(&opts.state_dir, me);
+    }
+    let end = end.map_err(|e| CliError::runtime(e.to_string()))?;
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,

@@ -257,6 +257,37 @@ pub(crate) fn plan_shown(
     Ok(crate::plan::plan(desired, observed, memory.clone(), now))
 }
 
+/// For the commands that reach a running loop (`status`, `stop`, `pause`, `resume`,
+/// `reset-params`): the state directory, and the manifest when it was read. With `--state-dir`
+/// the manifest is not read at all, so a broken manifest never stands between an operator and
+/// the loop; without it, a manifest file that exists but does not load gives `.automon/` beside
+/// it, with a note on stderr. A missing file is bad input (exit 2).
+pub(crate) fn loop_state_dir(
+    file: &Path,
+    flag: Option<&Path>,
+) -> Result<(PathBuf, Option<Manifest>), CliError> {
+    if let Some(p) = flag {
+        return Ok((
+            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+            None,
+        ));
+    }
+    match load_manifest(file) {
+        Ok(m) => Ok((state_dir(&m, None), Some(m))),
+        Err(e) if file.is_file() => {
+            let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+            let dir = crate::state::default_state_dir(abs.parent().unwrap_or(Path::new("/")));
+            let first = e.message.lines().next().unwrap_or_default();
+            crate::errln!(
+                "automon: note: the manifest does not load ({first}); using the state directory beside it, {}",
+                dir.display()
+            );
+            Ok((dir, None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The state directory: `--state-dir` or `.automon/` beside the manifest.
 pub(crate) fn state_dir(manifest: &Manifest, flag: Option<&Path>) -> PathBuf {
     flag.map_or_else(

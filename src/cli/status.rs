@@ -63,8 +63,7 @@ pub fn describe(i: &Instance) -> String {
 
 /// Runs `status`.
 pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let (state_dir, _) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let running = state::running_instance(&state_dir);
     // What the running loop says is wrong in its own house (unsaved state, unwritable logs).
     let condition = running
@@ -74,7 +73,7 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
     match args.output {
         Output::Json => print_json(&state_dir, running.as_ref(), condition.as_deref(), last.as_ref())?,
         Output::Text => print_text(
-            &manifest.file,
+            &args.file,
             &state_dir,
             running.as_ref(),
             condition.as_deref(),
