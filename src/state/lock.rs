@@ -250,4 +250,58 @@ mod tests {
         drop(first);
         InstanceLock::acquire(dir.path()).expect("after release");
     }
+
+    #[test]
+    fn a_replaced_state_directory_is_locked_again_and_a_taker_is_named() {
+        // Regression (issue 26, item 3): `rm -rf` and recreate the state directory, and a
+        // second automon could lock the new file beside the first.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("s");
+        let mut lock = InstanceLock::acquire(&state).expect("lock");
+        assert_eq!(lock.recheck(&state).expect("same"), Recheck::Held);
+        std::fs::remove_dir_all(&state).expect("rm -rf");
+        std::fs::create_dir(&state).expect("mkdir");
+        assert_eq!(lock.recheck(&state).expect("relock"), Recheck::Relocked);
+        assert!(
+            InstanceLock::acquire(&state).is_err(),
+            "the new file is held by the first lock"
+        );
+        // Replaced again, and this time another process's lock got there first.
+        std::fs::remove_dir_all(&state).expect("rm -rf");
+        std::fs::create_dir(&state).expect("mkdir");
+        let mut other = std::process::Command::new("flock")
+            .arg("--exclusive")
+            .arg(state.join("lock"))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Until flock(1) holds it: a probe that gets the lock lets go at once (flock(1) waits).
+        loop {
+            let held_by_other = std::fs::File::open(state.join("lock"))
+                .ok()
+                .is_some_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err());
+            if held_by_other || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let err = lock.recheck(&state).expect_err("taken");
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(matches!(err, LockError::Held { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_condition_is_written_in_place_and_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lock = InstanceLock::acquire(dir.path()).expect("lock");
+        lock.set_condition(Some("state NOT saved: disk full"))
+            .expect("write");
+        let owner = recorded_owner(dir.path()).expect("owner");
+        assert_eq!(owner.condition.as_deref(), Some("state NOT saved: disk full"));
+        assert_eq!(owner.pid.to_string(), std::process::id().to_string());
+        lock.set_condition(None).expect("clear");
+        assert_eq!(recorded_owner(dir.path()).expect("owner").condition, None);
+    }
 }
