@@ -339,12 +339,17 @@ impl Daemon<'_> {
             ));
         }
         if let Some(why) = crate::stdio::stderr_failure() {
-            parts.push(format!("automon's own log (stderr) cannot be written: {why}"));
+            parts.push(format!(
+                "automon's own log (stderr) cannot be written: {why}"
+            ));
             crate::stdio::clear_stderr_failure();
         }
         let condition = (!parts.is_empty()).then(|| parts.join("; "));
         if let Err(e) = self.lock.set_condition(condition.as_deref()) {
-            tracing::warn!("{}: cannot record the condition: {e}", self.lock.path().display());
+            tracing::warn!(
+                "{}: cannot record the condition: {e}",
+                self.lock.path().display()
+            );
         }
     }
 
@@ -563,7 +568,10 @@ pub async fn run(
     }
     // Temp files of a save cut short by a kill: only the lock holder writes them.
     for stale in state::remove_stale_temp_files(&opts.state_dir) {
-        tracing::warn!("removed {}, left by an automon that was killed mid-write", stale.display());
+        tracing::warn!(
+            "removed {}, left by an automon that was killed mid-write",
+            stale.display()
+        );
     }
     let mut memory = state::load_memory(&opts.state_dir)?;
     check_range(desired, &mut memory, &opts.state_dir)?;

@@ -101,7 +101,8 @@ fn print_text(d: &Diagnostics, o: &DiagnosisOutcome) {
     crate::outln!("root cause:  {}", diag.root_cause);
     crate::outln!(
         "fix:         {} (confidence {:.2})",
-        diag.fix_type, diag.confidence
+        diag.fix_type,
+        diag.confidence
     );
     if !diag.fix_description.is_empty() {
         crate::outln!("             {}", diag.fix_description);

@@ -67,7 +67,9 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
         )
         .is_ok();
         let when = if nudged { "now" } else { "at its next pass" };
-        crate::outln!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
+        crate::outln!(
+            "requested: the running automon (pid {pid}) will {verb} worker {worker} {when}"
+        );
         return Ok(0);
     }
     if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {

@@ -71,7 +71,12 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
         .and_then(|_| state::recorded_owner(&state_dir)?.condition);
     let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
     match args.output {
-        Output::Json => print_json(&state_dir, running.as_ref(), condition.as_deref(), last.as_ref())?,
+        Output::Json => print_json(
+            &state_dir,
+            running.as_ref(),
+            condition.as_deref(),
+            last.as_ref(),
+        )?,
         Output::Text => print_text(
             &args.file,
             &state_dir,

@@ -139,13 +139,20 @@ mod tests {
         // Regression (issue 26, item 7): after one failed write the log was abandoned, and the
         // next run appended onto the fragment.
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("events.log"), "2026-01-01T00:00:00Z  half a li").expect("torn");
+        std::fs::write(
+            dir.path().join("events.log"),
+            "2026-01-01T00:00:00Z  half a li",
+        )
+        .expect("torn");
         let mut log = EventLog::open(dir.path(), false);
         log.record(jiff::Timestamp::UNIX_EPOCH, "next event");
         let text = std::fs::read_to_string(log.path()).expect("read");
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
-            ["2026-01-01T00:00:00Z  half a li", "1970-01-01T00:00:00Z  next event"]
+            [
+                "2026-01-01T00:00:00Z  half a li",
+                "1970-01-01T00:00:00Z  next event"
+            ]
         );
     }
 

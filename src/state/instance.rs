@@ -73,8 +73,11 @@ pub fn running_instance(state_dir: &Path) -> Option<Instance> {
 /// (another user's process) counts as no.
 fn is_automon(pid: i32) -> bool {
     let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+        p.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
     };
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return false;
@@ -167,7 +170,10 @@ mod tests {
                      1: -> FLOCK  ADVISORY  WRITE 4300 fe:00:10010644 0 EOF\n\
                      2: POSIX  ADVISORY  WRITE 99 fe:00:5 0 EOF\n";
         assert!(flock_held_by(locks, 4222, 10_010_644));
-        assert!(!flock_held_by(locks, 4300, 10_010_644), "a waiter holds nothing");
+        assert!(
+            !flock_held_by(locks, 4300, 10_010_644),
+            "a waiter holds nothing"
+        );
         assert!(!flock_held_by(locks, 4222, 5));
         assert!(!flock_held_by(locks, 99, 5), "a POSIX lock is not ours");
     }
@@ -201,8 +207,11 @@ mod tests {
         let ticks = proc::read_stat(Path::new("/proc"), i32::try_from(me).expect("pid"))
             .expect("stat")
             .start_ticks;
-        std::fs::write(dir.path().join("lock"), format!("{me} {ticks} another-boot\n"))
-            .expect("write");
+        std::fs::write(
+            dir.path().join("lock"),
+            format!("{me} {ticks} another-boot\n"),
+        )
+        .expect("write");
         assert_eq!(running_instance(dir.path()), None);
         drop(lock);
     }

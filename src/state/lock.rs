@@ -299,7 +299,10 @@ mod tests {
         lock.set_condition(Some("state NOT saved: disk full"))
             .expect("write");
         let owner = recorded_owner(dir.path()).expect("owner");
-        assert_eq!(owner.condition.as_deref(), Some("state NOT saved: disk full"));
+        assert_eq!(
+            owner.condition.as_deref(),
+            Some("state NOT saved: disk full")
+        );
         assert_eq!(owner.pid.to_string(), std::process::id().to_string());
         lock.set_condition(None).expect("clear");
         assert_eq!(recorded_owner(dir.path()).expect("owner").condition, None);
