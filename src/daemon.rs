@@ -138,6 +138,9 @@ struct Daemon<'a> {
     applied_requests: std::collections::BTreeSet<PathBuf>,
     /// Each worker's pid as last saved, to say what a failed save puts at risk.
     saved_pids: std::collections::BTreeMap<WorkerId, i32>,
+    /// The last pass saved after failed saves: the next pass (which makes the held starts)
+    /// comes at once.
+    saved_again: bool,
 }
 
 impl Daemon<'_> {
@@ -240,6 +243,7 @@ impl Daemon<'_> {
         match state::save_memory(&self.opts.state_dir, &self.memory) {
             Ok(()) => {
                 if let Some(u) = self.unsaved.take() {
+                    self.saved_again = true;
                     self.events.record(
                         jiff::Timestamp::now(),
                         &format!(
@@ -615,6 +619,7 @@ pub async fn run(
         unsaved_basis: None,
         applied_requests: std::collections::BTreeSet::new(),
         saved_pids: std::collections::BTreeMap::new(),
+        saved_again: false,
     };
     d.saved_pids = pids(&d.memory);
     let mut one_shot_passes = 0;
@@ -665,7 +670,9 @@ pub async fn run(
             }
             continue;
         }
-        let wait = if d.unsaved.is_some() {
+        let wait = if std::mem::take(&mut d.saved_again) {
+            Duration::ZERO
+        } else if d.unsaved.is_some() {
             plan.requeue_after.min(UNSAVED_RETRY)
         } else {
             plan.requeue_after
