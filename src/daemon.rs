@@ -271,13 +271,12 @@ impl Daemon<'_> {
                 u.failures += 1;
                 u.why = e.to_string();
                 let message = format!(
-                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now: {}; no worker is started until a save succeeds (retrying every {}s)",
+                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
                     u.failures,
                     u.since.round(jiff::Unit::Second).unwrap_or(u.since),
                     at_risk(&self.saved_pids, &self.memory),
                     UNSAVED_RETRY.as_secs()
                 );
-                tracing::error!("{message}");
                 self.events.record(jiff::Timestamp::now(), &message);
             }
             Err(e) => return Err(e.into()),
@@ -329,7 +328,7 @@ impl Daemon<'_> {
         let mut parts = Vec::new();
         if let Some(u) = &self.unsaved {
             parts.push(format!(
-                "state NOT saved since {} ({} failed save(s)): {}; at risk: {}; no worker is started until a save succeeds",
+                "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
                 u.since.round(jiff::Unit::Second).unwrap_or(u.since),
                 u.failures,
                 u.why,
@@ -709,12 +708,12 @@ fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -
     let mut changed = Vec::new();
     for (id, pid) in &now {
         if saved.get(id) != Some(pid) {
-            changed.push(format!("worker {id} pid {pid} started"));
+            changed.push(format!("worker {id} started as pid {pid}"));
         }
     }
     for (id, pid) in saved {
         if !now.contains_key(id) {
-            changed.push(format!("worker {id} pid {pid} gone"));
+            changed.push(format!("worker {id} pid {pid} ended"));
         }
     }
     if changed.is_empty() {
@@ -722,7 +721,7 @@ fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -
             .into()
     } else {
         format!(
-            "{} (not on disk), and fix attempts, backoffs and requests since the last save",
+            "not on disk: {}; and fix attempts, backoffs and requests since the last save",
             changed.join(", ")
         )
     }
