@@ -205,7 +205,7 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
         state_dir: state_dir.clone(),
         mounts: vec![],
     };
-    let first = watch(&m, &[], "first");
+    let mut first = watch(&m, &[], "first");
     let first_pid = child_pid(&first);
     cleanup.loops.push(first_pid);
     wait_for("four workers", || live_workers(&state_dir).len() == 4);
@@ -232,6 +232,8 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
         state_dir.join("state.json").exists(),
         "the state is written anew"
     );
+    kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut first).code(), Some(130));
 }
 
 /// Regression (issue 26, item 4): SIGTERM before the first pass was over took the default
