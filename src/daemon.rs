@@ -281,6 +281,7 @@ impl Daemon<'_> {
             }
             Err(e) => return Err(e.into()),
         }
+        self.events.sync();
         self.show_condition();
         Ok(plan)
     }

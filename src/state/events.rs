@@ -2,8 +2,8 @@
 //! and action, `RFC 3339 time  message`, appended and never truncated.
 //!
 //! A failed write (a full disk) does not abandon the file: the next event opens it again, first
-//! closing a torn last line with a newline so the fragment cannot swallow the next line; each
-//! line is flushed to disk (`sync_data`) as the fix history's are. A file deleted or replaced
+//! closing a torn last line with a newline so the fragment cannot swallow the next line; lines
+//! are flushed to disk (`sync_data`) as the fix history's are, once per pass ([`EventLog::sync`]). A file deleted or replaced
 //! under automon (logrotate, a recreated state directory) is opened again by path
 //! ([`EventLog::reopen_if_replaced`]).
 
@@ -19,6 +19,8 @@ pub struct EventLog {
     echo: bool,
     /// Why the last write failed, until one succeeds.
     failure: Option<String>,
+    /// Lines written since the last [`EventLog::sync`].
+    dirty: bool,
 }
 
 /// Opens `path` for appending (creating it) and closes a torn last line.
@@ -59,6 +61,7 @@ impl EventLog {
             file,
             echo,
             failure,
+            dirty: false,
         }
     }
 
@@ -110,8 +113,8 @@ impl EventLog {
         }
         .and_then(|mut f| {
             f.write_all(line.as_bytes())?;
-            f.sync_data()?;
             self.file = Some(f);
+            self.dirty = true;
             Ok(())
         });
         match result {
@@ -127,6 +130,31 @@ impl EventLog {
                 // A partial line may be in the file: the next open closes it.
             }
         }
+    }
+}
+
+impl EventLog {
+    /// Flushes the lines written since the last call to disk (`sync_data`), as the fix history
+    /// does; the loop calls it once per pass (not per line), and dropping the log calls it.
+    pub fn sync(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        if let Some(f) = &self.file
+            && let Err(e) = f.sync_data()
+        {
+            if self.failure.is_none() {
+                crate::errln!("automon: cannot flush {}: {e}", self.path.display());
+            }
+            self.failure = Some(e.to_string());
+            self.file = None;
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.sync();
     }
 }
 
