@@ -124,6 +124,11 @@ pub struct Observer {
     format: logtail::LineFormat,
 }
 
+/// Re-reads of a progress file that exists but does not parse, within one pass.
+const TORN_RETRIES: u32 = 3;
+/// The pause before each re-read of an unparseable progress file.
+const TORN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Reads progress files, reusing the last parse of a file that has not changed.
 #[derive(Debug)]
 struct ProgressReader {
@@ -132,16 +137,36 @@ struct ProgressReader {
 }
 
 impl ProgressReader {
-    /// Reads a progress file, or reuses the last parse when the file is unchanged.
+    /// Reads a progress file, or reuses the last parse when the file is unchanged. A file that
+    /// exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`] apart: a
+    /// non-atomic writer (truncate, then write) is often caught mid-write, and the next read a
+    /// moment later parses.
     fn read(&mut self, path: &Path) -> ProgressObservation {
+        let mut tries = 0;
+        loop {
+            let (obs, fresh) = self.read_once(path);
+            // (An unchanged file that did not parse last time is not read again.)
+            if !matches!(obs, ProgressObservation::Unreadable { .. })
+                || !fresh
+                || tries == TORN_RETRIES
+            {
+                return obs;
+            }
+            tries += 1;
+            std::thread::sleep(TORN_RETRY_PAUSE);
+        }
+    }
+
+    /// One read; `true` when the file was read now, not taken from the cache.
+    fn read_once(&mut self, path: &Path) -> (ProgressObservation, bool) {
         let Some(version) = progress::version(path) else {
             self.cache.remove(path);
-            return progress::read(path, &self.pointers);
+            return (progress::read(path, &self.pointers), true);
         };
         if let Some((v, obs)) = self.cache.get(path)
             && *v == version
         {
-            return obs.clone();
+            return (obs.clone(), false);
         }
         let obs = progress::read(path, &self.pointers);
         // Only a stable version is cached: a file rewritten during the read is read again.
@@ -149,7 +174,7 @@ impl ProgressReader {
             self.cache
                 .insert(path.to_path_buf(), (version, obs.clone()));
         }
-        obs
+        (obs, true)
     }
 }
 

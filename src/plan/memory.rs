@@ -147,9 +147,15 @@ pub struct WorkerMemory {
     /// The last item count read from the progress file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<u64>,
-    /// The last problem reading the progress file (reported once, kept until it clears).
+    /// The problem reading the progress file, once reported (reported once per streak of
+    /// unreadable reads, kept until the file parses again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_problem: Option<String>,
+    /// Since when every read of the progress file found it unreadable (boot clock); `None`
+    /// while it parses or is absent. A streak shorter than [`super::UNREADABLE_REPORT_AFTER`]
+    /// is a non-atomic writer caught mid-write, not a problem to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_since: Option<BootTime>,
     /// The last progress signal (checkpoint change or new upload/activity line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_at: Option<BootTime>,

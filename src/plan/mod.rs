@@ -31,6 +31,11 @@ pub const STUCK_CONFIRMATIONS: u32 = 2;
 /// calls it a loop.
 pub const LOOP_EVIDENCE: u32 = 3;
 
+/// How long a progress file must stay unreadable, read after read, before a worker that has a
+/// checkpoint reports it: a non-atomic writer is caught mid-write now and then (a torn read),
+/// which is no news while the next read parses. (A worker without a checkpoint is held at once.)
+pub const UNREADABLE_REPORT_AFTER: Duration = Duration::from_secs(30);
+
 /// Most (time, checkpoint) samples kept per worker.
 pub const MAX_RATE_SAMPLES: usize = 64;
 
@@ -361,6 +366,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         conflicts: std::collections::BTreeSet::new(),
         scaling: String::new(),
         unit_name: std::sync::Arc::from(desired.unit.as_str()),
+        held: std::collections::BTreeSet::new(),
     };
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
@@ -431,6 +437,9 @@ struct Planner<'a> {
     scaling: String,
     /// The manifest's unit (`book`), shared by the running workers' reasons.
     unit_name: std::sync::Arc<str>,
+    /// Workers not started this pass although idle: their progress file exists but does not
+    /// parse and no checkpoint is remembered (a start would begin at the shard's start).
+    held: std::collections::BTreeSet<WorkerId>,
 }
 
 /// The fingerprint of a progress line, as kept in [`WorkerMemory::recent_signals`]: XXH3-64

@@ -197,6 +197,7 @@ impl Planner<'_> {
             .statuses
             .iter()
             .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped | Phase::Parked))
+            .filter(|(id, _)| !self.held.contains(*id))
             .map(|(id, _)| {
                 let rank = match self.memory.workers.get(id) {
                     Some(w) if w.restart_reason.is_some() => 0,
