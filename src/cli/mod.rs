@@ -141,7 +141,17 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     let mut bad = false;
     for f in files {
         match manifest::load(f) {
-            Ok(_) => println!("{}: valid", f.display()),
+            Ok(m) => {
+                println!("{}: valid", f.display());
+                let template = &m.workerset.spec.template;
+                if let Some(w) = manifest::program_warning(
+                    &template.command,
+                    &m.dir.join(&template.workdir),
+                    std::env::var_os("PATH").as_deref(),
+                ) {
+                    eprintln!("{}: warning: {w}", f.display());
+                }
+            }
             Err(e) => {
                 eprintln!("{e}");
                 bad = true;

@@ -22,6 +22,7 @@ pub use desired::{Desired, Patterns, ResolveError, Shard, normalize, render_argv
 pub use duration::HumanDuration;
 pub use overrides::{Overrides, apply_overrides};
 pub use types::*;
+pub use validate::program_warning;
 
 /// Largest manifest file automon reads (1 MiB); larger files are rejected before parsing.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;

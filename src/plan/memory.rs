@@ -117,6 +117,11 @@ fn own_group_default() -> bool {
     true
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A stop that automon asked for and is waiting on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {
@@ -162,6 +167,14 @@ pub struct WorkerMemory {
     /// True once the current process has uploaded (or advanced its checkpoint).
     #[serde(default)]
     pub left_discovery: bool,
+    /// Consecutive starts that failed (the program could not be executed: ENOENT, EACCES…);
+    /// at [`super::MAX_START_FAILURES`] the worker is Failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_failures: u32,
+    /// Consecutive exits 0 short of the shard's end while its progress file never appeared;
+    /// at [`super::MAX_EXITS_WITHOUT_PROGRESS_FILE`] the worker is held.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exits_without_progress_file: u32,
     /// Consecutive failures (unexpected exits) — the backoff exponent.
     #[serde(default)]
     pub failures: u32,

@@ -4,6 +4,7 @@
 pub mod backoff;
 mod fixes;
 pub mod memory;
+pub mod rate;
 mod scaling;
 mod worker;
 
@@ -35,6 +36,13 @@ pub const LOOP_EVIDENCE: u32 = 3;
 /// checkpoint reports it: a non-atomic writer is caught mid-write now and then (a torn read),
 /// which is no news while the next read parses. (A worker without a checkpoint is held at once.)
 pub const UNREADABLE_REPORT_AFTER: Duration = Duration::from_secs(30);
+
+/// Starts in a row that may fail (the program cannot be executed) before the worker is Failed.
+pub const MAX_START_FAILURES: u32 = 3;
+
+/// Exits 0 in a row, short of the shard's end, with the progress file never seen, before the
+/// worker is held (rerunning it would redo its whole shard again).
+pub const MAX_EXITS_WITHOUT_PROGRESS_FILE: u32 = 2;
 
 /// Most (time, checkpoint) samples kept per worker.
 pub const MAX_RATE_SAMPLES: usize = 64;
@@ -618,10 +626,28 @@ pub fn record_start(
             w.left_discovery = false;
             w.stuck_passes = 0;
             w.completed_at = None;
+            w.start_failures = 0;
             None
         }
         Err(why) => {
+            // A start that cannot execute the program is a crash (it counts towards backoff);
+            // after MAX_START_FAILURES in a row the worker is Failed with the OS error.
+            w.start_failures += 1;
             w.failures += 1;
+            w.restart_reason = None;
+            if w.start_failures >= MAX_START_FAILURES {
+                let reason = format!("could not start {} times in a row: {why}", w.start_failures);
+                w.backoff_until = None;
+                w.failed = Some(memory::Hold {
+                    reason: reason.clone(),
+                    at: now.wall,
+                    by_operator: false,
+                });
+                return Some(format!(
+                    "ALERT: worker {}: {reason}; Failed (fix the template's command, then `automon resume`)",
+                    action.worker
+                ));
+            }
             let delay = backoff::delay(w.failures, &desired.restart)
                 .max(desired.restart.backoff_initial.get());
             w.backoff_until = Some(now.boot.plus(delay));
@@ -720,6 +746,8 @@ pub fn apply_request(
             w.stuck_since = None;
             w.stuck_passes = 0;
             w.failures = 0;
+            w.start_failures = 0;
+            w.exits_without_progress_file = 0;
             w.backoff_until = None;
             format!(
                 "worker {worker}: resumed by an operator (was {was}); it starts when a slot is free"

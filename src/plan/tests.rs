@@ -483,6 +483,119 @@ fn repeated_cursor_evidence_marks_a_worker_stuck_on_stuck_after_even_right_after
     );
 }
 
+/// Regression (issue 14.5): a template whose program does not exist was retried at
+/// `backoff_max` forever, never Failed.
+#[test]
+fn a_start_that_cannot_execute_the_program_counts_as_a_crash_and_fails_the_worker_after_the_limit()
+{
+    let d = desired();
+    let enoent = "cannot execute \"python4\" in /tmp/t: No such file or directory (os error 2)";
+    let mut m = mem();
+    let mut now = 0;
+    let mut alerts = Vec::new();
+    for attempt in 1..=MAX_START_FAILURES {
+        let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(now));
+        let start = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("attempt {attempt}: worker 0 started: {:?}", p.actions));
+        m = p.memory;
+        let event = record_start(&mut m, &d, &start, Err(enoent.into()), at(now));
+        let event = event.expect("an event");
+        if attempt < MAX_START_FAILURES {
+            assert!(
+                event.contains("could not start") && event.contains("retrying in"),
+                "{event}"
+            );
+            assert_eq!(
+                m.workers[&WorkerId(0)].failures,
+                attempt,
+                "counts as a crash"
+            );
+        } else {
+            alerts.push(event);
+        }
+        now += 600; // past any backoff
+    }
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        alerts[0].starts_with(
+            "ALERT: worker 0: could not start 3 times in a row: cannot execute \"python4\""
+        ) && alerts[0].contains("(os error 2)"),
+        "{alerts:?}"
+    );
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(now));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Failed);
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("os error 2")
+    );
+    assert!(!starts(&p).contains(&0), "{:?}", p.actions);
+}
+
+/// Regression (issue 14.6): a mistyped `progress.file` made the worker redo its whole shard
+/// forever ("checkpoint short … restarting from checkpoint its range start"), never naming the
+/// file automon looked for.
+#[test]
+fn a_progress_file_that_never_appears_is_named_and_the_worker_held_after_two_clean_exits() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 0);
+    w.checkpoint = None;
+    m.workers.insert(WorkerId(0), w);
+    let exit = |pid| ExitEvent {
+        worker: WorkerId(0),
+        pid,
+        code: Some(0),
+        signal: None,
+    };
+    let gone = || [(WorkerId(0), obs(Some(ProcessStatus::Exited), None))].into();
+    let p1 = plan(&d, &observed(gone(), vec![exit(10)]), m, at(60));
+    let start = p1
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("rerun once");
+    assert!(
+        start
+            .reason
+            .contains("its progress file /tmp/t/p0.json never appeared"),
+        "{}",
+        start.reason
+    );
+    let mut m = p1.memory;
+    record_start(&mut m, &d, &start, Ok((identity(11), at(61).boot)), at(61));
+    let p2 = plan(&d, &observed(gone(), vec![exit(11)]), m, at(120));
+    assert!(
+        !starts(&p2).contains(&0),
+        "held, not rerun: {:?}",
+        p2.actions
+    );
+    assert!(
+        p2.events.iter().any(|e| e.starts_with("ALERT: worker 0 exited with status 0, but its progress file /tmp/t/p0.json never appeared")),
+        "{:?}",
+        p2.events
+    );
+    assert_eq!(p2.workers[&WorkerId(0)].phase, Phase::Paused);
+    assert!(
+        p2.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("progress file /tmp/t/p0.json never appeared"),
+        "{:?}",
+        p2.workers[&WorkerId(0)]
+    );
+}
+
 #[test]
 fn unreadable_progress_keeps_the_last_good_checkpoint() {
     let d = desired();

@@ -179,6 +179,7 @@ impl Planner<'_> {
                 }
                 w.items = *items;
                 w.unreadable_since = None;
+                w.exits_without_progress_file = 0;
                 // Only a reported problem is reported over (no unreadable/readable-again pairs
                 // for a torn read now and then).
                 if w.progress_problem.take().is_some() {
@@ -504,7 +505,44 @@ impl Planner<'_> {
             return;
         }
         let claimed = w.claimed_complete.take();
-        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) || claimed.is_some() {
+        let exit_zero = exit.is_some_and(|e| e.code == Some(0));
+        if exit_zero
+            && shard.is_some()
+            && w.checkpoint.is_none()
+            && obs.progress == ProgressObservation::Missing
+        {
+            // A mistyped `progress.file`: the worker did its shard, automon never saw a
+            // checkpoint, and a rerun would redo the whole shard. Name the path it looked for.
+            w.exits_without_progress_file += 1;
+            let path = self.desired.progress_path(id);
+            let what = format!(
+                "worker {id} {how}, but its progress file {} never appeared",
+                path.display()
+            );
+            if w.exits_without_progress_file >= MAX_EXITS_WITHOUT_PROGRESS_FILE {
+                let reason = format!(
+                    "progress file {} never appeared in {} runs that exited 0; check spec.progress.file",
+                    path.display(),
+                    w.exits_without_progress_file
+                );
+                self.events.push(format!(
+                    "ALERT: {what} ({} runs in a row); holding it instead of rerunning its shard (fix spec.progress.file, then `automon resume`)",
+                    w.exits_without_progress_file
+                ));
+                w.paused = Some(memory::Hold {
+                    reason,
+                    at: self.now.wall,
+                    by_operator: false,
+                });
+                return;
+            }
+            w.restart_reason = Some(format!(
+                "{what}; rerunning it from its range start (held if it happens again)"
+            ));
+            self.memory.totals.crash_restarts += 1;
+            return;
+        }
+        let suspicious = if exit_zero || claimed.is_some() {
             let end = shard.map_or_else(String::new, |s| {
                 format!(" short of the shard's last key {}", count(s.last_key()))
             });

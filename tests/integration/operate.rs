@@ -33,13 +33,13 @@ fn get_json_shows_phases_percentages_and_a_sane_eta_while_the_migration_runs() {
         daemon: Some(watch),
         state_dir: m.state_dir(),
     };
-    let mut last = String::new();
+    let last = std::cell::RefCell::new(String::new());
     let mut seen: Option<serde_json::Value> = None;
     wait_until(
         "a Progressing worker with a rate and an overall ETA",
         || {
             let (code, stdout, stderr) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
-            last = format!("{code:?}\n{stdout}\n{stderr}");
+            *last.borrow_mut() = format!("{code:?}\n{stdout}\n{stderr}");
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&stdout) else {
                 return false;
             };
@@ -54,7 +54,7 @@ fn get_json_shows_phases_percentages_and_a_sane_eta_while_the_migration_runs() {
             }
             seen.is_some()
         },
-        || last.clone(),
+        || last.borrow().clone(),
     );
     let v = seen.expect("seen");
     let workers = v["workers"].as_array().expect("workers");
