@@ -181,7 +181,8 @@ impl ProgressReader {
 impl Observer {
     /// Observers for `desired`, reading `/proc` and `/sys` under `roots`.
     pub fn new(desired: &Desired, roots: Roots) -> Self {
-        let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);
+        let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys)
+            .with_window(desired.interval);
         let progress = ProgressReader {
             pointers: progress::Pointers {
                 checkpoint: desired.checkpoint_pointer.clone(),

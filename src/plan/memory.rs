@@ -58,6 +58,9 @@ pub struct Memory {
     /// When the last scale-up happened (boot clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_up: Option<BootTime>,
+    /// The kinds of scaling hold logged since the last scale change (each is logged once).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub scaling_holds: std::collections::BTreeSet<String>,
     /// The manifest as last applied, normalised YAML, for `automon diff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied: Option<String>,

@@ -1003,3 +1003,127 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
     assert_eq!(back.reason.to_string(), status.reason.to_string());
 }
+
+/// Regression (issue 14.2): with the disk alternating busy/idle, 6–8 scale changes in 100 s
+/// were seen, every scale-down undone 10–100 ms later by the pass the parked worker's exit
+/// triggered. Ten simulated minutes of a disk alternating 95 % / 20 % every 5 s, with passes
+/// every second plus one 50 ms after every exit: at most one scale change per cooldown window,
+/// and each kind of hold logged once when it begins.
+#[test]
+fn an_alternating_disk_moves_the_count_at_most_once_per_cooldown_window() {
+    use crate::observe::disk::{DiskDevice, DiskObservation};
+    let d = desired();
+    let mut m = mem();
+    for id in 0..4 {
+        let mut w = running(100 + id, t0(), 100 * id as u64 + 5);
+        w.left_discovery = true;
+        w.last_progress_at = Some(BootTime(0)); // stuck long ago
+        m.workers.insert(WorkerId(id as u32), w);
+    }
+    let mut live: BTreeMap<WorkerId, i32> = (0..4).map(|i| (WorkerId(i), 100 + i as i32)).collect();
+    let mut exits: Vec<ExitEvent> = Vec::new();
+    let mut next_pid = 1000;
+    let mut changes: Vec<(u64, &str)> = Vec::new();
+    let mut holds: Vec<String> = Vec::new();
+    let (mut downs, mut ups) = (0, 0);
+    // Pass times in ms: every second, plus 50 ms after a pass that stopped something.
+    let mut times: std::collections::BTreeSet<u64> = (0..=600).map(|s| s * 1000).collect();
+    while let Some(t) = times.pop_first() {
+        let now = Now {
+            wall: t0()
+                .wall
+                .checked_add(Duration::from_millis(t))
+                .expect("valid"),
+            boot: t0().boot.plus(Duration::from_millis(t)),
+        };
+        let busy = (t / 5000) % 2 == 0;
+        let workers = (0..8)
+            .map(|i| {
+                let id = WorkerId(i);
+                let recorded = m
+                    .workers
+                    .get(&id)
+                    .and_then(|w| w.process.as_ref())
+                    .is_some();
+                let status = match (recorded, live.contains_key(&id)) {
+                    (_, true) => alive(),
+                    (true, false) => Some(ProcessStatus::Exited),
+                    (false, false) => None,
+                };
+                let c = m.workers.get(&id).and_then(|w| w.checkpoint);
+                (id, obs(status, c))
+            })
+            .collect();
+        let mut o = observed(workers, std::mem::take(&mut exits));
+        o.disk = DiskObservation::Sample {
+            device: DiskDevice {
+                major: 8,
+                minor: 0,
+                name: "sda".into(),
+                rotational: Some(true),
+            },
+            util_percent: if busy { 95.0 } else { 20.0 },
+            queue_depth: if busy { 4.0 } else { 0.2 },
+        };
+        let p = plan(&d, &o, m, now);
+        holds.extend(
+            p.events
+                .iter()
+                .filter(|e| e.starts_with("scaling: "))
+                .cloned(),
+        );
+        m = p.memory;
+        if m.totals.scale_downs > downs {
+            changes.push((t, "down"));
+        }
+        if m.totals.scale_ups > ups {
+            changes.push((t, "up"));
+        }
+        (downs, ups) = (m.totals.scale_downs, m.totals.scale_ups);
+        for a in &p.actions {
+            match a {
+                Action::Stop(s) => {
+                    if live.remove(&s.worker).is_some() {
+                        exits.push(ExitEvent {
+                            worker: s.worker,
+                            pid: s.identity.pid,
+                            code: None,
+                            signal: Some(15),
+                        });
+                        times.insert(t + 50);
+                    }
+                }
+                Action::Start(s) => {
+                    next_pid += 1;
+                    record_start(&mut m, &d, s, Ok((identity(next_pid), now.boot)), now);
+                    live.insert(s.worker, next_pid);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(!changes.is_empty(), "the series does move the count");
+    let window = d
+        .scaling
+        .scale_down_cooldown
+        .get()
+        .min(d.scaling.scale_up_cooldown.get())
+        .as_millis() as u64;
+    for pair in changes.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= window,
+            "two scale changes within one cooldown window: {changes:?}"
+        );
+    }
+    assert!(changes.len() <= 2, "{changes:?}");
+    // Each kind of hold is said once when it begins, not every pass (600+ passes).
+    assert!(
+        holds.len() <= 6 * (changes.len() + 1),
+        "{} hold events: {holds:#?}",
+        holds.len()
+    );
+    assert!(
+        holds.iter().any(|h| h.contains("stabilisation window")),
+        "{holds:#?}"
+    );
+}
