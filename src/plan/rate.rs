@@ -33,6 +33,15 @@ pub fn per_minute(samples: &VecDeque<(BootTime, u64)>, phase: Phase, now: BootTi
 mod tests {
     use super::*;
 
+    /// (name, samples, phase, now, expected keys per minute)
+    type Row<'a> = (
+        &'a str,
+        &'a VecDeque<(BootTime, u64)>,
+        Phase,
+        BootTime,
+        Option<f64>,
+    );
+
     fn samples(points: &[(u64, u64)]) -> VecDeque<(BootTime, u64)> {
         points
             .iter()
@@ -47,13 +56,7 @@ mod tests {
         let moving = samples(&[(0, 100), (30, 130), (60, 160)]);
         let now = BootTime(60_000);
         // (name, samples, phase, now, expected keys per minute)
-        let table: [(
-            &str,
-            &VecDeque<(BootTime, u64)>,
-            Phase,
-            BootTime,
-            Option<f64>,
-        ); 8] = [
+        let table: [Row; 8] = [
             ("progressing", &moving, Phase::Progressing, now, Some(60.0)),
             ("paused", &moving, Phase::Paused, now, None),
             ("stuck (looping)", &moving, Phase::Stuck, now, None),

@@ -1082,16 +1082,14 @@ fn an_alternating_disk_moves_the_count_at_most_once_per_cooldown_window() {
         (downs, ups) = (m.totals.scale_downs, m.totals.scale_ups);
         for a in &p.actions {
             match a {
-                Action::Stop(s) => {
-                    if live.remove(&s.worker).is_some() {
-                        exits.push(ExitEvent {
-                            worker: s.worker,
-                            pid: s.identity.pid,
-                            code: None,
-                            signal: Some(15),
-                        });
-                        times.insert(t + 50);
-                    }
+                Action::Stop(s) if live.remove(&s.worker).is_some() => {
+                    exits.push(ExitEvent {
+                        worker: s.worker,
+                        pid: s.identity.pid,
+                        code: None,
+                        signal: Some(15),
+                    });
+                    times.insert(t + 50);
                 }
                 Action::Start(s) => {
                     next_pid += 1;
