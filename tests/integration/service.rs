@@ -14,10 +14,11 @@ use super::support::{Knobs, Migration, resume_points};
 
 const CMD_LIMIT: Duration = super::support::PATIENCE;
 
-/// Slow workers (about 25 books per shard at 0.4 s each): they outlive the test's steps.
+/// Slow workers (about 50 books per shard at 0.4 s each, 20 s a shard): they outlive the
+/// test's steps, and a worker's checkpoints span more than the 10 s a rate needs.
 fn slow_migration() -> Migration {
     Migration::new(&Knobs {
-        books: 200,
+        books: 400,
         upload_delay: "0.4",
         batch_size: 5,
         stuck_after: "30s",
