@@ -27,6 +27,8 @@ pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), Str
     let status = Command::new(program)
         .args(args)
         .current_dir(&workdir)
+        .env_clear()
+        .envs(crate::secrets::env::child_env_for(spec))
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .status()
@@ -65,6 +67,8 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
     let out = Command::new(program)
         .args(args)
         .current_dir(&workdir)
+        .env_clear()
+        .envs(crate::secrets::env::child_env_for(spec))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("spec.work.range.end_command: cannot execute {program:?}: {e}"))?;
@@ -74,7 +78,7 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
             "spec.work.range.end_command: {} failed with {}: {}",
             cmd.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            crate::secrets::redact_shapes(String::from_utf8_lossy(&out.stderr).trim())
         ));
     }
     let end = crate::observe::logtail::parse_number(text.trim()).ok_or_else(|| {

@@ -148,6 +148,13 @@ pub fn load_with_overrides(
             problems,
         });
     }
+    if !workerset.spec.llm.secret_env.is_empty() {
+        tracing::warn!(
+            "{}: spec.llm.secret_env is deprecated; list the names under spec.secrets.env (both \
+             are honoured)",
+            file.display()
+        );
+    }
     Ok((
         Manifest {
             file: file.to_path_buf(),

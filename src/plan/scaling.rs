@@ -88,7 +88,7 @@ impl Planner<'_> {
                         Some((id, stuck_for)) => {
                             wanted = running.saturating_sub(1).max(counts.min);
                             self.park(id, format!(
-                                "scale down: {figure} ≥ {sat}% and worker {id} stuck for {}; parking worker {id} (the longest stuck), {wanted} of target {target} will run",
+                                "scale down: {figure} ≥ {sat}% and worker {id} stuck (silent for {}); parking worker {id} (the longest stuck), {wanted} of target {target} will run",
                                 fmt_dur(stuck_for)
                             ));
                             self.memory.last_scale_down = Some(self.now.boot);

@@ -49,7 +49,8 @@ pub fn write_request(
     worker: WorkerId,
 ) -> std::io::Result<PathBuf> {
     let d = dir(state_dir);
-    std::fs::create_dir_all(&d)?;
+    super::private::ensure_dir(state_dir)?;
+    super::private::ensure_dir(&d)?;
     let word = match kind {
         RequestKind::Pause => "pause",
         RequestKind::Resume => "resume",

@@ -1,0 +1,67 @@
+//! Secrets: what counts as one, and the one place where each path a secret could take is cut.
+//!
+//! # Layout
+//!
+//! - [`redact`]: the [`Redactor`] — literal secret values, the common shapes (`password=`,
+//!   `token=`, `Bearer …`, URL passwords, `sk-…`, AWS key ids, PEM private keys, JWTs) and the
+//!   manifest's extra patterns, replaced by [`REDACTED`].
+//! - [`env`]: the environment a child process gets (never the LLM key unless the template
+//!   names it), which variable names are secret, and how secret `template.env` values are
+//!   masked in the manifest text automon stores and prints.
+//!
+//! # Where secrets are cut
+//!
+//! - Worker logs: every record is redacted as it becomes an observation
+//!   ([`crate::observe::Observer`]), with [`redactor_for`], whether or not the LLM is enabled;
+//!   memory, events, `get`, `diff`, the history and prompts only ever see redacted text.
+//! - The LLM: the prompt and every answer go through the same redactor
+//!   ([`crate::act::llm::LlmClient::from_desired`]).
+//! - The manifest: `state.json`'s copy and `diff` show secret `template.env` values as
+//!   `[REDACTED]` ([`env::normalized_yaml`]).
+//! - Workers: started with [`env::child_env`].
+
+pub mod env;
+pub mod redact;
+
+use std::path::Path;
+
+pub use redact::{REDACTED, Redactor, redact_shapes};
+
+use crate::manifest::{Desired, Llm};
+
+/// The redactor for a resolved manifest: the values of its secret names
+/// ([`Desired::secret_env`] and `template.env` names that [look secret](env::looks_secret)),
+/// from `template.env` and from automon's environment; the values of automon's own variables
+/// whose names look secret; the LLM API key ([`llm_key`]); and `spec.secrets.patterns`.
+pub fn redactor_for(desired: &Desired) -> Redactor {
+    let mut names = desired.secret_env.clone();
+    names.extend(
+        desired
+            .env
+            .keys()
+            .filter(|k| env::looks_secret(k) && !names.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let mut r = Redactor::from_env_names(&names, &desired.env);
+    r.add(
+        std::env::vars()
+            .filter(|(k, _)| env::looks_secret(k))
+            .map(|(_, v)| v),
+    );
+    r.add(llm_key(&desired.llm, &desired.manifest_dir));
+    r.add_patterns(&desired.secret_patterns);
+    r
+}
+
+/// The LLM API key as automon would send it: the variable `llm.api_key_env` in automon's
+/// environment, else that key in a `.env` file in `manifest_dir`; `None` when neither is set.
+pub fn llm_key(llm: &Llm, manifest_dir: &Path) -> Option<String> {
+    let nonempty = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    nonempty(std::env::var(&llm.api_key_env).ok()).or_else(|| {
+        nonempty(crate::act::llm::client::dotenv_value(
+            &manifest_dir.join(".env"),
+            &llm.api_key_env,
+        ))
+    })
+}
