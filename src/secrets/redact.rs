@@ -12,10 +12,14 @@
 //! - shapes: OpenAI keys (`sk-…`), GitHub tokens (`ghp_…`, `gho_…`, `github_pat_…`), AWS access
 //!   key ids (`AKIA`/`ASIA` + 16), JWTs (three base64url segments starting `eyJ`),
 //!   `Bearer …`/`Basic …` credentials, PEM private-key blocks, passwords in URLs
-//!   (`scheme://user:pass@`), and `key=value` / `key: value` pairs whose key contains password,
+//!   (`scheme://user:pass@`), `key=value` / `key: value` pairs whose key contains password,
 //!   passwd, pwd, secret, token, api_key, apikey, api-key, access_key, private_key or
-//!   secret_key;
+//!   secret_key, and upper-case environment-style assignments whose NAME contains PASS, SECRET,
+//!   TOKEN or KEY (`DB_PASS=…` in an environment dump);
 //! - the extra regexes of `spec.secrets.patterns`: every match is replaced.
+//!
+//! A literal is known only while the manifest or automon's environment holds it: after a secret
+//! is rotated, its old value in old log lines is caught only by the shapes.
 
 use std::sync::OnceLock;
 
@@ -163,7 +167,7 @@ struct Shape {
 fn shapes() -> &'static [Shape] {
     static SHAPES: OnceLock<Vec<Shape>> = OnceLock::new();
     SHAPES.get_or_init(|| {
-        let table: [(&str, &'static str); 12] = [
+        let table: [(&str, &'static str); 13] = [
             // PEM private-key blocks, whole (to the end of the text when the END line is cut off).
             (
                 r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
@@ -183,6 +187,12 @@ fn shapes() -> &'static [Shape] {
             // key=value, key: value, "key": "value".
             (
                 r#"(?i)\b([\w.\-]*(?:password|passwd|pwd|secret|token|api_key|apikey|api-key|access_key|private_key|secret_key)[\w.\-]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
+                "${1}${2}[REDACTED]",
+            ),
+            // Environment-style assignments whose NAME looks secret (`DB_PASS=…`, an env dump,
+            // `'API_KEY': '…'`): upper case only, so prose such as "tests passed: 3" is kept.
+            (
+                r#"\b([A-Z0-9_]*(?:PASS|SECRET|TOKEN|KEY)[A-Z0-9_]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
                 "${1}${2}[REDACTED]",
             ),
             // JWTs (header.payload.signature; the signature may be empty with alg none).
@@ -230,7 +240,7 @@ mod tests {
 
     #[test]
     fn every_shape_compiles() {
-        assert_eq!(shapes().len(), 12);
+        assert_eq!(shapes().len(), 13);
     }
 
     #[test]
@@ -263,6 +273,11 @@ mod tests {
             ("client_secret='s3cr3t'", "client_secret=[REDACTED]"),
             ("passwd:abc", "passwd:[REDACTED]"),
             ("pwd=abc123", "pwd=[REDACTED]"),
+            (
+                "env: DB_PASS=hunter2 MODE=fast SSH_KEY_PATH=/k",
+                "env: DB_PASS=[REDACTED] MODE=fast SSH_KEY_PATH=[REDACTED]",
+            ),
+            ("{'STRIPE_KEY': 'x1'}", "{'STRIPE_KEY': [REDACTED]}"),
             ("retry with token=t0k3n-value", "retry with token=[REDACTED]"),
             (
                 "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG",
@@ -297,6 +312,7 @@ mod tests {
             "https://example.org/api/books?page=2",
             "risk-averse task-runner",
             "Running basic checks on 12 books",
+            "tests passed: 12, key: 4411",
         ];
         for l in lines {
             assert_eq!(redact_shapes(l), l);
