@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 
 use crate::manifest::Manifest;
 
-/// Runs `spec.setup` unless its `creates` path exists. The command's output goes to stderr.
+/// Runs `spec.setup` unless its `creates` path exists. The command's output (stdout and stderr)
+/// goes to automon's stderr line by line, redacted ([`crate::secrets::redactor_for_manifest`]).
 ///
 /// # Errors
 /// A sentence naming the command and how it failed.
@@ -24,20 +25,31 @@ pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), Str
         return Ok(());
     };
     announce(&format!("setup: running {}", setup.command.join(" ")));
-    let status = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
         .current_dir(&workdir)
         .env_clear()
         .envs(crate::secrets::env::child_env_for(spec))
         .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| {
             format!(
                 "setup: cannot execute {program:?} in {}: {e}",
                 workdir.display()
             )
         })?;
+    let redactor = crate::secrets::redactor_for_manifest(manifest);
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    std::thread::scope(|s| {
+        let redactor = &redactor;
+        s.spawn(move || forward_redacted(err, redactor));
+        forward_redacted(out, redactor);
+    });
+    let status = child
+        .wait()
+        .map_err(|e| format!("setup: cannot wait for {program:?}: {e}"))?;
     if !status.success() {
         return Err(format!(
             "setup: {} failed with {status}",
@@ -45,6 +57,26 @@ pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+/// Copies `from` to automon's stderr one line at a time, each redacted.
+fn forward_redacted(from: Option<impl std::io::Read>, redactor: &crate::secrets::Redactor) {
+    use std::io::{BufRead, Write};
+    let Some(from) = from else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = redactor.redact(&String::from_utf8_lossy(&line));
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            }
+        }
+    }
 }
 
 /// Runs `spec.work.range.end_command` (when the manifest has one) and parses its output.

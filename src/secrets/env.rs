@@ -68,7 +68,9 @@ pub fn child_env(
             if inherit {
                 k.as_os_str() != llm_key_env
             } else {
-                KEPT_WITHOUT_INHERIT.iter().any(|kept| k.as_os_str() == *kept)
+                KEPT_WITHOUT_INHERIT
+                    .iter()
+                    .any(|kept| k.as_os_str() == *kept)
             }
         })
         .collect();
@@ -192,7 +194,13 @@ mod tests {
 
     #[test]
     fn secret_names_by_shape_and_by_declaration() {
-        for name in ["DB_PASS", "db_password", "CLIENT_SECRET", "GH_TOKEN", "OPENAI_API_KEY"] {
+        for name in [
+            "DB_PASS",
+            "db_password",
+            "CLIENT_SECRET",
+            "GH_TOKEN",
+            "OPENAI_API_KEY",
+        ] {
             assert!(looks_secret(name), "{name}");
         }
         for name in ["PATH", "PYTHONUNBUFFERED", "LANG", "BATCH"] {
@@ -216,12 +224,18 @@ mod tests {
         let declared = BTreeMap::from([("DB_PASS".to_string(), "pw".to_string())]);
         let env = child_env(parent(), &declared, true, "OPENAI_API_KEY");
         assert!(!env.contains_key(&OsString::from("OPENAI_API_KEY")));
-        assert_eq!(env.get(&OsString::from("VIRTUAL_ENV")), Some(&"/venv".into()));
+        assert_eq!(
+            env.get(&OsString::from("VIRTUAL_ENV")),
+            Some(&"/venv".into())
+        );
         assert_eq!(env.get(&OsString::from("DB_PASS")), Some(&"pw".into()));
 
         let clean = child_env(parent(), &declared, false, "OPENAI_API_KEY");
         let names: Vec<_> = clean.keys().cloned().collect();
-        assert_eq!(names, ["DB_PASS", "HOME", "LANG", "PATH"].map(OsString::from));
+        assert_eq!(
+            names,
+            ["DB_PASS", "HOME", "LANG", "PATH"].map(OsString::from)
+        );
 
         let named = BTreeMap::from([("OPENAI_API_KEY".to_string(), "sk-declared".to_string())]);
         let env = child_env(parent(), &named, true, "OPENAI_API_KEY");
@@ -247,22 +261,35 @@ mod tests {
     #[test]
     fn the_normalised_manifest_keeps_a_hash_not_the_value() {
         let ws = workerset(
-            &[("DB_PASS", "hunter2-old"), ("DSN", "pg://x"), ("MODE", "fast")],
+            &[
+                ("DB_PASS", "hunter2-old"),
+                ("DSN", "pg://x"),
+                ("MODE", "fast"),
+            ],
             &["DSN"],
         );
         let yaml = normalized_yaml(&ws);
         assert!(!yaml.contains("hunter2-old"), "{yaml}");
         assert!(!yaml.contains("pg://x"), "{yaml}");
         assert!(yaml.contains("fast"), "{yaml}");
-        assert!(yaml.contains(&mask_value("DB_PASS", "hunter2-old")), "{yaml}");
+        assert!(
+            yaml.contains(&mask_value("DB_PASS", "hunter2-old")),
+            "{yaml}"
+        );
         // Masking is idempotent: a stored copy parsed again keeps its hash.
         assert_eq!(remask(&yaml), yaml);
     }
 
     #[test]
     fn diff_display_says_changed_without_either_value() {
-        let old = normalized_yaml(&workerset(&[("DB_PASS", "hunter2-old"), ("API_TOKEN", "t-1")], &[]));
-        let new = normalized_yaml(&workerset(&[("DB_PASS", "hunter2-new"), ("API_TOKEN", "t-1")], &[]));
+        let old = normalized_yaml(&workerset(
+            &[("DB_PASS", "hunter2-old"), ("API_TOKEN", "t-1")],
+            &[],
+        ));
+        let new = normalized_yaml(&workerset(
+            &[("DB_PASS", "hunter2-new"), ("API_TOKEN", "t-1")],
+            &[],
+        ));
         let (o, n) = for_display(&old, &new);
         assert!(o.contains("DB_PASS: [REDACTED]\n"), "{o}");
         assert!(n.contains("DB_PASS: [REDACTED] (changed)\n"), "{n}");

@@ -27,30 +27,57 @@ use std::path::Path;
 
 pub use redact::{REDACTED, Redactor, redact_shapes};
 
-use crate::manifest::{Desired, Llm};
+use crate::manifest::{Desired, Llm, Manifest};
 
 /// The redactor for a resolved manifest: the values of its secret names
 /// ([`Desired::secret_env`] and `template.env` names that [look secret](env::looks_secret)),
 /// from `template.env` and from automon's environment; the values of automon's own variables
 /// whose names look secret; the LLM API key ([`llm_key`]); and `spec.secrets.patterns`.
 pub fn redactor_for(desired: &Desired) -> Redactor {
-    let mut names = desired.secret_env.clone();
+    build(
+        &desired.secret_env,
+        &desired.env,
+        &desired.llm,
+        &desired.manifest_dir,
+        &desired.secret_patterns,
+    )
+}
+
+/// [`redactor_for`] a manifest not resolved yet (the setup command runs before).
+pub fn redactor_for_manifest(manifest: &Manifest) -> Redactor {
+    let spec = &manifest.workerset.spec;
+    build(
+        &env::declared_names(spec),
+        &spec.template.env,
+        &spec.llm,
+        &manifest.dir,
+        &spec.secrets.patterns,
+    )
+}
+
+fn build(
+    declared: &[String],
+    template_env: &std::collections::BTreeMap<String, String>,
+    llm: &Llm,
+    manifest_dir: &Path,
+    patterns: &[String],
+) -> Redactor {
+    let mut names = declared.to_vec();
     names.extend(
-        desired
-            .env
+        template_env
             .keys()
             .filter(|k| env::looks_secret(k) && !names.contains(k))
             .cloned()
             .collect::<Vec<_>>(),
     );
-    let mut r = Redactor::from_env_names(&names, &desired.env);
+    let mut r = Redactor::from_env_names(&names, template_env);
     r.add(
         std::env::vars()
             .filter(|(k, _)| env::looks_secret(k))
             .map(|(_, v)| v),
     );
-    r.add(llm_key(&desired.llm, &desired.manifest_dir));
-    r.add_patterns(&desired.secret_patterns);
+    r.add(llm_key(llm, manifest_dir));
+    r.add_patterns(patterns);
     r
 }
 

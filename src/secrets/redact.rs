@@ -278,7 +278,10 @@ mod tests {
                 "env: DB_PASS=[REDACTED] MODE=fast SSH_KEY_PATH=[REDACTED]",
             ),
             ("{'STRIPE_KEY': 'x1'}", "{'STRIPE_KEY': [REDACTED]}"),
-            ("retry with token=t0k3n-value", "retry with token=[REDACTED]"),
+            (
+                "retry with token=t0k3n-value",
+                "retry with token=[REDACTED]",
+            ),
             (
                 "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG",
                 "AWS_SECRET_ACCESS_KEY=[REDACTED]",
@@ -349,7 +352,10 @@ mod tests {
     fn extra_patterns_replace_every_match_and_merge() {
         let mut r = Redactor::default();
         r.add_patterns(["CANARY-[0-9]+", "("]);
-        assert_eq!(r.redact("a CANARY-1 b CANARY-22"), "a [REDACTED] b [REDACTED]");
+        assert_eq!(
+            r.redact("a CANARY-1 b CANARY-22"),
+            "a [REDACTED] b [REDACTED]"
+        );
         let mut other = Redactor::new(["literal-1"]);
         other.merge(&r);
         assert_eq!(other.redact("literal-1 CANARY-3"), "[REDACTED] [REDACTED]");

@@ -91,7 +91,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = EventLog::open(dir.path(), false);
-        for t in ["2026-12-02T06:00:09.5Z", "2026-12-02T06:00:10Z", "2026-12-02T06:00:10.05Z"] {
+        for t in [
+            "2026-12-02T06:00:09.5Z",
+            "2026-12-02T06:00:10Z",
+            "2026-12-02T06:00:10.05Z",
+        ] {
             log.record(t.parse().expect("timestamp"), "event");
         }
         let text = std::fs::read_to_string(log.path()).expect("read");
@@ -100,7 +104,10 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(lines, sorted, "{text}");
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
-        let mode = std::fs::metadata(log.path()).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(log.path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

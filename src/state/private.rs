@@ -92,7 +92,11 @@ pub fn tighten(file: &File) -> io::Result<()> {
 /// The I/O error of opening or writing.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let mut f = options().create(true).write(true).truncate(true).open(path)?;
+    let mut f = options()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     tighten(&f)?;
     f.write_all(bytes)
 }

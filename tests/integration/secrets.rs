@@ -156,11 +156,15 @@ fn answer() -> ResponseTemplate {
 fn automon(dir: &Path) -> Command {
     // umask 000: every mode below must come from automon, not from a kind umask.
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "umask 000; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_automon")])
-        .current_dir(dir)
-        .env("OPENAI_API_KEY", LLM_KEY)
-        .env("LEGACY_CRED", LEGACY)
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "-c",
+        "umask 000; exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_automon"),
+    ])
+    .current_dir(dir)
+    .env("OPENAI_API_KEY", LLM_KEY)
+    .env("LEGACY_CRED", LEGACY)
+    .env("RUST_LOG", "warn");
     cmd
 }
 
@@ -188,7 +192,13 @@ const READ_COMMANDS: [&[&str]; 12] = [
     &["history", "workerset.yaml"],
     &["history", "workerset.yaml", "-o", "json"],
     &["status", "workerset.yaml"],
-    &["diagnose", "workerset.yaml", "--worker", "0", "--show-prompt"],
+    &[
+        "diagnose",
+        "workerset.yaml",
+        "--worker",
+        "0",
+        "--show-prompt",
+    ],
     &["apply", "workerset.yaml", "--dry-run"],
 ];
 
@@ -250,12 +260,14 @@ async fn no_canary_reaches_any_file_output_or_worker_environment() {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(Instant::now() < deadline, "automon did not finish in 5 minutes");
+            assert!(
+                Instant::now() < deadline,
+                "automon did not finish in 5 minutes"
+            );
             // The live environment of the hanging worker, as the kernel holds it.
             if !environ_checked
                 && let Ok(pid) = std::fs::read_to_string(work.join("pid1"))
-                && let Ok(environ) =
-                    std::fs::read(format!("/proc/{}/environ", pid.trim()))
+                && let Ok(environ) = std::fs::read(format!("/proc/{}/environ", pid.trim()))
             {
                 let environ = String::from_utf8_lossy(&environ);
                 if environ.contains("AUTOMON_WORKER_ID=1") {
@@ -266,7 +278,11 @@ async fn no_canary_reaches_any_file_output_or_worker_environment() {
                 }
             }
             // Read commands while workers crash, hang and restart.
-            for args in [&READ_COMMANDS[1][..], &READ_COMMANDS[2][..], &READ_COMMANDS[6][..]] {
+            for args in [
+                &READ_COMMANDS[1][..],
+                &READ_COMMANDS[2][..],
+                &READ_COMMANDS[6][..],
+            ] {
                 outputs.push(read(&work, args));
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -291,9 +307,15 @@ async fn no_canary_reaches_any_file_output_or_worker_environment() {
             outputs.push(read(&work, args));
         }
         // diagnose asks the stand-in LLM and prints its (redacted) answer.
-        outputs.push(read(&work, &["diagnose", "workerset.yaml", "--worker", "1"]));
-        std::fs::write(work.join("workerset.yaml"), manifest(&base_url, DB_PASS_NEW))
-            .expect("edit manifest");
+        outputs.push(read(
+            &work,
+            &["diagnose", "workerset.yaml", "--worker", "1"],
+        ));
+        std::fs::write(
+            work.join("workerset.yaml"),
+            manifest(&base_url, DB_PASS_NEW),
+        )
+        .expect("edit manifest");
         for args in READ_COMMANDS {
             outputs.push(read(&work, args));
         }

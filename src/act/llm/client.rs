@@ -183,7 +183,9 @@ impl LlmClient {
     /// As [`LlmClient::from_manifest`].
     pub fn from_desired(desired: &Desired, manifest_dir: &Path) -> Result<Self, LlmError> {
         let mut client = Self::from_manifest(&desired.llm, manifest_dir)?;
-        client.redactor.merge(&crate::secrets::redactor_for(desired));
+        client
+            .redactor
+            .merge(&crate::secrets::redactor_for(desired));
         Ok(client)
     }
 
