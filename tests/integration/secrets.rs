@@ -278,11 +278,7 @@ async fn no_canary_reaches_any_file_output_or_worker_environment() {
                 }
             }
             // Read commands while workers crash, hang and restart.
-            for args in [
-                &READ_COMMANDS[1][..],
-                &READ_COMMANDS[2][..],
-                &READ_COMMANDS[6][..],
-            ] {
+            for args in [READ_COMMANDS[1], READ_COMMANDS[2], READ_COMMANDS[6]] {
                 outputs.push(read(&work, args));
             }
             std::thread::sleep(Duration::from_millis(300));
