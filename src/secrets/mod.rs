@@ -29,10 +29,11 @@ pub use redact::{REDACTED, Redactor, redact_shapes};
 
 use crate::manifest::{Desired, Llm, Manifest};
 
-/// The redactor for a resolved manifest: the values of its secret names
-/// ([`Desired::secret_env`] and `template.env` names that [look secret](env::looks_secret)),
-/// from `template.env` and from automon's environment; the values of automon's own variables
-/// whose names look secret; the LLM API key ([`llm_key`]); and `spec.secrets.patterns`.
+/// The redactor for a resolved manifest: the values of its declared secret names
+/// ([`Desired::secret_env`]), from `template.env` and from automon's environment; the values of
+/// `template.env` entries and of automon's own variables whose names
+/// [look secret](env::looks_secret) (at least [`MIN_IMPLICIT_SECRET_LEN`] bytes); the LLM API
+/// key ([`llm_key`]); and `spec.secrets.patterns`.
 pub fn redactor_for(desired: &Desired) -> Redactor {
     build(
         &desired.secret_env,
@@ -55,6 +56,11 @@ pub fn redactor_for_manifest(manifest: &Manifest) -> Redactor {
     )
 }
 
+/// Values of variables that are secret only by their names (`TOKENIZERS_PARALLELISM=false`)
+/// shorter than this many bytes are not redacted: removing every `false` from the logs would
+/// protect nothing. Declared names and the LLM key use [`redact::MIN_SECRET_LEN`].
+pub const MIN_IMPLICIT_SECRET_LEN: usize = 8;
+
 fn build(
     declared: &[String],
     template_env: &std::collections::BTreeMap<String, String>,
@@ -62,20 +68,18 @@ fn build(
     manifest_dir: &Path,
     patterns: &[String],
 ) -> Redactor {
-    let mut names = declared.to_vec();
-    names.extend(
-        template_env
-            .keys()
-            .filter(|k| env::looks_secret(k) && !names.contains(k))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    let mut r = Redactor::from_env_names(&names, template_env);
-    r.add(
-        std::env::vars()
-            .filter(|(k, _)| env::looks_secret(k))
-            .map(|(_, v)| v),
-    );
+    let mut r = Redactor::from_env_names(declared, template_env);
+    let implicit = template_env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(std::env::vars())
+        .filter(|(k, v)| {
+            env::looks_secret(k)
+                && !declared.contains(k)
+                && v.trim().len() >= MIN_IMPLICIT_SECRET_LEN
+        })
+        .map(|(_, v)| v);
+    r.add(implicit);
     r.add(llm_key(llm, manifest_dir));
     r.add_patterns(patterns);
     r
@@ -91,4 +95,29 @@ pub fn llm_key(llm: &Llm, manifest_dir: &Path) -> Option<String> {
             &llm.api_key_env,
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_values_of_names_that_only_look_secret_are_kept() {
+        let env = std::collections::BTreeMap::from([
+            ("TOKENIZERS_PARALLELISM".to_string(), "false".to_string()),
+            ("DB_PASS".to_string(), "hunter2-long".to_string()),
+            ("DSN".to_string(), "pg-x".to_string()),
+        ]);
+        let r = build(
+            &["DSN".to_string()],
+            &env,
+            &Llm::default(),
+            Path::new("/nonexistent"),
+            &[],
+        );
+        assert_eq!(
+            r.redact("completed false, pass hunter2-long, dsn pg-x"),
+            "completed false, pass [REDACTED], dsn [REDACTED]"
+        );
+    }
 }

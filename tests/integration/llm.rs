@@ -589,7 +589,8 @@ spec:
     base_url: {base_url}
     timeout: 5s
     max_log_bytes: 2048
-    secret_env: [CALIBRE_DB_PASSWORD]
+  secrets:
+    env: [CALIBRE_DB_PASSWORD]
 "#
     );
     std::fs::write(dir.join("m.yaml"), manifest).unwrap();

@@ -50,8 +50,8 @@ const CANARIES: [&str; 18] = [
 ];
 
 /// Worker 0 crashes twice with every shape of secret in its error lines (and its whole
-/// environment dumped into one), worker 1 hangs once after logging a secret; both then finish
-/// their shard. Each writes its pid and environment to files in the work directory.
+/// environment dumped into one), worker 1 hangs once after logging a secret (found stuck after
+/// 20 s: room for a loaded machine); both then finish their shard. Each writes its pid and environment to files in the work directory.
 const WORKER: &str = r#"
 import json, os, pathlib, sys, time
 
@@ -124,9 +124,9 @@ spec:
     file: "logs/worker{{id}}.log"
     upload_patterns: ["Successfully uploaded:"]
     activity_patterns: ["Processed batch"]
-  health: {{stuck_after: 3s, discovery_grace: 3s}}
+  health: {{stuck_after: 20s, discovery_grace: 20s}}
   restart: {{backoff_initial: 1s, backoff_max: 2s}}
-  fixes: {{cooldown: 1s, verify_after: 2s}}
+  fixes: {{cooldown: 1s, verify_after: 10s}}
   llm: {{enabled: true, base_url: "{base_url}", model: stand-in-model, timeout: 10s, secret_env: [LEGACY_CRED]}}
   secrets:
     env: [MIGRATION_DSN]
