@@ -9,6 +9,7 @@
 //! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
+//! - [`control`]: the loop's control socket (HTTP, JSON): operator requests, live apply, views, `/metrics`.
 //! - [`metrics`]: Prometheus metrics and the status file, published after each pass.
 //! - [`cli`]: command-line parsing and the subcommands.
 //! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
@@ -17,6 +18,7 @@
 pub mod act;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod daemon;
 pub mod footprint;
 pub mod manifest;

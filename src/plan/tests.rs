@@ -67,6 +67,7 @@ fn running(pid: i32, since: Now, checkpoint: u64) -> WorkerMemory {
             resume_from: None,
             adopted: false,
             own_group: true,
+            template: None,
         }),
         checkpoint: Some(checkpoint),
         ..WorkerMemory::default()

@@ -10,6 +10,8 @@ pub struct EventLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     echo: bool,
+    /// Lines recorded since [`EventLog::capture`], for an operator waiting on a pass.
+    captured: Option<Vec<String>>,
 }
 
 impl EventLog {
@@ -33,7 +35,23 @@ impl EventLog {
                 None
             }
         };
-        Self { path, file, echo }
+        Self {
+            path,
+            file,
+            echo,
+            captured: None,
+        }
+    }
+
+    /// Starts keeping the messages recorded from now on (what a pass did, for the operator
+    /// whose request it took); [`EventLog::take_captured`] hands them over.
+    pub fn capture(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The messages recorded since [`EventLog::capture`]; capturing stops.
+    pub fn take_captured(&mut self) -> Vec<String> {
+        self.captured.take().unwrap_or_default()
     }
 
     /// The log file's path.
@@ -45,6 +63,9 @@ impl EventLog {
     /// (target `automon::events`, level info) so structured logs carry it.
     pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
         tracing::info!(target: "automon::events", "{message}");
+        if let Some(c) = &mut self.captured {
+            c.push(message.to_string());
+        }
         let local = now
             .to_zoned_datetime(jiff::tz::TimeZone::system())
             .strftime("%Y-%m-%d %H:%M:%S")
