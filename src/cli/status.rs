@@ -64,10 +64,32 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
     let manifest = super::load_manifest(&args.file)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let running = state::running_instance(&state_dir);
-    let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
+    // While a loop runs, its own last pass (over the control socket); otherwise the file.
+    let view = match crate::control::client::view(&state_dir) {
+        Ok(v) => v,
+        Err(why) => {
+            if running.is_none() {
+                return Err(CliError::runtime(why));
+            }
+            // Running spec.setup: no pass yet.
+            eprintln!("automon: {why}");
+            None
+        }
+    };
+    let from_loop = view.as_ref().is_some_and(|v| v.status.is_some());
+    let last = match view.and_then(|v| v.status) {
+        Some(s) => Some(s),
+        None => state::read_status(&state_dir).map_err(CliError::runtime)?,
+    };
     match args.output {
-        Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref())?,
-        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref())?,
+        Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref(), from_loop)?,
+        Output::Text => print_text(
+            &manifest.file,
+            &state_dir,
+            running.as_ref(),
+            last.as_ref(),
+            from_loop,
+        )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
 }
@@ -76,9 +98,11 @@ fn print_json(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
     last: Option<&DaemonStatus>,
+    from_loop: bool,
 ) -> Result<(), CliError> {
     let value = serde_json::json!({
         "running": running.is_some(),
+        "source": if from_loop { "loop" } else { "files" },
         "pid": running.map(|i| i.pid),
         "since": running.and_then(|i| i.since),
         "state_dir": state_dir,
@@ -94,6 +118,7 @@ fn print_text(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
     last: Option<&DaemonStatus>,
+    from_loop: bool,
 ) -> Result<(), CliError> {
     let mut text = String::new();
     macro_rules! out {
@@ -104,7 +129,13 @@ fn print_text(
     }
     match running {
         Some(i) => out!("automon: running ({})", describe(i)),
-        None => out!("automon: not running for {}", file.display()),
+        None => out!(
+            "automon: not running for {} (no loop running; read from files)",
+            file.display()
+        ),
+    }
+    if running.is_some() && !from_loop {
+        out!("(the loop did not answer on its control socket; read from files)");
     }
     let Some(s) = last else {
         out!(
