@@ -120,7 +120,8 @@ struct Daemon<'a> {
     queued: Vec<Request>,
     /// Operators waiting for the pass that applies their request: where the outcome goes and
     /// what became of the request.
-    waiting: Vec<(oneshot::Sender<Outcome>, String)>,
+    /// An operator request's answer carries only its worker's lines (`Some(worker)`).
+    waiting: Vec<(oneshot::Sender<Outcome>, String, Option<WorkerId>)>,
     /// Set when stderr is `STATE_DIR/automon.log` (`automon start`): SIGHUP reopens it.
     log_file: Option<PathBuf>,
 }
@@ -569,7 +570,7 @@ impl Daemon<'_> {
                         plan::apply_request(&mut self.memory, body.kind, body.worker, now);
                     self.events
                         .record(now.wall, &format!("operator `{}`: {message}", body.command));
-                    self.wait(reply, message);
+                    self.wait(reply, message, Some(body.worker));
                 }
                 Request::Apply { body, reply } => {
                     let outcome = body
@@ -583,18 +584,23 @@ impl Daemon<'_> {
                         .and_then(|(m, _)| self.take_manifest(&m));
                     match outcome {
                         Ok(changes) => {
-                            let message = format!("manifest {} taken: {changes}", body.file.display());
-                            self.events
-                                .record(now.wall, &format!("operator `{}`: {message}", body.command));
-                            self.wait(reply, message);
+                            let message =
+                                format!("manifest {} taken: {changes}", body.file.display());
+                            self.events.record(
+                                now.wall,
+                                &format!("operator `{}`: {message}", body.command),
+                            );
+                            self.wait(reply, message, None);
                         }
                         Err((verdict, why)) => {
                             let message = format!(
                                 "manifest {} not taken; the loop runs on unchanged: {why}",
                                 body.file.display()
                             );
-                            self.events
-                                .record(now.wall, &format!("operator `{}`: {message}", body.command));
+                            self.events.record(
+                                now.wall,
+                                &format!("operator `{}`: {message}", body.command),
+                            );
                             if let Some(reply) = reply {
                                 let _ = reply.send(Outcome {
                                     verdict,
@@ -616,9 +622,14 @@ impl Daemon<'_> {
         }
     }
 
-    fn wait(&mut self, reply: Option<oneshot::Sender<Outcome>>, message: String) {
+    fn wait(
+        &mut self,
+        reply: Option<oneshot::Sender<Outcome>>,
+        message: String,
+        worker: Option<WorkerId>,
+    ) {
         if let Some(reply) = reply {
-            self.waiting.push((reply, message));
+            self.waiting.push((reply, message, worker));
         }
     }
 
@@ -627,12 +638,26 @@ impl Daemon<'_> {
         if self.waiting.is_empty() {
             return;
         }
-        let lines = self.events.take_captured();
-        for (reply, message) in self.waiting.drain(..) {
+        let mut lines = self.events.take_captured();
+        // A park is both a note and its stop's reason: each line once.
+        let mut seen = std::collections::HashSet::new();
+        lines.retain(|l| seen.insert(l.clone()));
+        for (reply, message, worker) in self.waiting.drain(..) {
+            let lines = match worker {
+                Some(id) => {
+                    let (a, b) = (format!("worker {id}:"), format!("worker {id} "));
+                    lines
+                        .iter()
+                        .filter(|l| l.starts_with(&a) || l.starts_with(&b))
+                        .cloned()
+                        .collect()
+                }
+                None => lines.clone(),
+            };
             let _ = reply.send(Outcome {
                 verdict: Verdict::Done,
                 message,
-                lines: lines.clone(),
+                lines,
             });
         }
     }
@@ -652,8 +677,10 @@ impl Daemon<'_> {
                     Ok(())
                 });
             if let Err(e) = reopened {
-                self.events
-                    .record(now, &format!("SIGHUP: cannot reopen {}: {e}", path.display()));
+                self.events.record(
+                    now,
+                    &format!("SIGHUP: cannot reopen {}: {e}", path.display()),
+                );
             }
         }
         let file = self.desired.manifest_file.clone();
@@ -661,7 +688,10 @@ impl Daemon<'_> {
             .map_err(|e| e.to_string())
             .and_then(|(m, _)| self.take_manifest(&m).map_err(|(_, why)| why));
         let message = match taken {
-            Ok(changes) => format!("SIGHUP: re-read {}: manifest taken: {changes}", file.display()),
+            Ok(changes) => format!(
+                "SIGHUP: re-read {}: manifest taken: {changes}",
+                file.display()
+            ),
             Err(why) => format!(
                 "SIGHUP: re-read {}: not taken, the running manifest stays in force: {why}",
                 file.display()
@@ -747,7 +777,11 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
         ));
     }
     if old.template_hash() != new.template_hash() {
-        let running = memory.workers.values().filter(|w| w.process.is_some()).count();
+        let running = memory
+            .workers
+            .values()
+            .filter(|w| w.process.is_some())
+            .count();
         changes.push(format!(
             "the template (command, env, parameters or workdir) changed: {running} running worker(s) keep the previous one until their next restart"
         ));
@@ -757,7 +791,9 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
         .filter(|c| c.tag() == similar::ChangeTag::Insert)
         .count();
     if changes.is_empty() {
-        changes.push(format!("{other} line(s) of the manifest changed (see `automon diff`)"));
+        changes.push(format!(
+            "{other} line(s) of the manifest changed (see `automon diff`)"
+        ));
     }
     changes.join("; ")
 }

@@ -140,7 +140,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     // A running loop takes the manifest (live apply); without one, the lock first: a second
     // automon on this WorkerSet must not even run setup.
     let lock = if args.watch || args.reset_state {
-        if args.reset_state && let Some(i) = crate::state::running_instance(&state_dir) {
+        if args.reset_state
+            && let Some(i) = crate::state::running_instance(&state_dir)
+        {
             return Err(CliError::runtime(format!(
                 "--reset-state: a control loop runs for this WorkerSet ({}); stop it first (`automon stop {}`)",
                 super::status::describe(&i),
@@ -269,11 +271,16 @@ fn hand_over(
             String::from_utf8_lossy(&answer.body).trim()
         ))
     })?;
-    let mut text = format!("the running control loop: {}
-", outcome.message);
+    let mut text = format!(
+        "the running control loop: {}
+",
+        outcome.message
+    );
     for line in &outcome.lines {
-        text.push_str(&format!("  {line}
-"));
+        text.push_str(&format!(
+            "  {line}
+"
+        ));
     }
     match outcome.verdict {
         Verdict::Done | Verdict::Queued => super::emit(&text).map(|_| Handed::Answered(0)),

@@ -117,8 +117,9 @@ pub(crate) fn plan_once(
     // While a loop runs, its memory (what it runs and knows now), not the state file.
     let memory = match crate::control::client::view(state_dir).map_err(CliError::runtime)? {
         Some(view) => view.memory,
-        None => crate::state::load_memory(state_dir)
-            .map_err(|e| CliError::runtime(e.to_string()))?,
+        None => {
+            crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?
+        }
     };
     let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
     let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;

@@ -172,7 +172,11 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
 
 /// `get` while a loop runs: the rows come from the loop's view; notes say which running
 /// workers run the previous template and whether the loop runs another version of the file.
-fn show_view(args: &GetArgs, desired: &Desired, view: crate::control::View) -> Result<u8, CliError> {
+fn show_view(
+    args: &GetArgs,
+    desired: &Desired,
+    view: crate::control::View,
+) -> Result<u8, CliError> {
     let Some(plan) = &view.plan else {
         return Err(CliError::runtime(format!(
             "the control loop (pid {}) has not finished its first pass yet",

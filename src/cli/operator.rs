@@ -50,28 +50,34 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot serialize the request: {e}")))?;
     // The running loop applies it (over its control socket; nothing is signalled), or, when
     // none runs, this command does under the lock.
-    let lock = match crate::control::client::reach_or_lock(&state_dir, "POST", "/v1/operator", &body)
-        .map_err(CliError::runtime)?
-    {
-        crate::control::client::Reached::Loop(answer) => {
-            let outcome: crate::control::Outcome = serde_json::from_slice(&answer.body)
-                .map_err(|_| {
-                    CliError::runtime(format!(
-                        "the control loop answered {}: {}",
-                        answer.status,
-                        String::from_utf8_lossy(&answer.body).trim()
-                    ))
-                })?;
-            let mut text = format!("{}
-", outcome.message);
-            for line in outcome.lines.iter().filter(|l| **l != outcome.message) {
-                text.push_str(&format!("  {line}
-"));
+    let lock =
+        match crate::control::client::reach_or_lock(&state_dir, "POST", "/v1/operator", &body)
+            .map_err(CliError::runtime)?
+        {
+            crate::control::client::Reached::Loop(answer) => {
+                let outcome: crate::control::Outcome = serde_json::from_slice(&answer.body)
+                    .map_err(|_| {
+                        CliError::runtime(format!(
+                            "the control loop answered {}: {}",
+                            answer.status,
+                            String::from_utf8_lossy(&answer.body).trim()
+                        ))
+                    })?;
+                let mut text = format!(
+                    "{}
+",
+                    outcome.message
+                );
+                for line in outcome.lines.iter().filter(|l| **l != outcome.message) {
+                    text.push_str(&format!(
+                        "  {line}
+"
+                    ));
+                }
+                return super::emit(&text);
             }
-            return super::emit(&text);
-        }
-        crate::control::client::Reached::Locked(lock) => lock,
-    };
+            crate::control::client::Reached::Locked(lock) => lock,
+        };
     if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {
         return Err(CliError::runtime(format!(
             "no state yet in {}: nothing to resume (run `automon apply` first)",

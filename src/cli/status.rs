@@ -65,16 +65,11 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let running = state::running_instance(&state_dir);
     // While a loop runs, its own last pass (over the control socket); otherwise the file.
-    let view = match crate::control::client::view(&state_dir) {
-        Ok(v) => v,
-        Err(why) => {
-            if running.is_none() {
-                return Err(CliError::runtime(why));
-            }
-            // Running spec.setup: no pass yet.
-            eprintln!("automon: {why}");
-            None
-        }
+    let (view, unanswered) = match crate::control::client::view(&state_dir) {
+        Ok(v) => (v, None),
+        // Running spec.setup (no pass yet), or a socket that fails.
+        Err(why) if running.is_some() => (None, Some(why)),
+        Err(why) => return Err(CliError::runtime(why)),
     };
     let from_loop = view.as_ref().is_some_and(|v| v.status.is_some());
     let last = match view.and_then(|v| v.status) {
@@ -88,7 +83,7 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
             &state_dir,
             running.as_ref(),
             last.as_ref(),
-            from_loop,
+            unanswered.as_deref(),
         )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
@@ -118,7 +113,7 @@ fn print_text(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
     last: Option<&DaemonStatus>,
-    from_loop: bool,
+    unanswered: Option<&str>,
 ) -> Result<(), CliError> {
     let mut text = String::new();
     macro_rules! out {
@@ -134,8 +129,8 @@ fn print_text(
             file.display()
         ),
     }
-    if running.is_some() && !from_loop {
-        out!("(the loop did not answer on its control socket; read from files)");
+    if let Some(why) = unanswered {
+        out!("loop: {why} (read from files)");
     }
     let Some(s) = last else {
         out!(

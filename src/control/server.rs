@@ -322,7 +322,11 @@ async fn route(
             plain,
             "not found: /metrics, GET /v1/view, POST /v1/operator, POST /v1/apply\n".into(),
         ),
-        _ => text(StatusCode::NOT_FOUND, plain, "not found: try /metrics\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            plain,
+            "not found: try /metrics\n".into(),
+        ),
     }
 }
 
@@ -378,7 +382,10 @@ mod tests {
     async fn raw(stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), req: &str) -> String {
         stream.write_all(req.as_bytes()).await.expect("send");
         let mut got = String::new();
-        stream.read_to_string(&mut got).await.expect("read to close");
+        stream
+            .read_to_string(&mut got)
+            .await
+            .expect("read to close");
         got
     }
 
@@ -387,7 +394,9 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         let dir = tempfile::tempdir().expect("tempdir");
         // A stale socket file left by a killed loop is replaced.
-        drop(std::os::unix::net::UnixListener::bind(dir.path().join(super::super::SOCKET_FILE)));
+        drop(std::os::unix::net::UnixListener::bind(
+            dir.path().join(super::super::SOCKET_FILE),
+        ));
         let (tx, rx) = watch::channel(String::from("first 1\n"));
         let inbox = start(dir.path(), None, rx).expect("start");
         let path = super::super::socket_path(dir.path());
@@ -395,12 +404,16 @@ mod tests {
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         tx.send_replace("second 2\n".into());
-        let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let mut s = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
         let got = raw(&mut s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         assert!(got.contains("text/plain; version=0.0.4"), "{got}");
         assert!(got.ends_with("\r\n\r\nsecond 2\n"), "{got}");
-        let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let mut s = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
         let got = raw(&mut s, "hello\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 400"), "{got}");
         drop(inbox);
@@ -424,11 +437,17 @@ mod tests {
                 "POST /v1/operator HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
                 "404 Not Found",
             ),
-            ("POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "405 Method Not Allowed"),
+            (
+                "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+                "405 Method Not Allowed",
+            ),
         ] {
             let mut s = tokio::net::TcpStream::connect(port).await.expect("connect");
             let got = raw(&mut s, req).await;
-            assert!(got.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{req}: {got}");
+            assert!(
+                got.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{req}: {got}"
+            );
         }
         drop(inbox);
     }
@@ -442,13 +461,19 @@ mod tests {
         // MAX_CONNECTIONS idle clients that never send a request hold every permit.
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
-            idle.push(tokio::net::UnixStream::connect(&path).await.expect("connect"));
+            idle.push(
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .expect("connect"),
+            );
         }
         // Give the server time to accept them (no assertion on how long this takes).
         for _ in 0..200 {
             tokio::task::yield_now().await;
         }
-        let mut extra = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let mut extra = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
         let mut buf = Vec::new();
         // Refused at once: closed without an answer, long before the idle ones time out.
         let n = tokio::time::timeout(Duration::from_secs(60), extra.read_to_end(&mut buf))
@@ -460,8 +485,12 @@ mod tests {
         // Permits come back when the idle connections close; a client is served again.
         let mut served = false;
         for _ in 0..600 {
-            let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
-            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut s = tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect");
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
             let mut got = String::new();
             let _ = s.read_to_string(&mut got).await;
             if got.starts_with("HTTP/1.1 200") {
@@ -481,7 +510,9 @@ mod tests {
         let mut inbox = start(dir.path(), None, rx).expect("start");
         let path = super::super::socket_path(dir.path());
         let body = r#"{"kind":"Pause","worker":3,"command":"automon pause w.yaml 3"}"#;
-        let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
+        let mut s = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
         let got = raw(
             &mut s,
             &format!(

@@ -597,17 +597,23 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
 /// started; raising it again resumes the parked shards first.
 #[test]
 fn a_lowered_target_parks_the_highest_running_workers_with_the_grace_and_a_raised_one_resumes_them()
- {
+{
     let four = desired();
     let mut m = mem();
     let mut world = BTreeMap::new();
     for id in 0..4u32 {
-        m.workers
-            .insert(WorkerId(id), running(100 + id as i32, t0(), 100 * u64::from(id) + 50));
+        m.workers.insert(
+            WorkerId(id),
+            running(100 + id as i32, t0(), 100 * u64::from(id) + 50),
+        );
         world.insert(WorkerId(id), obs(alive(), Some(100 * u64::from(id) + 50)));
     }
     let p = plan(&four, &observed(world.clone(), vec![]), m, at(1));
-    assert!(stops(&p).is_empty() && starts(&p).is_empty(), "{:?}", p.actions);
+    assert!(
+        stops(&p).is_empty() && starts(&p).is_empty(),
+        "{:?}",
+        p.actions
+    );
     let mut two = four.clone();
     two.counts.target = 2;
     let p = plan(&two, &observed(world.clone(), vec![]), p.memory, at(2));

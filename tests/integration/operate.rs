@@ -163,7 +163,10 @@ fn a_pause_reaches_a_running_loop_which_stops_the_worker() {
     std::thread::sleep(Duration::from_secs(3));
     let (code, stdout, stderr) = automon_out(&m, &["pause", "workerset.yaml", "1"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("the running automon"), "{stdout}");
+    assert!(
+        stdout.contains("worker 1: paused by an operator"),
+        "{stdout}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !m.events().contains("worker 1: pid") {
         assert!(
