@@ -253,7 +253,6 @@ fn hand_over(
         file,
         text,
         overrides: (&overrides).into(),
-        restart_changed: false,
         command: crate::control::command_in_words(),
     };
     let body = serde_json::to_vec(&body)

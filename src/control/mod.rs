@@ -66,9 +66,6 @@ pub struct ApplyBody {
     /// Command-line overrides given with the apply.
     #[serde(default)]
     pub overrides: WireOverrides,
-    /// Roll the workers that run the previous template, one at a time (`--restart-changed`).
-    #[serde(default)]
-    pub restart_changed: bool,
     /// The operator's command in words, for the events.
     pub command: String,
 }
@@ -226,7 +223,7 @@ pub fn previous_template_note(worker: WorkerId, memory: &Memory) -> String {
         .and_then(|w| w.process.as_ref())
         .map_or_else(String::new, |p| format!(" (pid {})", p.identity.pid));
     format!(
-        "worker {worker}{pid} runs the previous template; it takes the new one at its next restart (or `automon apply FILE --restart-changed`)"
+        "worker {worker}{pid} runs the previous template; it takes the new one at its next restart"
     )
 }
 

@@ -375,3 +375,38 @@ fn pause_and_apply_during_a_slow_setup_are_applied_after_it() {
         m.events()
     );
 }
+
+/// Regression: SIGHUP killed automon silently (exit 129). Now it reloads, and reopens
+/// `automon.log` so logrotate can move it away; a metrics address reachable from other machines
+/// gets a warning.
+#[test]
+fn sighup_reopens_the_log_of_a_started_loop_and_a_public_metrics_address_is_warned_about() {
+    let m = slow(2, "");
+    let _cleanup = Cleanup(&m);
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("0.0.0.0:{port}");
+    let (code, out, err) = run(&m, &["start", "workerset.yaml", "--metrics-addr", &addr]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let log = m.state_dir().join("automon.log");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains(&format!(
+            "warning: --metrics-addr {addr} is not a loopback address"
+        )),
+        "{text}"
+    );
+    let pid = automon::state::running_instance(&m.state_dir())
+        .expect("running")
+        .pid;
+    std::fs::rename(&log, m.state_dir().join("automon.log.1")).expect("rotate");
+    kill(Pid::from_raw(pid), Signal::SIGHUP).expect("SIGHUP");
+    wait_for("the reopened log to receive the reload", LIMIT, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP: re-read"))
+    });
+    assert!(automon::state::running_instance(&m.state_dir()).is_some_and(|i| i.pid == pid));
+    let (code, out, err) = run(&m, &["stop", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
