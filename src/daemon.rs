@@ -60,7 +60,24 @@ pub enum RunError {
     /// The key range or shard count changed since the state was written.
     #[error("{0}")]
     RangeChanged(String),
+    /// The state directory was replaced and another automon locked the new one.
+    #[error("{0}")]
+    LockLost(String),
 }
+
+/// The memory is not on disk: the last save failed (see [`observe::Observed::unsaved_state`]).
+#[derive(Debug, Clone)]
+struct Unsaved {
+    /// When the first failed save was.
+    since: jiff::Timestamp,
+    /// Failed saves in a row.
+    failures: u32,
+    /// The last save's error.
+    why: String,
+}
+
+/// How soon a pass retries a failed save, whatever the interval.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 
 /// A background task finished.
 enum Wake {
@@ -124,11 +141,24 @@ struct Daemon<'a> {
     waiting: Vec<(oneshot::Sender<Outcome>, String, Option<WorkerId>)>,
     /// Set when stderr is `STATE_DIR/automon.log` (`automon start`): SIGHUP reopens it.
     log_file: Option<PathBuf>,
+    /// The state directory's lock, re-checked every pass; it also carries the condition
+    /// `automon status` shows.
+    lock: InstanceLock,
+    /// Set while the memory is not on disk.
+    unsaved: Option<Unsaved>,
+    /// The history basis of the last saved memory, while a save is pending.
+    unsaved_basis: Option<crate::state::HistoryBasis>,
+    /// Each worker's pid as last saved, to say what a failed save puts at risk.
+    saved_pids: std::collections::BTreeMap<WorkerId, i32>,
+    /// The last pass saved after failed saves: the next pass (which makes the held starts)
+    /// comes at once.
+    saved_again: bool,
 }
 
 impl Daemon<'_> {
     /// One pass: observe → plan → act → persist. Returns the plan.
     fn pass(&mut self) -> Result<Plan, RunError> {
+        self.check_lock()?;
         self.take_requests();
         for e in &self.pending_exits {
             self.unreaped.remove(&e.pid);
@@ -138,8 +168,11 @@ impl Daemon<'_> {
             unreaped: self.unreaped.clone(),
         };
         let now = crate::clock::Now::read();
-        let history_basis = crate::state::HistoryBasis::of(&self.memory);
-        let observed = self.observer.observe(
+        let history_basis = self
+            .unsaved_basis
+            .take()
+            .unwrap_or_else(|| crate::state::HistoryBasis::of(&self.memory));
+        let mut observed = self.observer.observe(
             &self.desired,
             &self.memory,
             &self.opts.state_dir,
@@ -147,6 +180,7 @@ impl Daemon<'_> {
             self.first,
             now.boot,
         );
+        observed.unsaved_state = self.unsaved.as_ref().map(|u| u.why.clone());
         self.last_disk = Some(observed.disk.clone());
         // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
         let recorded: Vec<(WorkerId, observe::ProcessIdentity)> = if self.first {
@@ -195,11 +229,118 @@ impl Daemon<'_> {
             self.events.record(now.wall, action.reason());
             self.act(action, &plan, &observed, now);
         }
-        state::save_memory(&self.opts.state_dir, &self.memory)?;
-        // After the save: a crash may lose a history line, never duplicate one.
-        self.history
-            .record_changes(&history_basis, &self.memory, &self.desired);
+        match state::save_memory(&self.opts.state_dir, &self.memory) {
+            Ok(()) => {
+                if let Some(u) = self.unsaved.take() {
+                    self.saved_again = true;
+                    self.events.record(
+                        jiff::Timestamp::now(),
+                        &format!(
+                            "state saved again after {} failed save(s) since {}; workers start again",
+                            u.failures,
+                            u.since.round(jiff::Unit::Second).unwrap_or(u.since)
+                        ),
+                    );
+                }
+                self.saved_pids = pids(&self.memory);
+                // After the save: a crash may lose a history line, never duplicate one.
+                self.history
+                    .record_changes(&history_basis, &self.memory, &self.desired);
+            }
+            // The loop goes on: it retries every pass and starts nothing until a save succeeds.
+            Err(e) if self.opts.watch => {
+                self.unsaved_basis = Some(history_basis);
+                let u = self.unsaved.get_or_insert(Unsaved {
+                    since: now.wall,
+                    failures: 0,
+                    why: String::new(),
+                });
+                u.failures += 1;
+                u.why = e.to_string();
+                let message = format!(
+                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
+                    u.failures,
+                    u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                    at_risk(&self.saved_pids, &self.memory),
+                    UNSAVED_RETRY.as_secs()
+                );
+                self.events.record(jiff::Timestamp::now(), &message);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.show_condition();
         Ok(plan)
+    }
+
+    /// Re-checks the state directory's lock: a directory deleted and recreated under the loop
+    /// is locked again (and the memory written into it by this pass), so no second automon can
+    /// take the WorkerSet; if one already has, this loop stops.
+    fn check_lock(&mut self) -> Result<(), RunError> {
+        let dir = &self.opts.state_dir;
+        match self.lock.recheck(dir) {
+            Ok(state::Recheck::Held) => {}
+            Ok(state::Recheck::Relocked) => {
+                self.events.reopen_if_replaced();
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!(
+                        "the state directory {} was deleted or replaced under this automon: its lock is taken again and the state written anew from memory",
+                        dir.display()
+                    ),
+                );
+            }
+            Err(state::LockError::Held { pid, .. }) => {
+                let why = format!(
+                    "the state directory {} was replaced under this automon and another automon (pid {pid}) locked it; this loop stops so that one automon manages the WorkerSet (the workers keep running)",
+                    dir.display()
+                );
+                self.events.record(jiff::Timestamp::now(), &why);
+                return Err(RunError::LockLost(why));
+            }
+            Err(e) => {
+                // Nobody can create the lock file either; say so and carry on.
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!("the state directory's lock cannot be checked: {e}"),
+                );
+            }
+        }
+        self.events.reopen_if_replaced();
+        Ok(())
+    }
+
+    /// Writes what is wrong in automon's own house (unsaved state, unwritable logs) into the
+    /// lock file, where `automon status` shows it; clears it when all is well.
+    fn show_condition(&mut self) {
+        let mut parts = Vec::new();
+        if let Some(u) = &self.unsaved {
+            parts.push(format!(
+                "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
+                u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                u.failures,
+                u.why,
+                at_risk(&self.saved_pids, &self.memory)
+            ));
+        }
+        if let Some(why) = self.events.failure() {
+            parts.push(format!(
+                "{} cannot be written: {why}",
+                self.events.path().display()
+            ));
+        }
+        if let Some(why) = crate::stdio::stderr_failure() {
+            parts.push(format!(
+                "automon's own log (stderr) cannot be written: {why}"
+            ));
+            crate::stdio::clear_stderr_failure();
+        }
+        let condition = (!parts.is_empty()).then(|| parts.join("; "));
+        if let Err(e) = self.lock.set_condition(condition.as_deref()) {
+            tracing::warn!(
+                "{}: cannot record the condition: {e}",
+                self.lock.path().display()
+            );
+        }
     }
 
     /// Carries out one action; long ones run in the background and report a [`Wake`].
@@ -408,14 +549,21 @@ pub async fn run(
     metrics: Option<tokio::sync::watch::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
-    // Held for the whole run (taken by the caller before setup, so setup never runs twice).
-    let _lock = lock;
+    // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
+    // re-checked every pass.
     if opts.reset_state
         && let Some(kept) = state::move_aside(&opts.state_dir)?
     {
-        eprintln!(
+        crate::errln!(
             "automon: --reset-state: the old state is kept as {}",
             kept.display()
+        );
+    }
+    // Temp files of a save cut short by a kill: only the lock holder writes them.
+    for stale in state::remove_stale_temp_files(&opts.state_dir) {
+        tracing::warn!(
+            "removed {}, left by an automon that was killed mid-write",
+            stale.display()
         );
     }
     let mut memory = state::load_memory(&opts.state_dir)?;
@@ -449,7 +597,13 @@ pub async fn run(
         queued: Vec::new(),
         waiting: Vec::new(),
         log_file: stderr_is_log(&opts.state_dir),
+        lock,
+        unsaved: None,
+        unsaved_basis: None,
+        saved_pids: std::collections::BTreeMap::new(),
+        saved_again: false,
     };
+    d.saved_pids = pids(&d.memory);
     let mut one_shot_passes = 0;
     let mut trimmed = false;
     inbox.set_ready();
@@ -463,6 +617,10 @@ pub async fn run(
         }
         let began = Instant::now();
         let plan = d.pass()?;
+        // After the pass re-checked the lock: a replaced state directory gets its socket back.
+        if let Some(message) = inbox.rebind_if_gone() {
+            d.events.record(jiff::Timestamp::now(), &message);
+        }
         d.reporter.after_pass(
             &d.desired,
             &d.memory,
@@ -493,14 +651,24 @@ pub async fn run(
                 return Ok(RunEnd::PassDone);
             }
             while d.in_flight > 0 {
-                match wake_rx.recv().await {
-                    Some(w) => d.on_wake(w),
-                    None => break,
+                tokio::select! {
+                    w = wake_rx.recv() => match w {
+                        Some(w) => d.on_wake(w),
+                        None => break,
+                    },
+                    () = &mut shutdown => return Ok(RunEnd::Interrupted),
                 }
             }
             continue;
         }
-        let wake_at = tokio::time::Instant::now() + requeue;
+        let wait = if std::mem::take(&mut d.saved_again) {
+            Duration::ZERO
+        } else if d.unsaved.is_some() {
+            requeue.min(UNSAVED_RETRY)
+        } else {
+            requeue
+        };
+        let wake_at = tokio::time::Instant::now() + wait;
         // Views are answered without a pass; anything else wakes the next one.
         loop {
             tokio::select! {
@@ -566,6 +734,24 @@ impl Daemon<'_> {
         for r in requests {
             match r {
                 Request::Operator { body, reply } => {
+                    // A request sent without reading the manifest (`pause --state-dir`) is
+                    // checked here.
+                    if !self.desired.worker_ids().contains(&body.worker) {
+                        let message = format!(
+                            "worker {} is not in WorkerSet {}; request ignored",
+                            body.worker, self.desired.name
+                        );
+                        self.events
+                            .record(now.wall, &format!("operator `{}`: {message}", body.command));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Outcome {
+                                verdict: Verdict::Invalid,
+                                message,
+                                lines: Vec::new(),
+                            });
+                        }
+                        continue;
+                    }
                     let message =
                         plan::apply_request(&mut self.memory, body.kind, body.worker, now);
                     self.events
@@ -796,6 +982,41 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
         ));
     }
     changes.join("; ")
+}
+
+/// Each worker's recorded pid.
+fn pids(memory: &Memory) -> std::collections::BTreeMap<WorkerId, i32> {
+    memory
+        .workers
+        .iter()
+        .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.pid)))
+        .collect()
+}
+
+/// What a failed save leaves unrecorded on disk, in words: the workers whose process changed
+/// since the last save, and the rest of memory's changes.
+fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -> String {
+    let now = pids(memory);
+    let mut changed = Vec::new();
+    for (id, pid) in &now {
+        if saved.get(id) != Some(pid) {
+            changed.push(format!("worker {id} started as pid {pid}"));
+        }
+    }
+    for (id, pid) in saved {
+        if !now.contains_key(id) {
+            changed.push(format!("worker {id} pid {pid} ended"));
+        }
+    }
+    if changed.is_empty() {
+        "fix attempts, backoffs and requests since the last save (no worker started or stopped)"
+            .into()
+    } else {
+        format!(
+            "not on disk: {}; and fix attempts, backoffs and requests since the last save",
+            changed.join(", ")
+        )
+    }
 }
 
 fn is_running(phase: Phase) -> bool {

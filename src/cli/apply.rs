@@ -111,6 +111,10 @@ pub struct ApplyArgs {
     /// Metrics.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Write STATE_DIR/automon.pid once the lock is held (set by `automon start`: only the
+    /// lock holder writes the pid file, so two racing starts cannot leave it naming the loser).
+    #[arg(long, hide = true)]
+    pub write_pid_file: bool,
 }
 
 /// Runs `apply`; `log_format` is the global `--log-format`.
@@ -127,16 +131,28 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         let desired = super::resolve(&manifest)?;
         super::print_overrides(&overridden);
         let code = super::diff::print_plan(&desired, &state_dir)?;
-        println!("dry run: nothing was changed");
+        crate::outln!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
     if let Some(addr) = args.metrics.metrics_addr
         && !crate::control::server::is_loopback(&addr)
     {
-        eprintln!(
+        crate::errln!(
             "automon: warning: --metrics-addr {addr} is not a loopback address: anyone who can reach it reads the WorkerSet's figures (worker ids, checkpoints, rates); use 127.0.0.1 behind a proxy, or a firewall"
         );
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
+    // SIGINT/SIGTERM are caught before anything is locked, set up or started: from here on a
+    // signal ends the run after the current step (setup stopped, or the pass saved), never in
+    // the middle of one.
+    let mut shutdown = {
+        let _in_runtime = runtime.enter();
+        Shutdown::install()
+            .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?
+    };
     // A running loop takes the manifest (live apply); without one, the lock first: a second
     // automon on this WorkerSet must not even run setup.
     let lock = if args.watch || args.reset_state {
@@ -157,10 +173,17 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             Handed::NoLoop(lock) => lock,
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    if args.write_pid_file {
+        let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
+            .map_or(0, |s| s.start_ticks);
+        if let Err(e) = crate::state::write_pid_file(&state_dir, me, ticks) {
+            crate::errln!(
+                "automon: cannot write {}: {e}",
+                crate::state::pid_file(&state_dir).display()
+            );
+        }
+    }
     let end = runtime.block_on(async {
         // The control socket first (under the lock): requests that arrive during setup are
         // queued and applied by the first pass after it.
@@ -168,13 +191,19 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         let inbox =
             crate::control::server::start(&state_dir, args.metrics.metrics_addr, metrics_rx)
                 .map_err(|e| CliError::runtime(e.to_string()))?;
-        let for_setup = manifest.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::act::setup::run_setup(&for_setup, |m| eprintln!("automon: {m}"))
-        })
+        let setup = crate::act::setup::run_setup(
+            &manifest,
+            |m| crate::errln!("automon: {m}"),
+            shutdown.recv(),
+        )
         .await
-        .map_err(|e| CliError::runtime(format!("setup: {e}")))?
         .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
+        if setup == crate::act::setup::SetupEnd::Interrupted {
+            crate::errln!(
+                "automon: interrupted during setup; it was stopped and nothing was started"
+            );
+            return Ok(None);
+        }
         let desired = super::resolve(&manifest)?;
         let mode = if args.watch { "watching" } else { "one pass" };
         let overrides = if overridden.is_empty() {
@@ -193,7 +222,7 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         if log_format == super::logging::LogFormat::Json {
             tracing::info!(target: "automon::events", "{first_line}");
         } else {
-            eprintln!("automon: {first_line}");
+            crate::errln!("automon: {first_line}");
         }
         let opts = RunOptions {
             state_dir: state_dir.clone(),
@@ -212,11 +241,18 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             lock,
             inbox,
             Some(metrics_tx),
-            shutdown_signal(),
+            shutdown.recv(),
         )
         .await
+        .map(Some)
         .map_err(|e| CliError::runtime(e.to_string()))
-    })?;
+    });
+    if args.write_pid_file {
+        crate::state::remove_pid_file(&state_dir, me);
+    }
+    let Some(end) = end? else {
+        return Ok(130);
+    };
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,
@@ -270,16 +306,9 @@ fn hand_over(
             String::from_utf8_lossy(&answer.body).trim()
         ))
     })?;
-    let mut text = format!(
-        "the running control loop: {}
-",
-        outcome.message
-    );
+    let mut text = format!("the running control loop: {}\n", outcome.message);
     for line in &outcome.lines {
-        text.push_str(&format!(
-            "  {line}
-"
-        ));
+        text.push_str(&format!("  {line}\n"));
     }
     match outcome.verdict {
         Verdict::Done | Verdict::Queued => super::emit(&text).map(|_| Handed::Answered(0)),
@@ -288,19 +317,32 @@ fn hand_over(
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+/// SIGINT and SIGTERM, caught from [`Shutdown::install`] on (the default action would kill
+/// automon wherever it stood: mid-save, mid-start).
+pub(crate) struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers; call inside the runtime's context.
+    ///
+    /// # Errors
+    /// The I/O error of the registration.
+    pub(crate) fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM (at once for one caught earlier and not yet
+    /// received).
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-        _ => std::future::pending::<()>().await,
     }
 }

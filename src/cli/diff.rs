@@ -243,10 +243,10 @@ pub(crate) fn print_plan(
 ) -> Result<u8, CliError> {
     let (memory, plan) = plan_once(desired, state_dir)?;
     let report = report_from(desired, &memory, &plan, Vec::new());
-    print!("{}", render(&report));
+    crate::stdio::out(&render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
-            println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
+            crate::outln!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
     Ok(u8::from(!report.actions.is_empty()))

@@ -26,20 +26,18 @@ pub struct OperatorArgs {
 
 /// Runs `pause` (`kind` = Pause) or `resume`.
 pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest)?;
+    let (state_dir, manifest) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let worker = WorkerId(args.worker);
-    let ids = desired.worker_ids();
-    if !ids.contains(&worker) {
-        let range = match (ids.first(), ids.last()) {
-            (Some(a), Some(b)) => format!("{a}–{b}"),
-            _ => "none".into(),
-        };
-        return Err(CliError::input(format!(
-            "worker {worker} is not in WorkerSet {} (worker ids {range})",
-            desired.name
-        )));
+    let running = crate::state::lock_holder(&state_dir);
+    // The worker id is checked against the manifest when it was read, and always when no loop
+    // runs (the request is then applied here); a running loop checks it itself.
+    let manifest = match manifest {
+        Some(m) => Some(m),
+        None if running.is_none() => Some(super::load_manifest(&args.file)?),
+        None => None,
+    };
+    if let Some(manifest) = &manifest {
+        check_worker(manifest, worker)?;
     }
     let body = crate::control::OperatorBody {
         kind,
@@ -63,21 +61,24 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
                             String::from_utf8_lossy(&answer.body).trim()
                         ))
                     })?;
-                let mut text = format!(
-                    "{}
-",
-                    outcome.message
-                );
+                let mut text = format!("{}\n", outcome.message);
                 for line in outcome.lines.iter().filter(|l| **l != outcome.message) {
-                    text.push_str(&format!(
-                        "  {line}
-"
-                    ));
+                    text.push_str(&format!("  {line}\n"));
                 }
-                return super::emit(&text);
+                return match outcome.verdict {
+                    crate::control::Verdict::Invalid => Err(CliError::input(outcome.message)),
+                    crate::control::Verdict::Refused => Err(CliError::runtime(outcome.message)),
+                    crate::control::Verdict::Done | crate::control::Verdict::Queued => {
+                        super::emit(&text)
+                    }
+                };
             }
             crate::control::client::Reached::Locked(lock) => lock,
         };
+    if manifest.is_none() {
+        // The loop ended meanwhile: the request is applied here, so the id is checked here.
+        check_worker(&super::load_manifest(&args.file)?, worker)?;
+    }
     if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {
         return Err(CliError::runtime(format!(
             "no state yet in {}: nothing to resume (run `automon apply` first)",
@@ -96,16 +97,33 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
             crate::control::command_in_words()
         ),
     );
-    println!("{message}");
+    crate::outln!("{message}");
     if kind == RequestKind::Pause
         && memory
             .workers
             .get(&worker)
             .is_some_and(|w| w.process.is_some())
     {
-        println!(
+        crate::outln!(
             "note: no automon is running; the worker's process is stopped by the next `automon apply`"
         );
     }
     Ok(0)
+}
+
+/// Refuses a worker id the manifest does not have (exit 2).
+fn check_worker(manifest: &crate::manifest::Manifest, worker: WorkerId) -> Result<(), CliError> {
+    let desired = super::resolve(manifest)?;
+    let ids = desired.worker_ids();
+    if ids.contains(&worker) {
+        return Ok(());
+    }
+    let range = match (ids.first(), ids.last()) {
+        (Some(a), Some(b)) => format!("{a}–{b}"),
+        _ => "none".into(),
+    };
+    Err(CliError::input(format!(
+        "worker {worker} is not in WorkerSet {} (worker ids {range})",
+        desired.name
+    )))
 }

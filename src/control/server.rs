@@ -59,6 +59,8 @@ pub struct Inbox {
     pub requests: mpsc::UnboundedReceiver<Request>,
     ready: watch::Sender<bool>,
     socket: Option<SocketFile>,
+    /// What a re-bound socket serves (see [`Inbox::rebind_if_gone`]).
+    shared: Option<(PathBuf, Arc<Shared>)>,
 }
 
 impl Inbox {
@@ -69,6 +71,31 @@ impl Inbox {
             requests,
             ready: watch::Sender::new(true),
             socket: None,
+            shared: None,
+        }
+    }
+
+    /// Binds the socket again when its path no longer names the socket this loop bound (the
+    /// state directory was deleted and recreated under the loop, which re-locked it): commands
+    /// must still reach the loop. Returns what happened, in words, when it had to.
+    pub fn rebind_if_gone(&mut self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let (state_dir, shared) = self.shared.as_ref()?;
+        let socket = self.socket.as_ref()?;
+        if std::fs::symlink_metadata(&socket.path).is_ok_and(|m| m.ino() == socket.ino) {
+            return None;
+        }
+        match bind_socket(state_dir) {
+            Ok((file, listener)) => {
+                tokio::spawn(serve_unix(listener, Arc::clone(shared)));
+                let message = format!(
+                    "the control socket {} was gone; bound it again",
+                    file.path.display()
+                );
+                self.socket = Some(file);
+                Some(message)
+            }
+            Err(e) => Some(e.to_string()),
         }
     }
 
@@ -101,6 +128,7 @@ impl Drop for SocketFile {
 }
 
 /// What every connection's service shares.
+#[derive(Debug)]
 struct Shared {
     tx: mpsc::UnboundedSender<Request>,
     ready: watch::Receiver<bool>,
@@ -135,7 +163,7 @@ pub fn start(
     });
     tokio::spawn(serve_unix(listener, Arc::clone(&shared)));
     if let Some(tcp) = tcp {
-        tokio::spawn(serve_tcp(tcp, shared));
+        tokio::spawn(serve_tcp(tcp, Arc::clone(&shared)));
     }
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         tokio::spawn(async move {
@@ -150,6 +178,7 @@ pub fn start(
         requests,
         ready,
         socket: Some(socket),
+        shared: Some((state_dir.to_path_buf(), shared)),
     })
 }
 
