@@ -10,6 +10,7 @@
 //! - [`secrets`]: redaction of worker output, the workers' environment, masked secrets in the manifest.
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
+//! - [`control`]: the loop's control socket (HTTP, JSON): operator requests, live apply, views, `/metrics`.
 //! - [`metrics`]: Prometheus metrics and the status file, published after each pass.
 //! - [`cli`]: command-line parsing and the subcommands.
 //! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
@@ -19,6 +20,7 @@
 pub mod act;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod daemon;
 pub mod footprint;
 pub mod manifest;

@@ -16,6 +16,8 @@ mod stop;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub use start::LOG_FILE;
+
 use clap::{Parser, Subcommand};
 
 use crate::manifest::{self, Desired, Manifest};

@@ -160,6 +160,17 @@ pub enum ResolveError {
 }
 
 impl Desired {
+    /// A fingerprint of what a worker process is started from — command, environment,
+    /// parameters, working directory — as 16 hex digits (XXH3, stable across builds). A running
+    /// worker whose recorded fingerprint differs runs the previous template.
+    pub fn template_hash(&self) -> String {
+        let what = serde_json::json!([self.command, self.env, self.parameters, self.workdir]);
+        format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(what.to_string().as_bytes())
+        )
+    }
+
     /// Resolves `manifest`; `range_end` is the end of the key range when the manifest gives it by
     /// `end_command` (see [`crate::act::setup::resolve_range_end`]); ignored otherwise.
     ///

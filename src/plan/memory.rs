@@ -111,6 +111,10 @@ pub struct RunningProcess {
     /// signal the group, else only the process.
     #[serde(default = "own_group_default")]
     pub own_group: bool,
+    /// The template it was started from ([`crate::manifest::Desired::template_hash`]); `None`
+    /// when unknown (adopted, or recorded by an older automon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn own_group_default() -> bool {

@@ -539,6 +539,7 @@ impl Planner<'_> {
                         resume_from: None,
                         adopted: true,
                         own_group: u.own_group,
+                        template: None,
                     });
                     w.completed_at = None;
                     let how = if u.by_command_line {
@@ -605,6 +606,7 @@ pub fn record_start(
                 resume_from: action.resume_from,
                 adopted: false,
                 own_group: true,
+                template: Some(desired.template_hash()),
             });
             w.left_discovery = false;
             w.stuck_passes = 0;

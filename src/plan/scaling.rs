@@ -114,6 +114,37 @@ impl Planner<'_> {
             }
         };
         self.memory.desired_count = Some(wanted);
+        self.park_excess(wanted);
+    }
+
+    /// Parks running workers beyond `wanted` (a lowered target, or a lowered max), highest ids
+    /// first: stopped with the stop grace, their shards resume later from their checkpoints.
+    fn park_excess(&mut self, wanted: u32) {
+        let mut running: Vec<WorkerId> = self
+            .statuses
+            .iter()
+            .filter(|(id, s)| {
+                occupies_slot(s.phase)
+                    && s.phase != Phase::Stopping
+                    && self
+                        .memory
+                        .workers
+                        .get(*id)
+                        .is_some_and(|w| w.process.is_some())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let excess = running.len().saturating_sub(wanted as usize);
+        running.reverse();
+        for id in running.into_iter().take(excess) {
+            self.park(
+                id,
+                format!(
+                    "scale down: {wanted} worker(s) wanted (target {}, max {}) and more run; parking worker {id} (the highest id), its shard resumes later from its checkpoint",
+                    self.desired.counts.target, self.desired.counts.max
+                ),
+            );
+        }
     }
 
     /// The worker stuck the longest (ties: the highest id) and for how long.

@@ -19,6 +19,8 @@ pub struct EventLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     echo: bool,
+    /// Lines recorded since [`EventLog::capture`], for an operator waiting on a pass.
+    captured: Option<Vec<String>>,
     /// Why the last write failed, until one succeeds.
     failure: Option<String>,
 }
@@ -57,7 +59,19 @@ impl EventLog {
             file,
             echo,
             failure,
+            captured: None,
         }
+    }
+
+    /// Starts keeping the messages recorded from now on (what a pass did, for the operator
+    /// whose request it took); [`EventLog::take_captured`] hands them over.
+    pub fn capture(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The messages recorded since [`EventLog::capture`]; capturing stops.
+    pub fn take_captured(&mut self) -> Vec<String> {
+        self.captured.take().unwrap_or_default()
     }
 
     /// The log file's path.
@@ -89,6 +103,9 @@ impl EventLog {
     /// (target `automon::events`, level info) so structured logs carry it.
     pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
         tracing::info!(target: "automon::events", "{message}");
+        if let Some(c) = &mut self.captured {
+            c.push(message.to_string());
+        }
         // Each line is formatted first and written with one call: a whole line per write(2)
         // (O_APPEND keeps it in one piece), not one system call per formatted part.
         if self.echo {

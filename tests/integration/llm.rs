@@ -702,6 +702,7 @@ fn a_live_process_reports_memory_cpu_and_uptime() {
             resume_from: None,
             adopted: false,
             own_group: false,
+            template: None,
         }),
         restarts: 4,
         ..WorkerMemory::default()

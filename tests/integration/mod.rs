@@ -2,6 +2,7 @@ mod bad_input;
 mod codefix;
 mod codefix_e2e;
 mod house;
+mod live;
 mod llm;
 mod manifests;
 mod migration;
