@@ -178,7 +178,10 @@ fn a_pause_reaches_a_running_loop_which_stops_the_worker() {
     );
     let (code, stdout, stderr) = automon_out(&m, &["pause", "workerset.yaml", "1"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("the running automon"), "{stdout}");
+    assert!(
+        stdout.contains("worker 1: paused by an operator"),
+        "{stdout}"
+    );
     wait_until(
         "worker 1 stopped",
         || m.events().contains("worker 1: pid"),
