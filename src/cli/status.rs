@@ -69,13 +69,25 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
     let condition = running
         .as_ref()
         .and_then(|_| state::recorded_owner(&state_dir)?.condition);
-    let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
+    // While a loop runs, its own last pass (over the control socket); otherwise the file.
+    let (view, unanswered) = match crate::control::client::view(&state_dir) {
+        Ok(v) => (v, None),
+        // Running spec.setup (no pass yet), or a socket that fails.
+        Err(why) if running.is_some() => (None, Some(why)),
+        Err(why) => return Err(CliError::runtime(why)),
+    };
+    let from_loop = view.as_ref().is_some_and(|v| v.status.is_some());
+    let last = match view.and_then(|v| v.status) {
+        Some(s) => Some(s),
+        None => state::read_status(&state_dir).map_err(CliError::runtime)?,
+    };
     match args.output {
         Output::Json => print_json(
             &state_dir,
             running.as_ref(),
             condition.as_deref(),
             last.as_ref(),
+            from_loop,
         )?,
         Output::Text => print_text(
             &args.file,
@@ -83,6 +95,7 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
             running.as_ref(),
             condition.as_deref(),
             last.as_ref(),
+            unanswered.as_deref(),
         )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
@@ -93,9 +106,11 @@ fn print_json(
     running: Option<&Instance>,
     condition: Option<&str>,
     last: Option<&DaemonStatus>,
+    from_loop: bool,
 ) -> Result<(), CliError> {
     let value = serde_json::json!({
         "running": running.is_some(),
+        "source": if from_loop { "loop" } else { "files" },
         "pid": running.map(|i| i.pid),
         "since": running.and_then(|i| i.since),
         "condition": condition,
@@ -113,6 +128,7 @@ fn print_text(
     running: Option<&Instance>,
     condition: Option<&str>,
     last: Option<&DaemonStatus>,
+    unanswered: Option<&str>,
 ) -> Result<(), CliError> {
     let mut text = String::new();
     macro_rules! out {
@@ -123,7 +139,13 @@ fn print_text(
     }
     match running {
         Some(i) => out!("automon: running ({})", describe(i)),
-        None => out!("automon: not running for {}", file.display()),
+        None => out!(
+            "automon: not running for {} (no loop running; read from files)",
+            file.display()
+        ),
+    }
+    if let Some(why) = unanswered {
+        out!("loop: {why} (read from files)");
     }
     if let Some(c) = condition {
         out!("condition: {c}");

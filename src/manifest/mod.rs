@@ -22,6 +22,7 @@ pub use desired::{Desired, Patterns, ResolveError, Shard, normalize, render_argv
 pub use duration::HumanDuration;
 pub use overrides::{Overrides, apply_overrides};
 pub use types::*;
+pub use validate::program_warning;
 
 /// Largest manifest file automon reads (1 MiB); larger files are rejected before parsing.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -114,7 +115,34 @@ pub fn load_with_overrides(
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let mut workerset = parse(&text).map_err(|problems| ManifestError {
+    load_text(file, &text, overrides)
+}
+
+/// Like [`load_with_overrides`] for manifest `text` already read from `file` (the control loop
+/// takes the text an `automon apply` read and validated, so it runs exactly what was checked).
+///
+/// # Errors
+/// As [`load`], except for reading the file.
+pub fn load_text(
+    file: &Path,
+    text: &str,
+    overrides: &Overrides,
+) -> Result<(Manifest, Vec<String>), ManifestError> {
+    let whole = |message: String| ManifestError {
+        file: file.to_path_buf(),
+        problems: vec![Problem {
+            location: None,
+            field: String::new(),
+            message,
+        }],
+    };
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(whole(format!(
+            "manifest is {} bytes (expected at most {MAX_MANIFEST_BYTES})",
+            text.len()
+        )));
+    }
+    let mut workerset = parse(text).map_err(|problems| ManifestError {
         file: file.to_path_buf(),
         problems,
     })?;
@@ -124,7 +152,7 @@ pub fn load_with_overrides(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     let applied = apply_overrides(&mut workerset, overrides);
-    let mut problems = validate::validate(&workerset, &text, &dir);
+    let mut problems = validate::validate(&workerset, text, &dir);
     for p in &mut problems {
         if let Some(flag) = overrides.flag_for(&p.field) {
             p.message.push_str(&format!(" (value set by {flag})"));
@@ -135,6 +163,13 @@ pub fn load_with_overrides(
             file: file.to_path_buf(),
             problems,
         });
+    }
+    if !workerset.spec.llm.secret_env.is_empty() {
+        tracing::warn!(
+            "{}: spec.llm.secret_env is deprecated; list the names under spec.secrets.env (both \
+             are honoured)",
+            file.display()
+        );
     }
     Ok((
         Manifest {

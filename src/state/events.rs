@@ -1,5 +1,7 @@
 //! The events log (`STATE_DIR/events.log`, the seed's `auto_restart.log`): one line per decision
-//! and action, `RFC 3339 time  message`, appended and never truncated.
+//! and action, `RFC 3339 time  message`, appended and never truncated. The time is UTC with
+//! milliseconds, fixed width (`2026-12-02T06:00:13.620Z`), so the file sorts as text; the file
+//! is 0600 in a 0700 directory ([`super::private`]).
 //!
 //! A failed write (a full disk) does not abandon the file: the next event opens it again, first
 //! closing a torn last line with a newline so the fragment cannot swallow the next line; lines
@@ -17,6 +19,8 @@ pub struct EventLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     echo: bool,
+    /// Lines recorded since [`EventLog::capture`], for an operator waiting on a pass.
+    captured: Option<Vec<String>>,
     /// Why the last write failed, until one succeeds.
     failure: Option<String>,
     /// Lines written since the last [`EventLog::sync`].
@@ -26,13 +30,9 @@ pub struct EventLog {
 /// Opens `path` for appending (creating it) and closes a torn last line.
 fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        super::private::ensure_dir(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
+    let mut f = super::private::open_append(path)?;
     let len = f.metadata()?.len();
     let mut last = [0u8; 1];
     if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
@@ -61,8 +61,20 @@ impl EventLog {
             file,
             echo,
             failure,
+            captured: None,
             dirty: false,
         }
+    }
+
+    /// Starts keeping the messages recorded from now on (what a pass did, for the operator
+    /// whose request it took); [`EventLog::take_captured`] hands them over.
+    pub fn capture(&mut self) {
+        self.captured.get_or_insert_with(Vec::new);
+    }
+
+    /// The messages recorded since [`EventLog::capture`]; capturing stops.
+    pub fn take_captured(&mut self) -> Vec<String> {
+        self.captured.take().unwrap_or_default()
     }
 
     /// The log file's path.
@@ -94,6 +106,9 @@ impl EventLog {
     /// (target `automon::events`, level info) so structured logs carry it.
     pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
         tracing::info!(target: "automon::events", "{message}");
+        if let Some(c) = &mut self.captured {
+            c.push(message.to_string());
+        }
         // Each line is formatted first and written with one call: a whole line per write(2)
         // (O_APPEND keeps it in one piece), not one system call per formatted part.
         if self.echo {
@@ -103,10 +118,7 @@ impl EventLog {
                 .to_string();
             crate::stdio::err(&format!("{local}  {message}\n"));
         }
-        let line = format!(
-            "{}  {message}\n",
-            now.round(jiff::Unit::Millisecond).unwrap_or(now)
-        );
+        let line = format!("{}  {message}\n", record_time(now));
         let result = match self.file.take() {
             Some(f) => Ok(f),
             None => open_for_append(&self.path),
@@ -158,9 +170,55 @@ impl Drop for EventLog {
     }
 }
 
+/// `now` as the events log writes it: UTC, RFC 3339, always three fractional digits
+/// (`2026-12-02T06:00:13.620Z`; truncated, not rounded, so a line never claims a later
+/// millisecond than the event's).
+pub fn record_time(now: jiff::Timestamp) -> String {
+    now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_log_times_are_fixed_width_with_milliseconds() {
+        let cases = [
+            ("2026-12-02T06:00:13.62Z", "2026-12-02T06:00:13.620Z"),
+            ("2026-12-02T06:00:13Z", "2026-12-02T06:00:13.000Z"),
+            ("2026-12-02T06:00:13.999999Z", "2026-12-02T06:00:13.999Z"),
+            ("2026-12-02T06:00:13.1+01:00", "2026-12-02T05:00:13.100Z"),
+        ];
+        for (input, want) in cases {
+            let t: jiff::Timestamp = input.parse().expect("timestamp");
+            assert_eq!(record_time(t), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn the_events_file_is_private_and_its_lines_sort_as_text() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = EventLog::open(dir.path(), false);
+        for t in [
+            "2026-12-02T06:00:09.5Z",
+            "2026-12-02T06:00:10Z",
+            "2026-12-02T06:00:10.05Z",
+        ] {
+            log.record(t.parse().expect("timestamp"), "event");
+        }
+        let text = std::fs::read_to_string(log.path()).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(lines, sorted, "{text}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
+        let mode = std::fs::metadata(log.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn a_torn_last_line_is_closed_before_the_next_event_is_appended() {
@@ -179,7 +237,7 @@ mod tests {
             text.lines().collect::<Vec<_>>(),
             [
                 "2026-01-01T00:00:00Z  half a li",
-                "1970-01-01T00:00:00Z  next event"
+                "1970-01-01T00:00:00.000Z  next event"
             ]
         );
     }
@@ -196,7 +254,7 @@ mod tests {
         log.record(jiff::Timestamp::UNIX_EPOCH, "written");
         assert_eq!(log.failure(), None);
         let text = std::fs::read_to_string(log.path()).expect("read");
-        assert_eq!(text, "1970-01-01T00:00:00Z  written\n");
+        assert_eq!(text, "1970-01-01T00:00:00.000Z  written\n");
     }
 
     #[test]
@@ -208,6 +266,6 @@ mod tests {
         log.reopen_if_replaced();
         log.record(jiff::Timestamp::UNIX_EPOCH, "two");
         let text = std::fs::read_to_string(log.path()).expect("read");
-        assert_eq!(text, "1970-01-01T00:00:00Z  two\n");
+        assert_eq!(text, "1970-01-01T00:00:00.000Z  two\n");
     }
 }

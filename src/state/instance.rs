@@ -132,7 +132,7 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
 /// # Errors
 /// The I/O error, for the caller to name the file.
 pub fn write_pid_file(state_dir: &Path, pid: i32, start_ticks: u64) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    super::private::ensure_dir(state_dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
     writeln!(tmp, "{pid} {start_ticks}")?;
     tmp.as_file().sync_all()?;

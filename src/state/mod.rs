@@ -6,12 +6,13 @@
 //! automon's own house is wrong), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
 //! fix and verification, appended), `status.json` (the loop's last pass, for `automon status`),
 //! `automon.pid` (pid and start ticks of an automon started by `automon start`), `automon.log`
-//! (its stdout and stderr).
+//! (its stdout and stderr). The directory is 0700 and every file in it 0600 ([`private`]).
 
 mod events;
 mod history;
 mod instance;
 mod lock;
+pub mod private;
 pub mod requests;
 mod status;
 mod store;
