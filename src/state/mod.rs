@@ -6,7 +6,8 @@
 //! automon's own house is wrong), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
 //! fix and verification, appended), `status.json` (the loop's last pass, for `automon status`),
 //! `automon.pid` (pid and start ticks of an automon started by `automon start`), `automon.log`
-//! (its stdout and stderr). The directory is 0700 and every file in it 0600 ([`private`]).
+//! (its stdout and stderr), `control.sock` (the running loop's control socket, see
+//! [`crate::control`]). The directory is 0700 and every file in it 0600 ([`private`]).
 
 mod events;
 mod history;
