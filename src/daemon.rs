@@ -268,6 +268,7 @@ impl Daemon<'_> {
             }
             Err(e) => return Err(e.into()),
         }
+        self.events.sync();
         self.show_condition();
         Ok(plan)
     }
@@ -683,9 +684,8 @@ pub async fn run(
                     d.queued.push(r);
                 }
                 () = &mut shutdown => {
-                    let running = d.last_plan.as_ref().map_or(0, |p| {
-                        p.workers.values().filter(|s| is_running(s.phase)).count()
-                    });
+                    // Processes that exist (a planned start that failed is not one).
+                    let running = d.memory.workers.values().filter(|w| w.process.is_some()).count();
                     d.events.record(jiff::Timestamp::now(), &format!(
                         "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
                     ));
@@ -1017,13 +1017,6 @@ fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -
             changed.join(", ")
         )
     }
-}
-
-fn is_running(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Starting | Phase::Discovering | Phase::Progressing | Phase::Stuck | Phase::Stopping
-    )
 }
 
 fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> String {

@@ -7,6 +7,7 @@
 //! - [`observe`]: the world as plain data — processes, progress files, log tails.
 //! - [`plan`]: the pure planner, `plan(desired, observed, memory, now) -> Plan`.
 //! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
+//! - [`secrets`]: redaction of worker output, the workers' environment, masked secrets in the manifest.
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
 //! - [`control`]: the loop's control socket (HTTP, JSON): operator requests, live apply, views, `/metrics`.
@@ -26,6 +27,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod secrets;
 pub mod state;
 pub mod stdio;
 pub mod text;

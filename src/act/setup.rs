@@ -1,7 +1,6 @@
 //! One-time preparation before workers start: the manifest's `setup` command (skipped when the
 //! path it `creates` exists) and the `end_command` that prints the end of the key range.
 
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 
 use crate::manifest::Manifest;
@@ -16,8 +15,10 @@ pub enum SetupEnd {
     Interrupted,
 }
 
-/// Runs `spec.setup` unless its `creates` path exists. The command's output goes to stderr. It
-/// runs in its own process group; when `shutdown` resolves first, the group is sent SIGTERM,
+/// Runs `spec.setup` unless its `creates` path exists. The command's output (stdout and stderr)
+/// goes to automon's stderr line by line, redacted
+/// ([`crate::secrets::redactor_for_manifest`]); its environment is the workers'
+/// ([`crate::secrets::env::child_env_for`]). It runs in its own process group; when `shutdown` resolves first, the group is sent SIGTERM,
 /// SIGKILL after the template's `stop_grace`, and awaited, so no setup outlives the automon
 /// that started it (the next automon would run a second one beside it).
 ///
@@ -42,15 +43,14 @@ pub async fn run_setup(
         return Ok(SetupEnd::Done);
     };
     announce(&format!("setup: running {}", setup.command.join(" ")));
-    let stderr = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_or_else(|_| Stdio::null(), Stdio::from);
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(&workdir)
+        .env_clear()
+        .envs(crate::secrets::env::child_env_for(spec))
         .stdin(Stdio::null())
-        .stdout(stderr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false)
         .spawn()
@@ -60,6 +60,17 @@ pub async fn run_setup(
                 workdir.display()
             )
         })?;
+    let redactor = std::sync::Arc::new(crate::secrets::redactor_for_manifest(manifest));
+    let forwarders = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(forward_redacted(o, redactor.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(forward_redacted(e, redactor.clone()))),
+    ];
     let group = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -85,10 +96,12 @@ pub async fn run_setup(
             }
             // The leader is reaped; the rest of its group gets the same end.
             signal(nix::sys::signal::Signal::SIGKILL);
+            drain(forwarders).await;
             return Ok(SetupEnd::Interrupted);
         }
     }
     .map_err(|e| format!("setup: waiting for {program:?}: {e}"))?;
+    drain(forwarders).await;
     if !status.success() {
         return Err(format!(
             "setup: {} failed with {status}",
@@ -96,6 +109,37 @@ pub async fn run_setup(
         ));
     }
     Ok(SetupEnd::Done)
+}
+
+/// Copies `from` to automon's stderr one line at a time, each redacted.
+async fn forward_redacted(
+    from: impl tokio::io::AsyncRead + Unpin,
+    redactor: std::sync::Arc<crate::secrets::Redactor>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => crate::stdio::err(&redactor.redact(&String::from_utf8_lossy(&line))),
+        }
+    }
+}
+
+/// Waits briefly for the output forwarders to reach the end of their pipes: a process the
+/// setup left running in the background may hold them open, and must not hold automon.
+async fn drain(forwarders: [Option<tokio::task::JoinHandle<()>>; 2]) {
+    for f in forwarders.into_iter().flatten() {
+        let abort = f.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(2), f)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
 }
 
 /// Runs `spec.work.range.end_command` (when the manifest has one) and parses its output.
@@ -118,6 +162,8 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
     let out = Command::new(program)
         .args(args)
         .current_dir(&workdir)
+        .env_clear()
+        .envs(crate::secrets::env::child_env_for(spec))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("spec.work.range.end_command: cannot execute {program:?}: {e}"))?;
@@ -127,7 +173,8 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
             "spec.work.range.end_command: {} failed with {}: {}",
             cmd.join(" "),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            crate::secrets::redactor_for_manifest(manifest)
+                .redact(String::from_utf8_lossy(&out.stderr).trim())
         ));
     }
     let end = crate::observe::logtail::parse_number(text.trim()).ok_or_else(|| {

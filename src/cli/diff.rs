@@ -187,12 +187,18 @@ fn report_from(
     }
 }
 
-/// A unified diff from the last-applied manifest to this one; empty when equal.
+/// A unified diff from the last-applied manifest to this one; empty when equal. Secret values
+/// show as `[REDACTED]`, a changed one as `[REDACTED] (changed)` (see
+/// [`crate::secrets::env::for_display`]).
 pub fn unified(old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
-    similar::TextDiff::from_lines(old, new)
+    let (old, new) = crate::secrets::env::for_display(old, new);
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header("last applied", "this manifest")
@@ -302,7 +308,9 @@ fn propose_code_fix(
             .strftime("%Y%m%dT%H%M%S%.3fZ")
             .to_string();
         let path = dir.join(format!("{stamp}-worker{}.diff", fix.worker));
-        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, diff)) {
+        match crate::state::private::ensure_dir(&dir)
+            .and_then(|()| crate::state::private::write(&path, diff.as_bytes()))
+        {
             Ok(()) => written = format!(" (patch written to {})", path.display()),
             Err(e) => written = format!(" (cannot write {}: {e})", path.display()),
         }

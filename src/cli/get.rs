@@ -229,17 +229,6 @@ fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8,
     }
 }
 
-/// Keys per minute from the worker's samples, over the window ending now (a stalled worker's
-/// rate decays rather than freezing at its last value).
-fn rate(w: &WorkerMemory, now: Now) -> Option<f64> {
-    let (first, last) = (w.rate_samples.front()?, w.rate_samples.back()?);
-    let span = now.boot.since(first.0);
-    if w.rate_samples.len() < 2 || span < Duration::from_secs(10) {
-        return None;
-    }
-    Some((last.1 - first.1) as f64 / (span.as_secs_f64() / 60.0))
-}
-
 /// Builds the status from memory, this pass's plan and the disk figure.
 pub fn build(
     desired: &Desired,
@@ -270,7 +259,7 @@ pub fn build(
             keys_total += sh.len();
             remaining += sh.len() - done.min(sh.len());
         }
-        let r = rate(w, now).filter(|_| !matches!(s.phase, Phase::Completed));
+        let r = crate::plan::rate::per_minute(&w.rate_samples, s.phase, now.boot);
         total_rate += r.unwrap_or(0.0);
         let eta_seconds = shard
             .zip(r)

@@ -148,7 +148,17 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     let mut bad = false;
     for f in files {
         match manifest::load(f) {
-            Ok(_) => crate::outln!("{}: valid", f.display()),
+            Ok(m) => {
+                crate::outln!("{}: valid", f.display());
+                let template = &m.workerset.spec.template;
+                if let Some(w) = manifest::program_warning(
+                    &template.command,
+                    &m.dir.join(&template.workdir),
+                    std::env::var_os("PATH").as_deref(),
+                ) {
+                    crate::errln!("{}: warning: {w}", f.display());
+                }
+            }
             Err(e) => {
                 crate::errln!("{e}");
                 bad = true;

@@ -61,12 +61,9 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     }
     let log_path = state_dir.join(LOG_FILE);
     let runtime = |what: &str, e: std::io::Error| CliError::runtime(format!("{what}: {e}"));
-    std::fs::create_dir_all(&state_dir)
+    crate::state::private::ensure_dir(&state_dir)
         .map_err(|e| runtime(&format!("cannot create {}", state_dir.display()), e))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = crate::state::private::open_append(&log_path)
         .map_err(|e| runtime(&format!("cannot open {}", log_path.display()), e))?;
     let log_start = log.metadata().map_or(0, |m| m.len());
     let log_err = log

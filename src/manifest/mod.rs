@@ -22,6 +22,7 @@ pub use desired::{Desired, Patterns, ResolveError, Shard, normalize, render_argv
 pub use duration::HumanDuration;
 pub use overrides::{Overrides, apply_overrides};
 pub use types::*;
+pub use validate::program_warning;
 
 /// Largest manifest file automon reads (1 MiB); larger files are rejected before parsing.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -162,6 +163,13 @@ pub fn load_text(
             file: file.to_path_buf(),
             problems,
         });
+    }
+    if !workerset.spec.llm.secret_env.is_empty() {
+        tracing::warn!(
+            "{}: spec.llm.secret_env is deprecated; list the names under spec.secrets.env (both \
+             are honoured)",
+            file.display()
+        );
     }
     Ok((
         Manifest {

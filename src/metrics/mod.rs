@@ -153,7 +153,11 @@ impl MetricsSnapshot {
             .map(|(id, w)| WorkerMetrics {
                 worker: *id,
                 checkpoint: w.checkpoint,
-                items_per_minute: items_per_minute(w.rate_samples.iter().copied()),
+                // Only a progressing worker has a rate (window ending at its newest sample).
+                items_per_minute: plan.workers.get(id).and_then(|s| {
+                    let newest = w.rate_samples.back()?.0;
+                    crate::plan::rate::per_minute(&w.rate_samples, s.phase, newest)
+                }),
             })
             .collect();
         Self {

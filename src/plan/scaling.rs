@@ -7,6 +7,8 @@
 //! wanted → one more, cooldown `scale_up_cooldown`; a parked shard resumes first. Between the
 //! two, or without a disk figure: hold, and say so.
 
+use std::time::Duration;
+
 use crate::observe::disk::DiskObservation;
 
 use super::*;
@@ -47,13 +49,38 @@ impl Planner<'_> {
             .count() as u32;
         let sat = self.desired.scaling.disk.saturated_percent;
         let normal = self.desired.scaling.disk.normal_percent;
-        self.scaling = match &observed.disk {
-            DiskObservation::Unavailable { why } => {
-                format!("holding at {wanted}: disk utilisation unavailable ({why})")
-            }
-            DiskObservation::Warming { device } => format!(
-                "holding at {wanted}: measuring {} (needs two readings)",
-                device.name
+        // A stabilisation window in the Kubernetes HPA sense: no change of either direction
+        // within the scale-down cooldown of a scale-down or the scale-up cooldown of a
+        // scale-up, so an alternating disk moves the count at most once per window.
+        let down_cd = self.desired.scaling.scale_down_cooldown.get();
+        let up_cd = self.desired.scaling.scale_up_cooldown.get();
+        let stable =
+            |last: Option<BootTime>, cd: Duration| last.is_none_or(|t| self.since(t) >= cd);
+        let stabilising = if !stable(self.memory.last_scale_down, down_cd) {
+            Some(format!(
+                "within the {} stabilisation window of the last scale-down",
+                fmt_dur(down_cd)
+            ))
+        } else if !stable(self.memory.last_scale_up, up_cd) {
+            Some(format!(
+                "within the {} stabilisation window of the last scale-up",
+                fmt_dur(up_cd)
+            ))
+        } else {
+            None
+        };
+        // (the words; a key that names the kind of hold: each kind is logged once when it begins)
+        let (text, hold): (String, Option<&'static str>) = match &observed.disk {
+            DiskObservation::Unavailable { why } => (
+                format!("holding at {wanted}: disk utilisation unavailable ({why})"),
+                Some("unavailable"),
+            ),
+            DiskObservation::Warming { device } => (
+                format!(
+                    "holding at {wanted}: measuring {} (needs two readings)",
+                    device.name
+                ),
+                Some("warming"),
             ),
             DiskObservation::Sample {
                 device,
@@ -66,53 +93,70 @@ impl Planner<'_> {
                     "disk {} {util_percent:.0}% busy, queue {queue_depth:.1}",
                     device.name
                 );
-                let down_ready = self.memory.last_scale_down.is_none_or(|t| {
-                    self.since(t) >= self.desired.scaling.scale_down_cooldown.get()
-                });
-                let up_ready = self
-                    .memory
-                    .last_scale_up
-                    .is_none_or(|t| self.since(t) >= self.desired.scaling.scale_up_cooldown.get());
                 if saturated {
                     match self.longest_stuck() {
-                        None => {
-                            format!("holding at {wanted}: {figure} ≥ {sat}% but no worker is stuck")
-                        }
-                        Some(_) if running <= counts.min => format!(
-                            "holding at {wanted}: {figure} ≥ {sat}% but only {running} running (min {})",
-                            counts.min
+                        None => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}% but no worker is stuck"
+                            ),
+                            Some("saturated, none stuck"),
                         ),
-                        Some(_) if !down_ready => {
-                            format!("holding at {wanted}: {figure} ≥ {sat}%; scale-down cooldown")
-                        }
+                        Some(_) if running <= counts.min => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}% but only {running} running (min {})",
+                                counts.min
+                            ),
+                            Some("saturated, at min"),
+                        ),
+                        Some(_) if stabilising.is_some() => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}%; {}",
+                                stabilising.as_deref().unwrap_or_default()
+                            ),
+                            Some("saturated, stabilising"),
+                        ),
                         Some((id, stuck_for)) => {
                             wanted = running.saturating_sub(1).max(counts.min);
                             self.park(id, format!(
-                                "scale down: {figure} ≥ {sat}% and worker {id} stuck for {}; parking worker {id} (the longest stuck), {wanted} of target {target} will run",
+                                "scale down: {figure} ≥ {sat}% and worker {id} stuck (silent for {}); parking worker {id} (the longest stuck), {wanted} of target {target} will run",
                                 fmt_dur(stuck_for)
                             ));
                             self.memory.last_scale_down = Some(self.now.boot);
                             self.memory.totals.scale_downs += 1;
-                            format!("scaled down to {wanted}: {figure}")
+                            (format!("scaled down to {wanted}: {figure}"), None)
                         }
                     }
                 } else if *util_percent < normal && wanted < target {
-                    if up_ready {
+                    if let Some(why) = &stabilising {
+                        (
+                            format!("holding at {wanted}: {figure} < {normal}%; {why}"),
+                            Some("idle, stabilising"),
+                        )
+                    } else {
                         wanted += 1;
                         self.memory.last_scale_up = Some(self.now.boot);
                         self.memory.totals.scale_ups += 1;
                         self.events.push(format!(
                             "scale up: {figure} < {normal}%; {wanted} of target {target} will run"
                         ));
-                        format!("scaled up to {wanted}: {figure}")
-                    } else {
-                        format!("holding at {wanted}: {figure} < {normal}%; scale-up cooldown")
+                        (format!("scaled up to {wanted}: {figure}"), None)
                     }
                 } else {
-                    format!("holding at {wanted}: {figure}")
+                    (format!("holding at {wanted}: {figure}"), Some("steady"))
                 }
             }
         };
+        // Every kind of hold says why once (until the next scale change), not every pass nor
+        // every time a flapping disk switches between two kinds.
+        match hold {
+            Some(key) => {
+                if self.memory.scaling_holds.insert(key.to_string()) {
+                    self.events.push(format!("scaling: {text}"));
+                }
+            }
+            None => self.memory.scaling_holds.clear(),
+        }
+        self.scaling = text;
         self.memory.desired_count = Some(wanted);
         self.park_excess(wanted);
     }
@@ -229,6 +273,7 @@ impl Planner<'_> {
             .statuses
             .iter()
             .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped | Phase::Parked))
+            .filter(|(id, _)| !self.held.contains(*id))
             .map(|(id, _)| {
                 let rank = match self.memory.workers.get(id) {
                     Some(w) if w.restart_reason.is_some() => 0,

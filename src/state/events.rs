@@ -1,9 +1,11 @@
 //! The events log (`STATE_DIR/events.log`, the seed's `auto_restart.log`): one line per decision
-//! and action, `RFC 3339 time  message`, appended and never truncated.
+//! and action, `RFC 3339 time  message`, appended and never truncated. The time is UTC with
+//! milliseconds, fixed width (`2026-12-02T06:00:13.620Z`), so the file sorts as text; the file
+//! is 0600 in a 0700 directory ([`super::private`]).
 //!
 //! A failed write (a full disk) does not abandon the file: the next event opens it again, first
-//! closing a torn last line with a newline so the fragment cannot swallow the next line; each
-//! line is flushed to disk (`sync_data`) as the fix history's are. A file deleted or replaced
+//! closing a torn last line with a newline so the fragment cannot swallow the next line; lines
+//! are flushed to disk (`sync_data`) as the fix history's are, once per pass ([`EventLog::sync`]). A file deleted or replaced
 //! under automon (logrotate, a recreated state directory) is opened again by path
 //! ([`EventLog::reopen_if_replaced`]).
 
@@ -21,18 +23,16 @@ pub struct EventLog {
     captured: Option<Vec<String>>,
     /// Why the last write failed, until one succeeds.
     failure: Option<String>,
+    /// Lines written since the last [`EventLog::sync`].
+    dirty: bool,
 }
 
 /// Opens `path` for appending (creating it) and closes a torn last line.
 fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        super::private::ensure_dir(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)?;
+    let mut f = super::private::open_append(path)?;
     let len = f.metadata()?.len();
     let mut last = [0u8; 1];
     if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
@@ -62,6 +62,7 @@ impl EventLog {
             echo,
             failure,
             captured: None,
+            dirty: false,
         }
     }
 
@@ -117,18 +118,15 @@ impl EventLog {
                 .to_string();
             crate::stdio::err(&format!("{local}  {message}\n"));
         }
-        let line = format!(
-            "{}  {message}\n",
-            now.round(jiff::Unit::Millisecond).unwrap_or(now)
-        );
+        let line = format!("{}  {message}\n", record_time(now));
         let result = match self.file.take() {
             Some(f) => Ok(f),
             None => open_for_append(&self.path),
         }
         .and_then(|mut f| {
             f.write_all(line.as_bytes())?;
-            f.sync_data()?;
             self.file = Some(f);
+            self.dirty = true;
             Ok(())
         });
         match result {
@@ -147,9 +145,80 @@ impl EventLog {
     }
 }
 
+impl EventLog {
+    /// Flushes the lines written since the last call to disk (`sync_data`), as the fix history
+    /// does; the loop calls it once per pass (not per line), and dropping the log calls it.
+    pub fn sync(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        if let Some(f) = &self.file
+            && let Err(e) = f.sync_data()
+        {
+            if self.failure.is_none() {
+                crate::errln!("automon: cannot flush {}: {e}", self.path.display());
+            }
+            self.failure = Some(e.to_string());
+            self.file = None;
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.sync();
+    }
+}
+
+/// `now` as the events log writes it: UTC, RFC 3339, always three fractional digits
+/// (`2026-12-02T06:00:13.620Z`; truncated, not rounded, so a line never claims a later
+/// millisecond than the event's).
+pub fn record_time(now: jiff::Timestamp) -> String {
+    now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_log_times_are_fixed_width_with_milliseconds() {
+        let cases = [
+            ("2026-12-02T06:00:13.62Z", "2026-12-02T06:00:13.620Z"),
+            ("2026-12-02T06:00:13Z", "2026-12-02T06:00:13.000Z"),
+            ("2026-12-02T06:00:13.999999Z", "2026-12-02T06:00:13.999Z"),
+            ("2026-12-02T06:00:13.1+01:00", "2026-12-02T05:00:13.100Z"),
+        ];
+        for (input, want) in cases {
+            let t: jiff::Timestamp = input.parse().expect("timestamp");
+            assert_eq!(record_time(t), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn the_events_file_is_private_and_its_lines_sort_as_text() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = EventLog::open(dir.path(), false);
+        for t in [
+            "2026-12-02T06:00:09.5Z",
+            "2026-12-02T06:00:10Z",
+            "2026-12-02T06:00:10.05Z",
+        ] {
+            log.record(t.parse().expect("timestamp"), "event");
+        }
+        let text = std::fs::read_to_string(log.path()).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(lines, sorted, "{text}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{text}");
+        let mode = std::fs::metadata(log.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn a_torn_last_line_is_closed_before_the_next_event_is_appended() {
@@ -168,7 +237,7 @@ mod tests {
             text.lines().collect::<Vec<_>>(),
             [
                 "2026-01-01T00:00:00Z  half a li",
-                "1970-01-01T00:00:00Z  next event"
+                "1970-01-01T00:00:00.000Z  next event"
             ]
         );
     }
@@ -185,7 +254,7 @@ mod tests {
         log.record(jiff::Timestamp::UNIX_EPOCH, "written");
         assert_eq!(log.failure(), None);
         let text = std::fs::read_to_string(log.path()).expect("read");
-        assert_eq!(text, "1970-01-01T00:00:00Z  written\n");
+        assert_eq!(text, "1970-01-01T00:00:00.000Z  written\n");
     }
 
     #[test]
@@ -197,6 +266,6 @@ mod tests {
         log.reopen_if_replaced();
         log.record(jiff::Timestamp::UNIX_EPOCH, "two");
         let text = std::fs::read_to_string(log.path()).expect("read");
-        assert_eq!(text, "1970-01-01T00:00:00Z  two\n");
+        assert_eq!(text, "1970-01-01T00:00:00.000Z  two\n");
     }
 }

@@ -69,8 +69,8 @@ pub fn running_instance(state_dir: &Path) -> Option<Instance> {
 }
 
 /// True when `/proc/PID/exe` is an automon binary: the same file name as this one's (after an
-/// upgrade the old one reads `NAME (deleted)`), or a name starting with `automon`. Unreadable
-/// (another user's process) counts as no.
+/// upgrade the old one reads `NAME (deleted)`), or a name starting with `automon`. Another
+/// user's process (its `exe` link is not readable) is judged by `/proc/PID/comm` instead.
 fn is_automon(pid: i32) -> bool {
     let name = |p: &Path| {
         p.file_name().map(|n| {
@@ -80,7 +80,12 @@ fn is_automon(pid: i32) -> bool {
         })
     };
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
+        let ours = std::env::current_exe().ok().and_then(|e| name(&e));
+        return std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| {
+            // comm is the file name cut to 15 bytes.
+            let comm = comm.trim_end();
+            comm.starts_with("automon") || ours.is_some_and(|o| o.starts_with(comm))
+        });
     };
     let Some(theirs) = name(&exe) else {
         return false;
@@ -127,7 +132,7 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
 /// # Errors
 /// The I/O error, for the caller to name the file.
 pub fn write_pid_file(state_dir: &Path, pid: i32, start_ticks: u64) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    super::private::ensure_dir(state_dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
     writeln!(tmp, "{pid} {start_ticks}")?;
     tmp.as_file().sync_all()?;

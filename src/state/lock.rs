@@ -72,14 +72,15 @@ impl InstanceLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(io)?;
-        let file = std::fs::OpenOptions::new()
+        super::private::ensure_dir(state_dir).map_err(io)?;
+        let file = super::private::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(io)?;
+        super::private::tighten(&file).map_err(io)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
                 let pid = std::process::id();

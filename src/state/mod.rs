@@ -7,12 +7,13 @@
 //! fix and verification, appended), `status.json` (the loop's last pass, for `automon status`),
 //! `automon.pid` (pid and start ticks of an automon started by `automon start`), `automon.log`
 //! (its stdout and stderr), `control.sock` (the running loop's control socket, see
-//! [`crate::control`]).
+//! [`crate::control`]). The directory is 0700 and every file in it 0600 ([`private`]).
 
 mod events;
 mod history;
 mod instance;
 mod lock;
+pub mod private;
 pub mod requests;
 mod status;
 mod store;

@@ -77,7 +77,7 @@ pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> 
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(io)?;
+    super::private::ensure_dir(state_dir).map_err(io)?;
     let json = serde_json::to_vec_pretty(memory).map_err(|e| io(std::io::Error::other(e)))?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(io)?;
     tmp.write_all(&json).map_err(io)?;

@@ -155,7 +155,7 @@ spec:
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + super::support::PATIENCE;
     while !dir.path().join("setup_runs").exists() {
         assert!(std::time::Instant::now() < deadline, "setup never ran");
         std::thread::sleep(std::time::Duration::from_millis(20));
