@@ -101,7 +101,10 @@ struct Daemon<'a> {
     exit_tx: mpsc::UnboundedSender<ExitEvent>,
     wake_tx: mpsc::UnboundedSender<Wake>,
     pending_exits: Vec<ExitEvent>,
-    unreaped: std::collections::BTreeSet<i32>,
+    /// Children started and not reaped yet: pid → start ticks.
+    unreaped: std::collections::BTreeMap<i32, u64>,
+    /// The memory as last saved: a pass that changed nothing writes nothing.
+    saved: Option<Memory>,
     in_flight: usize,
     first: bool,
     started: Instant,
@@ -130,7 +133,8 @@ impl Daemon<'_> {
         }
         let children = observe::Children {
             exits: std::mem::take(&mut self.pending_exits),
-            unreaped: self.unreaped.clone(),
+            unreaped: self.unreaped.keys().copied().collect(),
+            started: self.unreaped.clone(),
         };
         let now = crate::clock::Now::read();
         let history_basis = crate::state::HistoryBasis::of(&self.memory);
@@ -190,7 +194,13 @@ impl Daemon<'_> {
             self.events.record(now.wall, action.reason());
             self.act(action, &plan, &observed, now);
         }
-        state::save_memory(&self.opts.state_dir, &self.memory)?;
+        if self.saved.as_ref() != Some(&self.memory) {
+            let began = Instant::now();
+            state::save_memory(&self.opts.state_dir, &self.memory)?;
+            let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(target: "automon::state", micros, "state saved");
+            self.saved = Some(self.memory.clone());
+        }
         crate::state::requests::remove_requests(&requests);
         // After the save: a crash may lose a history line, never duplicate one.
         self.history
@@ -228,7 +238,7 @@ impl Daemon<'_> {
                     self.exit_tx.clone(),
                 );
                 if let Ok((id, _)) = &outcome {
-                    self.unreaped.insert(id.pid);
+                    self.unreaped.insert(id.pid, id.start_ticks);
                     self.events.record(
                         now.wall,
                         &format!(
@@ -441,7 +451,8 @@ pub async fn run(
         exit_tx,
         wake_tx,
         pending_exits: Vec::new(),
-        unreaped: std::collections::BTreeSet::new(),
+        unreaped: std::collections::BTreeMap::new(),
+        saved: None,
         in_flight: 0,
         first: true,
         started: Instant::now(),
