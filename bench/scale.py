@@ -23,6 +23,8 @@ Everything lives in a temporary directory, removed at the end; every worker is s
 import argparse
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -141,7 +143,7 @@ def kill_workers(pids, state_dir):
             pass
 
 
-def run_one(automon, n, mode, window, settle):
+def run_one(automon, n, mode, window, settle, nofile=None):
     root = tempfile.mkdtemp(prefix=f"automon-scale-{n}-{mode}.")
     os.makedirs(os.path.join(root, "progress"))
     os.makedirs(os.path.join(root, "logs"))
@@ -162,6 +164,9 @@ def run_one(automon, n, mode, window, settle):
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,
+        preexec_fn=(
+            (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
+        ),
     )
     pid = daemon.pid
     kids = []
@@ -203,10 +208,10 @@ def run_one(automon, n, mode, window, settle):
         p1 = status_field(status, "passes")
         with open(log.name, "rb") as f:
             f.seek(log_from)
+            # Text log lines, with colour codes when stderr is a terminal: strip them.
+            text = re.sub(rb"\x1b\[[0-9;]*m", b"", f.read())
             saves_us = [
-                int(line.rsplit(b"micros=", 1)[1].split()[0])
-                for line in f.read().splitlines()
-                if b"state saved" in line and b"micros=" in line
+                int(m.group(1)) for m in re.finditer(rb"state saved micros=(\d+)", text)
             ]
         saves_us.sort()
         c1, s1 = cpu_ticks_ns(pid), cpu_sched_ns(pid)
@@ -268,6 +273,11 @@ def main():
     ap.add_argument("--window", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument(
+        "--nofile",
+        type=lambda v: tuple(int(x) for x in v.split(":")),
+        help="SOFT:HARD open-files limit automon starts with (e.g. 1024:524288, systemd's default)",
+    )
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     modes = a.modes.split(",")
@@ -279,13 +289,13 @@ def main():
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; nproc {os.cpu_count()}; "
         f"load average at start {' '.join(read('/proc/loadavg').decode().split()[:3])}; "
-        f"RLIMIT_NOFILE soft/hard {' '.join(map(str, __import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)))}",
+        f"RLIMIT_NOFILE of automon {':'.join(map(str, a.nofile or resource.getrlimit(resource.RLIMIT_NOFILE)))}",
         flush=True,
     )
     rows = []
     for mode in modes:
         for n in sizes:
-            r = run_one(a.automon, n, mode, a.window, a.settle)
+            r = run_one(a.automon, n, mode, a.window, a.settle, a.nofile)
             r["load"] = read("/proc/loadavg").decode().split()[0]
             rows.append(r)
             print("# " + json.dumps(r), file=sys.stderr, flush=True)

@@ -14,8 +14,8 @@ ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) ARGS+=(--sizes 10,100,1000 --window 8) ;;
-        --sizes|--modes|--window|--json) ARGS+=("$1" "${2:?$1 needs a value}"); shift ;;
-        *) echo "usage: bench/scale.sh [--quick] [--sizes LIST] [--modes LIST] [--window SECONDS] [--json FILE]" >&2; exit 2 ;;
+        --sizes|--modes|--window|--json|--nofile) ARGS+=("$1" "${2:?$1 needs a value}"); shift ;;
+        *) echo "usage: bench/scale.sh [--quick] [--sizes LIST] [--modes LIST] [--window SECONDS] [--json FILE] [--nofile SOFT:HARD]" >&2; exit 2 ;;
     esac
     shift
 done

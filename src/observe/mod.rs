@@ -127,6 +127,9 @@ pub struct Observer {
     /// How log lines start; built once (a custom format compiles a regex, and the system time
     /// zone is looked up once).
     format: logtail::LineFormat,
+    /// Each worker's progress file and log, rendered from their templates once (not per
+    /// worker per pass).
+    paths: BTreeMap<WorkerId, (PathBuf, PathBuf)>,
 }
 
 /// Reads progress files, reusing the last parse of a file that has not changed.
@@ -172,11 +175,17 @@ impl Observer {
         };
         let format =
             logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
+        let paths = desired
+            .worker_ids()
+            .into_iter()
+            .map(|id| (id, (desired.progress_path(id), desired.log_path(id))))
+            .collect();
         Self {
             roots,
             disk,
             progress,
             format,
+            paths,
         }
     }
 
@@ -198,6 +207,7 @@ impl Observer {
             disk,
             progress,
             format,
+            paths,
         } = self;
         let boot = proc::boot_id(&roots.proc);
         let workers = desired
@@ -223,9 +233,17 @@ impl Observer {
                         && process == Some(ProcessStatus::Exited)
                         && proc::group_exists(p.identity.pid)
                 });
-                let progress = progress.read(&desired.progress_path(id));
+                let rendered;
+                let (progress_path, log_path) = match paths.get(&id) {
+                    Some((p, l)) => (p, l),
+                    None => {
+                        rendered = (desired.progress_path(id), desired.log_path(id));
+                        (&rendered.0, &rendered.1)
+                    }
+                };
+                let progress = progress.read(progress_path);
                 let log = logtail::read_tail(
-                    &desired.log_path(id),
+                    log_path,
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,
