@@ -155,6 +155,7 @@ impl Fleet {
                 started: Default::default(),
             },
             unrecorded: Vec::new(),
+            unsaved_state: None,
         }
     }
 

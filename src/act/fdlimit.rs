@@ -44,6 +44,17 @@ pub fn raise() -> Option<FdLimits> {
     Some(limits)
 }
 
+/// The limits now, without changing them (the original soft limit is the one [`raise`]
+/// recorded, else the current one); `None` when they cannot be read.
+pub fn current() -> Option<FdLimits> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    Some(FdLimits {
+        original_soft: CHILD_SOFT.get().map_or(soft, |(s, _)| *s),
+        soft,
+        hard,
+    })
+}
+
 /// Descriptors a fleet of at most `max_workers` live workers needs: one each, plus
 /// [`BASE_DESCRIPTORS`].
 pub fn needed(max_workers: u32) -> u64 {

@@ -140,6 +140,44 @@ fn strftime_problem(format: &str) -> Option<String> {
         .map(|e| format!("invalid timestamp format {format:?}: {e} (expected a strftime format such as \"%Y-%m-%d %H:%M:%S,%f\")"))
 }
 
+/// A warning (not an error: the machine that runs the WorkerSet may differ) when the
+/// template's program cannot be found: a bare name not on `path` (the `PATH` value), or a path
+/// (relative to `workdir`) that does not exist or is not executable. Every start of such a
+/// worker would fail. `None` when the program is found or holds a placeholder.
+pub fn program_warning(
+    command: &[String],
+    workdir: &Path,
+    path: Option<&std::ffi::OsStr>,
+) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = command.first()?;
+    if program.contains('{') {
+        return None;
+    }
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let full = workdir.join(program);
+        return (!executable(&full)).then(|| {
+            let why = if full.exists() {
+                "is not an executable file"
+            } else {
+                "does not exist"
+            };
+            format!(
+                "spec.template.command[0]: {} {why} (every start of a worker would fail)",
+                full.display()
+            )
+        });
+    }
+    let found =
+        path.is_some_and(|p| std::env::split_paths(p).any(|d| executable(&d.join(program))));
+    (!found).then(|| {
+        format!("spec.template.command[0]: program {program:?} not found on PATH (every start of a worker would fail)")
+    })
+}
+
 /// Checks every rule; returns the problems found (empty when the manifest is valid).
 ///
 /// `text` is the manifest as written (for locations); `dir` is the manifest's directory,
@@ -384,7 +422,31 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
     scaling(&mut c, ws);
     fixes(&mut c, ws, dir);
     llm(&mut c, ws);
+    secrets(&mut c, ws);
     c.problems
+}
+
+fn secrets(c: &mut Checker<'_>, ws: &WorkerSet) {
+    let s = &ws.spec.secrets;
+    for (i, name) in s.env.iter().enumerate() {
+        if !is_env_name(name) {
+            c.fail(
+                &format!("spec.secrets.env.{i}"),
+                "not an environment variable name (expected names such as DB_PASSWORD)",
+            );
+        }
+    }
+    c.regexes("spec.secrets.patterns", &s.patterns);
+    for (i, p) in s.patterns.iter().enumerate() {
+        // A pattern that matches nothing at all would put [REDACTED] between every character.
+        if Regex::new(p).is_ok_and(|re| re.is_match("")) {
+            c.fail(
+                &format!("spec.secrets.patterns.{i}"),
+                "the regex matches the empty string (expected a pattern that needs at least \
+                 one character, e.g. \"CANARY-[0-9]+\")",
+            );
+        }
+    }
 }
 
 fn scaling(c: &mut Checker<'_>, ws: &WorkerSet) {

@@ -154,6 +154,10 @@ pub struct DiskSampler {
     sys_root: PathBuf,
     device: Option<DiskDevice>,
     prev: Option<(DiskCounters, BootTime)>,
+    /// The shortest time a figure is measured over (see [`DiskSampler::with_window`]).
+    window: std::time::Duration,
+    /// The last figure, returned again by a reading closer than `window` to `prev`.
+    last: Option<DiskObservation>,
 }
 
 impl DiskSampler {
@@ -165,7 +169,19 @@ impl DiskSampler {
             sys_root: sys_root.to_path_buf(),
             device: None,
             prev: None,
+            window: std::time::Duration::ZERO,
+            last: None,
         }
+    }
+
+    /// Utilisation measured over at least `window` (the check interval): a reading closer than
+    /// that to the previous one returns the previous figure instead of measuring a sliver. (A
+    /// pass woken by a child's exit 5 ms after the last one read anywhere from 13 % to 138 %
+    /// on a disk steadily 88 % busy.)
+    #[must_use]
+    pub fn with_window(mut self, window: std::time::Duration) -> Self {
+        self.window = window;
+        self
     }
 
     /// Takes a reading at boot-clock time `now`.
@@ -201,15 +217,23 @@ impl DiskSampler {
                 ),
             };
         };
+        if let (Some((_, at)), Some(last)) = (self.prev, &self.last)
+            && now.since(at) < self.window
+        {
+            return last.clone();
+        }
         let prev = self.prev.replace((cur, now));
-        match prev.and_then(|(p, at)| utilisation(p, cur, now.0.saturating_sub(at.0))) {
+        let figure = match prev.and_then(|(p, at)| utilisation(p, cur, now.0.saturating_sub(at.0)))
+        {
             Some((util_percent, queue_depth)) => DiskObservation::Sample {
                 device,
                 util_percent,
                 queue_depth,
             },
             None => DiskObservation::Warming { device },
-        }
+        };
+        self.last = Some(figure.clone());
+        figure
     }
 }
 
@@ -282,6 +306,34 @@ mod tests {
             weighted_ms: 1,
         };
         assert_eq!(utilisation(c, c, 0), None);
+    }
+
+    /// Regression (issue 14.2): a pass 5 ms after the previous one measured a sliver (13–138 %
+    /// on a disk steadily 88 % busy). A reading closer than the window repeats the last figure.
+    #[test]
+    fn a_reading_closer_than_the_window_repeats_the_last_figure() {
+        let mut s = DiskSampler::new(
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            Path::new("/proc"),
+            Path::new("/sys"),
+        )
+        .with_window(std::time::Duration::from_secs(10));
+        if let DiskObservation::Warming { .. } = s.sample(BootTime(1000)) {
+            assert!(matches!(
+                s.sample(BootTime(1005)),
+                DiskObservation::Warming { .. }
+            ));
+            assert!(matches!(
+                s.sample(BootTime(9_000)),
+                DiskObservation::Warming { .. }
+            ));
+            let figure = s.sample(BootTime(11_000));
+            assert!(
+                matches!(figure, DiskObservation::Sample { .. }),
+                "{figure:?}"
+            );
+            assert_eq!(s.sample(BootTime(11_005)), figure, "not a 5 ms sliver");
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Observation: the world turned into plain data for the planner — processes, progress files,
 //! log tails. Every failure becomes data (`Unreadable { why }`), never an early return.
+//!
+//! This is where a worker's text enters automon, so it is where secrets leave it: every log
+//! record and every reason built from a worker's files is redacted (see [`crate::secrets`])
+//! before it becomes part of an [`Observed`]; nothing downstream holds the raw text.
 
 pub mod cmdline;
 pub mod disk;
@@ -97,6 +101,11 @@ pub struct Observed {
     pub children: Children,
     /// Live processes carrying this WorkerSet's marker that memory does not record.
     pub unrecorded: Vec<UnrecordedWorker>,
+    /// Why automon's memory is not on disk (the last save failed), if it is not: the planner
+    /// then starts no worker, since a start could not be recorded (set by the loop, not by the
+    /// observers).
+    #[serde(default)]
+    pub unsaved_state: Option<String>,
 }
 
 /// Where the observers read from; tests point these at fixture trees.
@@ -130,7 +139,14 @@ pub struct Observer {
     /// Each worker's progress file and log, rendered from their templates once (not per
     /// worker per pass).
     paths: BTreeMap<WorkerId, (PathBuf, PathBuf)>,
+    /// Removes secrets from every text taken from a worker's files.
+    redactor: crate::secrets::Redactor,
 }
+
+/// Re-reads of a progress file that exists but does not parse, within one pass.
+const TORN_RETRIES: u32 = 3;
+/// The pause before each re-read of an unparseable progress file.
+const TORN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Reads progress files, reusing the last parse of a file that has not changed.
 #[derive(Debug)]
@@ -140,16 +156,36 @@ struct ProgressReader {
 }
 
 impl ProgressReader {
-    /// Reads a progress file, or reuses the last parse when the file is unchanged.
+    /// Reads a progress file, or reuses the last parse when the file is unchanged. A file that
+    /// exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`] apart: a
+    /// non-atomic writer (truncate, then write) is often caught mid-write, and the next read a
+    /// moment later parses.
     fn read(&mut self, path: &Path) -> ProgressObservation {
+        let mut tries = 0;
+        loop {
+            let (obs, fresh) = self.read_once(path);
+            // (An unchanged file that did not parse last time is not read again.)
+            if !matches!(obs, ProgressObservation::Unreadable { .. })
+                || !fresh
+                || tries == TORN_RETRIES
+            {
+                return obs;
+            }
+            tries += 1;
+            std::thread::sleep(TORN_RETRY_PAUSE);
+        }
+    }
+
+    /// One read; `true` when the file was read now, not taken from the cache.
+    fn read_once(&mut self, path: &Path) -> (ProgressObservation, bool) {
         let Some(version) = progress::version(path) else {
             self.cache.remove(path);
-            return progress::read(path, &self.pointers);
+            return (progress::read(path, &self.pointers), true);
         };
         if let Some((v, obs)) = self.cache.get(path)
             && *v == version
         {
-            return obs.clone();
+            return (obs.clone(), false);
         }
         let obs = progress::read(path, &self.pointers);
         // Only a stable version is cached: a file rewritten during the read is read again.
@@ -157,14 +193,15 @@ impl ProgressReader {
             self.cache
                 .insert(path.to_path_buf(), (version, obs.clone()));
         }
-        obs
+        (obs, true)
     }
 }
 
 impl Observer {
     /// Observers for `desired`, reading `/proc` and `/sys` under `roots`.
     pub fn new(desired: &Desired, roots: Roots) -> Self {
-        let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);
+        let disk = disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys)
+            .with_window(desired.interval);
         let progress = ProgressReader {
             pointers: progress::Pointers {
                 checkpoint: desired.checkpoint_pointer.clone(),
@@ -186,6 +223,7 @@ impl Observer {
             progress,
             format,
             paths,
+            redactor: crate::secrets::redactor_for(desired),
         }
     }
 
@@ -208,6 +246,7 @@ impl Observer {
             progress,
             format,
             paths,
+            redactor,
         } = self;
         let boot = proc::boot_id(&roots.proc);
         let workers = desired
@@ -241,14 +280,15 @@ impl Observer {
                         (&rendered.0, &rendered.1)
                     }
                 };
-                let progress = progress.read(progress_path);
-                let log = logtail::read_tail(
+                let mut progress = progress.read(progress_path);
+                let mut log = logtail::read_tail(
                     log_path,
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,
                     format,
                 );
+                redact_worker_text(redactor, &mut progress, &mut log);
                 (
                     id,
                     WorkerObservation {
@@ -271,6 +311,31 @@ impl Observer {
             workers,
             children,
             unrecorded,
+            unsaved_state: None,
+        }
+    }
+}
+
+/// Redacts, in place, every text of one worker's observation that came from its files: log
+/// records (tracebacks included), the repeated-cursor phrase, and a progress file's complaint
+/// (a parse error may quote the file).
+fn redact_worker_text(
+    redactor: &crate::secrets::Redactor,
+    progress: &mut ProgressObservation,
+    log: &mut LogObservation,
+) {
+    if let ProgressObservation::Unreadable { why } = progress {
+        redactor.redact_in_place(why);
+    }
+    if let LogObservation::Read {
+        records, repeated, ..
+    } = log
+    {
+        for r in records {
+            redactor.redact_in_place(&mut r.message);
+        }
+        if let Some(r) = repeated {
+            redactor.redact_in_place(&mut r.what);
         }
     }
 }
@@ -440,6 +505,7 @@ spec:
                     resume_from: None,
                     adopted: false,
                     own_group: true,
+                    template: None,
                 }),
                 last_progress_at: Some(progress_at),
                 ..WorkerMemory::default()

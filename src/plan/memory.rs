@@ -58,6 +58,9 @@ pub struct Memory {
     /// When the last scale-up happened (boot clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_up: Option<BootTime>,
+    /// The kinds of scaling hold logged since the last scale change (each is logged once).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub scaling_holds: std::collections::BTreeSet<String>,
     /// The manifest as last applied, normalised YAML, for `automon diff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied: Option<String>,
@@ -111,10 +114,19 @@ pub struct RunningProcess {
     /// signal the group, else only the process.
     #[serde(default = "own_group_default")]
     pub own_group: bool,
+    /// The template it was started from ([`crate::manifest::Desired::template_hash`]); `None`
+    /// when unknown (adopted, or recorded by an older automon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn own_group_default() -> bool {
     true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A stop that automon asked for and is waiting on.
@@ -147,15 +159,29 @@ pub struct WorkerMemory {
     /// The last item count read from the progress file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<u64>,
-    /// The last problem reading the progress file (reported once, kept until it clears).
+    /// The problem reading the progress file, once reported (reported once per streak of
+    /// unreadable reads, kept until the file parses again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_problem: Option<String>,
+    /// Since when every read of the progress file found it unreadable (boot clock); `None`
+    /// while it parses or is absent. A streak shorter than [`super::UNREADABLE_REPORT_AFTER`]
+    /// is a non-atomic writer caught mid-write, not a problem to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_since: Option<BootTime>,
     /// The last progress signal (checkpoint change or new upload/activity line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_at: Option<BootTime>,
     /// True once the current process has uploaded (or advanced its checkpoint).
     #[serde(default)]
     pub left_discovery: bool,
+    /// Consecutive starts that failed (the program could not be executed: ENOENT, EACCES…);
+    /// at [`super::MAX_START_FAILURES`] the worker is Failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_failures: u32,
+    /// Consecutive exits 0 short of the shard's end while its progress file never appeared;
+    /// at [`super::MAX_EXITS_WITHOUT_PROGRESS_FILE`] the worker is held.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exits_without_progress_file: u32,
     /// Consecutive failures (unexpected exits) — the backoff exponent.
     #[serde(default)]
     pub failures: u32,
@@ -208,7 +234,8 @@ pub struct WorkerMemory {
     /// When a diagnosis was requested and not yet answered (boot clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis_requested_at: Option<BootTime>,
-    /// When the current stuck spell was first confirmed (boot clock); longest-stuck parks first.
+    /// When the silence of the current stuck spell began — its last progress signal, or its
+    /// start (boot clock); set when the spell is first seen. Longest-stuck parks first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_since: Option<BootTime>,
     /// Recent (boot time, checkpoint) samples for rates and ETAs; oldest first.

@@ -4,6 +4,7 @@
 pub mod backoff;
 mod fixes;
 pub mod memory;
+pub mod rate;
 mod scaling;
 mod worker;
 
@@ -30,6 +31,18 @@ pub const STUCK_CONFIRMATIONS: u32 = 2;
 /// Times a cursor phrase must recur (with the checkpoint standing still) before a stuck reason
 /// calls it a loop.
 pub const LOOP_EVIDENCE: u32 = 3;
+
+/// How long a progress file must stay unreadable, read after read, before a worker that has a
+/// checkpoint reports it: a non-atomic writer is caught mid-write now and then (a torn read),
+/// which is no news while the next read parses. (A worker without a checkpoint is held at once.)
+pub const UNREADABLE_REPORT_AFTER: Duration = Duration::from_secs(30);
+
+/// Starts in a row that may fail (the program cannot be executed) before the worker is Failed.
+pub const MAX_START_FAILURES: u32 = 3;
+
+/// Exits 0 in a row, short of the shard's end, with the progress file never seen, before the
+/// worker is held (rerunning it would redo its whole shard again).
+pub const MAX_EXITS_WITHOUT_PROGRESS_FILE: u32 = 2;
 
 /// Most (time, checkpoint) samples kept per worker.
 pub const MAX_RATE_SAMPLES: usize = 64;
@@ -361,6 +374,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         conflicts: std::collections::BTreeSet::new(),
         scaling: String::new(),
         unit_name: std::sync::Arc::from(desired.unit.as_str()),
+        held: std::collections::BTreeSet::new(),
     };
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
@@ -391,7 +405,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
     }
     planner.memory.workers = workers;
     planner.scale(observed);
-    planner.schedule_starts();
+    planner.schedule_starts(observed.unsaved_state.as_deref());
     let blocked = planner.blocked();
     let complete = desired.shards.is_some()
         && desired.worker_ids().iter().all(|id| {
@@ -431,6 +445,9 @@ struct Planner<'a> {
     scaling: String,
     /// The manifest's unit (`book`), shared by the running workers' reasons.
     unit_name: std::sync::Arc<str>,
+    /// Workers not started this pass although idle: their progress file exists but does not
+    /// parse and no checkpoint is remembered (a start would begin at the shard's start).
+    held: std::collections::BTreeSet<WorkerId>,
 }
 
 /// The fingerprint of a progress line, as kept in [`WorkerMemory::recent_signals`]: XXH3-64
@@ -539,6 +556,7 @@ impl Planner<'_> {
                         resume_from: None,
                         adopted: true,
                         own_group: u.own_group,
+                        template: None,
                     });
                     w.completed_at = None;
                     let how = if u.by_command_line {
@@ -605,14 +623,33 @@ pub fn record_start(
                 resume_from: action.resume_from,
                 adopted: false,
                 own_group: true,
+                template: Some(desired.template_hash()),
             });
             w.left_discovery = false;
             w.stuck_passes = 0;
             w.completed_at = None;
+            w.start_failures = 0;
             None
         }
         Err(why) => {
+            // A start that cannot execute the program is a crash (it counts towards backoff);
+            // after MAX_START_FAILURES in a row the worker is Failed with the OS error.
+            w.start_failures += 1;
             w.failures += 1;
+            w.restart_reason = None;
+            if w.start_failures >= MAX_START_FAILURES {
+                let reason = format!("could not start {} times in a row: {why}", w.start_failures);
+                w.backoff_until = None;
+                w.failed = Some(memory::Hold {
+                    reason: reason.clone(),
+                    at: now.wall,
+                    by_operator: false,
+                });
+                return Some(format!(
+                    "ALERT: worker {}: {reason}; Failed (fix the template's command, then `automon resume`)",
+                    action.worker
+                ));
+            }
             let delay = backoff::delay(w.failures, &desired.restart)
                 .max(desired.restart.backoff_initial.get());
             w.backoff_until = Some(now.boot.plus(delay));
@@ -711,6 +748,8 @@ pub fn apply_request(
             w.stuck_since = None;
             w.stuck_passes = 0;
             w.failures = 0;
+            w.start_failures = 0;
+            w.exits_without_progress_file = 0;
             w.backoff_until = None;
             format!(
                 "worker {worker}: resumed by an operator (was {was}); it starts when a slot is free"

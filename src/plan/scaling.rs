@@ -7,6 +7,8 @@
 //! wanted → one more, cooldown `scale_up_cooldown`; a parked shard resumes first. Between the
 //! two, or without a disk figure: hold, and say so.
 
+use std::time::Duration;
+
 use crate::observe::disk::DiskObservation;
 
 use super::*;
@@ -47,13 +49,38 @@ impl Planner<'_> {
             .count() as u32;
         let sat = self.desired.scaling.disk.saturated_percent;
         let normal = self.desired.scaling.disk.normal_percent;
-        self.scaling = match &observed.disk {
-            DiskObservation::Unavailable { why } => {
-                format!("holding at {wanted}: disk utilisation unavailable ({why})")
-            }
-            DiskObservation::Warming { device } => format!(
-                "holding at {wanted}: measuring {} (needs two readings)",
-                device.name
+        // A stabilisation window in the Kubernetes HPA sense: no change of either direction
+        // within the scale-down cooldown of a scale-down or the scale-up cooldown of a
+        // scale-up, so an alternating disk moves the count at most once per window.
+        let down_cd = self.desired.scaling.scale_down_cooldown.get();
+        let up_cd = self.desired.scaling.scale_up_cooldown.get();
+        let stable =
+            |last: Option<BootTime>, cd: Duration| last.is_none_or(|t| self.since(t) >= cd);
+        let stabilising = if !stable(self.memory.last_scale_down, down_cd) {
+            Some(format!(
+                "within the {} stabilisation window of the last scale-down",
+                fmt_dur(down_cd)
+            ))
+        } else if !stable(self.memory.last_scale_up, up_cd) {
+            Some(format!(
+                "within the {} stabilisation window of the last scale-up",
+                fmt_dur(up_cd)
+            ))
+        } else {
+            None
+        };
+        // (the words; a key that names the kind of hold: each kind is logged once when it begins)
+        let (text, hold): (String, Option<&'static str>) = match &observed.disk {
+            DiskObservation::Unavailable { why } => (
+                format!("holding at {wanted}: disk utilisation unavailable ({why})"),
+                Some("unavailable"),
+            ),
+            DiskObservation::Warming { device } => (
+                format!(
+                    "holding at {wanted}: measuring {} (needs two readings)",
+                    device.name
+                ),
+                Some("warming"),
             ),
             DiskObservation::Sample {
                 device,
@@ -66,54 +93,102 @@ impl Planner<'_> {
                     "disk {} {util_percent:.0}% busy, queue {queue_depth:.1}",
                     device.name
                 );
-                let down_ready = self.memory.last_scale_down.is_none_or(|t| {
-                    self.since(t) >= self.desired.scaling.scale_down_cooldown.get()
-                });
-                let up_ready = self
-                    .memory
-                    .last_scale_up
-                    .is_none_or(|t| self.since(t) >= self.desired.scaling.scale_up_cooldown.get());
                 if saturated {
                     match self.longest_stuck() {
-                        None => {
-                            format!("holding at {wanted}: {figure} ≥ {sat}% but no worker is stuck")
-                        }
-                        Some(_) if running <= counts.min => format!(
-                            "holding at {wanted}: {figure} ≥ {sat}% but only {running} running (min {})",
-                            counts.min
+                        None => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}% but no worker is stuck"
+                            ),
+                            Some("saturated, none stuck"),
                         ),
-                        Some(_) if !down_ready => {
-                            format!("holding at {wanted}: {figure} ≥ {sat}%; scale-down cooldown")
-                        }
+                        Some(_) if running <= counts.min => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}% but only {running} running (min {})",
+                                counts.min
+                            ),
+                            Some("saturated, at min"),
+                        ),
+                        Some(_) if stabilising.is_some() => (
+                            format!(
+                                "holding at {wanted}: {figure} ≥ {sat}%; {}",
+                                stabilising.as_deref().unwrap_or_default()
+                            ),
+                            Some("saturated, stabilising"),
+                        ),
                         Some((id, stuck_for)) => {
                             wanted = running.saturating_sub(1).max(counts.min);
                             self.park(id, format!(
-                                "scale down: {figure} ≥ {sat}% and worker {id} stuck for {}; parking worker {id} (the longest stuck), {wanted} of target {target} will run",
+                                "scale down: {figure} ≥ {sat}% and worker {id} stuck (silent for {}); parking worker {id} (the longest stuck), {wanted} of target {target} will run",
                                 fmt_dur(stuck_for)
                             ));
                             self.memory.last_scale_down = Some(self.now.boot);
                             self.memory.totals.scale_downs += 1;
-                            format!("scaled down to {wanted}: {figure}")
+                            (format!("scaled down to {wanted}: {figure}"), None)
                         }
                     }
                 } else if *util_percent < normal && wanted < target {
-                    if up_ready {
+                    if let Some(why) = &stabilising {
+                        (
+                            format!("holding at {wanted}: {figure} < {normal}%; {why}"),
+                            Some("idle, stabilising"),
+                        )
+                    } else {
                         wanted += 1;
                         self.memory.last_scale_up = Some(self.now.boot);
                         self.memory.totals.scale_ups += 1;
                         self.events.push(format!(
                             "scale up: {figure} < {normal}%; {wanted} of target {target} will run"
                         ));
-                        format!("scaled up to {wanted}: {figure}")
-                    } else {
-                        format!("holding at {wanted}: {figure} < {normal}%; scale-up cooldown")
+                        (format!("scaled up to {wanted}: {figure}"), None)
                     }
                 } else {
-                    format!("holding at {wanted}: {figure}")
+                    (format!("holding at {wanted}: {figure}"), Some("steady"))
                 }
             }
         };
+        // Every kind of hold says why once (until the next scale change), not every pass nor
+        // every time a flapping disk switches between two kinds.
+        match hold {
+            Some(key) => {
+                if self.memory.scaling_holds.insert(key.to_string()) {
+                    self.events.push(format!("scaling: {text}"));
+                }
+            }
+            None => self.memory.scaling_holds.clear(),
+        }
+        self.scaling = text;
         self.memory.desired_count = Some(wanted);
+        self.park_excess(wanted);
+    }
+
+    /// Parks running workers beyond `wanted` (a lowered target, or a lowered max), highest ids
+    /// first: stopped with the stop grace, their shards resume later from their checkpoints.
+    fn park_excess(&mut self, wanted: u32) {
+        let mut running: Vec<WorkerId> = self
+            .statuses
+            .iter()
+            .filter(|(id, s)| {
+                occupies_slot(s.phase)
+                    && s.phase != Phase::Stopping
+                    && self
+                        .memory
+                        .workers
+                        .get(*id)
+                        .is_some_and(|w| w.process.is_some())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let excess = running.len().saturating_sub(wanted as usize);
+        running.reverse();
+        for id in running.into_iter().take(excess) {
+            self.park(
+                id,
+                format!(
+                    "scale down: {wanted} worker(s) wanted (target {}, max {}) and more run; parking worker {id} (the highest id), its shard resumes later from its checkpoint",
+                    self.desired.counts.target, self.desired.counts.max
+                ),
+            );
+        }
     }
 
     /// The worker stuck the longest (ties: the highest id) and for how long.
@@ -180,8 +255,9 @@ impl Planner<'_> {
     }
 
     /// Starts workers up to the desired count: restarts first, then parked and resumed shards,
-    /// then new ones. Paused and failed workers are never started.
-    pub(super) fn schedule_starts(&mut self) {
+    /// then new ones. Paused and failed workers are never started. While `unsaved_state` says
+    /// why the memory is not on disk, nothing starts (see [`Observed::unsaved_state`]).
+    pub(super) fn schedule_starts(&mut self, unsaved_state: Option<&str>) {
         let counts = self.desired.counts;
         let desired_count = self
             .memory
@@ -197,6 +273,7 @@ impl Planner<'_> {
             .statuses
             .iter()
             .filter(|(_, s)| matches!(s.phase, Phase::Pending | Phase::Stopped | Phase::Parked))
+            .filter(|(id, _)| !self.held.contains(*id))
             .map(|(id, _)| {
                 let rank = match self.memory.workers.get(id) {
                     Some(w) if w.restart_reason.is_some() => 0,
@@ -208,6 +285,18 @@ impl Planner<'_> {
             .collect();
         candidates.sort();
         let free = desired_count.saturating_sub(occupied);
+        if let Some(why) = unsaved_state {
+            // A start that cannot be recorded could be taken for a stranger (or a duplicate) by
+            // the next automon: hold every start, memory untouched, until a save succeeds.
+            for (_, id) in candidates.into_iter().take(free) {
+                if let Some(s) = self.statuses.get_mut(&id) {
+                    s.reason = Reason::Text(format!(
+                        "worker {id}: start held: automon's state is not saved ({why}); it starts once a save succeeds"
+                    ));
+                }
+            }
+            return;
+        }
         for (_, id) in candidates.into_iter().take(free) {
             let shard = self.desired.shard(id);
             let w = self.memory.workers.entry(id).or_default();

@@ -67,6 +67,7 @@ fn running(pid: i32, since: Now, checkpoint: u64) -> WorkerMemory {
             resume_from: None,
             adopted: false,
             own_group: true,
+            template: None,
         }),
         checkpoint: Some(checkpoint),
         ..WorkerMemory::default()
@@ -102,6 +103,7 @@ fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent
             ..Children::default()
         },
         unrecorded: Vec::new(),
+        unsaved_state: None,
     }
 }
 
@@ -367,6 +369,235 @@ fn a_repeated_log_line_is_not_progress() {
     );
 }
 
+/// Regression (issue 14.4): `03:05:08 processed item 130` printed over and over showed as
+/// Progressing for minutes, with the default format and with `timestamp_format: "%H:%M:%S"`
+/// (the time stayed in the message, so every line looked new).
+#[test]
+fn a_line_repeated_with_only_its_timestamp_changed_is_not_progress_whatever_the_format() {
+    let d = desired();
+    for (first, again) in [
+        ("03:05:08 processed item 130", "03:05:09 processed item 130"),
+        (
+            "[2026-11-29T08:14:44Z] processed item 130",
+            "[2026-11-29T08:14:47Z] processed item 130",
+        ),
+        (
+            "2026-11-29 08:14:44,123 - INFO - processed item 130",
+            "2026-11-29 08:14:45,456 - INFO - processed item 130",
+        ),
+        (
+            "12/07/2026 03:05:08.5 | processed item 130",
+            "12/07/2026 03:05:11.9 | processed item 130",
+        ),
+    ] {
+        let mut m = mem();
+        let mut w = running(10, t0(), 40);
+        w.left_discovery = true;
+        w.last_progress_at = Some(t0().boot);
+        m.workers.insert(WorkerId(0), w);
+        let with_line = |text: &str| {
+            let mut o = obs(alive(), Some(40));
+            o.log = LogObservation::Read {
+                cursor: LogCursor {
+                    dev: 1,
+                    inode: 1,
+                    offset: 10,
+                },
+                records: vec![LogRecord {
+                    class: LineClass::Activity,
+                    timestamp: None,
+                    message: text.into(),
+                }],
+                first_look: false,
+                reset: None,
+                new_bytes: 10,
+                repeated: None,
+            };
+            observed([(WorkerId(0), o)].into(), vec![])
+        };
+        let p1 = plan(&d, &with_line(first), m, at(100));
+        assert_eq!(
+            p1.memory.workers[&WorkerId(0)].last_progress_at,
+            Some(at(100).boot),
+            "{first}: a new line is progress"
+        );
+        let p2 = plan(&d, &with_line(again), p1.memory, at(200));
+        assert_eq!(
+            p2.memory.workers[&WorkerId(0)].last_progress_at,
+            Some(at(100).boot),
+            "{again}: the same line with another time is not progress"
+        );
+    }
+}
+
+#[test]
+fn a_leading_time_is_stripped_by_shape_and_a_leading_count_is_kept() {
+    use super::worker::without_leading_time as strip;
+    for (line, rest) in [
+        ("03:05:08 processed item 130", "processed item 130"),
+        ("2026-11-29 08:14:44,123 - INFO - x", "INFO - x"),
+        ("[2026-11-29T08:14:44+01:00] x", "x"),
+        ("130 books done", "130 books done"),
+        ("2026-11-29 batch 4 done", "2026-11-29 batch 4 done"),
+        (
+            "Uploading: 12:30 Lecture.epub",
+            "Uploading: 12:30 Lecture.epub",
+        ),
+        ("", ""),
+    ] {
+        assert_eq!(strip(line), rest, "{line:?}");
+    }
+}
+
+/// Regression (issue 14.4): a worker looping right after a restart (no upload yet) was judged
+/// on `discovery_grace` (20m), although its log already showed the loop.
+#[test]
+fn repeated_cursor_evidence_marks_a_worker_stuck_on_stuck_after_even_right_after_a_restart() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.repeating = Some(crate::observe::logtail::RepeatedCursor {
+        what: "book.id > 40".into(),
+        value: 40,
+        times: LOOP_EVIDENCE,
+    });
+    m.workers.insert(WorkerId(0), w);
+    let o = || observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
+    let p1 = plan(&d, &o(), m, at(301));
+    assert_eq!(
+        p1.workers[&WorkerId(0)].phase,
+        Phase::Stuck,
+        "{:?}",
+        p1.workers[&WorkerId(0)]
+    );
+    let reason = p1.workers[&WorkerId(0)].reason.to_string();
+    assert!(
+        reason.contains("threshold 5m stuck_after, looping"),
+        "{reason}"
+    );
+    let p2 = plan(&d, &o(), p1.memory, at(302));
+    assert!(
+        p2.actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop(s) if s.worker == WorkerId(0))),
+        "{:?}",
+        p2.actions
+    );
+}
+
+/// Regression (issue 14.5): a template whose program does not exist was retried at
+/// `backoff_max` forever, never Failed.
+#[test]
+fn a_start_that_cannot_execute_the_program_counts_as_a_crash_and_fails_the_worker_after_the_limit()
+{
+    let d = desired();
+    let enoent = "cannot execute \"python4\" in /tmp/t: No such file or directory (os error 2)";
+    let mut m = mem();
+    let mut now = 0;
+    let mut alerts = Vec::new();
+    for attempt in 1..=MAX_START_FAILURES {
+        let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(now));
+        let start = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("attempt {attempt}: worker 0 started: {:?}", p.actions));
+        m = p.memory;
+        let event = record_start(&mut m, &d, &start, Err(enoent.into()), at(now));
+        let event = event.expect("an event");
+        if attempt < MAX_START_FAILURES {
+            assert!(
+                event.contains("could not start") && event.contains("retrying in"),
+                "{event}"
+            );
+            assert_eq!(
+                m.workers[&WorkerId(0)].failures,
+                attempt,
+                "counts as a crash"
+            );
+        } else {
+            alerts.push(event);
+        }
+        now += 600; // past any backoff
+    }
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        alerts[0].starts_with(
+            "ALERT: worker 0: could not start 3 times in a row: cannot execute \"python4\""
+        ) && alerts[0].contains("(os error 2)"),
+        "{alerts:?}"
+    );
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(now));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Failed);
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("os error 2")
+    );
+    assert!(!starts(&p).contains(&0), "{:?}", p.actions);
+}
+
+/// Regression (issue 14.6): a mistyped `progress.file` made the worker redo its whole shard
+/// forever ("checkpoint short … restarting from checkpoint its range start"), never naming the
+/// file automon looked for.
+#[test]
+fn a_progress_file_that_never_appears_is_named_and_the_worker_held_after_two_clean_exits() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 0);
+    w.checkpoint = None;
+    m.workers.insert(WorkerId(0), w);
+    let exit = |pid| ExitEvent {
+        worker: WorkerId(0),
+        pid,
+        code: Some(0),
+        signal: None,
+    };
+    let gone = || [(WorkerId(0), obs(Some(ProcessStatus::Exited), None))].into();
+    let p1 = plan(&d, &observed(gone(), vec![exit(10)]), m, at(60));
+    let start = p1
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("rerun once");
+    assert!(
+        start
+            .reason
+            .contains("its progress file /tmp/t/p0.json never appeared"),
+        "{}",
+        start.reason
+    );
+    let mut m = p1.memory;
+    record_start(&mut m, &d, &start, Ok((identity(11), at(61).boot)), at(61));
+    let p2 = plan(&d, &observed(gone(), vec![exit(11)]), m, at(120));
+    assert!(
+        !starts(&p2).contains(&0),
+        "held, not rerun: {:?}",
+        p2.actions
+    );
+    assert!(
+        p2.events.iter().any(|e| e.starts_with("ALERT: worker 0 exited with status 0, but its progress file /tmp/t/p0.json never appeared")),
+        "{:?}",
+        p2.events
+    );
+    assert_eq!(p2.workers[&WorkerId(0)].phase, Phase::Paused);
+    assert!(
+        p2.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("progress file /tmp/t/p0.json never appeared"),
+        "{:?}",
+        p2.workers[&WorkerId(0)]
+    );
+}
+
 #[test]
 fn unreadable_progress_keeps_the_last_good_checkpoint() {
     let d = desired();
@@ -383,12 +614,196 @@ fn unreadable_progress_keeps_the_last_good_checkpoint() {
         at(5),
     );
     assert_eq!(p.memory.workers[&WorkerId(0)].checkpoint, Some(77));
+    assert!(!starts(&p).contains(&0), "{:?}", p.actions);
+}
+
+fn torn(why: &str) -> WorkerObservation {
+    WorkerObservation {
+        progress: ProgressObservation::Unreadable { why: why.into() },
+        ..obs(None, None)
+    }
+}
+
+/// The starts of a plan with their `--resume-from` cursors.
+fn resumes(plan: &Plan) -> Vec<(u32, Option<u64>)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start(s) => Some((s.worker.0, s.resume_from)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Regression (issue 14.1): with no remembered checkpoint (first apply, `--reset-state`, a
+/// lost state directory), an unparseable progress file was taken as "no checkpoint" and the
+/// worker started from its shard start, overwriting days of work.
+#[test]
+fn an_unparseable_progress_file_without_a_checkpoint_holds_the_worker_never_starting_it_from_its_shard_start()
+ {
+    let d = desired();
+    let p1 = plan(
+        &d,
+        &observed(
+            [(WorkerId(0), torn("truncated JSON at byte 12"))].into(),
+            vec![],
+        ),
+        mem(),
+        t0(),
+    );
+    assert_eq!(
+        starts(&p1),
+        vec![1, 2, 3, 4],
+        "worker 0 is held, not started"
+    );
+    let alerts: Vec<&String> = p1.events.iter().filter(|e| e.contains("ALERT")).collect();
+    assert_eq!(alerts.len(), 1, "{:?}", p1.events);
+    assert!(
+        alerts[0].contains("worker 0: progress file /tmp/t/p0.json exists but cannot be parsed (truncated JSON at byte 12)"),
+        "{alerts:?}"
+    );
+    assert_eq!(p1.workers[&WorkerId(0)].phase, Phase::Stopped);
+    assert!(
+        p1.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .starts_with("held: ")
+    );
+    // Still torn (another parse error) a pass later: still held, not alerted again.
+    let p2 = plan(
+        &d,
+        &observed([(WorkerId(0), torn("empty file"))].into(), vec![]),
+        p1.memory,
+        at(60),
+    );
+    assert!(!starts(&p2).contains(&0), "{:?}", p2.actions);
+    assert!(
+        !p2.events.iter().any(|e| e.contains("ALERT")),
+        "{:?}",
+        p2.events
+    );
+    // The file parses: the worker starts from the checkpoint in it, and says so.
+    let p3 = plan(
+        &d,
+        &observed([(WorkerId(0), obs(None, Some(57)))].into(), vec![]),
+        p2.memory,
+        at(120),
+    );
+    assert_eq!(resumes(&p3)[0], (0, Some(57)), "{:?}", p3.actions);
+    assert!(
+        p3.events
+            .iter()
+            .any(|e| e == "worker 0: progress file /tmp/t/p0.json readable again (checkpoint 57)"),
+        "{:?}",
+        p3.events
+    );
+}
+
+/// Regression (issue 14.1): a worker whose every read so far was torn exits; its restart must
+/// not begin at the shard start either.
+#[test]
+fn a_worker_exiting_while_its_progress_file_is_unparseable_and_no_checkpoint_is_known_is_held() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 0);
+    w.checkpoint = None;
+    m.workers.insert(WorkerId(0), w);
+    let exit = ExitEvent {
+        worker: WorkerId(0),
+        pid: 10,
+        code: Some(1),
+        signal: None,
+    };
+    let p = plan(
+        &d,
+        &observed([(WorkerId(0), torn("truncated JSON"))].into(), vec![exit]),
+        m,
+        at(5),
+    );
+    assert!(!starts(&p).contains(&0), "{:?}", p.actions);
     assert!(
         p.events
             .iter()
-            .any(|e| e.contains("keeping the last good checkpoint 77")),
+            .any(|e| e.starts_with("ALERT: worker 0: progress file /tmp/t/p0.json")),
         "{:?}",
         p.events
+    );
+}
+
+/// Regression (issue 14.1): a healthy worker with a non-atomic writer produced an
+/// "unreadable"/"readable again" event pair every few seconds (22 lines a minute). Torn reads
+/// between good ones are no news; a file unreadable for `UNREADABLE_REPORT_AFTER` is reported
+/// once (whatever its parse errors), and its recovery once.
+#[test]
+fn torn_reads_of_a_non_atomic_writer_are_not_reported_and_a_persistent_problem_is_reported_once() {
+    let d = desired();
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 10));
+    let mut events = Vec::new();
+    // Ten simulated minutes, a pass every 2 s, every third read torn.
+    for pass in 1..=299u64 {
+        let o = if pass % 3 == 0 {
+            WorkerObservation {
+                process: alive(),
+                ..torn(&format!("truncated JSON at byte {pass}"))
+            }
+        } else {
+            obs(alive(), Some(10 + pass))
+        };
+        let p = plan(
+            &d,
+            &observed([(WorkerId(0), o)].into(), vec![]),
+            m,
+            at(pass * 2),
+        );
+        events.extend(p.events);
+        m = p.memory;
+    }
+    assert!(
+        !events.iter().any(|e| e.contains("progress file")),
+        "{events:?}"
+    );
+    // Now unreadable for good: reported once, after UNREADABLE_REPORT_AFTER.
+    let mut reported = Vec::new();
+    for s in 0..60u64 {
+        let o = WorkerObservation {
+            process: alive(),
+            ..torn(&format!("truncated JSON at byte {s}"))
+        };
+        let p = plan(
+            &d,
+            &observed([(WorkerId(0), o)].into(), vec![]),
+            m,
+            at(602 + s * 2),
+        );
+        reported.extend(
+            p.events
+                .into_iter()
+                .filter(|e| e.contains("progress file"))
+                .map(|e| (s * 2, e)),
+        );
+        m = p.memory;
+    }
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].0 >= UNREADABLE_REPORT_AFTER.as_secs(),
+        "{reported:?}"
+    );
+    assert!(
+        reported[0]
+            .1
+            .contains("keeping the last good checkpoint 309"),
+        "{reported:?}"
+    );
+    let p = plan(
+        &d,
+        &observed([(WorkerId(0), obs(alive(), Some(400)))].into(), vec![]),
+        m,
+        at(800),
+    );
+    assert_eq!(
+        p.events,
+        vec!["worker 0: progress file /tmp/t/p0.json readable again (checkpoint 400)".to_string()]
     );
 }
 
@@ -589,4 +1004,228 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     // Read back (status files, `get -o json` consumers) it is the same sentence.
     let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
     assert_eq!(back.reason.to_string(), status.reason.to_string());
+}
+
+/// Regression (issue 14.2): with the disk alternating busy/idle, 6–8 scale changes in 100 s
+/// were seen, every scale-down undone 10–100 ms later by the pass the parked worker's exit
+/// triggered. Ten simulated minutes of a disk alternating 95 % / 20 % every 5 s, with passes
+/// every second plus one 50 ms after every exit: at most one scale change per cooldown window,
+/// and each kind of hold logged once when it begins.
+#[test]
+fn an_alternating_disk_moves_the_count_at_most_once_per_cooldown_window() {
+    use crate::observe::disk::{DiskDevice, DiskObservation};
+    let d = desired();
+    let mut m = mem();
+    for id in 0..4 {
+        let mut w = running(100 + id, t0(), 100 * id as u64 + 5);
+        w.left_discovery = true;
+        w.last_progress_at = Some(BootTime(0)); // stuck long ago
+        m.workers.insert(WorkerId(id as u32), w);
+    }
+    let mut live: BTreeMap<WorkerId, i32> = (0..4).map(|i| (WorkerId(i), 100 + i as i32)).collect();
+    let mut exits: Vec<ExitEvent> = Vec::new();
+    let mut next_pid = 1000;
+    let mut changes: Vec<(u64, &str)> = Vec::new();
+    let mut holds: Vec<String> = Vec::new();
+    let (mut downs, mut ups) = (0, 0);
+    // Pass times in ms: every second, plus 50 ms after a pass that stopped something.
+    let mut times: std::collections::BTreeSet<u64> = (0..=600).map(|s| s * 1000).collect();
+    while let Some(t) = times.pop_first() {
+        let now = Now {
+            wall: t0()
+                .wall
+                .checked_add(Duration::from_millis(t))
+                .expect("valid"),
+            boot: t0().boot.plus(Duration::from_millis(t)),
+        };
+        let busy = (t / 5000) % 2 == 0;
+        let workers = (0..8)
+            .map(|i| {
+                let id = WorkerId(i);
+                let recorded = m
+                    .workers
+                    .get(&id)
+                    .and_then(|w| w.process.as_ref())
+                    .is_some();
+                let status = match (recorded, live.contains_key(&id)) {
+                    (_, true) => alive(),
+                    (true, false) => Some(ProcessStatus::Exited),
+                    (false, false) => None,
+                };
+                let c = m.workers.get(&id).and_then(|w| w.checkpoint);
+                (id, obs(status, c))
+            })
+            .collect();
+        let mut o = observed(workers, std::mem::take(&mut exits));
+        o.disk = DiskObservation::Sample {
+            device: DiskDevice {
+                major: 8,
+                minor: 0,
+                name: "sda".into(),
+                rotational: Some(true),
+            },
+            util_percent: if busy { 95.0 } else { 20.0 },
+            queue_depth: if busy { 4.0 } else { 0.2 },
+        };
+        let p = plan(&d, &o, m, now);
+        holds.extend(
+            p.events
+                .iter()
+                .filter(|e| e.starts_with("scaling: "))
+                .cloned(),
+        );
+        m = p.memory;
+        if m.totals.scale_downs > downs {
+            changes.push((t, "down"));
+        }
+        if m.totals.scale_ups > ups {
+            changes.push((t, "up"));
+        }
+        (downs, ups) = (m.totals.scale_downs, m.totals.scale_ups);
+        for a in &p.actions {
+            match a {
+                Action::Stop(s) if live.remove(&s.worker).is_some() => {
+                    exits.push(ExitEvent {
+                        worker: s.worker,
+                        pid: s.identity.pid,
+                        code: None,
+                        signal: Some(15),
+                    });
+                    times.insert(t + 50);
+                }
+                Action::Start(s) => {
+                    next_pid += 1;
+                    record_start(&mut m, &d, s, Ok((identity(next_pid), now.boot)), now);
+                    live.insert(s.worker, next_pid);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(!changes.is_empty(), "the series does move the count");
+    let window = d
+        .scaling
+        .scale_down_cooldown
+        .get()
+        .min(d.scaling.scale_up_cooldown.get())
+        .as_millis() as u64;
+    for pair in changes.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= window,
+            "two scale changes within one cooldown window: {changes:?}"
+        );
+    }
+    assert!(changes.len() <= 2, "{changes:?}");
+    // Each kind of hold is said once when it begins, not every pass (600+ passes).
+    assert!(
+        holds.len() <= 6 * (changes.len() + 1),
+        "{} hold events: {holds:#?}",
+        holds.len()
+    );
+    assert!(
+        holds.iter().any(|h| h.contains("stabilisation window")),
+        "{holds:#?}"
+    );
+}
+
+/// A live apply that lowers the target: the highest-id running workers are parked (stopped with
+/// the stop grace, their shards kept for later), once — not again while they stop — and none is
+/// started; raising it again resumes the parked shards first.
+#[test]
+fn a_lowered_target_parks_the_highest_running_workers_with_the_grace_and_a_raised_one_resumes_them()
+{
+    let four = desired();
+    let mut m = mem();
+    let mut world = BTreeMap::new();
+    for id in 0..4u32 {
+        m.workers.insert(
+            WorkerId(id),
+            running(100 + id as i32, t0(), 100 * u64::from(id) + 50),
+        );
+        world.insert(WorkerId(id), obs(alive(), Some(100 * u64::from(id) + 50)));
+    }
+    let p = plan(&four, &observed(world.clone(), vec![]), m, at(1));
+    assert!(
+        stops(&p).is_empty() && starts(&p).is_empty(),
+        "{:?}",
+        p.actions
+    );
+    let mut two = four.clone();
+    two.counts.target = 2;
+    let p = plan(&two, &observed(world.clone(), vec![]), p.memory, at(2));
+    assert_eq!(stops(&p), [3, 2]);
+    assert!(starts(&p).is_empty());
+    for a in &p.actions {
+        let Action::Stop(s) = a else { continue };
+        assert_eq!(s.grace, two.stop_grace, "parked with the stop grace");
+        assert!(s.reason.contains("parking worker"), "{}", s.reason);
+    }
+    assert!(p.memory.workers[&WorkerId(3)].parked.is_some());
+    assert_eq!(p.memory.desired_count, Some(2));
+    // Next pass, the two still stopping: nothing more is parked.
+    let p = plan(&two, &observed(world.clone(), vec![]), p.memory, at(3));
+    assert!(stops(&p).is_empty(), "{:?}", p.actions);
+    // Gone: parked, not restarted.
+    for id in [2u32, 3] {
+        world.insert(WorkerId(id), obs(None, Some(100 * u64::from(id) + 50)));
+    }
+    let mut m = p.memory;
+    for id in [2u32, 3] {
+        if let Some(w) = m.workers.get_mut(&WorkerId(id)) {
+            w.process = None;
+            w.stopping = None;
+        }
+    }
+    let p = plan(&two, &observed(world.clone(), vec![]), m, at(4));
+    assert!(starts(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(p.workers[&WorkerId(3)].phase, Phase::Parked);
+    // Target back to 4: the parked shards resume from their checkpoints.
+    let p = plan(&four, &observed(world, vec![]), p.memory, at(5));
+    assert_eq!(starts(&p), [2, 3]);
+}
+
+#[test]
+fn unsaved_state_holds_every_start_and_a_crash_restart_resumes_after_a_save() {
+    // Regression (issue 26, item 1): a worker started in a pass whose save failed was
+    // unrecorded on disk; the next automon took it for a duplicate. While the memory is not on
+    // disk nothing starts; the restart that was due is kept, not lost, and made once it is saved.
+    let d = desired();
+    let unsaved = |mut o: Observed| {
+        o.unsaved_state = Some("state.json: No space left on device".into());
+        o
+    };
+    let p = plan(&d, &unsaved(observed(BTreeMap::new(), vec![])), mem(), t0());
+    assert_eq!(starts(&p), Vec::<u32>::new());
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("start held: automon's state is not saved (state.json: No space left"),
+        "{}",
+        p.workers[&WorkerId(0)].reason
+    );
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    let crashed = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![ExitEvent {
+            worker: WorkerId(0),
+            pid: 10,
+            code: Some(1),
+            signal: None,
+        }],
+    );
+    let held = plan(&d, &unsaved(crashed), m, at(30));
+    assert_eq!(starts(&held), Vec::<u32>::new());
+    let saved = plan(
+        &d,
+        &observed(BTreeMap::new(), vec![]),
+        held.memory.clone(),
+        at(31),
+    );
+    let Some(Action::Start(s)) = saved.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
+        panic!("{:?}", saved.actions)
+    };
+    assert_eq!(s.argv[4], "40", "restarted from its checkpoint");
+    assert!(s.reason.contains("exited with status 1"), "{}", s.reason);
 }

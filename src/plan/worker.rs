@@ -14,6 +14,39 @@ fn seen_recently(recent: &std::collections::VecDeque<u64>, fp: u64) -> bool {
     any(front) || any(back)
 }
 
+/// `line` without a leading time of day (and the date, brackets and separators around it), so
+/// that a line repeated with only its timestamp changed is the same line whatever the log's
+/// timestamp format (`03:05:08 processed item 130`, `[2026-11-29T08:14:44Z] …`, Python
+/// logging's `2026-11-29 08:14:44,123 - INFO - …`). A prefix counts as a time only when it holds
+/// `digit:digit`; `130 books done` keeps its number.
+pub(crate) fn without_leading_time(line: &str) -> &str {
+    let b = line.as_bytes();
+    let start = usize::from(b.first() == Some(&b'['));
+    let mut i = start;
+    let mut colon = false;
+    let digit_at = |j: usize| b.get(j).is_some_and(u8::is_ascii_digit);
+    while let Some(&c) = b.get(i) {
+        let time_char = c.is_ascii_digit()
+            || (matches!(c, b'-' | b'/' | b'.' | b',' | b'+') && i > start)
+            || (matches!(c, b'T' | b'Z') && i > start && digit_at(i - 1));
+        if time_char {
+            i += 1;
+        } else if c == b':' && i > start && digit_at(i - 1) && digit_at(i + 1) {
+            colon = true;
+            i += 1;
+        } else if c == b' ' && i > start && digit_at(i + 1) {
+            i += 1; // between the date and the time
+        } else {
+            break;
+        }
+    }
+    if !colon {
+        return line;
+    }
+    // Only ASCII bytes were skipped: `i` is a char boundary.
+    line[i..].trim_start_matches([']', ' ', '-', '|', ':'])
+}
+
 /// ` at book 1,234` for a worker's checkpoint, nothing without one.
 struct AtCheckpoint<'a> {
     unit: &'a str,
@@ -105,6 +138,7 @@ impl Planner<'_> {
         }
         if w.process.is_none() {
             self.idle_status(id, w, shard);
+            self.hold_if_unreadable(id, w, obs);
         }
         if w.completed_at.is_some() {
             self.verify_fix(id, w);
@@ -144,23 +178,37 @@ impl Planner<'_> {
                     self.sample_rate(w, *checkpoint);
                 }
                 w.items = *items;
+                w.unreadable_since = None;
+                w.exits_without_progress_file = 0;
+                // Only a reported problem is reported over (no unreadable/readable-again pairs
+                // for a torn read now and then).
                 if w.progress_problem.take().is_some() {
                     self.events.push(format!(
-                        "worker {id}: progress file readable again (checkpoint {})",
+                        "worker {id}: progress file {} readable again (checkpoint {})",
+                        self.desired.progress_path(id).display(),
                         count(*checkpoint)
                     ));
                 }
             }
             ProgressObservation::Unreadable { why } => {
-                if w.progress_problem.as_deref() != Some(why.as_str()) {
+                let since = *w.unreadable_since.get_or_insert(self.now.boot);
+                // With a checkpoint, a persistent problem is reported once per streak (the
+                // parse error of a torn file differs from read to read); without one, the
+                // worker is held and says so (see `hold_if_unreadable`).
+                if w.checkpoint.is_some()
+                    && w.progress_problem.is_none()
+                    && self.since(since) >= UNREADABLE_REPORT_AFTER
+                {
                     self.events.push(format!(
-                        "worker {id}: progress file unreadable: {why}; keeping the last good checkpoint {}",
+                        "worker {id}: progress file {} unreadable for {}: {why}; keeping the last good checkpoint {}",
+                        self.desired.progress_path(id).display(),
+                        fmt_dur(self.since(since)),
                         w.checkpoint.map_or_else(|| "(none yet)".to_string(), count)
                     ));
                     w.progress_problem = Some(why.clone());
                 }
             }
-            ProgressObservation::Missing => {}
+            ProgressObservation::Missing => w.unreadable_since = None,
         }
         if let LogObservation::Read {
             cursor,
@@ -194,7 +242,7 @@ impl Planner<'_> {
                     w.last_error = Some(first.chars().take(300).collect());
                     continue;
                 }
-                let fp = fingerprint(&r.message);
+                let fp = fingerprint(without_leading_time(&r.message));
                 if seen_recently(&w.recent_signals, fp) {
                     continue; // the same line again: a loop, not progress
                 }
@@ -298,12 +346,19 @@ impl Planner<'_> {
             .last_progress_at
             .filter(|p| *p >= started_at)
             .unwrap_or(started_at);
-        let (threshold, threshold_name, stage) = if w.left_discovery {
-            (
-                self.desired.health.stuck_after.get(),
-                "stuck_after",
-                "progressing",
-            )
+        // A cursor phrase recurring while the checkpoint stands still is a loop, not discovery:
+        // judged on `stuck_after` even right after a restart.
+        let looping = w
+            .repeating
+            .as_ref()
+            .is_some_and(|r| r.times >= LOOP_EVIDENCE);
+        let (threshold, threshold_name, stage) = if w.left_discovery || looping {
+            let stage = if w.left_discovery {
+                "progressing"
+            } else {
+                "looping"
+            };
+            (self.desired.health.stuck_after.get(), "stuck_after", stage)
         } else {
             (
                 self.desired.health.discovery_grace.get(),
@@ -342,7 +397,8 @@ impl Planner<'_> {
                 fmt_dur(threshold),
             );
             if w.stuck_since.is_none() {
-                w.stuck_since = Some(self.now.boot);
+                // When the silence began, not when it was noticed: a scale-down quotes it.
+                w.stuck_since = Some(reference);
             }
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
                 if let Some(process) = w.process.clone() {
@@ -450,7 +506,44 @@ impl Planner<'_> {
             return;
         }
         let claimed = w.claimed_complete.take();
-        let suspicious = if exit.is_some_and(|e| e.code == Some(0)) || claimed.is_some() {
+        let exit_zero = exit.is_some_and(|e| e.code == Some(0));
+        if exit_zero
+            && shard.is_some()
+            && w.checkpoint.is_none()
+            && obs.progress == ProgressObservation::Missing
+        {
+            // A mistyped `progress.file`: the worker did its shard, automon never saw a
+            // checkpoint, and a rerun would redo the whole shard. Name the path it looked for.
+            w.exits_without_progress_file += 1;
+            let path = self.desired.progress_path(id);
+            let what = format!(
+                "worker {id} {how}, but its progress file {} never appeared",
+                path.display()
+            );
+            if w.exits_without_progress_file >= MAX_EXITS_WITHOUT_PROGRESS_FILE {
+                let reason = format!(
+                    "progress file {} never appeared in {} runs that exited 0; check spec.progress.file",
+                    path.display(),
+                    w.exits_without_progress_file
+                );
+                self.events.push(format!(
+                    "ALERT: {what} ({} runs in a row); holding it instead of rerunning its shard (fix spec.progress.file, then `automon resume`)",
+                    w.exits_without_progress_file
+                ));
+                w.paused = Some(memory::Hold {
+                    reason,
+                    at: self.now.wall,
+                    by_operator: false,
+                });
+                return;
+            }
+            w.restart_reason = Some(format!(
+                "{what}; rerunning it from its range start (held if it happens again)"
+            ));
+            self.memory.totals.crash_restarts += 1;
+            return;
+        }
+        let suspicious = if exit_zero || claimed.is_some() {
             let end = shard.map_or_else(String::new, |s| {
                 format!(" short of the shard's last key {}", count(s.last_key()))
             });
@@ -495,6 +588,42 @@ impl Planner<'_> {
                 fmt_dur(delay)
             ));
         }
+    }
+
+    /// A worker that would be started now but whose progress file exists without parsing, and
+    /// that has no remembered checkpoint (a first apply, `--reset-state`, a lost state
+    /// directory, every read so far torn): starting it would begin at its shard's start and
+    /// overwrite days of work. It is held, with one alert naming the file and the parse error,
+    /// until the file parses (the observer already re-read it within the pass).
+    fn hold_if_unreadable(&mut self, id: WorkerId, w: &mut WorkerMemory, obs: &WorkerObservation) {
+        let ProgressObservation::Unreadable { why } = &obs.progress else {
+            return;
+        };
+        let startable = self
+            .statuses
+            .get(&id)
+            .is_some_and(|s| matches!(s.phase, Phase::Pending | Phase::Stopped | Phase::Parked));
+        if w.checkpoint.is_some() || !startable {
+            return;
+        }
+        let path = self.desired.progress_path(id);
+        let what = format!(
+            "progress file {} exists but cannot be parsed ({why}) and no checkpoint is remembered",
+            path.display()
+        );
+        if w.progress_problem.is_none() {
+            self.events.push(format!(
+                "ALERT: worker {id}: {what}; holding it (never started from its shard start while the file exists) until the file parses"
+            ));
+            w.progress_problem = Some(why.clone());
+        }
+        self.held.insert(id);
+        self.wake_in(self.desired.interval);
+        self.set(
+            id,
+            Phase::Stopped,
+            format!("held: {what}; starts once the file parses"),
+        );
     }
 
     fn idle_status(&mut self, id: WorkerId, w: &WorkerMemory, shard: Option<Shard>) {

@@ -2,7 +2,6 @@
 //! a stand-in OpenAI-compatible server answering with a canned code fix, and automon applying it.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::json;
 use wiremock::matchers::{method, path};
@@ -45,14 +44,16 @@ fn looping_migration(base_url: &str) -> (Migration, u64) {
     let fault: &'static str = Box::leak(format!("loop:{book}:always").into_boxed_str());
     let extra: &'static str = Box::leak(
         format!(
-            "  fixes:\n    cooldown: 1s\n    verify_after: 5s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
+            "  fixes:\n    cooldown: 1s\n    verify_after: 20s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
         )
         .into_boxed_str(),
     );
     let m = Migration::new(&Knobs {
         fault,
-        stuck_after: "2s",
-        discovery_grace: "4s",
+        // Thresholds a loaded machine cannot trip for a healthy worker (the looping one is found
+        // after 10 s); the fixed worker has 20 s to show progress (its restart included).
+        stuck_after: "10s",
+        discovery_grace: "20s",
         stop_grace: "1s",
         extra_spec: extra,
         ..Knobs::default()
@@ -97,7 +98,7 @@ async fn a_canned_code_fix_from_the_llm_is_applied_verified_and_the_migration_co
         .await;
     let (m, book) = looping_migration(&format!("{}/v1", server.uri()));
     let owner = m.owner(book);
-    let (code, stderr) = tokio::time::timeout(Duration::from_secs(240), run_watch(&m))
+    let (code, stderr) = tokio::time::timeout(super::support::PATIENCE, run_watch(&m))
         .await
         .expect("automon finished");
     assert_eq!(code, Some(0), "{stderr}");
@@ -149,7 +150,7 @@ async fn a_code_fix_that_does_not_help_is_rolled_back_and_the_worker_paused_afte
         .await;
     let (m, book) = looping_migration(&format!("{}/v1", server.uri()));
     let owner = m.owner(book);
-    let (code, stderr) = tokio::time::timeout(Duration::from_secs(240), run_watch(&m))
+    let (code, stderr) = tokio::time::timeout(super::support::PATIENCE, run_watch(&m))
         .await
         .expect("automon finished");
     // Every other shard completes; the looping worker is paused.

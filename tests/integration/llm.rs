@@ -384,6 +384,7 @@ async fn rate_limit_waits_for_retry_after() {
     let started = Instant::now();
     let out = client(&server).diagnose(&diagnostics("log")).await.unwrap();
     assert!(out.diagnosis.is_unknown());
+    // A lower bound (load can only lengthen the wait): Retry-After was honoured.
     assert!(
         started.elapsed() >= Duration::from_millis(950),
         "Retry-After: 1 honoured, waited {:?}",
@@ -400,13 +401,12 @@ async fn retry_after_beyond_the_deadline_fails_without_waiting() {
             .set_body_json(json!({"error": {"message": "slow down"}})),
     )
     .await;
-    let started = Instant::now();
     let err = client(&server)
         .diagnose(&diagnostics("log"))
         .await
         .unwrap_err();
+    // The 429 itself, not a timeout: it did not wait for the 120 s (beyond the 10 s deadline).
     assert!(err.to_string().contains("HTTP 429"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
 
@@ -434,14 +434,12 @@ async fn insufficient_quota_opens_the_circuit() {
 
     // While the circuit is open: an immediate error and no request.
     offset.store(14 * 60, Ordering::SeqCst);
-    let started = Instant::now();
     let err = c.diagnose(&diagnostics("another log")).await.unwrap_err();
     assert!(matches!(err, LlmError::CircuitOpen { .. }), "{err}");
     assert!(
         err.to_string().contains("circuit open for another 60s"),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 
     // After 15 minutes the server is asked again.
@@ -462,18 +460,13 @@ async fn a_hanging_server_times_out() {
         |_| None,
     )
     .unwrap();
-    let started = Instant::now();
+    // The deadline's error, not the answer the server sends after 10 s.
     let err = c.diagnose(&diagnostics("log")).await.unwrap_err();
     assert_eq!(
         err,
         LlmError::Timeout {
             after: Duration::from_millis(300)
         }
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
     );
 }
 
@@ -589,7 +582,8 @@ spec:
     base_url: {base_url}
     timeout: 5s
     max_log_bytes: 2048
-    secret_env: [CALIBRE_DB_PASSWORD]
+  secrets:
+    env: [CALIBRE_DB_PASSWORD]
 "#
     );
     std::fs::write(dir.join("m.yaml"), manifest).unwrap();
@@ -629,6 +623,7 @@ fn observed_empty() -> Observed {
         workers: BTreeMap::new(),
         children: Default::default(),
         unrecorded: Vec::new(),
+        unsaved_state: None,
     }
 }
 
@@ -700,6 +695,7 @@ fn a_live_process_reports_memory_cpu_and_uptime() {
             resume_from: None,
             adopted: false,
             own_group: false,
+            template: None,
         }),
         restarts: 4,
         ..WorkerMemory::default()

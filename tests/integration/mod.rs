@@ -1,12 +1,16 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod house;
+mod judgment;
+mod live;
 mod llm;
 mod manifests;
 mod migration;
 mod operate;
 mod processes;
 mod scale;
+mod secrets;
 mod service;
 mod sigstop;
 mod support;

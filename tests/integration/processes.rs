@@ -57,7 +57,6 @@ fn stop_escalates_to_sigkill_for_a_group_that_ignores_sigterm() {
          subprocess.Popen(['sleep', '60'])\nprint('ready', flush=True)\ntime.sleep(60)",
     );
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(300));
     let id = identity(pid);
     // Reap the leader in the background so it does not linger as a zombie.
     let reaper = std::thread::spawn(move || child.wait());
@@ -79,7 +78,6 @@ fn stop_escalates_to_sigkill_for_a_group_that_ignores_sigterm() {
 fn stop_is_graceful_when_the_worker_obeys_sigterm() {
     let mut child = spawn_group("import time\nprint('ready', flush=True)\ntime.sleep(60)");
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200));
     let id = identity(pid);
     let reaper = std::thread::spawn(move || child.wait());
     let outcome = runtime().block_on(stop_group(
@@ -97,7 +95,6 @@ fn stop_is_graceful_when_the_worker_obeys_sigterm() {
 fn a_reused_pid_is_reported_gone_and_left_untouched() {
     let mut child = spawn_group("import time\nprint('ready', flush=True)\ntime.sleep(30)");
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_millis(200));
     let real = identity(pid);
     let recorded = ProcessIdentity {
         start_ticks: real.start_ticks.saturating_sub(7),
@@ -115,6 +112,7 @@ fn a_reused_pid_is_reported_gone_and_left_untouched() {
         Duration::from_millis(100),
     ));
     assert_eq!(outcome, StopOutcome::NotOurs);
+    // Not a timing assertion: a moment for a wrongly sent signal to land before looking.
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         child.try_wait().expect("try_wait").is_none(),
@@ -129,8 +127,13 @@ fn a_zombie_child_is_not_alive() {
     let mut child = Command::new("true").spawn().expect("spawn");
     let pid = child.id() as i32;
     let id = identity(pid);
-    std::thread::sleep(Duration::from_millis(200)); // exited, not yet reaped: a zombie
+    // Exited, not yet reaped: a zombie (on a loaded machine `true` may take a while to exit).
     let boot = proc::boot_id(Path::new("/proc"));
+    super::support::wait_until(
+        "the child to exit",
+        || proc::read_stat(Path::new("/proc"), pid).is_some_and(|s| s.state == 'Z'),
+        String::new,
+    );
     assert_eq!(
         proc::check(Path::new("/proc"), &boot, &id),
         ProcessStatus::Exited
@@ -149,7 +152,6 @@ fn a_single_process_stop_leaves_the_rest_of_its_group_alone() {
          time.sleep(60)",
     );
     let leader = wrapper.id() as i32;
-    std::thread::sleep(Duration::from_millis(100));
     let child_pid = proc::list_pids(Path::new("/proc"))
         .into_iter()
         .find(|p| proc::read_stat(Path::new("/proc"), *p).is_some_and(|s| s.ppid == leader))
@@ -193,7 +195,7 @@ fn processes_matching_the_template_are_adopted_when_the_manifest_opts_in() {
     let mut wrapped = start(&["bash", "-c", &format!("python3 {f} --worker-id 0; true")]);
     // Wait (under load this can take a while) until every worker is running python3 with its
     // real command line: the wrapper's child included.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + super::support::PATIENCE;
     // python3 may be a shim script that execs the interpreter: wait for the interpreter itself.
     let cmdline = |pid: i32| {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -12,12 +12,13 @@ use nix::unistd::Pid;
 use super::migration::live_workers;
 use super::support::{Knobs, Migration, resume_points};
 
-const CMD_LIMIT: Duration = Duration::from_secs(60);
+const CMD_LIMIT: Duration = super::support::PATIENCE;
 
-/// Slow workers (about 25 books per shard at 0.4 s each): they outlive the test's steps.
+/// Slow workers (about 50 books per shard at 0.4 s each, 20 s a shard): they outlive the
+/// test's steps, and a worker's checkpoints span more than the 10 s a rate needs.
 fn slow_migration() -> Migration {
     Migration::new(&Knobs {
-        books: 200,
+        books: 400,
         upload_delay: "0.4",
         batch_size: 5,
         stuck_after: "30s",
@@ -27,7 +28,7 @@ fn slow_migration() -> Migration {
 }
 
 /// Runs `automon ARGS` in the migration's directory; (exit code, stdout, stderr).
-fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
+pub(super) fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
     let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
         .current_dir(m.path())
         .args(args)
@@ -41,7 +42,7 @@ fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -55,7 +56,7 @@ fn alive(pid: i32) -> bool {
 
 /// On drop (also after a failed assertion): SIGTERM to the automon holding the lock, SIGKILL to
 /// every worker group of the state directory.
-struct Cleanup<'a>(&'a Migration);
+pub(super) struct Cleanup<'a>(pub(super) &'a Migration);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -98,10 +99,10 @@ fn start_stop_status_and_a_restart_that_adopts_the_workers() {
         Some(ticks),
         "the pid file holds the daemon's start time"
     );
-    wait_for("4 workers", Duration::from_secs(30), || {
+    wait_for("4 workers", super::support::PATIENCE, || {
         live_workers(&state_dir).len() == 4
     });
-    wait_for("status.json", Duration::from_secs(10), || {
+    wait_for("status.json", super::support::PATIENCE, || {
         state_dir.join("status.json").exists()
     });
 
@@ -171,7 +172,7 @@ fn start_stop_status_and_a_restart_that_adopts_the_workers() {
     assert_ne!(second.pid, pid);
     wait_for(
         "two passes of the new automon",
-        Duration::from_secs(20),
+        super::support::PATIENCE,
         || {
             automon::state::read_status(&state_dir)
                 .ok()
@@ -401,7 +402,7 @@ fn metrics_endpoint_and_textfile_serve_every_family_and_json_logs_carry_events()
     let mut body = String::new();
     wait_for(
         "metrics with worker rates",
-        Duration::from_secs(60),
+        super::support::PATIENCE,
         || match http_get(port, "/metrics") {
             Some((status, b)) if status.contains("200") => {
                 body = b;

@@ -72,7 +72,7 @@ fn a_sigstopped_worker_is_found_stuck_killed_and_restarted_from_its_checkpoint()
     };
     let (start, _) = m.shard(0);
     // Wait until worker 0 has checkpointed past its range start, then freeze it.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + super::support::PATIENCE;
     let frozen = loop {
         assert!(
             Instant::now() < deadline,
@@ -89,7 +89,7 @@ fn a_sigstopped_worker_is_found_stuck_killed_and_restarted_from_its_checkpoint()
         std::thread::sleep(Duration::from_millis(100));
     };
     // The run must still complete: the frozen worker is replaced.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + super::support::PATIENCE;
     let status = loop {
         if let Some(status) = guard.daemon.try_wait().expect("wait for automon") {
             break status;

@@ -15,6 +15,25 @@ pub struct Migration {
     pub end: u64,
 }
 
+/// How long a test waits for a condition before it fails: generous, so that a loaded 2-core
+/// machine (other builds, CPU hogs) never fails a test that is merely slow. A passing test never
+/// waits this long; it polls.
+pub const PATIENCE: Duration = Duration::from_secs(600);
+
+/// Polls `ok` every 50 ms until it holds; panics naming `what` (and `detail()`) after
+/// [`PATIENCE`].
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool, detail: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}:\n{}",
+            detail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Knobs of a test migration.
 pub struct Knobs {
     pub books: u32,
@@ -34,8 +53,9 @@ impl Default for Knobs {
             books: 240,
             fault: "",
             upload_delay: "0.01",
-            stuck_after: "4s",
-            discovery_grace: "8s",
+            // Room for a loaded machine: a healthy worker starved of CPU for seconds is not stuck.
+            stuck_after: "15s",
+            discovery_grace: "30s",
             stop_grace: "2s",
             batch_size: 10,
             extra_spec: "",
@@ -126,12 +146,12 @@ spec:
         cmd
     }
 
-    /// Runs `apply --watch` to completion (or panics after `limit`); returns stderr.
-    pub fn watch_to_completion(&self, limit: Duration) -> String {
+    /// Runs `apply --watch` to completion (or panics after [`PATIENCE`]); returns stderr.
+    pub fn watch_to_completion(&self) -> String {
         let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
             .current_dir(self.path())
             .args(["apply", "workerset.yaml", "--watch"])
-            .timeout(limit)
+            .timeout(PATIENCE)
             .output()
             .expect("run automon");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -189,4 +209,28 @@ pub fn resume_points(events: &str, id: u64) -> Vec<u64> {
             args.get(at + 1)?.parse().ok()
         })
         .collect()
+}
+
+/// On drop (also after a failed assertion): SIGKILL to the daemon, if any, and to every worker
+/// process group of the state directory, so no test leaves workers behind.
+pub struct Cleanup {
+    pub daemon: Option<std::process::Child>,
+    pub state_dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.as_mut() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for pids in super::migration::live_workers(&self.state_dir).values() {
+            for pid in pids {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,287 @@
+//! Judgment on messy real inputs (issue 14): torn progress files with and without memory, a
+//! program that does not exist, a progress file that never appears.
+
+use std::process::Output;
+
+use super::support::{Cleanup, Knobs, Migration, PATIENCE, resume_points};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Regression (issue 14.1): with no remembered checkpoint (here: a first `apply`), a torn
+/// progress file was taken as "no checkpoint" and the worker started from its shard start,
+/// overwriting the file. Now the worker is held with an alert naming the file and the parse
+/// error, and starts from the checkpoint in the file once it parses.
+#[test]
+fn a_torn_progress_file_without_memory_holds_the_worker_until_it_parses() {
+    let m = Migration::new(&Knobs {
+        upload_delay: "0.5",
+        ..Knobs::default()
+    });
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: m.state_dir(),
+    };
+    let progress = m.path().join("progress/migration_progress_worker0.json");
+    let torn = "{\"worker_id\": 0, \"last_processed_book_id\": 1";
+    std::fs::write(&progress, torn).expect("write torn file");
+    let out = m
+        .automon()
+        .args(["apply", "workerset.yaml"])
+        .output()
+        .expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = m.events();
+    let alert = events
+        .lines()
+        .find(|l| l.contains("ALERT: worker 0: progress file"))
+        .unwrap_or_else(|| panic!("no alert:\n{events}"));
+    assert!(
+        alert.contains(&progress.display().to_string()) && alert.contains("cannot be parsed ("),
+        "{alert}"
+    );
+    assert!(
+        resume_points(&events, 0).is_empty(),
+        "worker 0 was started:\n{events}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&progress).expect("still there"),
+        torn,
+        "nobody overwrote the file"
+    );
+    // The file parses now (the writer finished): the next pass starts worker 0 from it.
+    let (start, _) = m.shard(0);
+    let checkpoint = start + 5;
+    std::fs::write(
+        &progress,
+        format!("{{\"worker_id\": 0, \"last_processed_book_id\": {checkpoint}}}"),
+    )
+    .expect("write good file");
+    // One more slot (four workers run): the next pass has room for worker 0.
+    let manifest = m.path().join("workerset.yaml");
+    let yaml = std::fs::read_to_string(&manifest).expect("read manifest");
+    std::fs::write(&manifest, yaml.replace("target: 4,", "target: 5,")).expect("edit");
+    let out = m
+        .automon()
+        .args(["apply", "workerset.yaml"])
+        .output()
+        .expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events = m.events();
+    assert_eq!(
+        resume_points(&events, 0),
+        vec![checkpoint],
+        "started once, from the checkpoint in the file:\n{events}"
+    );
+    assert!(
+        events.contains("worker 0: progress file") && events.contains("readable again"),
+        "{events}"
+    );
+}
+
+/// A worker that rewrites its progress file in place (truncate, half, pause, rest): reads
+/// catch it torn now and then.
+const NON_ATOMIC_WORKER: &str = r#"
+import json, sys, time
+wid, start, end, resume = (int(a) for a in sys.argv[1:5])
+path = f"progress/p{wid}.json"
+c = max(resume, start - 1)
+while c < end - 1:
+    c += 1
+    text = json.dumps({"c": c, "pad": "x" * 4000})
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+        f.flush()
+        time.sleep(0.01)
+        f.write(text[len(text) // 2 :])
+    print(f"Processed batch up to {c}", flush=True)
+    time.sleep(0.02)
+"#;
+
+/// Regression (issue 14.1): with a remembered checkpoint, a healthy worker whose writer is not
+/// atomic produced an "unreadable"/"readable again" event pair every few seconds. Torn reads
+/// are re-read within the pass, and only a persistent problem is reported.
+#[test]
+fn a_non_atomic_progress_writer_with_memory_completes_without_unreadable_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("worker.py"), NON_ATOMIC_WORKER).expect("write worker");
+    std::fs::create_dir_all(dir.path().join("progress")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: torn}
+spec:
+  interval: 1s
+  workers: {target: 2, min: 1, max: 2}
+  work: {range: {start: 1, end: 401}, shards: 2}
+  template: {command: [python3, worker.py, "{id}", "{range_start}", "{range_end}", "{checkpoint}"]}
+  progress: {file: "progress/p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log", activity_patterns: ["Processed batch"]}
+  health: {stuck_after: 60s, discovery_grace: 120s}
+"#,
+    )
+    .expect("write manifest");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml", "--watch"])
+        .timeout(PATIENCE)
+        .output()
+        .expect("run automon");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{}\n{events}", text(&out));
+    assert!(
+        !events.contains("unreadable") && !events.contains("readable again"),
+        "{events}"
+    );
+    for id in 0..2 {
+        assert_eq!(
+            events.matches(&format!("worker {id}: started pid")).count(),
+            1,
+            "worker {id} ran once:\n{events}"
+        );
+    }
+}
+
+/// Regression (issue 14.5): a template whose program does not exist (`python4`) passed
+/// `validate` and was retried forever, never Failed; on Ctrl-C automon said workers keep
+/// running when none had started.
+#[test]
+fn a_program_that_does_not_exist_is_warned_about_and_the_worker_fails_after_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: missing}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [automon-test-no-such-program-4, "{id}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  restart: {backoff_initial: 1s, backoff_max: 2s}
+"#,
+    )
+    .expect("write manifest");
+    let automon = || {
+        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"));
+        c.current_dir(dir.path()).timeout(PATIENCE);
+        c
+    };
+    let out = automon()
+        .args(["validate", "m.yaml"])
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "m.yaml: warning: spec.template.command[0]: program \"automon-test-no-such-program-4\" not found on PATH"
+        ),
+        "{stderr}"
+    );
+    // The loop: three failed starts (ENOENT), then Failed; nothing can move: exit 3.
+    let out = automon()
+        .args(["apply", "m.yaml", "--watch"])
+        .output()
+        .expect("apply");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(3), "{}\n{events}", text(&out));
+    assert_eq!(
+        events.matches("worker 0: could not start:").count(),
+        2,
+        "{events}"
+    );
+    assert!(
+        events.contains("ALERT: worker 0: could not start 3 times in a row: ")
+            && events.contains("No such file or directory"),
+        "{events}"
+    );
+    let out = automon()
+        .args(["get", "m.yaml", "-o", "json"])
+        .output()
+        .expect("get");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["workers"][0]["phase"], "Failed", "{v}");
+    assert!(
+        v["workers"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("No such file or directory")),
+        "{v}"
+    );
+}
+
+/// Regression (issue 14.6): a mistyped `progress.file` made the worker redo its shard forever
+/// and never named the path automon looked for.
+#[test]
+fn a_progress_file_that_never_appears_is_named_and_the_worker_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The worker writes `progress/p0.json`; the manifest names `progress/p{id}.jsn`.
+    std::fs::create_dir_all(dir.path().join("progress")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("worker.py"),
+        "import json, sys\njson.dump({'c': 10}, open('progress/p' + sys.argv[1] + '.json', 'w'))\nprint('Processed batch up to 10', flush=True)\n",
+    )
+    .expect("write worker");
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: typo}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [python3, worker.py, "{id}"]}
+  progress: {file: "progress/p{id}.jsn", checkpoint: /c}
+  logs: {file: "w{id}.log", activity_patterns: ["Processed batch"]}
+  restart: {backoff_initial: 1s, backoff_max: 2s}
+"#,
+    )
+    .expect("write manifest");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml", "--watch"])
+        .timeout(PATIENCE)
+        .output()
+        .expect("apply");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(3), "{}\n{events}", text(&out));
+    let looked_for = dir.path().join("progress/p0.jsn");
+    let named = format!("progress file {} never appeared", looked_for.display());
+    assert_eq!(
+        events.matches("worker 0: started pid").count(),
+        2,
+        "run twice, then held:\n{events}"
+    );
+    assert!(
+        events.contains(&format!(
+            "ALERT: worker 0 exited with status 0, but its {named}"
+        )),
+        "{events}"
+    );
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["get", "m.yaml", "-o", "json"])
+        .timeout(PATIENCE)
+        .output()
+        .expect("get");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["workers"][0]["phase"], "Paused", "{v}");
+    assert!(
+        v["workers"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&named)),
+        "{v}"
+    );
+}
