@@ -122,7 +122,10 @@ struct Daemon<'a> {
     exit_tx: mpsc::UnboundedSender<ExitEvent>,
     wake_tx: mpsc::UnboundedSender<Wake>,
     pending_exits: Vec<ExitEvent>,
-    unreaped: std::collections::BTreeSet<i32>,
+    /// Children started and not reaped yet: pid → start ticks.
+    unreaped: std::collections::BTreeMap<i32, u64>,
+    /// The memory as last saved: a pass that changed nothing writes nothing.
+    saved: Option<Memory>,
     in_flight: usize,
     first: bool,
     started: Instant,
@@ -165,7 +168,8 @@ impl Daemon<'_> {
         }
         let children = observe::Children {
             exits: std::mem::take(&mut self.pending_exits),
-            unreaped: self.unreaped.clone(),
+            unreaped: self.unreaped.keys().copied().collect(),
+            started: self.unreaped.clone(),
         };
         let now = crate::clock::Now::read();
         let history_basis = self
@@ -229,7 +233,21 @@ impl Daemon<'_> {
             self.events.record(now.wall, action.reason());
             self.act(action, &plan, &observed, now);
         }
-        match state::save_memory(&self.opts.state_dir, &self.memory) {
+        // A pass that changed nothing (memory equal to the copy last saved) writes nothing.
+        let unchanged = self.unsaved.is_none() && self.saved.as_ref() == Some(&self.memory);
+        let saved = if unchanged {
+            Ok(())
+        } else {
+            let began = Instant::now();
+            let r = state::save_memory(&self.opts.state_dir, &self.memory);
+            let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(target: "automon::state", micros, "state saved");
+            if r.is_ok() {
+                self.saved = Some(self.memory.clone());
+            }
+            r
+        };
+        match saved {
             Ok(()) => {
                 if let Some(u) = self.unsaved.take() {
                     self.saved_again = true;
@@ -374,7 +392,7 @@ impl Daemon<'_> {
                     self.exit_tx.clone(),
                 );
                 if let Ok((id, _)) = &outcome {
-                    self.unreaped.insert(id.pid);
+                    self.unreaped.insert(id.pid, id.start_ticks);
                     self.events.record(
                         now.wall,
                         &format!(
@@ -587,7 +605,8 @@ pub async fn run(
         exit_tx,
         wake_tx,
         pending_exits: Vec::new(),
-        unreaped: std::collections::BTreeSet::new(),
+        unreaped: std::collections::BTreeMap::new(),
+        saved: None,
         in_flight: 0,
         first: true,
         started: Instant::now(),
@@ -907,6 +926,11 @@ impl Daemon<'_> {
         let state_file = self.opts.state_dir.join("state.json");
         if let Some(why) = plan::layout_change(&new, &self.memory, &state_file) {
             return Err((Verdict::Refused, why));
+        }
+        // A larger fleet than the open-files limit holds is refused here, never met midway.
+        if let Some(limits) = crate::act::fdlimit::current() {
+            crate::act::fdlimit::check_fleet(new.counts.max, &limits)
+                .map_err(|why| (Verdict::Refused, why))?;
         }
         let changes = describe_changes(&self.desired, &new, &self.memory);
         let old = self.desired.template_hash();

@@ -60,6 +60,8 @@ pub fn spawn_worker(
         // stop can signal the worker together with its children.
         .process_group(0)
         .kill_on_drop(false);
+    // automon raised its open-files limit for its fleet; the worker gets the original one.
+    crate::act::fdlimit::restore_in_child(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "cannot execute {program:?} in {}: {e}",

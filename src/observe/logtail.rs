@@ -139,6 +139,21 @@ pub fn read_tail(
     patterns: &Patterns,
     format: &LineFormat,
 ) -> LogObservation {
+    // Unchanged since the last pass (same file, same size as what was consumed): one `stat`,
+    // no open or read; what a full read would find — nothing new.
+    if let Some(c) = prev
+        && let Ok(m) = std::fs::metadata(path)
+        && (m.dev(), m.ino(), m.len()) == (c.dev, c.inode, c.offset)
+    {
+        return LogObservation::Read {
+            cursor: *c,
+            records: Vec::new(),
+            first_look: false,
+            reset: None,
+            new_bytes: 0,
+            repeated: None,
+        };
+    }
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LogObservation::Missing,
@@ -522,6 +537,42 @@ mod tests {
         };
         assert_eq!(reset, Some(LogReset::Truncated));
         assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_log_reads_as_nothing_new_and_a_same_size_replacement_as_rotated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        let line = "2025-03-02 09:14:05,002 - INFO - Uploading: a.epub\n";
+        std::fs::write(&path, line).expect("write");
+        let first = read_tail_utc(&path, 4096, None, &patterns());
+        let LogObservation::Read { cursor, .. } = first else {
+            panic!("{first:?}")
+        };
+        // Unchanged (one stat, no read): exactly what a full read of nothing new returns.
+        let again = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+        assert_eq!(
+            again,
+            LogObservation::Read {
+                cursor,
+                records: Vec::new(),
+                first_look: false,
+                reset: None,
+                new_bytes: 0,
+                repeated: None,
+            }
+        );
+        // Another file of the same size under the same name (rotation): not skipped.
+        let other = dir.path().join("w.log.new");
+        std::fs::write(&other, line.replace("a.epub", "b.epub")).expect("write other");
+        std::fs::rename(&other, &path).expect("rotate");
+        let rotated = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+        let LogObservation::Read { reset, records, .. } = rotated else {
+            panic!("{rotated:?}")
+        };
+        assert_eq!(reset, Some(LogReset::Rotated));
+        assert_eq!(records.len(), 1);
+        assert!(records[0].message.contains("b.epub"));
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Children {
     /// Pids of children not reaped yet: if `/proc` already shows one gone, its exit status is
     /// on its way and the planner waits for it rather than guessing.
     pub unreaped: std::collections::BTreeSet<i32>,
+    /// The same children with the start ticks read when each was started: until it is
+    /// reaped a child's pid cannot be reused, so a recorded identity found here is alive (or
+    /// a zombie whose exit is on its way) by the reaper's account, without a look at `/proc`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub started: BTreeMap<i32, u64>,
 }
 
 /// A live worker process that memory does not record: started by an earlier automon that was
@@ -131,6 +136,9 @@ pub struct Observer {
     /// How log lines start; built once (a custom format compiles a regex, and the system time
     /// zone is looked up once).
     format: logtail::LineFormat,
+    /// Each worker's progress file and log, rendered from their templates once (not per
+    /// worker per pass).
+    paths: BTreeMap<WorkerId, (PathBuf, PathBuf)>,
     /// Removes secrets from every text taken from a worker's files.
     redactor: crate::secrets::Redactor,
 }
@@ -204,11 +212,17 @@ impl Observer {
         };
         let format =
             logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
+        let paths = desired
+            .worker_ids()
+            .into_iter()
+            .map(|id| (id, (desired.progress_path(id), desired.log_path(id))))
+            .collect();
         Self {
             roots,
             disk,
             progress,
             format,
+            paths,
             redactor: crate::secrets::redactor_for(desired),
         }
     }
@@ -231,6 +245,7 @@ impl Observer {
             disk,
             progress,
             format,
+            paths,
             redactor,
         } = self;
         let boot = proc::boot_id(&roots.proc);
@@ -240,16 +255,34 @@ impl Observer {
             .map(|id| {
                 let mem = memory.workers.get(&id);
                 let recorded = mem.and_then(|m| m.process.as_ref());
-                let process = recorded.map(|p| proc::check(&roots.proc, &boot, &p.identity));
+                let process = recorded.map(|p| {
+                    if reaper_knows_alive(&children, &boot, &p.identity)
+                        && !might_be_stuck(desired, mem, p.started_at, now)
+                    {
+                        ProcessStatus::Alive {
+                            state: proc::STATE_NOT_READ,
+                        }
+                    } else {
+                        proc::check(&roots.proc, &boot, &p.identity)
+                    }
+                });
                 // The leader is gone, but its process group may live on (a wrapper's children).
                 let group_alive = recorded.is_some_and(|p| {
                     p.own_group
                         && process == Some(ProcessStatus::Exited)
                         && proc::group_exists(p.identity.pid)
                 });
-                let mut progress = progress.read(&desired.progress_path(id));
+                let rendered;
+                let (progress_path, log_path) = match paths.get(&id) {
+                    Some((p, l)) => (p, l),
+                    None => {
+                        rendered = (desired.progress_path(id), desired.log_path(id));
+                        (&rendered.0, &rendered.1)
+                    }
+                };
+                let mut progress = progress.read(progress_path);
                 let mut log = logtail::read_tail(
-                    &desired.log_path(id),
+                    log_path,
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,
@@ -305,6 +338,35 @@ fn redact_worker_text(
             redactor.redact_in_place(&mut r.what);
         }
     }
+}
+
+/// True when `identity` is a child this automon started and has not reaped: alive, as far as
+/// the reaper knows (a zombie's exit is on its way and wakes the loop).
+fn reaper_knows_alive(children: &Children, boot: &str, identity: &ProcessIdentity) -> bool {
+    identity.boot_id == boot && children.started.get(&identity.pid) == Some(&identity.start_ticks)
+}
+
+/// True when the worker has been quiet for long enough that the planner may judge it stuck
+/// this pass, and so wants the process's state letter (`D` is reported with the verdict):
+/// only then is `/proc` read for a child the reaper vouches for. This is the planner's own
+/// reference (the last progress signal of this process, else its start) against the shorter
+/// of its two thresholds; it only decides what to read, never a verdict.
+fn might_be_stuck(
+    desired: &Desired,
+    memory: Option<&crate::plan::WorkerMemory>,
+    started_at: crate::clock::BootTime,
+    now: crate::clock::BootTime,
+) -> bool {
+    let reference = memory
+        .and_then(|m| m.last_progress_at)
+        .filter(|p| *p >= started_at)
+        .unwrap_or(started_at);
+    let shorter = desired
+        .health
+        .stuck_after
+        .get()
+        .min(desired.health.discovery_grace.get());
+    now.since(reference) >= shorter
 }
 
 /// Finds live workers memory does not record: group leaders whose environment carries this
@@ -394,4 +456,132 @@ fn scan_for_unrecorded(
     }
     found.sort_by_key(|u| (u.worker, u.identity.start_ticks));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::BootTime;
+    use crate::manifest::Manifest;
+    use crate::plan::memory::{RunningProcess, WorkerMemory};
+
+    fn desired(dir: &Path) -> Desired {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  template: {command: [sleep, "100"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log", activity_patterns: [Processed batch]}
+  health: {stuck_after: 5m, discovery_grace: 20m}
+"#;
+        let workerset = crate::manifest::parse(text).expect("valid manifest");
+        let manifest = Manifest {
+            file: dir.join("t.yaml"),
+            dir: dir.to_path_buf(),
+            workerset,
+        };
+        Desired::resolve(&manifest, None).expect("resolve")
+    }
+
+    /// Worker 0 recorded as pid 4242 (start ticks 7), started at boot second 1,000, with its
+    /// last progress at `progress_at`.
+    fn memory(progress_at: BootTime) -> Memory {
+        let mut m = Memory {
+            boot_id: "b".into(),
+            ..Memory::default()
+        };
+        m.workers.insert(
+            WorkerId(0),
+            WorkerMemory {
+                process: Some(RunningProcess {
+                    identity: ProcessIdentity {
+                        pid: 4242,
+                        start_ticks: 7,
+                        boot_id: "b".into(),
+                    },
+                    started_at: BootTime::from_duration(std::time::Duration::from_secs(1000)),
+                    resume_from: None,
+                    adopted: false,
+                    own_group: true,
+                    template: None,
+                }),
+                last_progress_at: Some(progress_at),
+                ..WorkerMemory::default()
+            },
+        );
+        m
+    }
+
+    fn process_seen(children: Children, progress_secs: u64, now_secs: u64) -> ProcessStatus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A /proc with a boot id and no processes: reading it finds pid 4242 gone.
+        let proc_root = dir.path().join("proc");
+        std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
+        std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
+        let desired = desired(dir.path());
+        let mut observer = Observer::new(
+            &desired,
+            Roots {
+                proc: proc_root,
+                sys: dir.path().join("sys"),
+            },
+        );
+        let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
+        let observed = observer.observe(
+            &desired,
+            &memory(secs(progress_secs)),
+            dir.path(),
+            children,
+            false,
+            secs(now_secs),
+        );
+        observed.workers[&WorkerId(0)]
+            .process
+            .clone()
+            .expect("a recorded process is observed")
+    }
+
+    fn unreaped_child(start_ticks: u64) -> Children {
+        Children {
+            exits: Vec::new(),
+            unreaped: [4242].into(),
+            started: [(4242, start_ticks)].into(),
+        }
+    }
+
+    #[test]
+    fn an_unreaped_child_is_alive_without_reading_proc() {
+        // Progress 10 s ago: the reaper's word is enough (the fixture /proc has no pid 4242).
+        assert_eq!(
+            process_seen(unreaped_child(7), 1010, 1020),
+            ProcessStatus::Alive {
+                state: proc::STATE_NOT_READ
+            }
+        );
+    }
+
+    #[test]
+    fn a_child_quiet_for_the_shorter_threshold_is_read_from_proc() {
+        // Quiet for 5 minutes (stuck_after): the planner may judge it, so /proc is read.
+        assert_eq!(
+            process_seen(unreaped_child(7), 1010, 1310),
+            ProcessStatus::Exited
+        );
+    }
+
+    #[test]
+    fn a_recorded_process_that_is_not_the_unreaped_child_is_read_from_proc() {
+        // Same pid, other start ticks: another process than the child (a recycled pid).
+        assert_eq!(
+            process_seen(unreaped_child(8), 1010, 1020),
+            ProcessStatus::Exited
+        );
+        // Not a child of this automon at all (adopted): /proc, as before.
+        assert_eq!(
+            process_seen(Children::default(), 1010, 1020),
+            ProcessStatus::Exited
+        );
+    }
 }

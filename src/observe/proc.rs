@@ -20,6 +20,10 @@ pub struct ProcessIdentity {
     pub boot_id: String,
 }
 
+/// The state letter of a live process whose `/proc/PID/stat` was not read (see
+/// [`ProcessStatus::Alive`]).
+pub const STATE_NOT_READ: char = '?';
+
 /// The fields of `/proc/PID/stat` automon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
@@ -40,7 +44,9 @@ pub struct ProcStat {
 pub enum ProcessStatus {
     /// Running (or sleeping, stopped, in uninterruptible I/O: see `state`).
     Alive {
-        /// The state letter from `/proc/PID/stat`; `D` is uninterruptible I/O.
+        /// The state letter from `/proc/PID/stat`; `D` is uninterruptible I/O;
+        /// [`STATE_NOT_READ`] when `/proc` was not read this pass (a child the reaper vouches
+        /// for, not quiet long enough for its state to matter).
         state: char,
     },
     /// Exited: no such pid, a zombie (Z) or dead (X).

@@ -9,6 +9,7 @@ mod manifests;
 mod migration;
 mod operate;
 mod processes;
+mod scale;
 mod secrets;
 mod service;
 mod sigstop;

@@ -1,0 +1,231 @@
+//! Fleets larger than the common open-files limit, and passes that change nothing (issue 25).
+//! The workers are `sleep`, each with a progress file and a log, so a fleet of 1,100 is cheap.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::migration::live_workers;
+
+/// A directory with a WorkerSet of `n` `sleep` replicas (interval `interval`) and their files.
+fn fleet(n: u32, interval: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = format!(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {{name: fleet}}
+spec:
+  interval: {interval}
+  workers: {{target: {n}, min: 1, max: {n}}}
+  template:
+    command: [sleep, "1000000"]
+    stop_grace: 2s
+  progress: {{file: "progress/w{{id}}.json", checkpoint: /checkpoint}}
+  logs:
+    file: "logs/w{{id}}.log"
+    activity_patterns: ["Processed batch"]
+  health: {{stuck_after: 24h, discovery_grace: 24h}}
+"#
+    );
+    std::fs::write(dir.path().join("workerset.yaml"), manifest).expect("manifest");
+    std::fs::create_dir_all(dir.path().join("progress")).expect("mkdir");
+    for id in 0..n {
+        std::fs::write(
+            dir.path().join(format!("progress/w{id}.json")),
+            "{\"checkpoint\": 1}\n",
+        )
+        .expect("progress file");
+    }
+    dir
+}
+
+/// Runs `automon ARGS` in `dir` through `sh`, with the open-files limit lowered to `soft`
+/// (and the hard limit to `hard`) in that child only, as `ulimit -n` in a login would.
+fn automon_with_limit(dir: &Path, soft: u64, hard: u64, args: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" {args}"
+        ))
+        .arg(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run automon")
+}
+
+/// The hard open-files limit of this test process.
+fn own_hard_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(0)
+}
+
+/// Kills every worker of `state_dir` when dropped, pass or fail.
+struct KillFleet<'a>(&'a Path);
+
+impl Drop for KillFleet<'_> {
+    fn drop(&mut self) {
+        for pids in live_workers(self.0).values() {
+            for pid in pids {
+                let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Worker id → pid as recorded in `state.json`.
+fn recorded_pids(state_dir: &Path) -> BTreeMap<u32, i32> {
+    let text = std::fs::read_to_string(state_dir.join("state.json")).unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    if let Some(workers) = value.get("workers").and_then(|w| w.as_object()) {
+        for (id, w) in workers {
+            if let (Ok(id), Some(pid)) = (
+                id.parse::<u32>(),
+                w.pointer("/process/identity/pid").and_then(|p| p.as_i64()),
+            ) {
+                out.insert(id, pid as i32);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_fleet_over_the_soft_open_files_limit_runs_exactly_one_process_per_worker() {
+    const FLEET: u32 = 1_100;
+    let (soft, hard) = (1_024, 4_096);
+    if own_hard_limit() < hard && !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: the hard open-files limit here is below {hard}");
+        return;
+    }
+    let dir = fleet(FLEET, "1s");
+    let state_dir = dir.path().join(".automon");
+    let _kill = KillFleet(&state_dir);
+    // One pass starts the whole fleet: before automon raised its soft limit, every start
+    // from about the 1,008th failed after its spawn and left the process running untracked.
+    let out = automon_with_limit(dir.path(), soft, hard, "apply workerset.yaml");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "apply failed:\n{stderr}");
+    assert!(
+        !stderr.contains("could not start"),
+        "a start failed:\n{stderr}"
+    );
+    let live = live_workers(&state_dir);
+    let doubles: Vec<_> = live.iter().filter(|(_, p)| p.len() > 1).collect();
+    assert!(
+        doubles.is_empty(),
+        "two processes for one worker: {doubles:?}"
+    );
+    assert_eq!(live.len(), FLEET as usize, "one live process per worker");
+    // Every live process is the one automon recorded: none it does not track.
+    let recorded = recorded_pids(&state_dir);
+    let live_one: BTreeMap<u32, i32> = live.iter().map(|(id, p)| (*id, p[0])).collect();
+    assert_eq!(
+        recorded, live_one,
+        "state.json records exactly the live processes"
+    );
+    // The workers got the original soft limit back, not automon's raised one.
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", live_one[&0])).expect("worker limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3..5],
+        ["1024", "4096"],
+        "a worker's open-files limit: {line}"
+    );
+}
+
+#[test]
+fn a_fleet_that_cannot_fit_under_the_hard_limit_is_refused_before_anything_starts() {
+    const FLEET: u32 = 1_100;
+    let dir = fleet(FLEET, "1s");
+    let state_dir = dir.path().join(".automon");
+    let _kill = KillFleet(&state_dir);
+    let out = automon_with_limit(dir.path(), 1_024, 1_024, "apply workerset.yaml --watch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused as a runtime failure:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "1,100 workers need about 1,130 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit"
+        ),
+        "the refusal says what to do:\n{stderr}"
+    );
+    assert!(live_workers(&state_dir).is_empty(), "nothing was started");
+    assert!(
+        !state_dir.join("state.json").exists(),
+        "nothing was written"
+    );
+}
+
+#[test]
+fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
+    let dir = fleet(3, "1s");
+    for id in 0..3 {
+        std::fs::create_dir_all(dir.path().join("logs")).expect("mkdir");
+        std::fs::write(
+            dir.path().join(format!("logs/w{id}.log")),
+            "2026-01-01 00:00:00,000 - INFO - Processed batch 1\n",
+        )
+        .expect("log");
+    }
+    let state_dir = dir.path().join(".automon");
+    let _kill = KillFleet(&state_dir);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_automon"))
+        .args(["apply", "workerset.yaml", "--watch"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start automon");
+    let passes = || {
+        automon::state::read_status(&state_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.passes)
+    };
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(state_dir.join("state.json"))
+            .ok()
+            .map(|m| (m.ino(), m.mtime_nsec(), m.mtime()))
+    };
+    let wait_for_passes = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while passes() < n {
+            assert!(
+                Instant::now() < deadline,
+                "automon made fewer than {n} passes"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The first passes start the workers and take in their files; then nothing changes.
+    wait_for_passes(4);
+    let settled = inode();
+    let at = passes();
+    wait_for_passes(at + 4);
+    let after = inode();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(settled.is_some(), "state.json was written");
+    assert_eq!(
+        settled, after,
+        "four passes over an unchanged fleet rewrote state.json"
+    );
+    let live: BTreeSet<u32> = live_workers(&state_dir).keys().copied().collect();
+    assert_eq!(live, BTreeSet::from([0, 1, 2]), "the fleet kept running");
+}
