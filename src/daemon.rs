@@ -235,7 +235,7 @@ impl Daemon<'_> {
                             "worker {}: started pid {}: {}",
                             a.worker,
                             id.pid,
-                            a.argv.join(" ")
+                            crate::text::shell_words(&a.argv)
                         ),
                     );
                 }

@@ -23,7 +23,10 @@ pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), Str
     let Some((program, args)) = setup.command.split_first() else {
         return Ok(());
     };
-    announce(&format!("setup: running {}", setup.command.join(" ")));
+    announce(&format!(
+        "setup: running {}",
+        crate::text::shell_words(&setup.command)
+    ));
     let status = Command::new(program)
         .args(args)
         .current_dir(&workdir)
@@ -39,7 +42,7 @@ pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), Str
     if !status.success() {
         return Err(format!(
             "setup: {} failed with {status}",
-            setup.command.join(" ")
+            crate::text::shell_words(&setup.command)
         ));
     }
     Ok(())
@@ -72,7 +75,7 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
     if !out.status.success() {
         return Err(format!(
             "spec.work.range.end_command: {} failed with {}: {}",
-            cmd.join(" "),
+            crate::text::shell_words(cmd),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));

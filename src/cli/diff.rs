@@ -211,7 +211,18 @@ pub fn render(report: &DiffReport) -> String {
     } else {
         out.push_str("\nactions the next pass would take:\n");
         for a in &report.actions {
-            let _ = writeln!(out, "  {:<8} worker {}: {}", a.action, a.worker, a.reason);
+            // Most reasons name their worker already ("worker 1: starting …", "worker 2
+            // exited …"): said once.
+            let who = format!("worker {}", a.worker);
+            let named = a
+                .reason
+                .strip_prefix(&who)
+                .is_some_and(|rest| rest.starts_with([' ', ':']));
+            if named {
+                let _ = writeln!(out, "  {:<8} {}", a.action, a.reason);
+            } else {
+                let _ = writeln!(out, "  {:<8} {who}: {}", a.action, a.reason);
+            }
         }
     }
     out

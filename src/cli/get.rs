@@ -242,7 +242,7 @@ pub fn build(
             last_progress_seconds: w.last_progress_at.map(|t| now.boot.since(t).as_secs()),
             failed_attempts: w.fixes.failed_in_row,
             max_attempts: max,
-            next: next_step(desired, w, s.phase, now),
+            next: next_step(desired, w, s.phase, now, automon_pid.is_some()),
             params: w.params.clone(),
         });
     }
@@ -296,7 +296,13 @@ pub fn build(
 }
 
 /// What happens next for a worker, in words.
-fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> String {
+fn next_step(
+    desired: &Desired,
+    w: &WorkerMemory,
+    phase: Phase,
+    now: Now,
+    automon_running: bool,
+) -> String {
     let clock = |t: crate::clock::BootTime| {
         now.wall_of(t)
             .to_zoned_datetime(jiff::tz::TimeZone::system())
@@ -312,6 +318,10 @@ fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> Str
         }),
         Phase::Paused => "waits for `automon resume`".into(),
         Phase::Failed => "stays stopped (escalation stop_worker)".into(),
+        // Nothing starts without a loop or an `apply`: say which.
+        Phase::Pending | Phase::Stopped | Phase::Parked if !automon_running => {
+            "starts at the next `automon apply`".into()
+        }
         Phase::Pending | Phase::Stopped | Phase::Parked => "starts when a slot is free".into(),
         Phase::Stuck => match w.fixes.last_at() {
             Some(t) if now.boot.since(t) < desired.fixes.cooldown.get() => {
