@@ -124,9 +124,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         super::load_manifest_with(&args.file, &args.overrides.overrides())?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     if args.dry_run {
-        let desired = super::resolve(&manifest)?;
+        let (desired, setup) = super::resolve_for_showing(&manifest)?;
         super::print_overrides(&overridden);
-        let code = super::diff::print_plan(&desired, &state_dir)?;
+        let code = super::diff::print_plan(&desired, &state_dir, setup)?;
         println!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }

@@ -41,6 +41,8 @@ pub enum DiffFormat {
 pub struct DiffReport {
     /// Overrides given on the command line, in words.
     pub overrides: Vec<String>,
+    /// The setup the next `apply` would run first, if any.
+    pub setup: Option<super::PendingSetup>,
     /// `None` when the manifest was never applied; else the unified diff (empty: unchanged).
     pub manifest_diff: Option<String>,
     /// Every worker: id, phase, reason.
@@ -78,7 +80,9 @@ pub struct ActionLine {
 impl DiffReport {
     /// True when the manifest changed or the next pass would act.
     pub fn differs(&self) -> bool {
-        self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty()) || !self.actions.is_empty()
+        self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty())
+            || !self.actions.is_empty()
+            || self.setup.is_some()
     }
 }
 
@@ -91,8 +95,8 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
     let (manifest, overridden) = super::load_manifest_with(&args.file, &args.overrides.overrides())
         .map_err(as_diff_error)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest).map_err(as_diff_error)?;
-    let report = build_report(&desired, &state_dir, overridden).map_err(as_diff_error)?;
+    let (desired, setup) = super::resolve_for_showing(&manifest).map_err(as_diff_error)?;
+    let report = build_report(&desired, &state_dir, overridden, setup).map_err(as_diff_error)?;
     let text = match args.output {
         DiffFormat::Text => render(&report),
         DiffFormat::Json => {
@@ -113,9 +117,21 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
 pub(crate) fn plan_once(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
+    setup: Option<&super::PendingSetup>,
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
     let memory =
         crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    if setup.is_some_and(|s| s.range_after)
+        && (memory.range.is_some() || !memory.workers.is_empty())
+    {
+        // A migration is recorded but its range cannot be read: no plan can be shown.
+        return Err(CliError::runtime(format!(
+            "{}: the key range is read after setup, which has not run here, but {} records a migration; `automon apply {}` runs setup first",
+            desired.manifest_file.display(),
+            state_dir.join("state.json").display(),
+            desired.manifest_file.display()
+        )));
+    }
     let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
     let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;
     Ok((memory, plan))
@@ -126,9 +142,17 @@ pub(crate) fn build_report(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
     overrides: Vec<String>,
+    setup: Option<super::PendingSetup>,
 ) -> Result<DiffReport, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir)?;
-    Ok(report_from(desired, &memory, &plan, overrides))
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref())?;
+    Ok(report_from(desired, &memory, &plan, overrides, setup))
+}
+
+/// The reason shown for a start planned on the provisional range of a setup that has not run:
+/// which worker and shard, not the made-up bounds.
+fn start_before_setup(desired: &crate::manifest::Desired, worker: crate::WorkerId) -> String {
+    let n = desired.shards.as_ref().map_or(0, Vec::len);
+    format!("worker {worker}: starting shard {worker} of {n} (range known after setup)")
 }
 
 /// The report of one plan.
@@ -137,13 +161,23 @@ fn report_from(
     memory: &plan::Memory,
     plan: &plan::Plan,
     overrides: Vec<String>,
+    setup: Option<super::PendingSetup>,
 ) -> DiffReport {
     let manifest_diff = memory
         .last_applied
         .as_ref()
         .map(|old| unified(old, &desired.normalized));
+    let range_after = setup.as_ref().is_some_and(|s| s.range_after);
+    let reason_of = |a: &plan::Action| {
+        if range_after && matches!(a, plan::Action::Start(_)) {
+            start_before_setup(desired, a.worker())
+        } else {
+            a.reason().to_string()
+        }
+    };
     DiffReport {
         overrides,
+        setup,
         manifest_diff,
         workers: plan
             .workers
@@ -151,7 +185,11 @@ fn report_from(
             .map(|(id, s)| WorkerLine {
                 worker: id.0,
                 phase: format!("{:?}", s.phase),
-                reason: s.reason.to_string(),
+                reason: if range_after && s.phase == plan::Phase::Starting {
+                    start_before_setup(desired, *id)
+                } else {
+                    s.reason.to_string()
+                },
             })
             .collect(),
         notes: plan.events.clone(),
@@ -162,7 +200,7 @@ fn report_from(
             .map(|a| ActionLine {
                 action: a.verb().into(),
                 worker: a.worker().0,
-                reason: a.reason().into(),
+                reason: reason_of(a),
             })
             .collect(),
     }
@@ -187,6 +225,9 @@ pub fn render(report: &DiffReport) -> String {
     for o in &report.overrides {
         let _ = writeln!(out, "override: {o}");
     }
+    if let Some(setup) = &report.setup {
+        let _ = writeln!(out, "{}", setup.describe());
+    }
     match &report.manifest_diff {
         None => out.push_str("manifest: never applied (no state yet)\n"),
         Some(d) if d.is_empty() => out.push_str("manifest: unchanged since the last apply\n"),
@@ -200,7 +241,10 @@ pub fn render(report: &DiffReport) -> String {
     }
     let _ = writeln!(out, "\n{:<6} {:<12} REASON", "WORKER", "PHASE");
     for w in &report.workers {
-        let _ = writeln!(out, "{:<6} {:<12} {}", w.worker, w.phase, w.reason);
+        // The WORKER column names it: a reason's own "worker N: " is not said again.
+        let prefix = format!("worker {}: ", w.worker);
+        let reason = w.reason.strip_prefix(&prefix).unwrap_or(&w.reason);
+        let _ = writeln!(out, "{:<6} {:<12} {reason}", w.worker, w.phase);
     }
     let _ = writeln!(out, "\nscaling: {}", report.scaling);
     for n in &report.notes {
@@ -232,16 +276,19 @@ pub fn render(report: &DiffReport) -> String {
 pub(crate) fn print_plan(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
+    setup: Option<super::PendingSetup>,
 ) -> Result<u8, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir)?;
-    let report = report_from(desired, &memory, &plan, Vec::new());
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref())?;
+    let report = report_from(desired, &memory, &plan, Vec::new(), setup);
     print!("{}", render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
             println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
-    Ok(u8::from(!report.actions.is_empty()))
+    Ok(u8::from(
+        !report.actions.is_empty() || report.setup.is_some(),
+    ))
 }
 
 /// Dry run of a code fix: the engine checks the proposal and builds the patch without writing
@@ -320,6 +367,7 @@ mod tests {
     fn report(manifest_diff: Option<String>, actions: Vec<ActionLine>) -> DiffReport {
         DiffReport {
             overrides: vec!["interval 1m → 5s (--check-interval)".into()],
+            setup: None,
             manifest_diff,
             workers: vec![
                 WorkerLine { worker: 0, phase: "Progressing".into(), reason: "pid 4242 at book 1,204; 12s since the last progress".into() },

@@ -188,8 +188,8 @@ pub(crate) fn print_overrides(overridden: &[String]) {
     }
 }
 
-/// Resolves the manifest into [`Desired`], running `end_command` when there is one.
-pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
+/// The workers' working directory, absolute; bad input unless it is a directory.
+fn checked_workdir(manifest: &Manifest) -> Result<PathBuf, CliError> {
     let spec = &manifest.workerset.spec;
     let workdir = crate::manifest::normalize(&manifest.dir.join(&spec.template.workdir));
     if !workdir.is_dir() {
@@ -199,6 +199,77 @@ pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
             workdir.display()
         )));
     }
+    Ok(workdir)
+}
+
+/// `spec.setup` when the next `apply` would run it (its `creates` path is missing, or it has
+/// none), for the commands that show what `apply` would do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingSetup {
+    /// The setup command's argv.
+    pub command: Vec<String>,
+    /// What it creates (relative to the working directory), when the manifest says.
+    pub creates: Option<String>,
+    /// True when the key range is read after it (`spec.work.range.end_command` cannot read
+    /// it yet): shard ranges are then unknown until setup has run.
+    pub range_after: bool,
+}
+
+impl PendingSetup {
+    /// `setup would run: CMD (creates PATH)`, and when the range waits for it, a second line.
+    pub fn describe(&self) -> String {
+        let creates = self
+            .creates
+            .as_ref()
+            .map(|c| format!(" (creates {c})"))
+            .unwrap_or_default();
+        let mut out = format!(
+            "setup would run: {}{creates}",
+            crate::text::shell_words(&self.command)
+        );
+        if self.range_after {
+            out.push_str(
+                "\nthe key range is read after it (spec.work.range.end_command): shards are shown as \"range known after setup\"",
+            );
+        }
+        out
+    }
+}
+
+/// What `diff`, `get` and `apply --dry-run` show from: the resolved manifest, and the setup
+/// the next `apply` would run. When the range can only be read after that setup, the
+/// [`Desired`] carries a provisional range (one key per shard) that must not be shown: only
+/// which workers would start is meaningful.
+pub(crate) fn resolve_for_showing(
+    manifest: &Manifest,
+) -> Result<(Desired, Option<PendingSetup>), CliError> {
+    let spec = &manifest.workerset.spec;
+    let workdir = checked_workdir(manifest)?;
+    let pending = spec
+        .setup
+        .as_ref()
+        .filter(|s| s.creates.as_ref().is_none_or(|c| !workdir.join(c).exists()));
+    let Some(setup) = pending else {
+        return Ok((resolve(manifest)?, None));
+    };
+    let range_after = crate::act::setup::resolve_range_end(manifest).is_err();
+    let pending = PendingSetup {
+        command: setup.command.clone(),
+        creates: setup.creates.clone(),
+        range_after,
+    };
+    if !range_after {
+        return Ok((resolve(manifest)?, Some(pending)));
+    }
+    let desired = Desired::resolve(manifest, None)
+        .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))?;
+    Ok((desired, Some(pending)))
+}
+
+/// Resolves the manifest into [`Desired`], running `end_command` when there is one.
+pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
+    let spec = &manifest.workerset.spec;
+    let workdir = checked_workdir(manifest)?;
     let end = crate::act::setup::resolve_range_end(manifest).map_err(|e| {
         // Before the first apply, setup may not have created what end_command reads.
         let pending = spec.setup.as_ref().and_then(|s| s.creates.as_ref()).filter(|c| !workdir.join(c).exists());
