@@ -130,9 +130,10 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         println!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
+    // Bad input writes nothing: the workdir is checked before the lock creates the state dir.
+    super::checked_workdir(&manifest)?;
     // The lock first: a second automon on this WorkerSet must not even run setup.
-    let lock = crate::state::InstanceLock::acquire(&state_dir)
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let lock = super::lock_state(&state_dir)?;
     crate::act::setup::run_setup(&manifest, |m| eprintln!("automon: {m}"))
         .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
     let desired = super::resolve(&manifest)?;

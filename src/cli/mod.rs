@@ -188,8 +188,9 @@ pub(crate) fn print_overrides(overridden: &[String]) {
     }
 }
 
-/// The workers' working directory, absolute; bad input unless it is a directory.
-fn checked_workdir(manifest: &Manifest) -> Result<PathBuf, CliError> {
+/// The workers' working directory, absolute; bad input unless it is a directory. Checked
+/// before anything is written (a bad workdir must not leave a state directory behind).
+pub(crate) fn checked_workdir(manifest: &Manifest) -> Result<PathBuf, CliError> {
     let spec = &manifest.workerset.spec;
     let workdir = crate::manifest::normalize(&manifest.dir.join(&spec.template.workdir));
     if !workdir.is_dir() {
@@ -323,10 +324,56 @@ pub(crate) fn plan_shown(
     Ok(crate::plan::plan(desired, observed, memory.clone(), now))
 }
 
+/// `; give automon a writable state directory with --state-dir DIR` when `e` says the
+/// state directory cannot be written (a read-only manifest directory), else nothing.
+pub(crate) fn state_dir_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; give automon a writable state directory with --state-dir DIR"
+        }
+        _ => "",
+    }
+}
+
+/// Takes the state directory's single-instance lock (creating the directory), with the
+/// `--state-dir` hint when it cannot be written.
+pub(crate) fn lock_state(state_dir: &Path) -> Result<crate::state::InstanceLock, CliError> {
+    crate::state::InstanceLock::acquire(state_dir).map_err(|e| {
+        let hint = match &e {
+            crate::state::LockError::Io { source, .. } => state_dir_hint(source),
+            crate::state::LockError::Held { .. } => "",
+        };
+        CliError::runtime(format!("{e}{hint}"))
+    })
+}
+
 /// The state directory: `--state-dir` or `.automon/` beside the manifest.
 pub(crate) fn state_dir(manifest: &Manifest, flag: Option<&Path>) -> PathBuf {
     flag.map_or_else(
         || crate::state::default_state_dir(&manifest.dir),
         |p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a read-only manifest directory gave "Permission denied" and nothing more.
+    #[test]
+    fn a_state_directory_that_cannot_be_written_suggests_state_dir() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let read_only = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(state_dir_hint(&denied).contains("--state-dir DIR"));
+        assert!(state_dir_hint(&read_only).contains("--state-dir DIR"));
+        assert_eq!(state_dir_hint(&missing), "");
+        // Through the lock, as `apply` takes it: under a file, not a directory, here (the
+        // tests run as root, for whom permission bits deny nothing).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").expect("write");
+        let e = lock_state(&file.join("state")).expect_err("not a directory");
+        assert!(e.message.contains("f/state"), "{}", e.message);
+    }
 }

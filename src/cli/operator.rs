@@ -67,8 +67,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
             state_dir.display()
         )));
     }
-    let _lock = crate::state::InstanceLock::acquire(&state_dir)
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let _lock = super::lock_state(&state_dir)?;
     let mut memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     let held = |m: &crate::plan::Memory| {

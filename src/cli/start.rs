@@ -58,8 +58,12 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
             args.file.display()
         )));
     }
+    // Bad input writes nothing: checked before the state directory is created.
+    super::checked_workdir(&manifest)?;
     let log_path = state_dir.join(LOG_FILE);
-    let runtime = |what: &str, e: std::io::Error| CliError::runtime(format!("{what}: {e}"));
+    let runtime = |what: &str, e: std::io::Error| {
+        CliError::runtime(format!("{what}: {e}{}", super::state_dir_hint(&e)))
+    };
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| runtime(&format!("cannot create {}", state_dir.display()), e))?;
     let log = std::fs::OpenOptions::new()
