@@ -126,7 +126,7 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     if args.dry_run {
         let (desired, setup) = super::resolve_for_showing(&manifest)?;
         super::print_overrides(&overridden);
-        let code = super::diff::print_plan(&desired, &state_dir, setup)?;
+        let code = super::diff::print_plan(&desired, &state_dir, setup, args.reset_state)?;
         println!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }

@@ -118,9 +118,15 @@ pub(crate) fn plan_once(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
     setup: Option<&super::PendingSetup>,
+    reset_state: bool,
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
-    let memory =
-        crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    // `apply --reset-state` starts from empty memory (running workers are still adopted by
+    // the `/proc` scan): its dry run plans from the same, not from the state it moves aside.
+    let memory = if reset_state {
+        plan::Memory::default()
+    } else {
+        crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?
+    };
     if setup.is_some_and(|s| s.range_after)
         && (memory.range.is_some() || !memory.workers.is_empty())
     {
@@ -144,7 +150,7 @@ pub(crate) fn build_report(
     overrides: Vec<String>,
     setup: Option<super::PendingSetup>,
 ) -> Result<DiffReport, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref())?;
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref(), false)?;
     Ok(report_from(desired, &memory, &plan, overrides, setup))
 }
 
@@ -277,8 +283,15 @@ pub(crate) fn print_plan(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
     setup: Option<super::PendingSetup>,
+    reset_state: bool,
 ) -> Result<u8, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref())?;
+    if reset_state && state_dir.join("state.json").exists() {
+        println!(
+            "--reset-state: {} would be moved aside (kept) and the plan below starts from empty memory; running workers are adopted",
+            state_dir.join("state.json").display()
+        );
+    }
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref(), reset_state)?;
     let report = report_from(desired, &memory, &plan, Vec::new(), setup);
     print!("{}", render(&report));
     for a in &plan.actions {

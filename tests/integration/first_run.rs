@@ -117,3 +117,46 @@ fn a_fresh_clone_diff_shows_the_setup_step_and_the_starts_and_writes_nothing() {
 
     assert_eq!(tree(dir.path()), before, "nothing written");
 }
+
+/// Regression: `apply --reset-state --dry-run` planned from the state that `--reset-state`
+/// moves aside, so it showed what a plain `apply` would do.
+#[test]
+fn a_reset_state_dry_run_plans_from_empty_memory_and_moves_nothing() {
+    use super::support::{Knobs, Migration};
+    let m = Migration::new(&Knobs {
+        books: 60,
+        ..Knobs::default()
+    });
+    m.watch_to_completion(std::time::Duration::from_secs(300));
+    let state = std::fs::read(m.state_dir().join("state.json")).unwrap();
+    let plain = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--dry-run"])
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.contains("manifest: unchanged since the last apply"),
+        "{plain}"
+    );
+    let reset = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--dry-run", "--reset-state"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&reset.stdout);
+    assert_eq!(reset.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("--reset-state: ") && stdout.contains("would be moved aside (kept)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("manifest: never applied (no state yet)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(m.state_dir().join("state.json")).unwrap(),
+        state,
+        "the dry run moved nothing"
+    );
+}
