@@ -179,7 +179,19 @@ impl Daemon<'_> {
         }
         self.first = false;
         for e in &plan.events {
-            self.events.record(now.wall, e);
+            let worker = state::mentioned_worker(e).map(WorkerId);
+            let (phase, checkpoint) =
+                worker.map_or((None, None), |w| facts(&plan, &plan.memory, w));
+            self.events.record_with(
+                now.wall,
+                e,
+                &state::EventFields {
+                    worker: worker.map(|w| w.0),
+                    phase: phase.as_deref(),
+                    checkpoint,
+                    ..state::EventFields::default()
+                },
+            );
         }
         // The plan's memory becomes ours (no copy); the returned plan keeps an empty one.
         self.memory = std::mem::take(&mut plan.memory);
@@ -187,7 +199,23 @@ impl Daemon<'_> {
             self.memory.last_applied = Some(self.desired.normalized.clone());
         }
         for action in &plan.actions {
-            self.events.record(now.wall, action.reason());
+            let (phase, checkpoint) = facts(&plan, &self.memory, action.worker());
+            let pid = match action {
+                Action::Stop(a) => Some(a.identity.pid),
+                _ => None,
+            };
+            self.events.record_with(
+                now.wall,
+                action.reason(),
+                &state::EventFields {
+                    worker: Some(action.worker().0),
+                    pid,
+                    phase: phase.as_deref(),
+                    action: Some(action.verb()),
+                    checkpoint,
+                    reason: Some(action.reason()),
+                },
+            );
             self.act(action, &plan, &observed, now);
         }
         state::save_memory(&self.opts.state_dir, &self.memory)?;
@@ -229,7 +257,7 @@ impl Daemon<'_> {
                 );
                 if let Ok((id, _)) = &outcome {
                     self.unreaped.insert(id.pid);
-                    self.events.record(
+                    self.events.record_with(
                         now.wall,
                         &format!(
                             "worker {}: started pid {}: {}",
@@ -237,6 +265,13 @@ impl Daemon<'_> {
                             id.pid,
                             crate::text::shell_words(&a.argv)
                         ),
+                        &state::EventFields {
+                            worker: Some(a.worker.0),
+                            pid: Some(id.pid),
+                            action: Some("started"),
+                            checkpoint: a.resume_from,
+                            ..state::EventFields::default()
+                        },
                     );
                 }
                 if let Some(msg) =
@@ -330,7 +365,20 @@ impl Daemon<'_> {
                 worker,
                 pid,
                 outcome,
-            } => stop_message(worker, pid, &outcome),
+            } => {
+                let message = stop_message(worker, pid, &outcome);
+                self.events.record_with(
+                    now.wall,
+                    &message,
+                    &state::EventFields {
+                        worker: Some(worker.0),
+                        pid: Some(pid),
+                        action: Some("stopped"),
+                        ..state::EventFields::default()
+                    },
+                );
+                return;
+            }
             Wake::Diagnosis { worker, outcome } => {
                 plan::record_diagnosis(&mut self.memory, worker, outcome)
             }
@@ -515,6 +563,14 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A worker's phase after `plan` and its checkpoint in `memory`, for an event's fields.
+fn facts(plan: &Plan, memory: &Memory, worker: WorkerId) -> (Option<String>, Option<u64>) {
+    (
+        plan.workers.get(&worker).map(|s| format!("{:?}", s.phase)),
+        memory.workers.get(&worker).and_then(|w| w.checkpoint),
+    )
 }
 
 fn is_running(phase: Phase) -> bool {

@@ -4,6 +4,7 @@ mod codefix_e2e;
 mod first_run;
 mod llm;
 mod manifests;
+mod messages;
 mod migration;
 mod operate;
 mod processes;
