@@ -646,6 +646,9 @@ pub fn summary(
     };
     let t = &memory.totals;
     let restarts = |crash: u64, stuck: u64| {
+        if crash + stuck == 0 {
+            return "no restarts".to_string();
+        }
         format!(
             "{} ({crash} after a crash, {stuck} after being stuck)",
             plural(crash + stuck, "restart", "restarts")

@@ -470,7 +470,12 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
             colour_phase(w.phase, &phase, colour),
             opt(w.pid.map(|p| p.to_string())),
             span(w.shard),
-            opt(w.checkpoint.map(count)),
+            // A cursor before the shard's first key (`start - 1`, a fresh worker's) is no key
+            // of it: shown as none, like a missing checkpoint.
+            opt(w
+                .checkpoint
+                .filter(|c| w.shard.is_none_or(|(start, _)| *c >= start))
+                .map(count)),
             opt(w.percent.map(|p| format!("{p:.1}%"))),
             opt(w.rate_per_min.map(|r| count(r.round() as u64))),
             opt(w
