@@ -57,7 +57,24 @@ pub enum RunError {
     /// The metrics endpoint could not be set up.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::ReportError),
+    /// The state directory was replaced and another automon locked the new one.
+    #[error("{0}")]
+    LockLost(String),
 }
+
+/// The memory is not on disk: the last save failed (see [`observe::Observed::unsaved_state`]).
+#[derive(Debug, Clone)]
+struct Unsaved {
+    /// When the first failed save was.
+    since: jiff::Timestamp,
+    /// Failed saves in a row.
+    failures: u32,
+    /// The last save's error.
+    why: String,
+}
+
+/// How soon a pass retries a failed save, whatever the interval.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 
 /// A background task finished.
 enum Wake {
@@ -110,13 +127,42 @@ struct Daemon<'a> {
     reporter: crate::metrics::Reporter,
     /// The last pass's disk observation, for the metrics.
     last_disk: Option<observe::disk::DiskObservation>,
+    /// The state directory's lock, re-checked every pass; it also carries the condition
+    /// `automon status` shows.
+    lock: InstanceLock,
+    /// Set while the memory is not on disk.
+    unsaved: Option<Unsaved>,
+    /// The history basis of the last saved memory, while a save is pending.
+    unsaved_basis: Option<crate::state::HistoryBasis>,
+    /// Operator requests applied to memory that is not saved yet (not applied twice).
+    applied_requests: std::collections::BTreeSet<PathBuf>,
+    /// Each worker's pid as last saved, to say what a failed save puts at risk.
+    saved_pids: std::collections::BTreeMap<WorkerId, i32>,
+    /// The last pass saved after failed saves: the next pass (which makes the held starts)
+    /// comes at once.
+    saved_again: bool,
 }
 
 impl Daemon<'_> {
     /// One pass: observe → plan → act → persist. Returns the plan.
     fn pass(&mut self) -> Result<Plan, RunError> {
+        self.check_lock()?;
         let requests = crate::state::requests::read_requests(&self.opts.state_dir);
         for r in &requests {
+            if !self.applied_requests.insert(r.file.clone()) {
+                continue;
+            }
+            // A request sent without reading the manifest (`pause --state-dir`) is checked here.
+            if !self.desired.worker_ids().contains(&r.worker) {
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!(
+                        "operator request for worker {} ignored: no such worker in WorkerSet {}",
+                        r.worker, self.desired.name
+                    ),
+                );
+                continue;
+            }
             let message = plan::apply_request(
                 &mut self.memory,
                 r.kind,
@@ -133,8 +179,11 @@ impl Daemon<'_> {
             unreaped: self.unreaped.clone(),
         };
         let now = crate::clock::Now::read();
-        let history_basis = crate::state::HistoryBasis::of(&self.memory);
-        let observed = self.observer.observe(
+        let history_basis = self
+            .unsaved_basis
+            .take()
+            .unwrap_or_else(|| crate::state::HistoryBasis::of(&self.memory));
+        let mut observed = self.observer.observe(
             self.desired,
             &self.memory,
             &self.opts.state_dir,
@@ -142,6 +191,7 @@ impl Daemon<'_> {
             self.first,
             now.boot,
         );
+        observed.unsaved_state = self.unsaved.as_ref().map(|u| u.why.clone());
         self.last_disk = Some(observed.disk.clone());
         // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
         let recorded: Vec<(WorkerId, observe::ProcessIdentity)> = if self.first {
@@ -218,12 +268,120 @@ impl Daemon<'_> {
             );
             self.act(action, &plan, &observed, now);
         }
-        state::save_memory(&self.opts.state_dir, &self.memory)?;
-        crate::state::requests::remove_requests(&requests);
-        // After the save: a crash may lose a history line, never duplicate one.
-        self.history
-            .record_changes(&history_basis, &self.memory, self.desired);
+        match state::save_memory(&self.opts.state_dir, &self.memory) {
+            Ok(()) => {
+                if let Some(u) = self.unsaved.take() {
+                    self.saved_again = true;
+                    self.events.record(
+                        jiff::Timestamp::now(),
+                        &format!(
+                            "state saved again after {} failed save(s) since {}; workers start again",
+                            u.failures,
+                            u.since.round(jiff::Unit::Second).unwrap_or(u.since)
+                        ),
+                    );
+                }
+                crate::state::requests::remove_requests(&requests);
+                self.applied_requests.clear();
+                self.saved_pids = pids(&self.memory);
+                // After the save: a crash may lose a history line, never duplicate one.
+                self.history
+                    .record_changes(&history_basis, &self.memory, self.desired);
+            }
+            // The loop goes on: it retries every pass and starts nothing until a save succeeds.
+            Err(e) if self.opts.watch => {
+                self.unsaved_basis = Some(history_basis);
+                let u = self.unsaved.get_or_insert(Unsaved {
+                    since: now.wall,
+                    failures: 0,
+                    why: String::new(),
+                });
+                u.failures += 1;
+                u.why = e.to_string();
+                let message = format!(
+                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
+                    u.failures,
+                    u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                    at_risk(&self.saved_pids, &self.memory),
+                    UNSAVED_RETRY.as_secs()
+                );
+                self.events.record(jiff::Timestamp::now(), &message);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.show_condition();
         Ok(plan)
+    }
+
+    /// Re-checks the state directory's lock: a directory deleted and recreated under the loop
+    /// is locked again (and the memory written into it by this pass), so no second automon can
+    /// take the WorkerSet; if one already has, this loop stops.
+    fn check_lock(&mut self) -> Result<(), RunError> {
+        let dir = &self.opts.state_dir;
+        match self.lock.recheck(dir) {
+            Ok(state::Recheck::Held) => {}
+            Ok(state::Recheck::Relocked) => {
+                self.events.reopen_if_replaced();
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!(
+                        "the state directory {} was deleted or replaced under this automon: its lock is taken again and the state written anew from memory",
+                        dir.display()
+                    ),
+                );
+            }
+            Err(state::LockError::Held { pid, .. }) => {
+                let why = format!(
+                    "the state directory {} was replaced under this automon and another automon (pid {pid}) locked it; this loop stops so that one automon manages the WorkerSet (the workers keep running)",
+                    dir.display()
+                );
+                self.events.record(jiff::Timestamp::now(), &why);
+                return Err(RunError::LockLost(why));
+            }
+            Err(e) => {
+                // Nobody can create the lock file either; say so and carry on.
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!("the state directory's lock cannot be checked: {e}"),
+                );
+            }
+        }
+        self.events.reopen_if_replaced();
+        Ok(())
+    }
+
+    /// Writes what is wrong in automon's own house (unsaved state, unwritable logs) into the
+    /// lock file, where `automon status` shows it; clears it when all is well.
+    fn show_condition(&mut self) {
+        let mut parts = Vec::new();
+        if let Some(u) = &self.unsaved {
+            parts.push(format!(
+                "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
+                u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                u.failures,
+                u.why,
+                at_risk(&self.saved_pids, &self.memory)
+            ));
+        }
+        if let Some(why) = self.events.failure() {
+            parts.push(format!(
+                "{} cannot be written: {why}",
+                self.events.path().display()
+            ));
+        }
+        if let Some(why) = crate::stdio::stderr_failure() {
+            parts.push(format!(
+                "automon's own log (stderr) cannot be written: {why}"
+            ));
+            crate::stdio::clear_stderr_failure();
+        }
+        let condition = (!parts.is_empty()).then(|| parts.join("; "));
+        if let Err(e) = self.lock.set_condition(condition.as_deref()) {
+            tracing::warn!(
+                "{}: cannot record the condition: {e}",
+                self.lock.path().display()
+            );
+        }
     }
 
     /// Carries out one action; long ones run in the background and report a [`Wake`].
@@ -450,14 +608,21 @@ pub async fn run(
     lock: InstanceLock,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
-    // Held for the whole run (taken by the caller before setup, so setup never runs twice).
-    let _lock = lock;
+    // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
+    // re-checked every pass.
     if opts.reset_state
         && let Some(kept) = state::move_aside(&opts.state_dir)?
     {
-        eprintln!(
+        crate::errln!(
             "automon: --reset-state: the old state is kept as {}",
             kept.display()
+        );
+    }
+    // Temp files of a save cut short by a kill: only the lock holder writes them.
+    for stale in state::remove_stale_temp_files(&opts.state_dir) {
+        tracing::warn!(
+            "removed {}, left by an automon that was killed mid-write",
+            stale.display()
         );
     }
     let mut memory = state::load_memory(&opts.state_dir)?;
@@ -503,7 +668,14 @@ pub async fn run(
         before,
         reporter,
         last_disk: None,
+        lock,
+        unsaved: None,
+        unsaved_basis: None,
+        applied_requests: std::collections::BTreeSet::new(),
+        saved_pids: std::collections::BTreeMap::new(),
+        saved_again: false,
     };
+    d.saved_pids = pids(&d.memory);
     let mut one_shot_passes = 0;
     let mut trimmed = false;
     // SIGUSR1: an operator request is waiting (automon pause/resume); reconcile now.
@@ -542,15 +714,25 @@ pub async fn run(
                 return Ok(RunEnd::PassDone);
             }
             while d.in_flight > 0 {
-                match wake_rx.recv().await {
-                    Some(w) => d.on_wake(w),
-                    None => break,
+                tokio::select! {
+                    w = wake_rx.recv() => match w {
+                        Some(w) => d.on_wake(w),
+                        None => break,
+                    },
+                    () = &mut shutdown => return Ok(RunEnd::Interrupted),
                 }
             }
             continue;
         }
+        let wait = if std::mem::take(&mut d.saved_again) {
+            Duration::ZERO
+        } else if d.unsaved.is_some() {
+            plan.requeue_after.min(UNSAVED_RETRY)
+        } else {
+            plan.requeue_after
+        };
         tokio::select! {
-            () = tokio::time::sleep(plan.requeue_after) => {}
+            () = tokio::time::sleep(wait) => {}
             Some(e) = exit_rx.recv() => d.pending_exits.push(e),
             Some(w) = wake_rx.recv() => d.on_wake(w),
             Some(()) = async { match nudge.as_mut() { Some(n) => n.recv().await, None => std::future::pending().await } } => {}
@@ -571,6 +753,41 @@ fn facts(plan: &Plan, memory: &Memory, worker: WorkerId) -> (Option<String>, Opt
         plan.workers.get(&worker).map(|s| format!("{:?}", s.phase)),
         memory.workers.get(&worker).and_then(|w| w.checkpoint),
     )
+}
+
+/// Each worker's recorded pid.
+fn pids(memory: &Memory) -> std::collections::BTreeMap<WorkerId, i32> {
+    memory
+        .workers
+        .iter()
+        .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.pid)))
+        .collect()
+}
+
+/// What a failed save leaves unrecorded on disk, in words: the workers whose process changed
+/// since the last save, and the rest of memory's changes.
+fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -> String {
+    let now = pids(memory);
+    let mut changed = Vec::new();
+    for (id, pid) in &now {
+        if saved.get(id) != Some(pid) {
+            changed.push(format!("worker {id} started as pid {pid}"));
+        }
+    }
+    for (id, pid) in saved {
+        if !now.contains_key(id) {
+            changed.push(format!("worker {id} pid {pid} ended"));
+        }
+    }
+    if changed.is_empty() {
+        "fix attempts, backoffs and requests since the last save (no worker started or stopped)"
+            .into()
+    } else {
+        format!(
+            "not on disk: {}; and fix attempts, backoffs and requests since the last save",
+            changed.join(", ")
+        )
+    }
 }
 
 fn is_running(phase: Phase) -> bool {

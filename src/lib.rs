@@ -13,6 +13,7 @@
 //! - [`cli`]: command-line parsing and the subcommands.
 //! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
 //! - [`text`]: numbers and ranges for people.
+//! - [`stdio`]: automon's own stdout and stderr, written without panicking.
 
 pub mod act;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod state;
+pub mod stdio;
 pub mod text;
 
 use serde::{Deserialize, Serialize};

@@ -1,51 +1,104 @@
 //! One-time preparation before workers start: the manifest's `setup` command (skipped when the
 //! path it `creates` exists) and the `end_command` that prints the end of the key range.
 
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 
 use crate::manifest::Manifest;
 
-/// Runs `spec.setup` unless its `creates` path exists. The command's output goes to stderr.
+/// How a setup run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupEnd {
+    /// Done, or nothing to do.
+    Done,
+    /// automon was asked to stop while setup ran: the setup's process group was sent SIGTERM
+    /// and, after the template's `stop_grace`, SIGKILL; it is gone.
+    Interrupted,
+}
+
+/// Runs `spec.setup` unless its `creates` path exists. The command's output goes to stderr. It
+/// runs in its own process group; when `shutdown` resolves first, the group is sent SIGTERM,
+/// SIGKILL after the template's `stop_grace`, and awaited, so no setup outlives the automon
+/// that started it (the next automon would run a second one beside it).
 ///
 /// # Errors
 /// A sentence naming the command and how it failed.
-pub fn run_setup(manifest: &Manifest, announce: impl Fn(&str)) -> Result<(), String> {
+pub async fn run_setup(
+    manifest: &Manifest,
+    announce: impl Fn(&str),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<SetupEnd, String> {
     let spec = &manifest.workerset.spec;
     let Some(setup) = &spec.setup else {
-        return Ok(());
+        return Ok(SetupEnd::Done);
     };
     let workdir = manifest.dir.join(&spec.template.workdir);
     if let Some(creates) = &setup.creates
         && workdir.join(creates).exists()
     {
-        return Ok(());
+        return Ok(SetupEnd::Done);
     }
     let Some((program, args)) = setup.command.split_first() else {
-        return Ok(());
+        return Ok(SetupEnd::Done);
     };
     announce(&format!(
         "setup: running {}",
         crate::text::shell_words(&setup.command)
     ));
-    let status = Command::new(program)
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_or_else(|_| Stdio::null(), Stdio::from);
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(&workdir)
         .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .status()
+        .stdout(stderr)
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
         .map_err(|e| {
             format!(
                 "setup: cannot execute {program:?} in {}: {e}",
                 workdir.display()
             )
         })?;
+    let group = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
+    tokio::pin!(shutdown);
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = &mut shutdown => {
+            announce(&format!(
+                "setup: interrupted; stopping {} (SIGTERM to its process group, SIGKILL after {})",
+                setup.command.join(" "),
+                spec.template.stop_grace
+            ));
+            let signal = |s| {
+                if let Some(g) = group {
+                    let _ = nix::sys::signal::killpg(g, s);
+                }
+            };
+            signal(nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(spec.template.stop_grace.0, child.wait()).await.is_err() {
+                signal(nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
+            // The leader is reaped; the rest of its group gets the same end.
+            signal(nix::sys::signal::Signal::SIGKILL);
+            return Ok(SetupEnd::Interrupted);
+        }
+    }
+    .map_err(|e| format!("setup: waiting for {program:?}: {e}"))?;
     if !status.success() {
         return Err(format!(
             "setup: {} failed with {status}",
             crate::text::shell_words(&setup.command)
         ));
     }
-    Ok(())
+    Ok(SetupEnd::Done)
 }
 
 /// Runs `spec.work.range.end_command` (when the manifest has one) and parses its output.

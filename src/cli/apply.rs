@@ -111,6 +111,10 @@ pub struct ApplyArgs {
     /// Metrics.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Write STATE_DIR/automon.pid once the lock is held (set by `automon start`: only the
+    /// lock holder writes the pid file, so two racing starts cannot leave it naming the loser).
+    #[arg(long, hide = true)]
+    pub write_pid_file: bool,
 }
 
 /// Runs `apply`; `log_format` is the global `--log-format`.
@@ -127,15 +131,47 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         let (desired, setup) = super::resolve_for_showing(&manifest)?;
         super::print_overrides(&overridden);
         let code = super::diff::print_plan(&desired, &state_dir, setup, args.reset_state)?;
-        println!("dry run: nothing was changed");
+        crate::outln!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
+    // SIGINT/SIGTERM are caught before anything is locked, set up or started: from here on a
+    // signal ends the run after the current step (setup stopped, or the pass saved), never in
+    // the middle of one.
+    let mut shutdown = {
+        let _in_runtime = runtime.enter();
+        Shutdown::install()
+            .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?
+    };
     // Bad input writes nothing: the workdir is checked before the lock creates the state dir.
     super::checked_workdir(&manifest)?;
     // The lock first: a second automon on this WorkerSet must not even run setup.
     let lock = super::lock_state(&state_dir)?;
-    crate::act::setup::run_setup(&manifest, |m| eprintln!("automon: {m}"))
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    if args.write_pid_file {
+        let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
+            .map_or(0, |s| s.start_ticks);
+        if let Err(e) = crate::state::write_pid_file(&state_dir, me, ticks) {
+            crate::errln!(
+                "automon: cannot write {}: {e}",
+                crate::state::pid_file(&state_dir).display()
+            );
+        }
+    }
+    let setup = runtime
+        .block_on(crate::act::setup::run_setup(
+            &manifest,
+            |m| crate::errln!("automon: {m}"),
+            shutdown.recv(),
+        ))
         .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
+    if setup == crate::act::setup::SetupEnd::Interrupted {
+        crate::errln!("automon: interrupted during setup; it was stopped and nothing was started");
+        return Ok(130);
+    }
     let desired = super::resolve(&manifest)?;
     let mode = if args.watch { "watching" } else { "one pass" };
     let overrides = if overridden.is_empty() {
@@ -154,12 +190,8 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     if log_format == super::logging::LogFormat::Json {
         tracing::info!(target: "automon::events", "{first_line}");
     } else {
-        eprintln!("automon: {first_line}");
+        crate::errln!("automon: {first_line}");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
     let opts = RunOptions {
         state_dir,
         watch: args.watch,
@@ -170,9 +202,11 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             json_logs: log_format == super::logging::LogFormat::Json,
         },
     };
-    let end = runtime
-        .block_on(daemon::run(&desired, &opts, lock, shutdown_signal()))
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let end = runtime.block_on(daemon::run(&desired, &opts, lock, shutdown.recv()));
+    if args.write_pid_file {
+        crate::state::remove_pid_file(&opts.state_dir, me);
+    }
+    let end = end.map_err(|e| CliError::runtime(e.to_string()))?;
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,
@@ -181,19 +215,32 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+/// SIGINT and SIGTERM, caught from [`Shutdown::install`] on (the default action would kill
+/// automon wherever it stood: mid-save, mid-start).
+pub(crate) struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers; call inside the runtime's context.
+    ///
+    /// # Errors
+    /// The I/O error of the registration.
+    pub(crate) fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM (at once for one caught earlier and not yet
+    /// received).
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-        _ => std::future::pending::<()>().await,
     }
 }

@@ -286,17 +286,17 @@ pub(crate) fn print_plan(
     reset_state: bool,
 ) -> Result<u8, CliError> {
     if reset_state && state_dir.join("state.json").exists() {
-        println!(
+        crate::outln!(
             "--reset-state: {} would be moved aside (kept) and the plan below starts from empty memory; running workers are adopted",
             state_dir.join("state.json").display()
         );
     }
     let (memory, plan) = plan_once(desired, state_dir, setup.as_ref(), reset_state)?;
     let report = report_from(desired, &memory, &plan, Vec::new(), setup);
-    print!("{}", render(&report));
+    crate::stdio::out(&render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
-            println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
+            crate::outln!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
     Ok(u8::from(

@@ -25,27 +25,36 @@ pub struct OperatorArgs {
 
 /// Runs `pause` (`kind` = Pause) or `resume`.
 pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest)?;
+    let (state_dir, manifest) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let worker = WorkerId(args.worker);
-    let ids = desired.worker_ids();
-    if !ids.contains(&worker) {
-        let range = match (ids.first(), ids.last()) {
-            (Some(a), Some(b)) => format!("{a}–{b}"),
-            _ => "none".into(),
-        };
-        return Err(CliError::input(format!(
-            "worker {worker} is not in WorkerSet {} (worker ids {range})",
-            desired.name
-        )));
+    let running = crate::state::lock_holder(&state_dir);
+    // The worker id is checked against the manifest when it was read, and always when no loop
+    // runs (the request is then applied here); a running loop checks it itself.
+    let manifest = match manifest {
+        Some(m) => Some(m),
+        None if running.is_none() => Some(super::load_manifest(&args.file)?),
+        None => None,
+    };
+    if let Some(manifest) = &manifest {
+        let desired = super::resolve(manifest)?;
+        let ids = desired.worker_ids();
+        if !ids.contains(&worker) {
+            let range = match (ids.first(), ids.last()) {
+                (Some(a), Some(b)) => format!("{a}–{b}"),
+                _ => "none".into(),
+            };
+            return Err(CliError::input(format!(
+                "worker {worker} is not in WorkerSet {} (worker ids {range})",
+                desired.name
+            )));
+        }
     }
     let verb = match kind {
         RequestKind::Pause => "pause",
         RequestKind::Resume => "resume",
         RequestKind::ResetParams => "reset the config-fix values of",
     };
-    if let Some(pid) = crate::state::lock_holder(&state_dir) {
+    if let Some(pid) = running {
         write_request(&state_dir, kind, worker).map_err(|e| {
             CliError::runtime(format!(
                 "{}: cannot write the request: {e}",
@@ -58,7 +67,9 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
         )
         .is_ok();
         let when = if nudged { "now" } else { "at its next pass" };
-        println!("requested: the running automon (pid {pid}) will {verb} worker {worker} {when}");
+        crate::outln!(
+            "requested: the running automon (pid {pid}) will {verb} worker {worker} {when}"
+        );
         return Ok(0);
     }
     if kind != RequestKind::Pause && !state_dir.join("state.json").exists() {
@@ -79,19 +90,19 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     let message = crate::plan::apply_request(&mut memory, kind, worker, crate::clock::Now::read());
     crate::state::save_memory(&state_dir, &memory).map_err(|e| CliError::runtime(e.to_string()))?;
     crate::state::EventLog::open(&state_dir, false).record(jiff::Timestamp::now(), &message);
-    println!("{message}");
+    crate::outln!("{message}");
     if kind == RequestKind::Pause
         && memory
             .workers
             .get(&worker)
             .is_some_and(|w| w.process.is_some())
     {
-        println!(
+        crate::outln!(
             "note: no automon is running; the worker's process is stopped by the next `automon apply`"
         );
     }
     if kind == RequestKind::Resume && was_held && !held(&memory) {
-        println!(
+        crate::outln!(
             "note: no automon is running; nothing starts until `automon apply {0}` or `automon start {0}`",
             args.file.display()
         );

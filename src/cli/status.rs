@@ -1,6 +1,8 @@
 //! `automon status FILE [--state-dir DIR] [-o text|json]`: whether a control loop manages the
 //! WorkerSet now (the live owner of `STATE_DIR/lock`), since when, and its last pass (from
-//! `STATE_DIR/status.json`). Exit 0 when running, 3 when not (including never run).
+//! `STATE_DIR/status.json`). A `condition:` line says what the running loop finds wrong in its
+//! own house (state not saved, its logs not writable; kept in the lock file, which can still be
+//! written when the disk is full). Exit 0 when running, 3 when not (including never run).
 
 use std::path::PathBuf;
 
@@ -61,13 +63,27 @@ pub fn describe(i: &Instance) -> String {
 
 /// Runs `status`.
 pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let (state_dir, _) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let running = state::running_instance(&state_dir);
+    // What the running loop says is wrong in its own house (unsaved state, unwritable logs).
+    let condition = running
+        .as_ref()
+        .and_then(|_| state::recorded_owner(&state_dir)?.condition);
     let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
     match args.output {
-        Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref())?,
-        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref())?,
+        Output::Json => print_json(
+            &state_dir,
+            running.as_ref(),
+            condition.as_deref(),
+            last.as_ref(),
+        )?,
+        Output::Text => print_text(
+            &args.file,
+            &state_dir,
+            running.as_ref(),
+            condition.as_deref(),
+            last.as_ref(),
+        )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
 }
@@ -75,12 +91,14 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
 fn print_json(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
+    condition: Option<&str>,
     last: Option<&DaemonStatus>,
 ) -> Result<(), CliError> {
     let value = serde_json::json!({
         "running": running.is_some(),
         "pid": running.map(|i| i.pid),
         "since": running.and_then(|i| i.since),
+        "condition": condition,
         "state_dir": state_dir,
         "last_pass": last,
     });
@@ -93,6 +111,7 @@ fn print_text(
     file: &std::path::Path,
     state_dir: &std::path::Path,
     running: Option<&Instance>,
+    condition: Option<&str>,
     last: Option<&DaemonStatus>,
 ) -> Result<(), CliError> {
     let mut text = String::new();
@@ -105,6 +124,9 @@ fn print_text(
     match running {
         Some(i) => out!("automon: running ({})", describe(i)),
         None => out!("automon: not running for {}", file.display()),
+    }
+    if let Some(c) = condition {
+        out!("condition: {c}");
     }
     let Some(s) = last else {
         out!(

@@ -92,6 +92,11 @@ pub struct Observed {
     pub children: Children,
     /// Live processes carrying this WorkerSet's marker that memory does not record.
     pub unrecorded: Vec<UnrecordedWorker>,
+    /// Why automon's memory is not on disk (the last save failed), if it is not: the planner
+    /// then starts no worker, since a start could not be recorded (set by the loop, not by the
+    /// observers).
+    #[serde(default)]
+    pub unsaved_state: Option<String>,
 }
 
 /// Where the observers read from; tests point these at fixture trees.
@@ -238,6 +243,7 @@ impl Observer {
             workers,
             children,
             unrecorded,
+            unsaved_state: None,
         }
     }
 }

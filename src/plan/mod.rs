@@ -391,7 +391,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
     }
     planner.memory.workers = workers;
     planner.scale(observed);
-    planner.schedule_starts();
+    planner.schedule_starts(observed.unsaved_state.as_deref());
     let blocked = planner.blocked();
     let complete = desired.shards.is_some()
         && desired.worker_ids().iter().all(|id| {

@@ -184,8 +184,9 @@ impl Planner<'_> {
     }
 
     /// Starts workers up to the desired count: restarts first, then parked and resumed shards,
-    /// then new ones. Paused and failed workers are never started.
-    pub(super) fn schedule_starts(&mut self) {
+    /// then new ones. Paused and failed workers are never started. While `unsaved_state` says
+    /// why the memory is not on disk, nothing starts (see [`Observed::unsaved_state`]).
+    pub(super) fn schedule_starts(&mut self, unsaved_state: Option<&str>) {
         let counts = self.desired.counts;
         let desired_count = self
             .memory
@@ -212,6 +213,18 @@ impl Planner<'_> {
             .collect();
         candidates.sort();
         let free = desired_count.saturating_sub(occupied);
+        if let Some(why) = unsaved_state {
+            // A start that cannot be recorded could be taken for a stranger (or a duplicate) by
+            // the next automon: hold every start, memory untouched, until a save succeeds.
+            for (_, id) in candidates.into_iter().take(free) {
+                if let Some(s) = self.statuses.get_mut(&id) {
+                    s.reason = Reason::Text(format!(
+                        "worker {id}: start held: automon's state is not saved ({why}); it starts once a save succeeds"
+                    ));
+                }
+            }
+            return;
+        }
         for (_, id) in candidates.into_iter().take(free) {
             let shard = self.desired.shard(id);
             let from_words =

@@ -128,6 +128,7 @@ impl Sim {
             workers,
             children: Children::default(),
             unrecorded: vec![],
+            unsaved_state: None,
         }
     }
 

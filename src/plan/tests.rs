@@ -102,6 +102,7 @@ fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent
             ..Children::default()
         },
         unrecorded: Vec::new(),
+        unsaved_state: None,
     }
 }
 
@@ -646,4 +647,50 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     // Read back (status files, `get -o json` consumers) it is the same sentence.
     let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
     assert_eq!(back.reason.to_string(), status.reason.to_string());
+}
+
+#[test]
+fn unsaved_state_holds_every_start_and_a_crash_restart_resumes_after_a_save() {
+    // Regression (issue 26, item 1): a worker started in a pass whose save failed was
+    // unrecorded on disk; the next automon took it for a duplicate. While the memory is not on
+    // disk nothing starts; the restart that was due is kept, not lost, and made once it is saved.
+    let d = desired();
+    let unsaved = |mut o: Observed| {
+        o.unsaved_state = Some("state.json: No space left on device".into());
+        o
+    };
+    let p = plan(&d, &unsaved(observed(BTreeMap::new(), vec![])), mem(), t0());
+    assert_eq!(starts(&p), Vec::<u32>::new());
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("start held: automon's state is not saved (state.json: No space left"),
+        "{}",
+        p.workers[&WorkerId(0)].reason
+    );
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    let crashed = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![ExitEvent {
+            worker: WorkerId(0),
+            pid: 10,
+            code: Some(1),
+            signal: None,
+        }],
+    );
+    let held = plan(&d, &unsaved(crashed), m, at(30));
+    assert_eq!(starts(&held), Vec::<u32>::new());
+    let saved = plan(
+        &d,
+        &observed(BTreeMap::new(), vec![]),
+        held.memory.clone(),
+        at(31),
+    );
+    let Some(Action::Start(s)) = saved.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
+        panic!("{:?}", saved.actions)
+    };
+    assert_eq!(s.argv[4], "40", "restarted from its checkpoint");
+    assert!(s.reason.contains("exited with status 1"), "{}", s.reason);
 }

@@ -85,7 +85,7 @@ impl FixHistory {
                 f.sync_data()
             });
         if let Err(e) = result {
-            eprintln!("automon: cannot append to {}: {e}", self.path.display());
+            crate::errln!("automon: cannot append to {}: {e}", self.path.display());
         }
     }
 

@@ -2,6 +2,7 @@ mod bad_input;
 mod codefix;
 mod codefix_e2e;
 mod first_run;
+mod house;
 mod llm;
 mod manifests;
 mod messages;
