@@ -9,8 +9,8 @@
 # threads). automon's latency is also given as a ratio to the floor's, measured in the same run.
 #
 # Usage: bench/compare.sh [--quick] [--only NAME]
-#   --quick: 3 kills, 10 s idle window; --only floor|automon|supervisord|pm2: that one alone
-#   (automon's ratio to the floor needs both: --only automon prints it as n/a)
+#   --quick: 3 kills, 10 s idle window; --only NAME[,NAME…] (floor, automon, supervisord, pm2):
+#   those alone (automon's ratio to the floor needs both: --only floor,automon)
 # Needs: python3 (venv, pip), npm/node, network access to PyPI and npm; builds automon with
 # `cargo build --release`. Everything lives in a temporary directory, removed on exit, and every
 # process started is stopped on exit. No TCP ports are opened (supervisord has no http server
@@ -28,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-wanted() { [[ -z "$ONLY" || "$ONLY" == "$1" ]]; }
+wanted() { [[ -z "$ONLY" || ",$ONLY," == *",$1,"* ]]; }
 N=8
 SETTLE=1.5
 
