@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side: automon, supervisord 4.3 and pm2 5.x supervising the same 8 looping Python
-# workers, one supervisor at a time. For each: kill -9 -> replacement exec'd latency
-# (min/median/max over K kills, measured identically: timing starts at the kill, /proc is
-# polled every 1 ms for a new child of the daemon running the worker), the daemon's RSS with 8
-# idle workers, and the daemon's CPU time over an idle window (schedstat of all its threads).
+# workers, one supervisor at a time, and the floor: a bash loop that restarts a worker the
+# instant `wait` returns (no supervisor can be faster; it measures the probe, fork, exec and
+# the machine). For each: kill -9 -> replacement exec'd latency (min/median/max over K kills,
+# measured identically: timing starts at the kill, /proc is polled every 1 ms for a new child
+# of the daemon running the worker), the daemon's RSS with 8 idle workers (before the kills
+# and after them), and the daemon's CPU time over an idle window (schedstat of all its
+# threads). automon's latency is also given as a ratio to the floor's, measured in the same run.
 #
 # Usage: bench/compare.sh [--quick] [--only NAME]
-#   --quick: 3 kills, 10 s idle window; --only automon|supervisord|pm2: measure that one alone
+#   --quick: 3 kills, 10 s idle window; --only NAME[,NAME…] (floor, automon, supervisord, pm2):
+#   those alone (automon's ratio to the floor needs both: --only floor,automon)
 # Needs: python3 (venv, pip), npm/node, network access to PyPI and npm; builds automon with
 # `cargo build --release`. Everything lives in a temporary directory, removed on exit, and every
 # process started is stopped on exit. No TCP ports are opened (supervisord has no http server
@@ -19,12 +23,12 @@ ONLY=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) KILLS=3; IDLE=10 ;;
-        --only) ONLY="${2:?--only needs automon, supervisord or pm2}"; shift ;;
-        *) echo "usage: bench/compare.sh [--quick] [--only automon|supervisord|pm2]" >&2; exit 2 ;;
+        --only) ONLY="${2:?--only needs floor, automon, supervisord or pm2}"; shift ;;
+        *) echo "usage: bench/compare.sh [--quick] [--only floor|automon|supervisord|pm2]" >&2; exit 2 ;;
     esac
     shift
 done
-wanted() { [[ -z "$ONLY" || "$ONLY" == "$1" ]]; }
+wanted() { [[ -z "$ONLY" || ",$ONLY," == *",$1,"* ]]; }
 N=8
 SETTLE=1.5
 
@@ -67,7 +71,7 @@ while True:
     time.sleep(1)
 PYEOF
 
-# Results: name -> "min median max count rss_kb cpu_ns"
+# Results: name -> "min median max count rss_kb cpu_ns rss_before_kills_kb"
 declare -A RESULT
 
 measure() { # NAME DAEMON_PID
@@ -75,7 +79,9 @@ measure() { # NAME DAEMON_PID
     say "[$name] daemon pid $pid; waiting for $N workers"
     "$PY" "$PROBE" wait "$pid" "$MARKER" "$N" 60 || { say "[$name] workers did not start"; return 1; }
     sleep 3
-    say "[$name] $KILLS kill -9s"
+    local rss0
+    rss0=$("$PY" "$PROBE" rss "$pid")
+    say "[$name] RSS ${rss0} kB before the kills; $KILLS kill -9s"
     local lat
     lat=$("$PY" "$PROBE" kills "$pid" "$MARKER" "$N" "$KILLS" "$SETTLE")
     "$PY" "$PROBE" wait "$pid" "$MARKER" "$N" 30 || true
@@ -84,9 +90,34 @@ measure() { # NAME DAEMON_PID
     rss=$("$PY" "$PROBE" rss "$pid")
     say "[$name] RSS ${rss} kB; measuring CPU over ${IDLE} s idle"
     cpu=$("$PY" "$PROBE" cpu "$pid" "$IDLE")
-    RESULT[$name]="$lat $rss $cpu"
+    RESULT[$name]="$lat $rss $cpu $rss0"
     say "[$name] latency min/median/max/n ms: $lat; RSS $rss kB; CPU $cpu ns"
 }
+
+# --- floor: a bash loop ---------------------------------------------------------------------
+if wanted floor; then  # (body not indented: it holds here-documents)
+mkdir -p "$TMP/floor"
+cat > "$TMP/floor/loop.sh" <<'SH'
+# The floor: each worker is restarted the instant `wait` returns its exit.
+PY=$1 WORKER=$2 N=$3
+declare -A id_of
+start() { "$PY" "$WORKER" --worker-id "$1" >/dev/null 2>&1 & id_of[$!]=$1; }
+for ((i = 0; i < N; i++)); do start "$i"; done
+while true; do
+    gone=""
+    wait -n -p gone
+    [[ -n "$gone" && -n "${id_of[$gone]:-}" ]] || continue
+    id=${id_of[$gone]}
+    unset "id_of[$gone]"
+    start "$id"
+done
+SH
+bash "$TMP/floor/loop.sh" "$PY" "$TMP/worker.py" "$N" &
+DAEMON=$!
+measure floor "$DAEMON"
+kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=""
+"$PY" "$PROBE" cleanup "$MARKER"; sleep 1
+fi
 
 # --- automon -------------------------------------------------------------------------------
 if wanted automon; then  # (body not indented: it holds here-documents)
@@ -179,12 +210,12 @@ fi
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$N workers, $KILLS kill -9s, ${IDLE} s idle window; $(date -u '+%Y-%m-%d %H:%M UTC')"
-printf '%-44s %14s %14s %14s\n' "figure" "supervisord" "pm2" "automon"
+printf '%-44s %14s %14s %14s %14s\n' "figure" "supervisord" "pm2" "automon" "floor (bash)"
 row() { # LABEL FIELD SCALE FORMAT
     local label=$1 field=$2 scale=$3 fmt=$4 out=""
-    for s in supervisord pm2 automon; do
+    for s in supervisord pm2 automon floor; do
         # shellcheck disable=SC2086
-        set -- ${RESULT[$s]:-nan nan nan 0 nan nan}
+        set -- ${RESULT[$s]:-nan nan nan 0 nan nan nan}
         local v=${!field}
         out+=$(awk -v v="$v" -v s="$scale" -v f="$fmt" 'BEGIN { if (v == "nan") printf "%14s", "n/a"; else printf "%14" f, v / s }')
         out+=" "
@@ -194,22 +225,25 @@ row() { # LABEL FIELD SCALE FORMAT
 row "kill -9 -> replacement exec'd, min (ms)" 1 1 ".1f"
 row "kill -9 -> replacement exec'd, median (ms)" 2 1 ".1f"
 row "kill -9 -> replacement exec'd, max (ms)" 3 1 ".1f"
+row "daemon RSS before the kills (MB)" 7 1024 ".1f"
 row "daemon RSS, $N idle workers (MB)" 5 1024 ".1f"
 row "daemon CPU over ${IDLE} s idle (ms)" 6 1000000 ".2f"
 echo
-echo "ratios automon / other (lower is better for automon):"
-ratio() { # LABEL FIELD
+echo "ratios automon / other (lower is better for automon; / floor: 1.00 is the best possible):"
+ratio() { # LABEL FIELD [OTHERS...]
     local label=$1 field=$2
+    shift 2
+    local others=("$@")
     # shellcheck disable=SC2086
-    set -- ${RESULT[automon]:-nan nan nan 0 nan nan}
+    set -- ${RESULT[automon]:-nan nan nan 0 nan nan nan}
     local a=${!field}
-    for s in supervisord pm2; do
+    for s in "${others[@]}"; do
         # shellcheck disable=SC2086
-        set -- ${RESULT[$s]:-nan nan nan 0 nan nan}
+        set -- ${RESULT[$s]:-nan nan nan 0 nan nan nan}
         local o=${!field}
         awk -v a="$a" -v o="$o" -v l="$label" -v s="$s" 'BEGIN { if (a == "nan" || o == "nan" || o == 0) printf "  %-34s vs %-12s n/a\n", l, s; else printf "  %-34s vs %-12s %.2f\n", l, s, a / o }'
     done
 }
-ratio "median kill -> replacement" 2
-ratio "daemon RSS" 5
-ratio "daemon idle CPU" 6
+ratio "median kill -> replacement" 2 floor supervisord pm2
+ratio "daemon RSS" 5 supervisord pm2
+ratio "daemon idle CPU" 6 supervisord pm2

@@ -222,7 +222,19 @@ impl Daemon<'_> {
         }
         self.first = false;
         for e in &plan.events {
-            self.events.record(now.wall, e);
+            let worker = state::mentioned_worker(e).map(WorkerId);
+            let (phase, checkpoint) =
+                worker.map_or((None, None), |w| facts(&plan, &plan.memory, w));
+            self.events.record_with(
+                now.wall,
+                e,
+                &state::EventFields {
+                    worker: worker.map(|w| w.0),
+                    phase: phase.as_deref(),
+                    checkpoint,
+                    ..state::EventFields::default()
+                },
+            );
         }
         // The plan's memory becomes ours (no copy); the returned plan keeps an empty one.
         self.memory = std::mem::take(&mut plan.memory);
@@ -230,7 +242,23 @@ impl Daemon<'_> {
             self.memory.last_applied = Some(self.desired.normalized.clone());
         }
         for action in &plan.actions {
-            self.events.record(now.wall, action.reason());
+            let (phase, checkpoint) = facts(&plan, &self.memory, action.worker());
+            let pid = match action {
+                Action::Stop(a) => Some(a.identity.pid),
+                _ => None,
+            };
+            self.events.record_with(
+                now.wall,
+                action.reason(),
+                &state::EventFields {
+                    worker: Some(action.worker().0),
+                    pid,
+                    phase: phase.as_deref(),
+                    action: Some(action.verb()),
+                    checkpoint,
+                    reason: Some(action.reason()),
+                },
+            );
             self.act(action, &plan, &observed, now);
         }
         // A pass that changed nothing (memory equal to the copy last saved) writes nothing.
@@ -393,14 +421,21 @@ impl Daemon<'_> {
                 );
                 if let Ok((id, _)) = &outcome {
                     self.unreaped.insert(id.pid, id.start_ticks);
-                    self.events.record(
+                    self.events.record_with(
                         now.wall,
                         &format!(
                             "worker {}: started pid {}: {}",
                             a.worker,
                             id.pid,
-                            a.argv.join(" ")
+                            crate::text::shell_words(&a.argv)
                         ),
+                        &state::EventFields {
+                            worker: Some(a.worker.0),
+                            pid: Some(id.pid),
+                            action: Some("started"),
+                            checkpoint: a.resume_from,
+                            ..state::EventFields::default()
+                        },
                     );
                 }
                 if let Some(msg) =
@@ -494,7 +529,20 @@ impl Daemon<'_> {
                 worker,
                 pid,
                 outcome,
-            } => stop_message(worker, pid, &outcome),
+            } => {
+                let message = stop_message(worker, pid, &outcome);
+                self.events.record_with(
+                    now.wall,
+                    &message,
+                    &state::EventFields {
+                        worker: Some(worker.0),
+                        pid: Some(pid),
+                        action: Some("stopped"),
+                        ..state::EventFields::default()
+                    },
+                );
+                return;
+            }
             Wake::Diagnosis { worker, outcome } => {
                 plan::record_diagnosis(&mut self.memory, worker, outcome)
             }
@@ -538,6 +586,7 @@ impl Daemon<'_> {
                     &self.memory,
                     &self.before,
                     self.started.elapsed(),
+                    now,
                 ),
             );
             return After::End(RunEnd::Complete);
@@ -590,6 +639,12 @@ pub async fn run(
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let before = memory.totals.clone();
+    // The whole migration's figures outlive this process (the final summary gives both).
+    memory
+        .totals
+        .first_applied_at
+        .get_or_insert_with(jiff::Timestamp::now);
+    memory.totals.runs += 1;
     let reporter =
         crate::metrics::Reporter::new(&opts.report, &opts.state_dir, opts.watch, metrics);
     let (llm, llm_error) = llm_for(desired);
@@ -1008,6 +1063,14 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
     changes.join("; ")
 }
 
+/// A worker's phase after `plan` and its checkpoint in `memory`, for an event's fields.
+fn facts(plan: &Plan, memory: &Memory, worker: WorkerId) -> (Option<String>, Option<u64>) {
+    (
+        plan.workers.get(&worker).map(|s| format!("{:?}", s.phase)),
+        memory.workers.get(&worker).and_then(|w| w.checkpoint),
+    )
+}
+
 /// Each worker's recorded pid.
 fn pids(memory: &Memory) -> std::collections::BTreeMap<WorkerId, i32> {
     memory
@@ -1080,27 +1143,150 @@ fn pass_summary(plan: &Plan) -> String {
     format!("pass done: {}", phases.join(", "))
 }
 
-/// The final words of a completed run.
+/// The final words of a completed run: the whole migration's totals (persisted across
+/// restarts of automon) — wall time since the first apply, restarts by cause, fixes, the
+/// work done — and this run's figures beside them where they differ.
 pub fn summary(
     desired: &Desired,
     memory: &Memory,
     before: &plan::Totals,
     wall: Duration,
+    now: jiff::Timestamp,
 ) -> String {
+    use crate::manifest::duration::format_duration;
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
     let shards = desired.shards.as_ref().map_or(0, Vec::len);
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
     let done = match items {
-        Some(n) => format!("{} {}s migrated", count(n), desired.unit),
+        Some(n) => format!("{} {}s done", count(n), desired.unit),
         None => {
             let (a, b) = memory.range.unwrap_or_default();
             format!("keys [{}, {}) done", count(a), count(b))
         }
     };
-    let crash = memory.totals.crash_restarts - before.crash_restarts;
-    let stuck = memory.totals.stuck_restarts - before.stuck_restarts;
-    format!(
-        "all {shards} shards complete: {done}; {} restart(s) this run ({crash} after a crash, {stuck} after being stuck); wall time {}",
-        crash + stuck,
-        crate::manifest::duration::format_duration(wall)
-    )
+    let t = &memory.totals;
+    let restarts = |crash: u64, stuck: u64| {
+        if crash + stuck == 0 {
+            return "no restarts".to_string();
+        }
+        format!(
+            "{} ({crash} after a crash, {stuck} after being stuck)",
+            plural(crash + stuck, "restart", "restarts")
+        )
+    };
+    let fixes: u64 = t.fixes.values().sum();
+    let fixes = if fixes == 0 {
+        "no fixes".to_string()
+    } else {
+        let kinds: Vec<String> = t
+            .fixes
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        format!("{} ({})", plural(fixes, "fix", "fixes"), kinds.join(", "))
+    };
+    let whole = t
+        .first_applied_at
+        .and_then(|first| now.duration_since(first).try_into().ok())
+        .unwrap_or(wall);
+    let mut out = format!(
+        "all {shards} shards complete: {done}; {}; {fixes}; wall time {}",
+        restarts(t.crash_restarts, t.stuck_restarts),
+        format_duration(whole)
+    );
+    if t.runs > 1 {
+        let (crash, stuck) = (
+            t.crash_restarts - before.crash_restarts,
+            t.stuck_restarts - before.stuck_restarts,
+        );
+        out.push_str(&format!(
+            " over {} runs of automon; this run: {}, wall time {}",
+            t.runs,
+            restarts(crash, stuck),
+            format_duration(wall)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(unit: &str) -> Desired {
+        let text = format!(
+            r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {{name: t}}
+spec:
+  work: {{range: {{start: 1, end: 801}}, shards: 8, unit: {unit}}}
+  template: {{command: [w, "{{id}}"]}}
+  progress: {{file: "p{{id}}.json", checkpoint: /c, items: /n}}
+  logs: {{file: "w{{id}}.log"}}
+"#
+        );
+        let workerset = crate::manifest::parse(&text).expect("valid manifest");
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset,
+        };
+        Desired::resolve(&manifest, None).expect("resolve")
+    }
+
+    fn memory(items: u64) -> Memory {
+        let mut m = Memory::default();
+        for id in 0..8 {
+            m.workers.insert(
+                WorkerId(id),
+                plan::WorkerMemory {
+                    items: Some(items),
+                    ..plan::WorkerMemory::default()
+                },
+            );
+        }
+        m
+    }
+
+    /// Regression: after 22 restarts of automon the summary gave only the last process's
+    /// figures ("1 restart(s) this run … wall time 3m30s" for a 6m21s migration with two), and
+    /// said "books migrated" whatever the manifest's unit.
+    #[test]
+    fn the_final_summary_gives_the_whole_migration_and_this_run_beside_it() {
+        let first = jiff::Timestamp::from_second(1_800_000_000).expect("valid");
+        let now = first
+            .checked_add(jiff::SignedDuration::from_secs(381))
+            .expect("valid");
+        let mut m = memory(25);
+        m.totals = plan::Totals {
+            crash_restarts: 1,
+            stuck_restarts: 1,
+            first_applied_at: Some(first),
+            runs: 22,
+            ..plan::Totals::default()
+        };
+        m.totals.fixes.insert("restart".into(), 1);
+        let before = plan::Totals {
+            crash_restarts: 1,
+            ..plan::Totals::default()
+        };
+        insta::assert_snapshot!(
+            summary(&desired("item"), &m, &before, Duration::from_secs(210), now),
+            @"all 8 shards complete: 200 items done; 2 restarts (1 after a crash, 1 after being stuck); 1 fix (1 restart); wall time 6m21s over 22 runs of automon; this run: 1 restart (0 after a crash, 1 after being stuck), wall time 3m30s"
+        );
+        // One run: its figures are the whole migration's, said once.
+        m.totals.runs = 1;
+        m.totals.fixes.clear();
+        insta::assert_snapshot!(
+            summary(&desired("book"), &m, &plan::Totals::default(), Duration::from_secs(381), now),
+            @"all 8 shards complete: 200 books done; 2 restarts (1 after a crash, 1 after being stuck); no fixes; wall time 6m21s"
+        );
+    }
 }

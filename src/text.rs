@@ -43,9 +43,42 @@ pub fn span(range: Option<(u64, u64)>) -> String {
     }
 }
 
+/// An argv as a person would type it in a POSIX shell: each word quoted where it needs it
+/// (`a b` → `'a b'`), so a path with a space reads as one argument. JSON output keeps arrays;
+/// this is for human lines only. A word holding a NUL byte (which no shell can pass) is shown
+/// Rust-escaped.
+pub fn shell_words<S: AsRef<str>>(argv: &[S]) -> String {
+    let mut out = String::new();
+    for (i, word) in argv.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match shlex::try_quote(word.as_ref()) {
+            Ok(q) => out.push_str(&q),
+            Err(_) => out.push_str(&format!("{:?}", word.as_ref())),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_quote_only_what_needs_it() {
+        let argv = [
+            "python3",
+            "/data/my library/worker.py",
+            "--name",
+            "it's",
+            "",
+            "--id",
+            "3",
+        ];
+        insta::assert_snapshot!(shell_words(&argv), @r#"python3 '/data/my library/worker.py' --name "it's" '' --id 3"#);
+        assert_eq!(shell_words(&["a\0b"]), "\"a\\0b\"");
+    }
 
     #[test]
     fn count_displays_like_count_for_every_digit_length() {

@@ -42,7 +42,10 @@ pub async fn run_setup(
     let Some((program, args)) = setup.command.split_first() else {
         return Ok(SetupEnd::Done);
     };
-    announce(&format!("setup: running {}", setup.command.join(" ")));
+    announce(&format!(
+        "setup: running {}",
+        crate::text::shell_words(&setup.command)
+    ));
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .current_dir(&workdir)
@@ -105,7 +108,7 @@ pub async fn run_setup(
     if !status.success() {
         return Err(format!(
             "setup: {} failed with {status}",
-            setup.command.join(" ")
+            crate::text::shell_words(&setup.command)
         ));
     }
     Ok(SetupEnd::Done)
@@ -171,7 +174,7 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
     if !out.status.success() {
         return Err(format!(
             "spec.work.range.end_command: {} failed with {}: {}",
-            cmd.join(" "),
+            crate::text::shell_words(cmd),
             out.status,
             crate::secrets::redactor_for_manifest(manifest)
                 .redact(String::from_utf8_lossy(&out.stderr).trim())

@@ -134,9 +134,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             .map_err(|why| CliError::runtime(format!("{}: {why}", manifest.file.display())))?;
     }
     if args.dry_run {
-        let desired = super::resolve(&manifest)?;
+        let (desired, setup) = super::resolve_for_showing(&manifest)?;
         super::print_overrides(&overridden);
-        let code = super::diff::print_plan(&desired, &state_dir)?;
+        let code = super::diff::print_plan(&desired, &state_dir, setup, args.reset_state)?;
         crate::outln!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
@@ -159,6 +159,8 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         Shutdown::install()
             .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?
     };
+    // Bad input writes nothing: the workdir is checked before the lock creates the state dir.
+    super::checked_workdir(&manifest)?;
     // A running loop takes the manifest (live apply); without one, the lock first: a second
     // automon on this WorkerSet must not even run setup.
     let lock = if args.watch || args.reset_state {
@@ -171,8 +173,7 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
                 args.file.display()
             )));
         }
-        crate::state::InstanceLock::acquire(&state_dir)
-            .map_err(|e| CliError::runtime(e.to_string()))?
+        super::lock_state(&state_dir)?
     } else {
         match hand_over(args, &manifest, &state_dir)? {
             Handed::Answered(code) => return Ok(code),

@@ -41,6 +41,8 @@ pub enum DiffFormat {
 pub struct DiffReport {
     /// Overrides given on the command line, in words.
     pub overrides: Vec<String>,
+    /// The setup the next `apply` would run first, if any.
+    pub setup: Option<super::PendingSetup>,
     /// `None` when the manifest was never applied; else the unified diff (empty: unchanged).
     pub manifest_diff: Option<String>,
     /// Every worker: id, phase, reason.
@@ -78,7 +80,9 @@ pub struct ActionLine {
 impl DiffReport {
     /// True when the manifest changed or the next pass would act.
     pub fn differs(&self) -> bool {
-        self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty()) || !self.actions.is_empty()
+        self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty())
+            || !self.actions.is_empty()
+            || self.setup.is_some()
     }
 }
 
@@ -91,8 +95,8 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
     let (manifest, overridden) = super::load_manifest_with(&args.file, &args.overrides.overrides())
         .map_err(as_diff_error)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest).map_err(as_diff_error)?;
-    let report = build_report(&desired, &state_dir, overridden).map_err(as_diff_error)?;
+    let (desired, setup) = super::resolve_for_showing(&manifest).map_err(as_diff_error)?;
+    let report = build_report(&desired, &state_dir, overridden, setup).map_err(as_diff_error)?;
     let text = match args.output {
         DiffFormat::Text => render(&report),
         DiffFormat::Json => {
@@ -113,14 +117,32 @@ pub fn run(args: &DiffArgs) -> Result<u8, CliError> {
 pub(crate) fn plan_once(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
+    setup: Option<&super::PendingSetup>,
+    reset_state: bool,
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
+    // `apply --reset-state` starts from empty memory (running workers are still adopted by
+    // the `/proc` scan): its dry run plans from the same, not from the state it moves aside.
     // While a loop runs, its memory (what it runs and knows now), not the state file.
-    let memory = match crate::control::client::view(state_dir).map_err(CliError::runtime)? {
-        Some(view) => view.memory,
-        None => {
-            crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?
+    let memory = if reset_state {
+        plan::Memory::default()
+    } else {
+        match crate::control::client::view(state_dir).map_err(CliError::runtime)? {
+            Some(view) => view.memory,
+            None => crate::state::load_memory(state_dir)
+                .map_err(|e| CliError::runtime(e.to_string()))?,
         }
     };
+    if setup.is_some_and(|s| s.range_after)
+        && (memory.range.is_some() || !memory.workers.is_empty())
+    {
+        // A migration is recorded but its range cannot be read: no plan can be shown.
+        return Err(CliError::runtime(format!(
+            "{}: the key range is read after setup, which has not run here, but {} records a migration; `automon apply {}` runs setup first",
+            desired.manifest_file.display(),
+            state_dir.join("state.json").display(),
+            desired.manifest_file.display()
+        )));
+    }
     let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
     let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;
     Ok((memory, plan))
@@ -131,9 +153,10 @@ pub(crate) fn build_report(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
     overrides: Vec<String>,
+    setup: Option<super::PendingSetup>,
 ) -> Result<DiffReport, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir)?;
-    let mut report = report_from(desired, &memory, &plan, overrides);
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref(), false)?;
+    let mut report = report_from(desired, &memory, &plan, overrides, setup);
     let stale = crate::control::previous_template(desired, &memory);
     report.notes.extend(
         stale
@@ -150,19 +173,36 @@ pub(crate) fn build_report(
     Ok(report)
 }
 
+/// The reason shown for a start planned on the provisional range of a setup that has not run:
+/// which worker and shard, not the made-up bounds.
+fn start_before_setup(desired: &crate::manifest::Desired, worker: crate::WorkerId) -> String {
+    let n = desired.shards.as_ref().map_or(0, Vec::len);
+    format!("worker {worker}: starting shard {worker} of {n} (range known after setup)")
+}
+
 /// The report of one plan.
 fn report_from(
     desired: &crate::manifest::Desired,
     memory: &plan::Memory,
     plan: &plan::Plan,
     overrides: Vec<String>,
+    setup: Option<super::PendingSetup>,
 ) -> DiffReport {
     let manifest_diff = memory
         .last_applied
         .as_ref()
         .map(|old| unified(old, &desired.normalized));
+    let range_after = setup.as_ref().is_some_and(|s| s.range_after);
+    let reason_of = |a: &plan::Action| {
+        if range_after && matches!(a, plan::Action::Start(_)) {
+            start_before_setup(desired, a.worker())
+        } else {
+            a.reason().to_string()
+        }
+    };
     DiffReport {
         overrides,
+        setup,
         manifest_diff,
         workers: plan
             .workers
@@ -170,7 +210,11 @@ fn report_from(
             .map(|(id, s)| WorkerLine {
                 worker: id.0,
                 phase: format!("{:?}", s.phase),
-                reason: s.reason.to_string(),
+                reason: if range_after && s.phase == plan::Phase::Starting {
+                    start_before_setup(desired, *id)
+                } else {
+                    s.reason.to_string()
+                },
             })
             .collect(),
         notes: plan.events.clone(),
@@ -181,7 +225,7 @@ fn report_from(
             .map(|a| ActionLine {
                 action: a.verb().into(),
                 worker: a.worker().0,
-                reason: a.reason().into(),
+                reason: reason_of(a),
             })
             .collect(),
     }
@@ -212,6 +256,9 @@ pub fn render(report: &DiffReport) -> String {
     for o in &report.overrides {
         let _ = writeln!(out, "override: {o}");
     }
+    if let Some(setup) = &report.setup {
+        let _ = writeln!(out, "{}", setup.describe());
+    }
     match &report.manifest_diff {
         None => out.push_str("manifest: never applied (no state yet)\n"),
         Some(d) if d.is_empty() => out.push_str("manifest: unchanged since the last apply\n"),
@@ -225,7 +272,10 @@ pub fn render(report: &DiffReport) -> String {
     }
     let _ = writeln!(out, "\n{:<6} {:<12} REASON", "WORKER", "PHASE");
     for w in &report.workers {
-        let _ = writeln!(out, "{:<6} {:<12} {}", w.worker, w.phase, w.reason);
+        // The WORKER column names it: a reason's own "worker N: " is not said again.
+        let prefix = format!("worker {}: ", w.worker);
+        let reason = w.reason.strip_prefix(&prefix).unwrap_or(&w.reason);
+        let _ = writeln!(out, "{:<6} {:<12} {reason}", w.worker, w.phase);
     }
     let _ = writeln!(out, "\nscaling: {}", report.scaling);
     for n in &report.notes {
@@ -236,7 +286,18 @@ pub fn render(report: &DiffReport) -> String {
     } else {
         out.push_str("\nactions the next pass would take:\n");
         for a in &report.actions {
-            let _ = writeln!(out, "  {:<8} worker {}: {}", a.action, a.worker, a.reason);
+            // Most reasons name their worker already ("worker 1: starting …", "worker 2
+            // exited …"): said once.
+            let who = format!("worker {}", a.worker);
+            let named = a
+                .reason
+                .strip_prefix(&who)
+                .is_some_and(|rest| rest.starts_with([' ', ':']));
+            if named {
+                let _ = writeln!(out, "  {:<8} {}", a.action, a.reason);
+            } else {
+                let _ = writeln!(out, "  {:<8} {who}: {}", a.action, a.reason);
+            }
         }
     }
     out
@@ -246,16 +307,26 @@ pub fn render(report: &DiffReport) -> String {
 pub(crate) fn print_plan(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
+    setup: Option<super::PendingSetup>,
+    reset_state: bool,
 ) -> Result<u8, CliError> {
-    let (memory, plan) = plan_once(desired, state_dir)?;
-    let report = report_from(desired, &memory, &plan, Vec::new());
+    if reset_state && state_dir.join("state.json").exists() {
+        crate::outln!(
+            "--reset-state: {} would be moved aside (kept) and the plan below starts from empty memory; running workers are adopted",
+            state_dir.join("state.json").display()
+        );
+    }
+    let (memory, plan) = plan_once(desired, state_dir, setup.as_ref(), reset_state)?;
+    let report = report_from(desired, &memory, &plan, Vec::new(), setup);
     crate::stdio::out(&render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
             crate::outln!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
-    Ok(u8::from(!report.actions.is_empty()))
+    Ok(u8::from(
+        !report.actions.is_empty() || report.setup.is_some(),
+    ))
 }
 
 /// Dry run of a code fix: the engine checks the proposal and builds the patch without writing
@@ -336,6 +407,7 @@ mod tests {
     fn report(manifest_diff: Option<String>, actions: Vec<ActionLine>) -> DiffReport {
         DiffReport {
             overrides: vec!["interval 1m → 5s (--check-interval)".into()],
+            setup: None,
             manifest_diff,
             workers: vec![
                 WorkerLine { worker: 0, phase: "Progressing".into(), reason: "pid 4242 at book 1,204; 12s since the last progress".into() },

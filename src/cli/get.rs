@@ -73,8 +73,13 @@ pub struct WorkerRow {
     pub last_progress_seconds: Option<u64>,
     /// Failed fix attempts since the last success.
     pub failed_attempts: u32,
+    /// Attempts of the current round used (the last attempt's number; 1 after a success
+    /// that needed one; 0 before any fix).
+    pub attempts_used: u32,
     /// `fixes.max_attempts`.
     pub max_attempts: u32,
+    /// The last fix and how it ended, if there was one.
+    pub last_fix: Option<LastFix>,
     /// What happens next, in words.
     pub next: String,
     /// Parameter values set by config fixes.
@@ -82,6 +87,29 @@ pub struct WorkerRow {
     /// Its process runs the previous template (a changed command, env, parameters or
     /// workdir reaches it at its next restart).
     pub previous_template: bool,
+}
+
+/// The last fix of a worker and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastFix {
+    /// `restart`, `config_fix` or `code_fix`.
+    pub kind: String,
+    /// `ok` (verified), `failed` (verification failed) or `verifying` (not yet verified).
+    pub outcome: &'static str,
+}
+
+impl LastFix {
+    fn of(w: &WorkerMemory) -> Option<Self> {
+        let a = w.fixes.attempts.last()?;
+        Some(Self {
+            kind: a.kind.name().to_string(),
+            outcome: match &a.result {
+                Some(v) if v.succeeded => "ok",
+                Some(_) => "failed",
+                None => "verifying",
+            },
+        })
+    }
 }
 
 /// The overall line.
@@ -133,7 +161,7 @@ pub struct Status {
 pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let manifest = super::load_manifest(&args.file)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let desired = super::resolve(&manifest)?;
+    let (desired, setup) = super::resolve_for_showing(&manifest)?;
     // While a loop runs, its view: its memory, its last pass, its disk figure.
     let view = crate::control::client::view(&state_dir).map_err(CliError::runtime)?;
     if let Some(view) = view.filter(|_| !args.observed) {
@@ -142,12 +170,16 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     if memory.workers.is_empty() && !args.observed {
-        return Err(CliError::runtime(format!(
-            "no state yet in {}: automon has not applied {} (run `automon apply {}`)",
-            state_dir.display(),
-            manifest.file.display(),
-            manifest.file.display()
+        return Err(CliError::runtime(not_started(
+            &manifest.file,
+            &state_dir,
+            setup.as_ref(),
+            crate::state::lock_holder(&state_dir),
         )));
+    }
+    if setup.as_ref().is_some_and(|s| s.range_after) {
+        // Workers are recorded, but the range they were cut from cannot be read.
+        super::resolve(&manifest)?;
     }
     let (observed, now) = super::observe_once(&desired, &memory, &state_dir, false);
     let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
@@ -229,6 +261,33 @@ fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8,
     }
 }
 
+/// Why there is nothing to show yet, saying what will actually happen: setup runs under
+/// a loop that holds the lock now, or the next `apply` runs it.
+fn not_started(
+    file: &std::path::Path,
+    state_dir: &std::path::Path,
+    setup: Option<&super::PendingSetup>,
+    automon_pid: Option<i32>,
+) -> String {
+    let file = file.display();
+    match (setup, automon_pid) {
+        (Some(_), Some(pid)) => format!(
+            "not started yet: automon (pid {pid}) is running setup; the workers start when it is done"
+        ),
+        (None, Some(pid)) => format!(
+            "not started yet: automon (pid {pid}) is making its first pass; ask again in a moment"
+        ),
+        (Some(s), None) => format!(
+            "not started yet: setup has not run ({}); `automon apply {file}` runs it, then starts the workers",
+            crate::text::shell_words(&s.command)
+        ),
+        (None, None) => format!(
+            "not started yet: no state in {} (`automon apply {file}` starts the workers)",
+            state_dir.display()
+        ),
+    }
+}
+
 /// Builds the status from memory, this pass's plan and the disk figure.
 pub fn build(
     desired: &Desired,
@@ -279,8 +338,10 @@ pub fn build(
             eta_seconds,
             last_progress_seconds: w.last_progress_at.map(|t| now.boot.since(t).as_secs()),
             failed_attempts: w.fixes.failed_in_row,
+            attempts_used: w.fixes.attempts.last().map_or(0, |a| a.n),
             max_attempts: max,
-            next: next_step(desired, w, s.phase, now),
+            last_fix: LastFix::of(w),
+            next: next_step(desired, w, s.phase, now, automon_pid.is_some()),
             params: w.params.clone(),
             previous_template: false,
         });
@@ -335,7 +396,13 @@ pub fn build(
 }
 
 /// What happens next for a worker, in words.
-fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> String {
+fn next_step(
+    desired: &Desired,
+    w: &WorkerMemory,
+    phase: Phase,
+    now: Now,
+    automon_running: bool,
+) -> String {
     let clock = |t: crate::clock::BootTime| {
         now.wall_of(t)
             .to_zoned_datetime(jiff::tz::TimeZone::system())
@@ -351,6 +418,10 @@ fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> Str
         }),
         Phase::Paused => "waits for `automon resume`".into(),
         Phase::Failed => "stays stopped (escalation stop_worker)".into(),
+        // Nothing starts without a loop or an `apply`: say which.
+        Phase::Pending | Phase::Stopped | Phase::Parked if !automon_running => {
+            "starts at the next `automon apply`".into()
+        }
         Phase::Pending | Phase::Stopped | Phase::Parked => "starts when a slot is free".into(),
         Phase::Stuck => match w.fixes.last_at() {
             Some(t) if now.boot.since(t) < desired.fixes.cooldown.get() => {
@@ -378,6 +449,18 @@ fn next_step(desired: &Desired, w: &WorkerMemory, phase: Phase, now: Now) -> Str
     }
 }
 
+/// The FIXES cell: `1/3 ok`, `2/3 failed`, `1/3 verifying`, `0/3` before any fix; wide
+/// splits the count from the last fix and names its kind (`1/3   restart ok`).
+fn fixes_cell(w: &WorkerRow, wide: bool) -> String {
+    let count = format!("{}/{}", w.attempts_used, w.max_attempts);
+    match (&w.last_fix, wide) {
+        (None, false) => count,
+        (Some(l), false) => format!("{count} {}", l.outcome),
+        (None, true) => format!("{count:<5} -"),
+        (Some(l), true) => format!("{count:<5} {} {}", l.kind, l.outcome),
+    }
+}
+
 fn colour_phase(phase: Phase, text: &str, colour: bool) -> String {
     if !colour {
         return text.to_string();
@@ -396,10 +479,11 @@ fn colour_phase(phase: Phase, text: &str, colour: bool) -> String {
 pub fn render(s: &Status, wide: bool, colour: bool) -> String {
     use std::fmt::Write;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let fixes_width = if wide { 26 } else { 13 };
     let mut out = String::new();
     let _ = write!(
         out,
-        "{:<6} {:<12} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9} {:>5}  NEXT",
+        "{:<6} {:<12} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} NEXT",
         "WORKER",
         "PHASE",
         "PID",
@@ -409,7 +493,8 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         "RATE/MIN",
         "ETA",
         "PROGRESS",
-        "FIXES"
+        // Attempts of this round / max, and how the last one ended; wide splits them.
+        if wide { "FIXES LAST FIX" } else { "FIXES" }
     );
     if wide {
         out.push_str("  REASON");
@@ -419,12 +504,17 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         let phase = format!("{:<12}", format!("{:?}", w.phase));
         let _ = write!(
             out,
-            "{:<6} {} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9} {:>5}  {}",
+            "{:<6} {} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} {}",
             w.worker,
             colour_phase(w.phase, &phase, colour),
             opt(w.pid.map(|p| p.to_string())),
             span(w.shard),
-            opt(w.checkpoint.map(count)),
+            // A cursor before the shard's first key (`start - 1`, a fresh worker's) is no key
+            // of it: shown as none, like a missing checkpoint.
+            opt(w
+                .checkpoint
+                .filter(|c| w.shard.is_none_or(|(start, _)| *c >= start))
+                .map(count)),
             opt(w.percent.map(|p| format!("{p:.1}%"))),
             opt(w.rate_per_min.map(|r| count(r.round() as u64))),
             opt(w
@@ -433,7 +523,7 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
             opt(w
                 .last_progress_seconds
                 .map(|a| format!("{} ago", format_duration(Duration::from_secs(a))))),
-            format!("{}/{}", w.failed_attempts, w.max_attempts),
+            fixes_cell(w, wide),
             if w.next.is_empty() { "-" } else { &w.next },
         );
         if wide {
@@ -449,7 +539,7 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
     };
     let items = o
         .items
-        .map(|n| format!(" · {} {}s migrated", count(n), s.unit))
+        .map(|n| format!(" · {} {}s done", count(n), s.unit))
         .unwrap_or_default();
     let eta = o.eta_seconds.map_or_else(
         || "unknown".to_string(),
@@ -477,4 +567,89 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         o.desired,
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(worker: u32, phase: Phase, used: u32, last: Option<(&str, &'static str)>) -> WorkerRow {
+        WorkerRow {
+            worker,
+            phase,
+            reason: "pid 4242 at book 1,204; 12s since the last progress".into(),
+            pid: Some(4242 + worker as i32),
+            shard: Some((1 + 100 * u64::from(worker), 101 + 100 * u64::from(worker))),
+            checkpoint: Some(50 + 100 * u64::from(worker)),
+            percent: Some(50.0),
+            rate_per_min: Some(120.0),
+            eta_seconds: Some(25),
+            last_progress_seconds: Some(12),
+            failed_attempts: u32::from(last.is_some_and(|l| l.1 == "failed")),
+            attempts_used: used,
+            max_attempts: 3,
+            last_fix: last.map(|(kind, outcome)| LastFix {
+                kind: kind.into(),
+                outcome,
+            }),
+            next: "stuck if silent until 08:15:25".into(),
+            params: BTreeMap::new(),
+            previous_template: false,
+        }
+    }
+
+    fn status() -> Status {
+        Status {
+            name: "sorting".into(),
+            unit: "item".into(),
+            workers: vec![
+                row(0, Phase::Progressing, 0, None),
+                row(1, Phase::Progressing, 1, Some(("restart", "ok"))),
+                row(2, Phase::Progressing, 2, Some(("config_fix", "failed"))),
+                row(3, Phase::Progressing, 1, Some(("restart", "verifying"))),
+            ],
+            overall: Overall {
+                shards_done: 0,
+                shards_total: 4,
+                keys_done: 200,
+                keys_total: 400,
+                items: Some(180),
+                rate_per_min: 480.0,
+                eta_seconds: Some(25),
+                desired: 4,
+                running: 4,
+                disk_util_percent: Some(12.0),
+                disk_queue_depth: Some(0.1),
+                scaling: "holding at 4".into(),
+                automon_pid: Some(4000),
+            },
+        }
+    }
+
+    use std::collections::BTreeMap;
+
+    /// Regression: FIXES showed failed attempts only ("0/3" after a fix that worked), which
+    /// read as "no fix done"; and the overall line said "items migrated" for any unit.
+    #[test]
+    fn fixes_show_attempts_used_and_the_last_outcome_in_the_manifests_unit() {
+        insta::assert_snapshot!(render(&status(), false, false));
+        insta::assert_snapshot!(render(&status(), true, false));
+    }
+
+    /// Each case says what will actually happen (regression: during setup `get` said to run
+    /// `automon apply` first, while it ran).
+    #[test]
+    fn get_before_the_first_pass_says_what_will_happen() {
+        let file = std::path::Path::new("m.yaml");
+        let dir = std::path::Path::new("/srv/.automon");
+        let setup = super::super::PendingSetup {
+            command: vec!["python3".into(), "gen lib.py".into()],
+            creates: Some("lib/db".into()),
+            range_after: true,
+        };
+        insta::assert_snapshot!(not_started(file, dir, Some(&setup), None), @"not started yet: setup has not run (python3 'gen lib.py'); `automon apply m.yaml` runs it, then starts the workers");
+        insta::assert_snapshot!(not_started(file, dir, Some(&setup), Some(77)), @"not started yet: automon (pid 77) is running setup; the workers start when it is done");
+        insta::assert_snapshot!(not_started(file, dir, None, Some(77)), @"not started yet: automon (pid 77) is making its first pass; ask again in a moment");
+        insta::assert_snapshot!(not_started(file, dir, None, None), @"not started yet: no state in /srv/.automon (`automon apply m.yaml` starts the workers)");
+    }
 }

@@ -205,8 +205,9 @@ pub(crate) fn print_overrides(overridden: &[String]) {
     }
 }
 
-/// Resolves the manifest into [`Desired`], running `end_command` when there is one.
-pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
+/// The workers' working directory, absolute; bad input unless it is a directory. Checked
+/// before anything is written (a bad workdir must not leave a state directory behind).
+pub(crate) fn checked_workdir(manifest: &Manifest) -> Result<PathBuf, CliError> {
     let spec = &manifest.workerset.spec;
     let workdir = crate::manifest::normalize(&manifest.dir.join(&spec.template.workdir));
     if !workdir.is_dir() {
@@ -216,6 +217,77 @@ pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
             workdir.display()
         )));
     }
+    Ok(workdir)
+}
+
+/// `spec.setup` when the next `apply` would run it (its `creates` path is missing, or it has
+/// none), for the commands that show what `apply` would do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingSetup {
+    /// The setup command's argv.
+    pub command: Vec<String>,
+    /// What it creates (relative to the working directory), when the manifest says.
+    pub creates: Option<String>,
+    /// True when the key range is read after it (`spec.work.range.end_command` cannot read
+    /// it yet): shard ranges are then unknown until setup has run.
+    pub range_after: bool,
+}
+
+impl PendingSetup {
+    /// `setup would run: CMD (creates PATH)`, and when the range waits for it, a second line.
+    pub fn describe(&self) -> String {
+        let creates = self
+            .creates
+            .as_ref()
+            .map(|c| format!(" (creates {c})"))
+            .unwrap_or_default();
+        let mut out = format!(
+            "setup would run: {}{creates}",
+            crate::text::shell_words(&self.command)
+        );
+        if self.range_after {
+            out.push_str(
+                "\nthe key range is read after it (spec.work.range.end_command): shards are shown as \"range known after setup\"",
+            );
+        }
+        out
+    }
+}
+
+/// What `diff`, `get` and `apply --dry-run` show from: the resolved manifest, and the setup
+/// the next `apply` would run. When the range can only be read after that setup, the
+/// [`Desired`] carries a provisional range (one key per shard) that must not be shown: only
+/// which workers would start is meaningful.
+pub(crate) fn resolve_for_showing(
+    manifest: &Manifest,
+) -> Result<(Desired, Option<PendingSetup>), CliError> {
+    let spec = &manifest.workerset.spec;
+    let workdir = checked_workdir(manifest)?;
+    let pending = spec
+        .setup
+        .as_ref()
+        .filter(|s| s.creates.as_ref().is_none_or(|c| !workdir.join(c).exists()));
+    let Some(setup) = pending else {
+        return Ok((resolve(manifest)?, None));
+    };
+    let range_after = crate::act::setup::resolve_range_end(manifest).is_err();
+    let pending = PendingSetup {
+        command: setup.command.clone(),
+        creates: setup.creates.clone(),
+        range_after,
+    };
+    if !range_after {
+        return Ok((resolve(manifest)?, Some(pending)));
+    }
+    let desired = Desired::resolve(manifest, None)
+        .map_err(|e| CliError::input(format!("{}: {e}", manifest.file.display())))?;
+    Ok((desired, Some(pending)))
+}
+
+/// Resolves the manifest into [`Desired`], running `end_command` when there is one.
+pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
+    let spec = &manifest.workerset.spec;
+    let workdir = checked_workdir(manifest)?;
     let end = crate::act::setup::resolve_range_end(manifest).map_err(|e| {
         // Before the first apply, setup may not have created what end_command reads.
         let pending = spec.setup.as_ref().and_then(|s| s.creates.as_ref()).filter(|c| !workdir.join(c).exists());
@@ -269,6 +341,29 @@ pub(crate) fn plan_shown(
     Ok(crate::plan::plan(desired, observed, memory.clone(), now))
 }
 
+/// `; give automon a writable state directory with --state-dir DIR` when `e` says the
+/// state directory cannot be written (a read-only manifest directory), else nothing.
+pub(crate) fn state_dir_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; give automon a writable state directory with --state-dir DIR"
+        }
+        _ => "",
+    }
+}
+
+/// Takes the state directory's single-instance lock (creating the directory), with the
+/// `--state-dir` hint when it cannot be written.
+pub(crate) fn lock_state(state_dir: &Path) -> Result<crate::state::InstanceLock, CliError> {
+    crate::state::InstanceLock::acquire(state_dir).map_err(|e| {
+        let hint = match &e {
+            crate::state::LockError::Io { source, .. } => state_dir_hint(source),
+            crate::state::LockError::Held { .. } => "",
+        };
+        CliError::runtime(format!("{e}{hint}"))
+    })
+}
+
 /// For the commands that reach a running loop (`status`, `stop`, `pause`, `resume`,
 /// `reset-params`): the state directory, and the manifest when it was read. With `--state-dir`
 /// the manifest is not read at all, so a broken manifest never stands between an operator and
@@ -306,4 +401,27 @@ pub(crate) fn state_dir(manifest: &Manifest, flag: Option<&Path>) -> PathBuf {
         || crate::state::default_state_dir(&manifest.dir),
         |p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a read-only manifest directory gave "Permission denied" and nothing more.
+    #[test]
+    fn a_state_directory_that_cannot_be_written_suggests_state_dir() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let read_only = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(state_dir_hint(&denied).contains("--state-dir DIR"));
+        assert!(state_dir_hint(&read_only).contains("--state-dir DIR"));
+        assert_eq!(state_dir_hint(&missing), "");
+        // Through the lock, as `apply` takes it: under a file, not a directory, here (the
+        // tests run as root, for whom permission bits deny nothing).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").expect("write");
+        let e = lock_state(&file.join("state")).expect_err("not a directory");
+        assert!(e.message.contains("f/state"), "{}", e.message);
+    }
 }

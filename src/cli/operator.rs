@@ -88,6 +88,12 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     let _lock = lock;
     let mut memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    let held = |m: &crate::plan::Memory| {
+        m.workers
+            .get(&worker)
+            .is_some_and(|w| w.paused.is_some() || w.failed.is_some())
+    };
+    let was_held = held(&memory);
     let message = crate::plan::apply_request(&mut memory, kind, worker, crate::clock::Now::read());
     crate::state::save_memory(&state_dir, &memory).map_err(|e| CliError::runtime(e.to_string()))?;
     crate::state::EventLog::open(&state_dir, false).record(
@@ -106,6 +112,12 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     {
         crate::outln!(
             "note: no automon is running; the worker's process is stopped by the next `automon apply`"
+        );
+    }
+    if kind == RequestKind::Resume && was_held && !held(&memory) {
+        crate::outln!(
+            "note: no automon is running; nothing starts until `automon apply {0}` or `automon start {0}`",
+            args.file.display()
         );
     }
     Ok(0)

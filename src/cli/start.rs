@@ -59,8 +59,12 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
             args.file.display()
         )));
     }
+    // Bad input writes nothing: checked before the state directory is created.
+    super::checked_workdir(&manifest)?;
     let log_path = state_dir.join(LOG_FILE);
-    let runtime = |what: &str, e: std::io::Error| CliError::runtime(format!("{what}: {e}"));
+    let runtime = |what: &str, e: std::io::Error| {
+        CliError::runtime(format!("{what}: {e}{}", super::state_dir_hint(&e)))
+    };
     crate::state::private::ensure_dir(&state_dir)
         .map_err(|e| runtime(&format!("cannot create {}", state_dir.display()), e))?;
     let log = crate::state::private::open_append(&log_path)

@@ -268,14 +268,92 @@ pub fn parse(text: &str) -> Result<WorkerSet, Vec<Problem>> {
     if let Err(e) = serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(text, options()) {
         return Err(vec![problem(text, &e, String::new())]);
     }
+    // Pass 2, typed. serde stops at the first problem; to report every one it can, the line
+    // of each problem (and the block under it) is blanked and the text parsed again, as long
+    // as what is left still parses as YAML and the next problem is not one the blanking made.
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut edited = text.to_string();
+    loop {
+        let problem = match parse_typed(text, &edited) {
+            Ok(workerset) if problems.is_empty() => return Ok(workerset),
+            Ok(_) => break,
+            Err(p) => p,
+        };
+        // A problem of a field whose child was blanked (it became empty or lacks that
+        // child) is the blanking's, not the author's.
+        let made_by_blanking = problems.iter().any(|q| {
+            problem.field.is_empty()
+                || q.field == problem.field
+                || q.field.starts_with(&format!("{}.", problem.field))
+        });
+        if made_by_blanking || problems.iter().any(|q| q.location == problem.location) {
+            break;
+        }
+        // Whole-document problems and missing fields have no line of their own to blank.
+        let last = problem.field.is_empty() || problem.message.starts_with("missing field");
+        let next = problem
+            .location
+            .filter(|_| !last)
+            .and_then(|at| blank_block(&edited, at));
+        problems.push(problem);
+        match next {
+            Some(text)
+                if problems.len() < MAX_PARSE_PROBLEMS
+                    && serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(
+                        &text,
+                        options(),
+                    )
+                    .is_ok() =>
+            {
+                edited = text;
+            }
+            _ => break,
+        }
+    }
+    Err(problems)
+}
+
+/// At most this many parse problems are reported for one file.
+const MAX_PARSE_PROBLEMS: usize = 20;
+
+/// One typed parse of `edited` (the original `text` with problem lines blanked, line numbers
+/// unchanged); the first problem, located in `text`.
+fn parse_typed(text: &str, edited: &str) -> Result<WorkerSet, Problem> {
     let mut path = None;
-    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+    let result = serde_saphyr::with_deserializer_from_str_with_options(edited, options(), |de| {
         serde_path_to_error::deserialize::<_, WorkerSet>(de).map_err(|e| {
             path = Some(dotted(e.path()));
             e.into_inner()
         })
     });
-    result.map_err(|e| vec![problem(text, &e, path.unwrap_or_default())])
+    result.map_err(|e| problem(text, &e, path.unwrap_or_default()))
+}
+
+/// `text` with the block-style entry at 1-based `(line, col)` blanked: its line and the
+/// more-indented lines under it become empty, so line numbers stay; `None` when the problem
+/// is not on such an entry.
+fn blank_block(text: &str, (line, col): (u64, u64)) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let first = *lines.get(at)?;
+    let indent = first.len() - first.trim_start().len();
+    if usize::try_from(col).ok()?.checked_sub(1)? < indent {
+        return None;
+    }
+    let mut end = at + 1;
+    while let Some(l) = lines.get(end) {
+        let blank = l.trim().is_empty() || l.trim_start().starts_with('#');
+        if !blank && l.len() - l.trim_start().len() <= indent {
+            break;
+        }
+        end += 1;
+    }
+    let out: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if (at..end).contains(&i) { "" } else { *l })
+        .collect();
+    Some(out.join("\n"))
 }
 
 /// serde-saphyr options with automon's budgets; duplicate keys are errors.

@@ -290,10 +290,13 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
             if !BUILTIN_PLACEHOLDERS.contains(&ph) && !t.parameters.contains_key(ph) {
                 let mut known: Vec<&str> = BUILTIN_PLACEHOLDERS.to_vec();
                 known.extend(t.parameters.keys().map(String::as_str));
+                let hint = super::suggest::closest(ph, &known)
+                    .map(|k| format!(" — did you mean {{{k}}}?"))
+                    .unwrap_or_default();
                 c.fail(
                     &format!("spec.template.command.{i}"),
                     format!(
-                        "unknown placeholder {{{ph}}} (expected one of {})",
+                        "unknown placeholder {{{ph}}}{hint} (expected one of {})",
                         known
                             .iter()
                             .map(|k| format!("{{{k}}}"))
@@ -369,9 +372,12 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
         }
         for ph in placeholders(pattern) {
             if ph != "id" {
+                let hint = super::suggest::closest(ph, &["id"])
+                    .map(|_| " — did you mean {id}?")
+                    .unwrap_or_default();
                 c.fail(
                     field,
-                    format!("unknown placeholder {{{ph}}} (expected only {{id}})"),
+                    format!("unknown placeholder {{{ph}}}{hint} (expected only {{id}})"),
                 );
             }
         }

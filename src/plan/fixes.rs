@@ -255,9 +255,7 @@ impl Planner<'_> {
         } else {
             format!(" [{note}]")
         };
-        let resume = w
-            .checkpoint
-            .map_or_else(|| "its range start".to_string(), count);
+        let resume = self.resume_words(id, w.checkpoint);
         let (kind, detail) = match kind {
             FixKind::ConfigFix => {
                 let proposed: BTreeMap<String, i64> = w
@@ -279,7 +277,7 @@ impl Planner<'_> {
                 if changes.is_empty() {
                     (
                         FixKind::Restart,
-                        format!("restart from checkpoint {resume} (no parameter can change)"),
+                        format!("restart {resume} (no parameter can change)"),
                     )
                 } else {
                     let words: Vec<String> = changes
@@ -291,10 +289,7 @@ impl Planner<'_> {
                     }
                     (
                         FixKind::ConfigFix,
-                        format!(
-                            "config fix: {}; restart from checkpoint {resume}",
-                            words.join(", ")
-                        ),
+                        format!("config fix: {}; restart {resume}", words.join(", ")),
                     )
                 }
             }
@@ -316,14 +311,11 @@ impl Planner<'_> {
                     }
                     None => (
                         FixKind::Restart,
-                        format!("restart from checkpoint {resume} (no code change proposed)"),
+                        format!("restart {resume} (no code change proposed)"),
                     ),
                 }
             }
-            FixKind::Restart => (
-                FixKind::Restart,
-                format!("restart from checkpoint {resume}"),
-            ),
+            FixKind::Restart => (FixKind::Restart, format!("restart {resume}")),
         };
         if kind != FixKind::CodeFix {
             let reason = format!("worker {id}: {what}; fix attempt {n}/{max}: {detail}{note}");
@@ -442,9 +434,14 @@ impl Planner<'_> {
         } else {
             w.paused = Some(hold);
         }
-        let word = if failed { "FAILED" } else { "ALERT" };
+        let (word, then) = if failed {
+            ("FAILED", "it is not restarted (escalation stop_worker)")
+        } else {
+            ("ALERT", "it stays stopped until `automon resume`")
+        };
         self.events.push(format!("{word}: worker {id}: {reason}"));
-        self.stop_if_running(id, w, format!("worker {id}: {reason}"));
+        // The reason is on the line above; the stop says only what it does.
+        self.stop_if_running(id, w, format!("worker {id}: stopping it; {then}"));
     }
 
     /// Issues a stop without restart for a running worker (pause, fail, park).

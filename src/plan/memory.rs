@@ -96,6 +96,13 @@ pub struct Totals {
     /// Scale-ups.
     #[serde(default)]
     pub scale_ups: u64,
+    /// When automon first applied this WorkerSet (wall clock): the whole migration's wall
+    /// time counts from it. `None` in state written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_applied_at: Option<Timestamp>,
+    /// automon runs (processes) that have applied this WorkerSet, this one included.
+    #[serde(default)]
+    pub runs: u64,
 }
 
 /// A process automon started or adopted for a worker.

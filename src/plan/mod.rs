@@ -541,6 +541,30 @@ impl Planner<'_> {
         &self.desired.unit
     }
 
+    /// The checkpoint as a person reads it: `None` before the first key of the worker's shard
+    /// is done (a worker reports `start - 1` at its start, which is no key of its shard).
+    fn progress_of(&self, id: WorkerId, checkpoint: Option<u64>) -> Option<u64> {
+        let c = checkpoint?;
+        match self.desired.shard(id) {
+            Some(s) if c < s.start => None,
+            _ => Some(c),
+        }
+    }
+
+    /// Where a (re)start resumes, in words: `from checkpoint 1,451`, or `from the start of its
+    /// shard, book 1` before any key of it is done.
+    fn resume_words(&self, id: WorkerId, checkpoint: Option<u64>) -> String {
+        match (self.progress_of(id, checkpoint), self.desired.shard(id)) {
+            (Some(c), _) => format!("from checkpoint {}", count(c)),
+            (None, Some(s)) => format!(
+                "from the start of its shard, {} {}",
+                self.unit(),
+                count(s.start)
+            ),
+            (None, None) => "from the start".into(),
+        }
+    }
+
     fn adopt_unrecorded(&mut self, observed: &Observed) {
         let mut by_id: BTreeMap<WorkerId, Vec<&crate::observe::UnrecordedWorker>> = BTreeMap::new();
         for u in &observed.unrecorded {
@@ -751,9 +775,8 @@ pub fn apply_request(
             w.start_failures = 0;
             w.exits_without_progress_file = 0;
             w.backoff_until = None;
-            format!(
-                "worker {worker}: resumed by an operator (was {was}); it starts when a slot is free"
-            )
+            // What follows depends on whether a loop runs: the caller says it.
+            format!("worker {worker}: resumed by an operator (was {was})")
         }
     }
 }

@@ -227,8 +227,12 @@ impl Planner<'_> {
             w.stopping = None;
         }
         w.parked = Some(reason.clone());
+        // Said once: as the stop's reason when there is a stop, else as an event.
+        let actions = self.actions.len();
         self.stop_if_running(id, &mut w, reason.clone());
-        self.events.push(reason.clone());
+        if self.actions.len() == actions {
+            self.events.push(reason.clone());
+        }
         self.set(id, Phase::Stopping, reason);
         self.memory.workers.insert(id, w);
     }
@@ -299,6 +303,8 @@ impl Planner<'_> {
         }
         for (_, id) in candidates.into_iter().take(free) {
             let shard = self.desired.shard(id);
+            let from_words =
+                self.resume_words(id, self.memory.workers.get(&id).and_then(|w| w.checkpoint));
             let w = self.memory.workers.entry(id).or_default();
             let resume_from = w.checkpoint;
             let params = self.desired.parameter_values(&w.params);
@@ -309,14 +315,13 @@ impl Planner<'_> {
                     format!("{r} (restart {})", w.restarts)
                 }
                 (None, Some(_)) => format!(
-                    "worker {id}: resuming parked shard {} from checkpoint {}",
+                    "worker {id}: resuming parked shard {} {from_words}",
                     span(shard.map(|s| (s.start, s.end))),
-                    resume_from.map_or_else(|| "(none)".into(), count)
                 ),
                 (None, None) => {
                     self.memory.totals.starts += 1;
                     let from = match (resume_from, shard) {
-                        (Some(c), _) => format!("resuming from checkpoint {}", count(c)),
+                        (Some(_), _) => format!("resuming {from_words}"),
                         (None, Some(s)) => format!("from {} {}", self.desired.unit, count(s.start)),
                         (None, None) => "fresh".into(),
                     };

@@ -270,6 +270,21 @@ fn the_fix_cooldown_holds_a_second_fix_and_three_failures_pause_the_worker() {
                 .starts_with("ALERT: worker 0: 3 fix attempts failed (restart, restart, restart)")),
         "{events:#?}"
     );
+    // Regression: the stop that follows the ALERT repeated its whole reason as the next line.
+    let alert_pass = plans
+        .iter()
+        .find(|p| p.events.iter().any(|e| e.starts_with("ALERT: worker 0")))
+        .expect("the ALERT's pass");
+    let stop_reasons: Vec<&str> = alert_pass
+        .actions
+        .iter()
+        .filter(|a| a.worker() == WorkerId(0))
+        .map(|a| a.reason())
+        .collect();
+    assert_eq!(
+        stop_reasons,
+        ["worker 0: stopping it; it stays stopped until `automon resume`"]
+    );
     // Fix attempts were at least the cooldown apart.
     let ats: Vec<BootTime> = sim.m.workers[&WorkerId(0)]
         .fixes
@@ -424,8 +439,18 @@ fn a_saturated_disk_with_a_stuck_worker_parks_the_longest_stuck_and_normal_disk_
         let c1 = sim.checkpoints[&WorkerId(1)] + 1;
         sim.progress(1, c1);
         let p = sim.pass();
-        if let Some(e) = p.events.iter().find(|e| e.starts_with("scale down:")) {
-            parked = Some(e.clone());
+        // Every line the daemon writes for a pass: its events, then each action's reason.
+        let lines: Vec<&str> = p
+            .events
+            .iter()
+            .map(String::as_str)
+            .chain(p.actions.iter().map(|a| a.reason()))
+            .filter(|e| e.starts_with("scale down:"))
+            .collect();
+        if let Some(e) = lines.first() {
+            // Regression: the park was written twice (as an event and as the stop's reason).
+            assert_eq!(lines.len(), 1, "the scale-down said once: {lines:?}");
+            parked = Some(e.to_string());
             break;
         }
     }

@@ -270,6 +270,63 @@ fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
     assert!(starts(&p3).contains(&0), "{:?}", p3.workers[&WorkerId(0)]);
 }
 
+/// Regression: a worker that crashed before its first key was restarted "from checkpoint its
+/// range start", and its reasons said "at book 100" (the cursor before its shard, no key of it).
+#[test]
+fn a_crash_before_the_first_key_restarts_from_the_start_of_its_shard_in_plain_words() {
+    let d = desired(); // worker 1 owns [101, 201); its cursor before any work is 100
+    for checkpoint in [Some(100), None] {
+        let mut m = mem();
+        let mut w = running(10, t0(), 0);
+        w.checkpoint = checkpoint;
+        m.workers.insert(WorkerId(1), w);
+        let o = observed(
+            [(WorkerId(1), obs(Some(ProcessStatus::Exited), checkpoint))].into(),
+            vec![ExitEvent {
+                worker: WorkerId(1),
+                pid: 10,
+                code: Some(1),
+                signal: None,
+            }],
+        );
+        let p = plan(&d, &o, m, at(30));
+        let Some(Action::Start(s)) = p.actions.iter().find(|a| a.worker() == WorkerId(1)) else {
+            panic!("{:?}", p.actions)
+        };
+        assert_eq!(
+            s.reason,
+            "worker 1 exited with status 1; restarting from the start of its shard, book 101 (restart 1)"
+        );
+    }
+    // A running worker at its shard's start shows no checkpoint yet.
+    let mut m = mem();
+    m.workers.insert(WorkerId(1), running(10, t0(), 100));
+    let o = observed([(WorkerId(1), obs(alive(), Some(100)))].into(), vec![]);
+    let p = plan(&d, &o, m, at(5));
+    assert_eq!(
+        p.workers[&WorkerId(1)].reason.to_string(),
+        "pid 10; 5s since start"
+    );
+}
+
+/// Regression: an operator's pause read "paused by an operator: paused by an operator".
+#[test]
+fn an_operator_pause_reads_once() {
+    use crate::state::requests::RequestKind;
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.process = None;
+    m.workers.insert(WorkerId(0), w);
+    apply_request(&mut m, RequestKind::Pause, WorkerId(0), at(1));
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(2));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Paused);
+    assert_eq!(
+        p.workers[&WorkerId(0)].reason.to_string(),
+        "paused by an operator (automon pause)"
+    );
+}
+
 #[test]
 fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     let d = desired(); // stuck_after 5m, discovery_grace 20m

@@ -321,11 +321,8 @@ impl Planner<'_> {
         }
         if let Some(i) = self.memory.restart_for_code.iter().position(|x| *x == id) {
             self.memory.restart_for_code.remove(i);
-            let resume = w
-                .checkpoint
-                .map_or_else(|| "its range start".to_string(), count);
-            let reason =
-                format!("worker {id}: restarting from checkpoint {resume} to run the fixed code");
+            let resume = self.resume_words(id, w.checkpoint);
+            let reason = format!("worker {id}: restarting {resume} to run the fixed code");
             if let Some(process) = w.process.clone() {
                 self.request_stop(id, w, &process, reason.clone(), true);
             }
@@ -371,7 +368,7 @@ impl Planner<'_> {
         let desired = self.desired;
         let at = AtCheckpoint {
             unit: &desired.unit,
-            checkpoint: w.checkpoint,
+            checkpoint: self.progress_of(id, w.checkpoint),
         };
         if idle >= threshold {
             w.stuck_passes += 1;
@@ -425,7 +422,9 @@ impl Planner<'_> {
         // Every running worker's reason, every pass: kept as facts, written when read.
         let reason = Reason::Running {
             pid,
-            at: w.checkpoint.map(|c| (self.unit_name.clone(), c)),
+            at: self
+                .progress_of(id, w.checkpoint)
+                .map(|c| (self.unit_name.clone(), c)),
             idle,
             since_start: reference == started_at,
         };
@@ -459,8 +458,8 @@ impl Planner<'_> {
             ),
             (None, _) => "exited (status unknown: not automon's child)".to_string(),
         };
-        let at = w
-            .checkpoint
+        let at = self
+            .progress_of(id, w.checkpoint)
             .map(|c| format!(" at {} {}", self.unit(), count(c)))
             .unwrap_or_default();
         // Completion is judged by the checkpoint, whatever ended the process.
@@ -495,12 +494,8 @@ impl Planner<'_> {
         }
         if let Some(stopping) = stopping {
             if stopping.restart {
-                let resume = w
-                    .checkpoint
-                    .map_or_else(|| "its range start".to_string(), count);
-                w.restart_reason = Some(format!(
-                    "worker {id}: restarting from checkpoint {resume} after the stop"
-                ));
+                let resume = self.resume_words(id, w.checkpoint);
+                w.restart_reason = Some(format!("worker {id}: restarting {resume} after the stop"));
                 self.memory.totals.stuck_restarts += 1;
             }
             return;
@@ -557,9 +552,7 @@ impl Planner<'_> {
         w.failures += 1;
         let delay = backoff::delay(w.failures, &self.desired.restart);
         w.backoff_until = Some(self.later(delay));
-        let resume = w
-            .checkpoint
-            .map_or_else(|| "its range start".to_string(), count);
+        let resume = self.resume_words(id, w.checkpoint);
         let error = w
             .last_error
             .as_ref()
@@ -575,16 +568,15 @@ impl Planner<'_> {
         } else {
             String::new()
         };
-        let reason = format!(
-            "worker {id} {how}{at}{suspicious}{error}; restarting from checkpoint {resume}{when}{streak}"
-        );
+        let reason =
+            format!("worker {id} {how}{at}{suspicious}{error}; restarting {resume}{when}{streak}");
         self.memory.totals.crash_restarts += 1;
         if delay.is_zero() {
             w.restart_reason = Some(reason);
         } else {
             self.events.push(reason.clone());
             w.restart_reason = Some(format!(
-                "worker {id}: backoff of {} over; restarting from checkpoint {resume}",
+                "worker {id}: backoff of {} over; restarting {resume}",
                 fmt_dur(delay)
             ));
         }
@@ -640,19 +632,20 @@ impl Planner<'_> {
         } else if let Some(hold) = &w.failed {
             self.set(id, Phase::Failed, hold.reason.clone());
         } else if let Some(hold) = &w.paused {
-            let by = if hold.by_operator {
-                "paused by an operator"
+            // An operator's hold already says so ("paused by an operator (automon pause)").
+            let reason = if hold.by_operator {
+                hold.reason.clone()
             } else {
-                "paused by escalation"
+                format!("paused by escalation: {}", hold.reason)
             };
-            self.set(id, Phase::Paused, format!("{by}: {}", hold.reason));
+            self.set(id, Phase::Paused, reason);
         } else if let Some(reason) = &w.parked {
             self.set(
                 id,
                 Phase::Parked,
                 format!(
-                    "{reason}; resumes from checkpoint {} when scaling allows",
-                    w.checkpoint.map_or_else(|| "(none)".into(), count)
+                    "{reason}; resumes {} when scaling allows",
+                    self.resume_words(id, w.checkpoint)
                 ),
             );
         } else if let Some(until) = w.backoff_until.filter(|u| *u > self.now.boot) {
@@ -672,8 +665,8 @@ impl Planner<'_> {
                 id,
                 Phase::Stopped,
                 format!(
-                    "not running; resumes from checkpoint {} when a slot is free",
-                    w.checkpoint.map_or_else(|| "(none)".into(), count)
+                    "not running; resumes {} when a slot is free",
+                    self.resume_words(id, w.checkpoint)
                 ),
             );
         } else {

@@ -13,6 +13,38 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+/// The structured facts of one event, for `--log-format json`, so that
+/// `jq 'select(.worker==3)'` finds a worker's events. Absent facts are left out of the record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// The worker the event is about.
+    pub worker: Option<u32>,
+    /// Its process.
+    pub pid: Option<i32>,
+    /// Its phase after this pass (`Progressing`, `Stuck`, …).
+    pub phase: Option<&'a str>,
+    /// The action taken: `start`, `stop`, `diagnose`, `code-fix`, `rollback`, `started`,
+    /// `stopped`.
+    pub action: Option<&'a str>,
+    /// Its checkpoint.
+    pub checkpoint: Option<u64>,
+    /// Why the action was taken.
+    pub reason: Option<&'a str>,
+}
+
+/// The worker an event's text is about: `worker 3: …`, `worker 3 exited …`, `ALERT: worker 3: …`.
+pub fn mentioned_worker(message: &str) -> Option<u32> {
+    let rest = message
+        .strip_prefix("ALERT: ")
+        .or_else(|| message.strip_prefix("FAILED: "))
+        .unwrap_or(message)
+        .strip_prefix("worker ")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
 /// An append-only events log that also echoes each line to stderr.
 #[derive(Debug)]
 pub struct EventLog {
@@ -105,7 +137,22 @@ impl EventLog {
     /// Records one event at `now`: in the file, on stderr when echoing, and as a `tracing` event
     /// (target `automon::events`, level info) so structured logs carry it.
     pub fn record(&mut self, now: jiff::Timestamp, message: &str) {
-        tracing::info!(target: "automon::events", "{message}");
+        self.record_with(now, message, &EventFields::default());
+    }
+
+    /// Records one event with its structured facts (see [`EventFields`]); a worker not given
+    /// is taken from the text (`worker 3: …`).
+    pub fn record_with(&mut self, now: jiff::Timestamp, message: &str, fields: &EventFields<'_>) {
+        tracing::info!(
+            target: "automon::events",
+            worker = fields.worker.or_else(|| mentioned_worker(message)),
+            pid = fields.pid,
+            phase = fields.phase,
+            action = fields.action,
+            checkpoint = fields.checkpoint,
+            reason = fields.reason,
+            "{message}"
+        );
         if let Some(c) = &mut self.captured {
             c.push(message.to_string());
         }
@@ -218,6 +265,18 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_worker_of_an_events_text() {
+        assert_eq!(mentioned_worker("worker 3: started pid 10: w"), Some(3));
+        assert_eq!(mentioned_worker("worker 12 exited with status 1"), Some(12));
+        assert_eq!(
+            mentioned_worker("ALERT: worker 0: 3 fix attempts failed"),
+            Some(0)
+        );
+        assert_eq!(mentioned_worker("scale down: disk 95% busy"), None);
+        assert_eq!(mentioned_worker("worker x"), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod requests;
 mod status;
 mod store;
 
-pub use events::EventLog;
+pub use events::{EventFields, EventLog, mentioned_worker};
 pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_history};
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,

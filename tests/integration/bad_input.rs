@@ -187,3 +187,43 @@ spec:
         }
     }
 }
+
+/// Regression: a `workdir` that does not exist left `.automon/lock` behind (the lock was taken
+/// before the workdir was checked), although bad input writes nothing.
+#[test]
+fn a_bad_workdir_writes_nothing_for_apply_start_or_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: bad-workdir}
+spec:
+  template: {command: [sleep, "30"], workdir: no/such/dir}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+    std::fs::write(dir.path().join("m.yaml"), manifest).unwrap();
+    for args in [
+        &["apply", "m.yaml"][..],
+        &["apply", "m.yaml", "--watch"],
+        &["start", "m.yaml"],
+        &["pause", "m.yaml", "0"],
+        &["diff", "m.yaml"],
+        &["get", "m.yaml"],
+    ] {
+        let out = automon()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("spec.template.workdir:") && stderr.contains("is not a directory"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !dir.path().join(".automon").exists(),
+            "{args:?} wrote a state directory"
+        );
+    }
+}

@@ -413,7 +413,8 @@ fn codefix_adversarial_proposals_leave_every_byte_alone() {
         Adversarial {
             name: "a failing test command",
             proposal: format!("{w}{good_old_new}"),
-            reason: "the test command `python3 -c import sys; print('2 tests failed'); sys.exit(3)` failed (exit status: 3): 2 tests failed",
+            // Shell-quoted: the script is one argument (issue 19: argv joined with spaces was ambiguous).
+            reason: "the test command `python3 -c \"import sys; print('2 tests failed'); sys.exit(3)\"` failed (exit status: 3): 2 tests failed",
             policy: Some(|p| {
                 p.test_command = Some(vec![
                     "python3".into(),

@@ -1,11 +1,13 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod first_run;
 mod house;
 mod judgment;
 mod live;
 mod llm;
 mod manifests;
+mod messages;
 mod migration;
 mod operate;
 mod processes;

@@ -211,7 +211,7 @@ fn bad_operator_input_is_a_clear_error() {
     assert!(stderr.contains("no state yet"), "{stderr}");
     let (code, _, stderr) = automon_out(&m, &["get", "workerset.yaml"]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("no state yet"), "{stderr}");
+    assert!(stderr.contains("not started yet: no state in"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 

@@ -411,7 +411,7 @@ fn run_test(
     target: &Path,
     scratch: &Path,
 ) -> Result<(), String> {
-    let shown = cmd.join(" ");
+    let shown = crate::text::shell_words(cmd);
     let Some((program, args)) = cmd.split_first() else {
         return Err("the test command is empty".into());
     };
