@@ -1,8 +1,8 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
-mod judgment;
 mod house;
+mod judgment;
 mod live;
 mod llm;
 mod manifests;
