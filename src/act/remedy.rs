@@ -35,6 +35,7 @@ pub fn diagnosis_note(outcome: &DiagnosisOutcome, at: BootTime) -> DiagnosisNote
             .unwrap_or_default(),
         code_changes: d.code_changes.clone(),
         confidence: d.confidence,
+        notes: outcome.notes.clone(),
         used: false,
     }
 }
@@ -76,6 +77,17 @@ pub fn apply_code(
     proposal: &str,
     applied: &BTreeSet<String>,
 ) -> CodeFixOutcome {
+    // Checked before any matching: a huge proposal is refused at once (matching and diffing
+    // megabytes takes seconds of CPU for a change that the line cap refuses anyway).
+    let limit = proposal_limit(policy.max_changed_lines);
+    if proposal.len() > limit {
+        return CodeFixOutcome::Rejected(format!(
+            "the proposal is {} bytes, more than {} for a fix of at most {} changed lines; refused before matching",
+            proposal.len(),
+            limit,
+            policy.max_changed_lines
+        ));
+    }
     let parsed = match fix::parse_proposal(proposal) {
         Ok(p) => p,
         Err(e) => return CodeFixOutcome::Rejected(e.why),
@@ -98,6 +110,13 @@ pub fn apply_code(
         }
         Err(e) => CodeFixOutcome::Rejected(e.why),
     }
+}
+
+/// The most bytes a proposal may have: room for a function of a few hundred lines around
+/// `max_changed_lines` changed ones (400 bytes a changed line, 32 KiB of context), far below
+/// the megabytes that take the matcher seconds.
+pub fn proposal_limit(max_changed_lines: u32) -> usize {
+    32 * 1024 + 400 * max_changed_lines as usize
 }
 
 /// Restores `file` from `backup` (refused if the file changed since the fix).

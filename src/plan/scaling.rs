@@ -150,6 +150,7 @@ impl Planner<'_> {
                 !(a.worker() == id && matches!(a, Action::Stop(_) | Action::ApplyCodeFix(_)))
             });
             w.stopping = None;
+            w.fixes.stage = None;
         }
         w.parked = Some(reason.clone());
         self.stop_if_running(id, &mut w, reason.clone());

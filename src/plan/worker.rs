@@ -360,6 +360,7 @@ impl Planner<'_> {
         }
         w.stuck_passes = 0;
         w.stuck_since = None;
+        self.drop_stale_outcome(id, w);
         self.wake_in(threshold - idle);
         let phase = if w.left_discovery {
             Phase::Progressing
