@@ -953,3 +953,6 @@ mod tests;
 
 #[cfg(test)]
 mod sim_tests;
+
+#[cfg(test)]
+mod pipeline_tests;

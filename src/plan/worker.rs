@@ -276,8 +276,9 @@ impl Planner<'_> {
             let resume = w
                 .checkpoint
                 .map_or_else(|| "its range start".to_string(), count);
-            let reason =
-                format!("worker {id}: restarting from checkpoint {resume} to run the fixed code");
+            let reason = format!(
+                "worker {id}: restarting from checkpoint {resume}: the code file it runs changed (a code fix was applied or rolled back)"
+            );
             if let Some(process) = w.process.clone() {
                 self.request_stop(id, w, &process, reason.clone(), true);
             }
