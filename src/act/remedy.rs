@@ -133,3 +133,35 @@ pub fn rollback_code(code: &AppliedCode) -> Result<(), String> {
     };
     fix::rollback(&applied).map_err(|e| e.why)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_proposal_is_refused_before_matching_and_the_file_is_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.py");
+        let original = "def f():\n    return 1\n";
+        std::fs::write(&file, original).expect("write");
+        let policy = CodeFixPolicy {
+            files: vec![file.clone()],
+            workdir: dir.path().to_path_buf(),
+            interpreter: "python3".into(),
+            test_command: None,
+            max_changed_lines: 50,
+        };
+        // 2.8 MB of plausible edit blocks: once matched and diffed for 16.7 s.
+        let block = "<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";
+        let huge = format!("# file: w.py\n{}", block.repeat(2_800_000 / block.len()));
+        let outcome = apply_code(&policy, dir.path(), &huge, &BTreeSet::new());
+        match outcome {
+            CodeFixOutcome::Rejected(why) => {
+                assert!(why.contains("refused before matching"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused by its size alone (the reason says so): no matching ran.
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), original);
+    }
+}

@@ -169,9 +169,11 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             json_logs: log_format == super::logging::LogFormat::Json,
         },
     };
-    let end = runtime
-        .block_on(daemon::run(&desired, &opts, lock, shutdown_signal()))
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let end = runtime.block_on(daemon::run(&desired, &opts, lock, shutdown_signal()));
+    // Background engine work (a code fix being matched) may not hold the exit for long: it
+    // writes atomically, and an unrecorded outcome is settled by the next automon's planner.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let end = end.map_err(|e| CliError::runtime(e.to_string()))?;
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,

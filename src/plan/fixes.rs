@@ -38,6 +38,23 @@ pub(super) fn stage_event(
     )
 }
 
+/// The worker whose code fix is being applied or awaits its verification, if any. Code fixes
+/// go one at a time: two engines patching the same file at once refuse each other ("the file
+/// changed while the fix was validated"), and a second fix on top of an unverified one makes
+/// both verdicts meaningless.
+pub(super) fn code_fix_in_flight(memory: &Memory) -> Option<WorkerId> {
+    memory
+        .workers
+        .iter()
+        .find(|(_, w)| {
+            matches!(w.fixes.stage, Some(FixStage::Applying { .. }))
+                || w.fixes
+                    .pending()
+                    .is_some_and(|a| a.kind == FixKind::CodeFix)
+        })
+        .map(|(id, _)| *id)
+}
+
 impl Planner<'_> {
     /// Moves the worker's fix pipeline to `to` and logs the move with its rule and next action.
     fn enter(
@@ -426,6 +443,12 @@ impl Planner<'_> {
             Some(FixKind::CodeFix) if d.code_changes.is_none() => {
                 Some("it proposes a code fix without a code change".into())
             }
+            Some(FixKind::CodeFix) if self.code_fix_owner.is_some_and(|o| o != id) => {
+                Some(format!(
+                    "worker {}'s code fix is being applied or verified (one code fix at a time)",
+                    self.code_fix_owner.map_or(id, |o| o)
+                ))
+            }
             Some(_) => None,
         };
         if let Some(why) = refusal {
@@ -462,6 +485,7 @@ impl Planner<'_> {
                     "the answer's code fix is allowed",
                     "the fix engine applies it (then the workers that run the file restart) or refuses it (then the built-in fix)",
                 );
+                self.code_fix_owner = Some(id);
                 self.actions.push(Action::ApplyCodeFix(CodeFixAction {
                     worker: id,
                     proposal,

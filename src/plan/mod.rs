@@ -361,7 +361,9 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         conflicts: std::collections::BTreeSet::new(),
         scaling: String::new(),
         unit_name: std::sync::Arc::from(desired.unit.as_str()),
+        code_fix_owner: None,
     };
+    planner.code_fix_owner = fixes::code_fix_in_flight(&planner.memory);
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
         planner.forget_previous_boot(&observed.boot_id);
@@ -438,6 +440,8 @@ struct Planner<'a> {
     scaling: String,
     /// The manifest's unit (`book`), shared by the running workers' reasons.
     unit_name: std::sync::Arc<str>,
+    /// The worker whose code fix is being applied or verified: one code fix at a time.
+    code_fix_owner: Option<WorkerId>,
 }
 
 /// The fingerprint of a progress line, as kept in [`WorkerMemory::recent_signals`]: XXH3-64
@@ -850,7 +854,7 @@ pub fn record_code_fix(
             }
             let n = w.fixes.failed_in_row + 1;
             let event = format!(
-                "worker {worker}: fix attempt {n}/{max} (code_fix): code fix applied to {} (backup {}, patch {}); fix pipeline {} → verifying; next: restarting the workers that run it, verified {} after worker {worker}'s new process starts",
+                "worker {worker}: code fix applied to {} (backup {}, patch {}): fix attempt {n}/{max} (code_fix); fix pipeline {} → verifying; next: restarting the workers that run it, verified {} after worker {worker}'s new process starts",
                 code.file.display(),
                 code.backup.display(),
                 code.patch_hash,

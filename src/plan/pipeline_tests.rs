@@ -486,3 +486,40 @@ fn verification_starts_when_the_new_process_runs_not_when_the_fix_is_decided() {
         "verified exactly once:\n{log}"
     );
 }
+
+#[test]
+fn code_fixes_go_one_at_a_time_and_a_second_is_refused_with_a_restart() {
+    let mut sim = started(EXTRA);
+    // Both workers go silent.
+    let mut asked = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        sim.advance(10);
+        let p = sim.pass();
+        for a in &p.actions {
+            if let Action::Diagnose(d) = a {
+                asked.insert(d.worker.0);
+            }
+        }
+        if asked.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(asked.len(), 2);
+    for id in [0, 1] {
+        let a = answer(&sim, CODE_FIX);
+        let now = sim.now();
+        record_diagnosis(&mut sim.m, WorkerId(id), a, now);
+    }
+    sim.advance(1);
+    let p = sim.pass();
+    let applies: Vec<WorkerId> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::ApplyCodeFix(_)))
+        .map(Action::worker)
+        .collect();
+    assert_eq!(applies, [WorkerId(0)]);
+    let reason = stop_reason(&p, 1);
+    assert!(reason.contains("one code fix at a time"), "{reason}");
+    assert!(reason.contains("restart from checkpoint 120"), "{reason}");
+}

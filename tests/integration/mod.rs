@@ -6,6 +6,7 @@ mod manifests;
 mod migration;
 mod operate;
 mod processes;
+mod real_llm;
 mod service;
 mod sigstop;
 mod support;
