@@ -1,6 +1,6 @@
 //! Opt-in tests against a real OpenAI-compatible server (llama.cpp's `llama-server` with a tiny
 //! model; start one with `scripts/real-llm-server.sh start`). They run when `AUTOMON_REAL_LLM`
-//! names the server's base URL (e.g. `http://127.0.0.1:8080/v1`) and say they were skipped
+//! names the server's base URL (e.g. `http://127.0.0.1:8089/v1`) and say they were skipped
 //! otherwise. Answers of models this small are structurally valid and meaningless: these tests
 //! check structure and handling, never content.
 
