@@ -274,6 +274,12 @@ async fn a_rolled_back_code_fix_restarts_every_worker_that_started_on_the_patche
         std::fs::read(example("migrate_worker.py")).expect("original"),
         "the file holds the original bytes again"
     );
+    // For the record (shown with --nocapture): the pipeline's moves around the rollback.
+    for line in events.lines().filter(|l| {
+        l.contains("fix pipeline") || l.contains("rolled back") || l.contains("code fix")
+    }) {
+        eprintln!("{line}");
+    }
     // The re-proposed fix is refused (applied before): a refusal, never a failed verification
     // of an attempt that was not applied.
     assert_eq!(
