@@ -490,13 +490,13 @@ impl Planner<'_> {
                     worker: id,
                     proposal,
                     reason: format!(
-                        "worker {id}: {what}; fix attempt {n}/{max}: code fix [{note}]"
+                        "worker {id}: {what}; code fix sent to the fix engine (fix attempt {n}/{max} once applied) [{note}]"
                     ),
                 }));
                 self.set(
                     id,
                     Phase::Stuck,
-                    format!("{what}; fix attempt {n}/{max}: code fix sent to the fix engine"),
+                    format!("{what}; code fix sent to the fix engine (fix attempt {n}/{max} once applied)"),
                 );
                 self.wake_in(ENGINE_DEADLINE);
             }
