@@ -128,3 +128,92 @@ fn real_llm_control_loop_applies_only_what_the_rules_allow_and_finishes_the_migr
         eprintln!("  {line}");
     }
 }
+
+/// The llama-server binary and model the script builds into its cache, if they are there.
+fn local_server() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let cache = std::env::var_os("AUTOMON_LLM_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/automon/llama"))
+        })?;
+    let bin = cache.join("bin/llama-server");
+    let model = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    (bin.is_file() && model.is_file()).then_some((bin, model))
+}
+
+#[test]
+fn real_llm_a_server_still_loading_is_waited_for_and_one_killed_mid_request_is_survived() {
+    let Some(_) = base_url() else { return };
+    let Some((bin, model)) = local_server() else {
+        eprintln!("skipped: no llama-server and model in the script's cache");
+        return;
+    };
+    // A server of this test's own, on a free port, asked at once (still loading: 503s).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let spawn = || {
+        std::process::Command::new(&bin)
+            .args(["-m"])
+            .arg(&model)
+            .args(["--alias", "smollm2", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["-c", "8192", "-np", "1", "-t", "2", "-n", "256"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start llama-server")
+    };
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let m = Migration::new(&Knobs {
+        extra_spec: llm_spec(&url),
+        ..Knobs::default()
+    });
+    let diagnose = |m: &Migration| {
+        m.automon()
+            .args(["diagnose", "workerset.yaml", "--worker", "0", "-o", "json"])
+            .env("OPENAI_API_KEY", "")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run automon diagnose")
+    };
+    let mut server = spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let out = diagnose(&m).wait_with_output().expect("diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "asked while loading: exit {:?} after {:.1} s {}",
+        out.status.code(),
+        started.elapsed().as_secs_f64(),
+        stderr.trim()
+    );
+    assert!(
+        out.status.code() == Some(0) || stderr.contains("cut off"),
+        "a loading server is waited for: {stderr}"
+    );
+    // Killed mid-request: a clear failure, well before llm.timeout, and nothing else.
+    let child = diagnose(&m);
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill().expect("kill our llama-server");
+    let _ = server.wait();
+    let out = child.wait_with_output().expect("diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "server killed mid-request: exit {:?}: {}",
+        out.status.code(),
+        stderr.trim()
+    );
+    assert!(
+        out.status.code() == Some(0) || stderr.contains("LLM"),
+        "{stderr}"
+    );
+    if out.status.code() == Some(1) {
+        assert!(
+            stderr.contains("cannot reach the LLM server") || stderr.contains("no answer within"),
+            "{stderr}"
+        );
+    }
+}
