@@ -17,8 +17,8 @@
 //!   `llm.max_response_bytes` is not read further;
 //! - the prompt fits the model's context: with `llm.context_tokens` (or the `n_ctx` a server
 //!   names in an `exceed_context_size_error`, learnt and retried once) the log tail is trimmed
-//!   to what is left after the instructions, the schema and the answer, estimating tokens
-//!   conservatively at [`BYTES_PER_TOKEN`];
+//!   to what is left after the instructions, the schema and the answer, estimating tokens at
+//!   [`BYTES_PER_TOKEN`] until a server's error gives its own count (`n_prompt_tokens`);
 //! - answers are cached in memory by (model, [`PROMPT_VERSION`], hash of the redacted prompt).
 //!
 //! The API key is sent only in the `Authorization` header (marked sensitive), and never
@@ -91,6 +91,8 @@ struct Shared {
     json_mode_only: bool,
     /// The context size a server named in an `exceed_context_size_error`.
     learned_context: Option<u32>,
+    /// Bytes per token measured from such an error (what was sent over the server's count).
+    learned_bytes_per_token: Option<f64>,
 }
 
 /// A client for one OpenAI-compatible endpoint. Cheap to clone (clones share the cache and the
@@ -298,10 +300,20 @@ impl LlmClient {
             match result {
                 // Learn the server's context and try once more with a shorter log tail.
                 Err(LlmError::ContextExceeded {
-                    n_ctx: Some(n_ctx), ..
+                    n_ctx: Some(n_ctx),
+                    n_prompt_tokens,
+                    ..
                 }) if !learnt => {
                     learnt = true;
-                    self.lock().learned_context = Some(n_ctx);
+                    let mut shared = self.lock();
+                    shared.learned_context = Some(n_ctx);
+                    // The server's own count calibrates the estimate (SmolLM2's tokenizer
+                    // makes ~1.5 bytes a token of a digit-heavy log, Gemma's ~2.2).
+                    if let Some(n) = n_prompt_tokens.filter(|n| *n > 0) {
+                        let measured = (system.len() + user.len()) as f64 / f64::from(n);
+                        shared.learned_bytes_per_token = Some(measured.clamp(0.5, BYTES_PER_TOKEN));
+                    }
+                    drop(shared);
                     tracing::info!(
                         n_ctx,
                         "LLM context learnt from the server; retrying with a shorter log tail"
@@ -341,12 +353,17 @@ impl LlmClient {
         fitted.log_tail.clear();
         let (system, user) = self.messages(&fitted);
         let schema = serde_json::to_string(&strict_schema_for(&d.policy)).unwrap_or_default();
-        let fixed = estimate_tokens(&system)
-            + estimate_tokens(&user)
-            + estimate_tokens(&schema)
+        let bpt = self
+            .lock()
+            .learned_bytes_per_token
+            .unwrap_or(BYTES_PER_TOKEN);
+        let tokens = |t: &str| (t.len() as f64 / bpt).ceil() as u32;
+        let fixed = tokens(&system)
+            + tokens(&user)
+            + tokens(&schema)
             + self.max_output_tokens
             + CONTEXT_MARGIN;
-        let room = f64::from(context.saturating_sub(fixed)) * BYTES_PER_TOKEN;
+        let room = f64::from(context.saturating_sub(fixed)) * bpt;
         fitted.log_tail = super::diagnostics::cap_tail(&d.log_tail, room as usize);
         fitted
     }
@@ -453,10 +470,11 @@ impl LlmClient {
                 });
             }
             if status == 400
-                && let Some(n_ctx) = exceeds_context(&text)
+                && let Some((n_ctx, n_prompt_tokens)) = exceeds_context(&text)
             {
                 return Err(LlmError::ContextExceeded {
                     n_ctx,
+                    n_prompt_tokens,
                     message: message.clone(),
                 });
             }
@@ -663,10 +681,10 @@ fn request_body(
     })
 }
 
-/// `Some(n_ctx)` when an error body says the prompt exceeds the context (llama.cpp's
-/// `exceed_context_size_error`, whose body names `n_ctx`; OpenAI's `context_length_exceeded`),
-/// with the context size when the body gives it.
-fn exceeds_context(text: &str) -> Option<Option<u32>> {
+/// `Some((n_ctx, n_prompt_tokens))` when an error body says the prompt exceeds the context
+/// (llama.cpp's `exceed_context_size_error`, whose body names both; OpenAI's
+/// `context_length_exceeded`), with the sizes the body gives.
+fn exceeds_context(text: &str) -> Option<(Option<u32>, Option<u32>)> {
     let lower = text.to_ascii_lowercase();
     if !(lower.contains("exceed_context_size")
         || lower.contains("context_length_exceeded")
@@ -674,13 +692,17 @@ fn exceeds_context(text: &str) -> Option<Option<u32>> {
     {
         return None;
     }
-    let n_ctx = serde_json::from_str::<Value>(text).ok().and_then(|v| {
-        let err = v.get("error").unwrap_or(&v);
-        err.get("n_ctx")
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    });
-    Some(n_ctx)
+    let body = serde_json::from_str::<Value>(text).ok();
+    let field = |name: &str| {
+        body.as_ref().and_then(|v| {
+            v.get("error")
+                .unwrap_or(v)
+                .get(name)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+        })
+    };
+    Some((field("n_ctx"), field("n_prompt_tokens")))
 }
 
 /// The error code (`error.code`, else `error.type`) and message of an error body; the raw

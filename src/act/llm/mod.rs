@@ -105,6 +105,8 @@ pub enum LlmError {
     ContextExceeded {
         /// The context size the server named, if it did.
         n_ctx: Option<u32>,
+        /// The prompt's size in tokens as the server counted it, if it said.
+        n_prompt_tokens: Option<u32>,
         /// The server's message.
         message: String,
     },
