@@ -154,6 +154,7 @@ impl Fleet {
                 unreaped: Default::default(),
             },
             unrecorded: Vec::new(),
+            unsaved_state: None,
         }
     }
 

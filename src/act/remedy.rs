@@ -150,6 +150,8 @@ mod tests {
             interpreter: "python3".into(),
             test_command: None,
             max_changed_lines: 50,
+            env: None,
+            redactor: crate::secrets::Redactor::default(),
         };
         // 2.8 MB of plausible edit blocks: once matched and diffed for 16.7 s.
         let block = "<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";

@@ -1,12 +1,15 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod house;
+mod live;
 mod llm;
 mod manifests;
 mod migration;
 mod operate;
 mod processes;
 mod real_llm;
+mod secrets;
 mod service;
 mod sigstop;
 mod support;
