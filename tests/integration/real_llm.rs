@@ -129,6 +129,24 @@ fn real_llm_control_loop_applies_only_what_the_rules_allow_and_finishes_the_migr
     }
 }
 
+/// Our own llama-server child, killed when the test ends, also by a failed assertion.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The llama-server binary and model the script builds into its cache, if they are there.
 fn local_server() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let cache = std::env::var_os("AUTOMON_LLM_CACHE")
@@ -179,7 +197,7 @@ fn real_llm_a_server_still_loading_is_waited_for_and_one_killed_mid_request_is_s
             .spawn()
             .expect("run automon diagnose")
     };
-    let mut server = spawn();
+    let mut server = KillOnDrop(Some(spawn()));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let out = diagnose(&m).wait_with_output().expect("diagnose");
@@ -202,8 +220,7 @@ fn real_llm_a_server_still_loading_is_waited_for_and_one_killed_mid_request_is_s
     // Killed mid-request: a clear failure, well before llm.timeout, and nothing else.
     let child = diagnose(&m);
     std::thread::sleep(Duration::from_secs(2));
-    server.kill().expect("kill our llama-server");
-    let _ = server.wait();
+    server.stop();
     let out = child.wait_with_output().expect("diagnose");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!(
