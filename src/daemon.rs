@@ -96,6 +96,7 @@ enum Wake {
     },
     Rollback {
         worker: WorkerId,
+        patch_hash: String,
         outcome: Result<(), String>,
     },
 }
@@ -506,7 +507,7 @@ impl Daemon<'_> {
             Action::RollbackCodeFix(a) => {
                 self.in_flight += 1;
                 let tx = self.wake_tx.clone();
-                let worker = a.worker;
+                let (worker, patch_hash) = (a.worker, a.patch_hash.clone());
                 let code = plan::memory::AppliedCode {
                     file: a.file.clone(),
                     backup: a.backup.clone(),
@@ -514,7 +515,11 @@ impl Daemon<'_> {
                 };
                 tokio::task::spawn_blocking(move || {
                     let outcome = crate::act::remedy::rollback_code(&code);
-                    let _ = tx.send(Wake::Rollback { worker, outcome });
+                    let _ = tx.send(Wake::Rollback {
+                        worker,
+                        patch_hash,
+                        outcome,
+                    });
                 });
             }
         }
@@ -544,16 +549,15 @@ impl Daemon<'_> {
                 return;
             }
             Wake::Diagnosis { worker, outcome } => {
-                plan::record_diagnosis(&mut self.memory, worker, outcome)
+                plan::record_diagnosis(&mut self.memory, worker, outcome, now)
             }
             Wake::CodeFix { worker, outcome } => {
-                let message = plan::record_code_fix(
-                    &mut self.memory,
-                    worker,
-                    outcome,
-                    self.desired.fixes.code.restart,
-                    now,
-                );
+                // An applied fix is an attempt: the history gets its `fix` record here.
+                let basis = crate::state::HistoryBasis::of(&self.memory);
+                let message =
+                    plan::record_code_fix(&mut self.memory, &self.desired, worker, outcome, now);
+                self.history
+                    .record_changes(&basis, &self.memory, &self.desired);
                 self.history.append(&crate::state::HistoryRecord {
                     record: "code_fix".into(),
                     at: now.wall,
@@ -567,10 +571,11 @@ impl Daemon<'_> {
                 });
                 message
             }
-            Wake::Rollback { worker, outcome } => match outcome {
-                Ok(()) => format!("worker {worker}: code fix rolled back"),
-                Err(why) => format!("worker {worker}: rollback failed: {why}"),
-            },
+            Wake::Rollback {
+                worker,
+                patch_hash,
+                outcome,
+            } => plan::record_rollback(&mut self.memory, worker, &patch_hash, outcome),
         };
         self.events.record(now.wall, &message);
     }

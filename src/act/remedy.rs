@@ -35,6 +35,7 @@ pub fn diagnosis_note(outcome: &DiagnosisOutcome, at: BootTime) -> DiagnosisNote
             .unwrap_or_default(),
         code_changes: d.code_changes.clone(),
         confidence: d.confidence,
+        notes: outcome.notes.clone(),
         used: false,
     }
 }
@@ -76,6 +77,17 @@ pub fn apply_code(
     proposal: &str,
     applied: &BTreeSet<String>,
 ) -> CodeFixOutcome {
+    // Checked before any matching: a huge proposal is refused at once (matching and diffing
+    // megabytes takes seconds of CPU for a change that the line cap refuses anyway).
+    let limit = proposal_limit(policy.max_changed_lines);
+    if proposal.len() > limit {
+        return CodeFixOutcome::Rejected(format!(
+            "the proposal is {} bytes, more than {} for a fix of at most {} changed lines; refused before matching",
+            proposal.len(),
+            limit,
+            policy.max_changed_lines
+        ));
+    }
     let parsed = match fix::parse_proposal(proposal) {
         Ok(p) => p,
         Err(e) => return CodeFixOutcome::Rejected(e.why),
@@ -100,6 +112,13 @@ pub fn apply_code(
     }
 }
 
+/// The most bytes a proposal may have: room for a function of a few hundred lines around
+/// `max_changed_lines` changed ones (400 bytes a changed line, 32 KiB of context), far below
+/// the megabytes that take the matcher seconds.
+pub fn proposal_limit(max_changed_lines: u32) -> usize {
+    32 * 1024 + 400 * max_changed_lines as usize
+}
+
 /// Restores `file` from `backup` (refused if the file changed since the fix).
 ///
 /// # Errors
@@ -113,4 +132,38 @@ pub fn rollback_code(code: &AppliedCode) -> Result<(), String> {
         changed_lines: 0,
     };
     fix::rollback(&applied).map_err(|e| e.why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_proposal_is_refused_before_matching_and_the_file_is_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.py");
+        let original = "def f():\n    return 1\n";
+        std::fs::write(&file, original).expect("write");
+        let policy = CodeFixPolicy {
+            files: vec![file.clone()],
+            workdir: dir.path().to_path_buf(),
+            interpreter: "python3".into(),
+            test_command: None,
+            max_changed_lines: 50,
+            env: None,
+            redactor: crate::secrets::Redactor::default(),
+        };
+        // 2.8 MB of plausible edit blocks: once matched and diffed for 16.7 s.
+        let block = "<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";
+        let huge = format!("# file: w.py\n{}", block.repeat(2_800_000 / block.len()));
+        let outcome = apply_code(&policy, dir.path(), &huge, &BTreeSet::new());
+        match outcome {
+            CodeFixOutcome::Rejected(why) => {
+                assert!(why.contains("refused before matching"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused by its size alone (the reason says so): no matching ran.
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), original);
+    }
 }

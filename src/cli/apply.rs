@@ -257,6 +257,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     if args.write_pid_file {
         crate::state::remove_pid_file(&state_dir, me);
     }
+    // Background engine work (a code fix being matched) may not hold the exit for long: it
+    // writes atomically, and an unrecorded outcome is settled by the next automon's planner.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     let Some(end) = end? else {
         return Ok(130);
     };

@@ -66,7 +66,14 @@ pub fn run(args: &DiagnoseArgs) -> Result<u8, CliError> {
             phase: crate::plan::Phase::Pending,
             reason: "not observed".into(),
         });
-    let wmem = memory.workers.get(&worker).cloned().unwrap_or_default();
+    // The worker as this observation shows it (checkpoint, time since progress), not as the
+    // state file last recorded it: with no loop running, that can be hours old.
+    let wmem = plan
+        .memory
+        .workers
+        .get(&worker)
+        .cloned()
+        .unwrap_or_default();
     let diagnostics = llm::collect_diagnostics(&desired, worker, &status, &wmem, &observed, now);
 
     if args.show_prompt {

@@ -260,7 +260,7 @@ impl Default for CodeFixes {
 
 /// LLM diagnosis settings. The API key is never written here: `api_key_env` names the
 /// environment variable that holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Llm {
     /// Ask the LLM about stuck workers (default false).
@@ -287,6 +287,22 @@ pub struct Llm {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("deprecated" = true))]
     pub secret_env: Vec<String>,
+    /// Below this confidence (0–1) an answer's config or code fix is not applied: the worker
+    /// is restarted instead, as for a root cause of "Unknown" (default 0.5).
+    #[serde(default = "defaults::min_confidence")]
+    pub min_confidence: f64,
+    /// Most tokens the model may write in one answer, sent as `max_tokens` (default 1024); an
+    /// answer cut off there fails at once as truncated.
+    #[serde(default = "defaults::max_output_tokens")]
+    pub max_output_tokens: u32,
+    /// The model's context window in tokens, when known; the log tail is trimmed so the prompt
+    /// and the answer fit. Unset: learnt from the server's `exceed_context_size_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u32>,
+    /// Most bytes of an answer's body read from the server (default 256 KiB); a longer body
+    /// fails as unusable without being parsed.
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: u64,
 }
 
 /// Secrets: values automon must never write, print or send.
@@ -323,6 +339,10 @@ impl Default for Llm {
             timeout: defaults::llm_timeout(),
             max_log_bytes: defaults::max_log_bytes(),
             secret_env: Vec::new(),
+            min_confidence: defaults::min_confidence(),
+            max_output_tokens: defaults::max_output_tokens(),
+            context_tokens: None,
+            max_response_bytes: defaults::max_response_bytes(),
         }
     }
 }
@@ -657,6 +677,18 @@ pub mod defaults {
     pub fn max_log_bytes() -> u64 {
         16 * 1024
     }
+    /// 0.5.
+    pub fn min_confidence() -> f64 {
+        0.5
+    }
+    /// 1024.
+    pub fn max_output_tokens() -> u32 {
+        1024
+    }
+    /// 256 KiB.
+    pub fn max_response_bytes() -> u64 {
+        256 * 1024
+    }
     /// 64 KiB.
     pub fn tail_bytes() -> u64 {
         64 * 1024
@@ -966,6 +998,7 @@ mod tests {
                     timeout,
                     max_log_bytes,
                     secret_env,
+                    ..Llm::default()
                 },
             )
     }

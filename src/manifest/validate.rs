@@ -577,6 +577,30 @@ fn llm(c: &mut Checker<'_>, ws: &WorkerSet) {
             "max_log_bytes is 0 (expected at least 1)",
         );
     }
+    if !(0.0..=1.0).contains(&l.min_confidence) {
+        c.fail(
+            "spec.llm.min_confidence",
+            format!("{} is outside 0–1", l.min_confidence),
+        );
+    }
+    if l.max_output_tokens == 0 {
+        c.fail(
+            "spec.llm.max_output_tokens",
+            "max_output_tokens is 0 (expected at least 1, e.g. 1024)",
+        );
+    }
+    if l.context_tokens.is_some_and(|n| n < 1024) {
+        c.fail(
+            "spec.llm.context_tokens",
+            "fewer than 1024 tokens cannot hold the instructions and the answer's schema",
+        );
+    }
+    if l.max_response_bytes < 1024 {
+        c.fail(
+            "spec.llm.max_response_bytes",
+            "fewer than 1024 bytes cannot hold an answer",
+        );
+    }
     for (i, name) in l.secret_env.iter().enumerate() {
         if !is_env_name(name) {
             c.fail(

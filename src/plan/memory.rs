@@ -345,6 +345,112 @@ pub struct FixState {
     /// The kind `try_different_fix` has moved on to, if it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<FixKind>,
+    /// Where the fix pipeline stands for this worker; `None` before its first fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<FixStage>,
+}
+
+/// The fix pipeline of one worker, a small state machine persisted with the memory:
+///
+/// ```text
+/// asked ─► answered ─► applying ─► verifying ─► kept
+///   │         │            │           └──────► rolled back
+///   ├► failed ┴► refused ◄─┘
+///   └► timed out
+/// ```
+///
+/// `failed`, `timed out` and `refused` are outcomes like an answer: the pass that finds the
+/// worker stuck in one of them applies the built-in fix (restart from checkpoint) at once,
+/// whatever the cooldown. A fix without an LLM goes straight to `verifying`. Every move is
+/// logged with the rule that made it and the next action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum FixStage {
+    /// The LLM was asked at `at` (boot clock); without an outcome by `deadline`
+    /// (`llm.timeout` + one interval later) the planner stops waiting.
+    Asked {
+        /// When.
+        at: BootTime,
+        /// When the planner stops waiting.
+        deadline: BootTime,
+    },
+    /// The LLM answered (the answer is [`WorkerMemory::diagnosis`]); the next pass applies its
+    /// fix or refuses it.
+    Answered {
+        /// When the answer arrived.
+        at: BootTime,
+    },
+    /// The request failed (error status, unusable answer, refusal, timeout in the client).
+    Failed {
+        /// When the failure was reported.
+        at: BootTime,
+        /// Why, in words.
+        why: String,
+    },
+    /// No outcome reached the planner by the deadline (or automon restarted meanwhile).
+    TimedOut {
+        /// When the planner gave up.
+        at: BootTime,
+    },
+    /// A proposed code change went to the fix engine; its outcome is due by `deadline`.
+    Applying {
+        /// When it was sent.
+        at: BootTime,
+        /// When the planner stops waiting for the engine.
+        deadline: BootTime,
+    },
+    /// The proposal was refused (by the manifest, the confidence floor or the fix engine).
+    Refused {
+        /// When.
+        at: BootTime,
+        /// Why, in words.
+        why: String,
+    },
+    /// Fix attempt `n` was applied and waits for its verification.
+    Verifying {
+        /// The attempt number.
+        n: u32,
+    },
+    /// Fix attempt `n` helped.
+    Kept {
+        /// The attempt number.
+        n: u32,
+    },
+    /// Fix attempt `n` did not help; a code change was restored from its backup (a restart or
+    /// a config fix has nothing to restore).
+    RolledBack {
+        /// The attempt number.
+        n: u32,
+    },
+}
+
+impl FixStage {
+    /// The stage's name as the events log writes it (`asked`, `timed out`, `rolled back`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Asked { .. } => "asked",
+            Self::Answered { .. } => "answered",
+            Self::Failed { .. } => "failed",
+            Self::TimedOut { .. } => "timed out",
+            Self::Applying { .. } => "applying",
+            Self::Refused { .. } => "refused",
+            Self::Verifying { .. } => "verifying",
+            Self::Kept { .. } => "kept",
+            Self::RolledBack { .. } => "rolled back",
+        }
+    }
+
+    /// Whether the stage is an outcome the next pass must act on (answered, failed, timed
+    /// out, refused).
+    pub fn awaits_action(&self) -> bool {
+        matches!(
+            self,
+            Self::Answered { .. }
+                | Self::Failed { .. }
+                | Self::TimedOut { .. }
+                | Self::Refused { .. }
+        )
+    }
 }
 
 /// How many attempts are remembered per worker.
@@ -389,6 +495,9 @@ pub struct DiagnosisNote {
     pub code_changes: Option<String>,
     /// Model confidence, 0–1.
     pub confidence: f64,
+    /// What validation clamped, mapped, dropped or flagged, one sentence each (redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Whether it has been acted on.
     #[serde(default)]
     pub used: bool,

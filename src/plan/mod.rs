@@ -375,7 +375,9 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         scaling: String::new(),
         unit_name: std::sync::Arc::from(desired.unit.as_str()),
         held: std::collections::BTreeSet::new(),
+        code_fix_owner: None,
     };
+    planner.code_fix_owner = fixes::code_fix_in_flight(&planner.memory);
     planner.memory.version = memory::MEMORY_VERSION;
     if planner.memory.boot_id != observed.boot_id {
         planner.forget_previous_boot(&observed.boot_id);
@@ -403,6 +405,13 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
             exit.is_none() && pid.is_some_and(|p| observed.children.unreaped.contains(&p));
         planner.step_worker(id, w, obs, exit, exit_pending);
     }
+    // A restart for changed code is owed to running workers only: one that is gone or being
+    // stopped starts again on whatever the file holds then.
+    planner.memory.restart_for_code.retain(|id| {
+        workers
+            .get(id)
+            .is_some_and(|w| w.process.is_some() && w.stopping.is_none())
+    });
     planner.memory.workers = workers;
     planner.scale(observed);
     planner.schedule_starts(observed.unsaved_state.as_deref());
@@ -448,6 +457,8 @@ struct Planner<'a> {
     /// Workers not started this pass although idle: their progress file exists but does not
     /// parse and no checkpoint is remembered (a start would begin at the shard's start).
     held: std::collections::BTreeSet<WorkerId>,
+    /// The worker whose code fix is being applied or verified: one code fix at a time.
+    code_fix_owner: Option<WorkerId>,
 }
 
 /// The fingerprint of a progress line, as kept in [`WorkerMemory::recent_signals`]: XXH3-64
@@ -472,6 +483,17 @@ impl Planner<'_> {
             w.checkpoint_changed_at = None;
             w.last_progress_at = None;
             w.backoff_until = None;
+            // Deadlines on the old boot's clock mean nothing; an outcome not yet acted on is
+            // about a process that is gone.
+            if w.fixes.stage.as_ref().is_some_and(|s| {
+                s.awaits_action()
+                    || matches!(
+                        s,
+                        memory::FixStage::Asked { .. } | memory::FixStage::Applying { .. }
+                    )
+            }) {
+                w.fixes.stage = None;
+            }
         }
         self.memory.boot_id = boot_id.to_string();
     }
@@ -690,27 +712,77 @@ pub fn record_start(
     }
 }
 
-/// Records an LLM answer (or failure) for `worker`; returns the event to log.
+/// Records an LLM answer (or failure) for `worker` at `now`; returns the event to log. The
+/// fix pipeline moves from asked to answered or failed, and the next pass acts on it; an
+/// outcome that arrives after the planner stopped waiting is logged and not used.
 pub fn record_diagnosis(
     memory: &mut Memory,
     worker: WorkerId,
     outcome: Result<memory::DiagnosisNote, String>,
+    now: Now,
 ) -> String {
+    use memory::FixStage;
     let w = memory.workers.entry(worker).or_default();
+    let asked = matches!(w.fixes.stage, Some(FixStage::Asked { .. }));
+    let late = "it came after the planner stopped waiting for it, so it is not used";
     match outcome {
-        Ok(note) => {
+        Ok(mut note) => {
             let fix = note.fix.map_or("scale_down", memory::FixKind::name);
-            let event = format!(
-                "worker {worker}: LLM diagnosis: {} → {fix} (confidence {:.2})",
+            let notes = if note.notes.is_empty() {
+                String::new()
+            } else {
+                format!("; validation notes: {}", note.notes.join("; "))
+            };
+            let head = format!(
+                "worker {worker}: LLM diagnosis: {} → {fix} (confidence {:.2}){notes}",
                 note.root_cause, note.confidence
             );
+            let event = if asked {
+                let to = FixStage::Answered { at: now.boot };
+                let moved = fixes::stage_event(
+                    worker,
+                    w.fixes.stage.as_ref(),
+                    Some(&to),
+                    "the LLM answered",
+                    "the next pass applies its fix if the rules allow it, else the built-in fix",
+                );
+                w.fixes.stage = Some(to);
+                format!("{head}; {}", strip_worker(&moved, worker))
+            } else {
+                note.used = true;
+                format!("{head}; {late}")
+            };
             w.diagnosis = Some(note);
             event
         }
         Err(why) => {
-            format!("worker {worker}: LLM diagnosis failed: {why}; using the built-in fixes")
+            let head = format!("worker {worker}: LLM diagnosis failed: {why}");
+            if !asked {
+                return format!("{head}; {late}");
+            }
+            let to = FixStage::Failed {
+                at: now.boot,
+                why: why.clone(),
+            };
+            let moved = fixes::stage_event(
+                worker,
+                w.fixes.stage.as_ref(),
+                Some(&to),
+                "a failed diagnosis is an outcome",
+                "the built-in fix (restart from checkpoint) on the next pass",
+            );
+            w.fixes.stage = Some(to);
+            format!("{head}; {}", strip_worker(&moved, worker))
         }
     }
+}
+
+/// `worker 3: fix pipeline …` → `fix pipeline …` (for joining onto an event about worker 3).
+fn strip_worker(event: &str, worker: WorkerId) -> String {
+    event
+        .strip_prefix(&format!("worker {worker}: "))
+        .unwrap_or(event)
+        .to_string()
 }
 
 /// Applies an operator's pause or resume to memory (the planner honours it on the next pass: a
@@ -769,6 +841,7 @@ pub fn apply_request(
             }
             w.fixes.failed_in_row = 0;
             w.fixes.kind = None;
+            w.fixes.stage = None;
             w.stuck_since = None;
             w.stuck_passes = 0;
             w.failures = 0;
@@ -792,42 +865,79 @@ pub enum CodeFixOutcome {
     Rejected(String),
 }
 
-/// Records a code-fix outcome; on success the workers that run the file (every running one, or
-/// with `restart: stuck_only` the fixed one alone) restart on the next pass. Returns the event
-/// to log.
+/// Records a code-fix outcome at `now`. Applied: the next attempt (the counter moves only
+/// for an applied fix), verified `verify_after` after the fixed worker's new process starts;
+/// the workers that run the file (every running one, or with `restart: stuck_only` the fixed
+/// one alone) restart on the next pass. Refused by the engine or already in the file: not an
+/// attempt; the pipeline moves to refused and the next pass applies the built-in fix. Returns
+/// the event to log.
 pub fn record_code_fix(
     memory: &mut Memory,
+    desired: &Desired,
     worker: WorkerId,
     outcome: CodeFixOutcome,
-    restart: crate::manifest::CodeFixRestart,
     now: Now,
 ) -> String {
+    use memory::FixStage;
     let running: Vec<WorkerId> = memory
         .workers
         .iter()
         .filter(|(_, w)| w.process.is_some())
         .map(|(id, _)| *id)
         .collect();
+    let max = desired.fixes.max_attempts;
     let w = memory.workers.entry(worker).or_default();
-    let attempt = w
-        .fixes
-        .attempts
-        .last_mut()
-        .filter(|a| a.result.is_none() && a.kind == memory::FixKind::CodeFix);
+    let applying = matches!(w.fixes.stage, Some(FixStage::Applying { .. }));
+    let refuse = |w: &mut WorkerMemory, why: String| -> String {
+        if !applying {
+            return "the planner had stopped waiting for it and already applied the built-in fix"
+                .into();
+        }
+        let to = FixStage::Refused { at: now.boot, why };
+        let moved = fixes::stage_event(
+            worker,
+            w.fixes.stage.as_ref(),
+            Some(&to),
+            "a refused proposal is not a fix attempt",
+            "the built-in fix (restart from checkpoint) on the next pass",
+        );
+        w.fixes.stage = Some(to);
+        strip_worker(&moved, worker)
+    };
     match outcome {
         CodeFixOutcome::Applied(code) => {
+            // An attempt the planner made meanwhile (it had stopped waiting) is superseded.
+            if let Some(a) = w.fixes.attempts.last_mut().filter(|a| a.result.is_none()) {
+                a.result = Some(memory::Verification {
+                    succeeded: false,
+                    detail: "not verified: superseded by a code fix applied meanwhile".into(),
+                    at: now.wall,
+                });
+            }
+            let n = w.fixes.failed_in_row + 1;
             let event = format!(
-                "worker {worker}: code fix applied to {} (backup {}, patch {}); restarting the workers that run it",
+                "worker {worker}: code fix applied to {} (backup {}, patch {}): fix attempt {n}/{max} (code_fix); fix pipeline {} → verifying; next: restarting the workers that run it, verified {} after worker {worker}'s new process starts",
                 code.file.display(),
                 code.backup.display(),
-                code.patch_hash
+                code.patch_hash,
+                w.fixes.stage.as_ref().map_or("idle", FixStage::name),
+                fmt_dur(desired.fixes.verify_after.get()),
             );
             memory.applied_patches.insert(code.patch_hash.clone());
-            if let Some(a) = attempt {
-                a.detail = format!("code fix applied to {}", code.file.display());
-                a.code = Some(code);
-            }
-            memory.restart_for_code = match restart {
+            w.fixes.push(memory::Attempt {
+                n,
+                kind: memory::FixKind::CodeFix,
+                at: now.boot,
+                at_wall: now.wall,
+                checkpoint: w.checkpoint,
+                detail: format!("code fix applied to {}", code.file.display()),
+                verify_at: now.boot.plus(desired.fixes.verify_after.get()),
+                result: None,
+                code: Some(code),
+            });
+            w.fixes.stage = Some(FixStage::Verifying { n });
+            *memory.totals.fixes.entry("code_fix".into()).or_default() += 1;
+            memory.restart_for_code = match desired.fixes.code.restart {
                 crate::manifest::CodeFixRestart::All => running,
                 crate::manifest::CodeFixRestart::StuckOnly => Vec::new(),
             };
@@ -837,19 +947,65 @@ pub fn record_code_fix(
             event
         }
         CodeFixOutcome::AlreadyApplied => {
-            // No attempt is spent on a change that is already there.
-            if attempt.is_some() {
-                w.fixes.attempts.pop();
-            }
-            format!("worker {worker}: the proposed code fix is already applied; nothing written")
+            let moved = refuse(w, "the proposed change is already in the file".into());
+            format!(
+                "worker {worker}: the proposed code fix is already applied; nothing written; {moved}"
+            )
         }
         CodeFixOutcome::Rejected(why) => {
-            if let Some(a) = attempt {
-                a.detail = format!("code fix rejected: {why}");
-                a.verify_at = now.boot;
-            }
-            format!("worker {worker}: code fix rejected, file untouched: {why}")
+            let moved = refuse(w, format!("the fix engine refused it: {why}"));
+            format!("worker {worker}: code fix rejected, file untouched: {why}; {moved}")
         }
+    }
+}
+
+/// Records how rolling back the code fix `patch_hash` of `worker` ended, at `now`. Restored:
+/// every worker whose process started on the patched file (at or after the fix was applied)
+/// is restarted from its checkpoint on the next pass, so none keeps running the rolled-back
+/// code. Returns the event to log.
+pub fn record_rollback(
+    memory: &mut Memory,
+    worker: WorkerId,
+    patch_hash: &str,
+    outcome: Result<(), String>,
+) -> String {
+    if let Err(why) = outcome {
+        return format!("worker {worker}: rollback failed: {why}; the patched file stays as it is");
+    }
+    let applied_at = memory.workers.get(&worker).and_then(|w| {
+        w.fixes
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.code.as_ref().is_some_and(|c| c.patch_hash == patch_hash))
+            .map(|a| a.at)
+    });
+    let on_patched: Vec<WorkerId> = memory
+        .workers
+        .iter()
+        .filter(|(_, w)| w.paused.is_none() && w.failed.is_none() && w.parked.is_none())
+        .filter(|(_, w)| {
+            w.process
+                .as_ref()
+                .is_some_and(|p| applied_at.is_none_or(|t| p.started_at >= t))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &on_patched {
+        if !memory.restart_for_code.contains(id) {
+            memory.restart_for_code.push(*id);
+        }
+    }
+    if on_patched.is_empty() {
+        format!(
+            "worker {worker}: code fix rolled back (patch {patch_hash}); no running worker started on the patched file"
+        )
+    } else {
+        let ids: Vec<String> = on_patched.iter().map(ToString::to_string).collect();
+        format!(
+            "worker {worker}: code fix rolled back (patch {patch_hash}); restarting from their checkpoints the workers that started on the patched file: {}",
+            ids.join(", ")
+        )
     }
 }
 
@@ -863,3 +1019,6 @@ mod tests;
 
 #[cfg(test)]
 mod sim_tests;
+
+#[cfg(test)]
+mod pipeline_tests;

@@ -225,6 +225,7 @@ impl Planner<'_> {
                 !(a.worker() == id && matches!(a, Action::Stop(_) | Action::ApplyCodeFix(_)))
             });
             w.stopping = None;
+            w.fixes.stage = None;
         }
         w.parked = Some(reason.clone());
         // Said once: as the stop's reason when there is a stop, else as an event.

@@ -11,7 +11,7 @@ use crate::manifest::{Desired, Manifest};
 use crate::observe::disk::{DiskDevice, DiskObservation};
 use crate::observe::{Children, ProcessIdentity, ProcessStatus, WorkerObservation};
 
-fn desired(extra: &str) -> Desired {
+pub(super) fn desired(extra: &str) -> Desired {
     let text = format!(
         r#"apiVersion: automon/v1
 kind: WorkerSet
@@ -35,19 +35,19 @@ spec:
     Desired::resolve(&manifest, None).expect("resolve")
 }
 
-struct Sim {
-    d: Desired,
-    m: Memory,
-    t: u64,
+pub(super) struct Sim {
+    pub(super) d: Desired,
+    pub(super) m: Memory,
+    pub(super) t: u64,
     next_pid: i32,
-    alive: BTreeMap<WorkerId, i32>,
-    checkpoints: BTreeMap<WorkerId, u64>,
+    pub(super) alive: BTreeMap<WorkerId, i32>,
+    pub(super) checkpoints: BTreeMap<WorkerId, u64>,
     disk: DiskObservation,
     argv: BTreeMap<WorkerId, Vec<String>>,
 }
 
 impl Sim {
-    fn new(d: Desired) -> Self {
+    pub(super) fn new(d: Desired) -> Self {
         Self {
             d,
             m: Memory {
@@ -63,7 +63,7 @@ impl Sim {
         }
     }
 
-    fn now(&self) -> Now {
+    pub(super) fn now(&self) -> Now {
         let d = Duration::from_secs(self.t);
         Now {
             wall: jiff::Timestamp::from_second(1_800_000_000)
@@ -74,12 +74,12 @@ impl Sim {
         }
     }
 
-    fn advance(&mut self, secs: u64) {
+    pub(super) fn advance(&mut self, secs: u64) {
         self.t += secs;
     }
 
     /// Moves a worker's checkpoint (its progress file).
-    fn progress(&mut self, id: u32, checkpoint: u64) {
+    pub(super) fn progress(&mut self, id: u32, checkpoint: u64) {
         self.checkpoints.insert(WorkerId(id), checkpoint);
     }
 
@@ -132,7 +132,7 @@ impl Sim {
         }
     }
 
-    fn pass(&mut self) -> Plan {
+    pub(super) fn pass(&mut self) -> Plan {
         let observed = self.observed();
         let now = self.now();
         let plan = plan(&self.d, &observed, std::mem::take(&mut self.m), now);
@@ -185,7 +185,7 @@ fn run(sim: &mut Sim, step: u64, until: u64) -> Vec<Plan> {
 }
 
 /// Starts two workers that make progress once, so they have left discovery.
-fn started(extra: &str) -> Sim {
+pub(super) fn started(extra: &str) -> Sim {
     let mut sim = Sim::new(desired(extra));
     let p = sim.pass();
     assert_eq!(starts(&p), [0, 1]);

@@ -987,18 +987,14 @@ fn after_a_code_fix_all_running_workers_restart_or_only_the_stuck_one() {
             .insert(WorkerId(id), running(10 + id as i32, t0(), 5));
     }
     let mut all = m.clone();
-    record_code_fix(&mut all, WorkerId(1), applied(), CodeFixRestart::All, at(1));
+    let mut d = desired();
+    record_code_fix(&mut all, &d, WorkerId(1), applied(), at(1));
     assert_eq!(
         all.restart_for_code,
         [WorkerId(0), WorkerId(1), WorkerId(2)]
     );
-    record_code_fix(
-        &mut m,
-        WorkerId(1),
-        applied(),
-        CodeFixRestart::StuckOnly,
-        at(1),
-    );
+    d.fixes.code.restart = CodeFixRestart::StuckOnly;
+    record_code_fix(&mut m, &d, WorkerId(1), applied(), at(1));
     assert_eq!(m.restart_for_code, [WorkerId(1)]);
     assert!(
         m.applied_patches.contains("h"),

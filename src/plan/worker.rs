@@ -322,7 +322,9 @@ impl Planner<'_> {
         if let Some(i) = self.memory.restart_for_code.iter().position(|x| *x == id) {
             self.memory.restart_for_code.remove(i);
             let resume = self.resume_words(id, w.checkpoint);
-            let reason = format!("worker {id}: restarting {resume} to run the fixed code");
+            let reason = format!(
+                "worker {id}: restarting {resume}: the code file it runs changed (a code fix was applied or rolled back)"
+            );
             if let Some(process) = w.process.clone() {
                 self.request_stop(id, w, &process, reason.clone(), true);
             }
@@ -413,6 +415,7 @@ impl Planner<'_> {
         }
         w.stuck_passes = 0;
         w.stuck_since = None;
+        self.drop_stale_outcome(id, w);
         self.wake_in(threshold - idle);
         let phase = if w.left_discovery {
             Phase::Progressing

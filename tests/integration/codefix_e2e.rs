@@ -48,6 +48,8 @@ fn looping_migration(base_url: &str) -> (Migration, u64) {
         )
         .into_boxed_str(),
     );
+    // Thresholds with room for a loaded machine: a healthy worker slow to start must not be
+    // found stuck (the stand-in proposes its code fix for whichever worker asks).
     let m = Migration::new(&Knobs {
         fault,
         // Thresholds a loaded machine cannot trip for a healthy worker (the looping one is found
@@ -176,5 +178,114 @@ async fn a_code_fix_that_does_not_help_is_rolled_back_and_the_worker_paused_afte
         )
         .expect("read"),
         std::fs::read(example("migrate_worker.py")).expect("original"),
+    );
+}
+
+/// Two workers on one copied script, the first of which loops at a book early in its shard;
+/// the LLM proposes a fix that does not help.
+fn two_workers_one_script(base_url: &str) -> (Migration, (u64, u64), (u64, u64)) {
+    let probe = Migration::new(&Knobs {
+        books: 400,
+        ..Knobs::default()
+    });
+    let len = probe.end - 1;
+    let (s0, s1) = ((1, 1 + len / 2), (1 + len / 2, probe.end));
+    let book = s0.0 + (s0.1 - s0.0) / 10;
+    let fault: &'static str = Box::leak(format!("loop:{book}:always").into_boxed_str());
+    let extra: &'static str = Box::leak(
+        format!(
+            "  fixes:\n    cooldown: 1s\n    verify_after: 5s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
+        )
+        .into_boxed_str(),
+    );
+    // The healthy worker takes ~80 s (200 books at 0.4 s): it is still running when the
+    // looping one's fix is rolled back (~8 s of books, then stuck detection and one verify).
+    let m = Migration::new(&Knobs {
+        books: 400,
+        fault,
+        upload_delay: "0.4",
+        stuck_after: "6s",
+        discovery_grace: "15s",
+        stop_grace: "1s",
+        extra_spec: extra,
+        ..Knobs::default()
+    });
+    let copy = m.path().join("examples/calibre-migration");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    std::fs::copy(example("migrate_worker.py"), copy.join("migrate_worker.py"))
+        .expect("copy worker");
+    let manifest = std::fs::read_to_string(m.path().join("workerset.yaml")).expect("read");
+    let manifest = manifest
+        .replace(
+            &example("migrate_worker.py").display().to_string(),
+            "examples/calibre-migration/migrate_worker.py",
+        )
+        .replace(
+            "workers: {target: 4, min: 1, max: 8}",
+            "workers: {target: 2, min: 1, max: 2}",
+        )
+        .replace("shards: 8", "shards: 2");
+    assert!(manifest.contains("shards: 2") && manifest.contains("target: 2"));
+    std::fs::write(m.path().join("workerset.yaml"), manifest).expect("write");
+    (m, s0, s1)
+}
+
+#[tokio::test]
+async fn a_rolled_back_code_fix_restarts_every_worker_that_started_on_the_patched_file() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(answer(&fixture("useless_fix.txt")))
+        .mount(&server)
+        .await;
+    let (m, s0, s1) = two_workers_one_script(&format!("{}/v1", server.uri()));
+    let (code, stderr) = tokio::time::timeout(std::time::Duration::from_secs(400), run_watch(&m))
+        .await
+        .expect("automon finished");
+    // The healthy shard completes; the looping worker ends paused after three failed fixes.
+    assert_eq!(code, Some(3), "{stderr}");
+    let events = m.events();
+    assert!(events.contains("worker 0: code fix applied to"), "{events}");
+    let rollback = events
+        .lines()
+        .position(|l| l.contains("worker 0: code fix rolled back"))
+        .unwrap_or_else(|| panic!("no rollback:\n{events}"));
+    assert!(
+        events.lines().nth(rollback).is_some_and(|l| l.contains(
+            "restarting from their checkpoints the workers that started on the patched file: 0, 1"
+        )),
+        "{events}"
+    );
+    // After the rollback both workers start again, each from its checkpoint (past its shard's
+    // start: both had made progress), on the original file.
+    let after: String = events.lines().skip(rollback).collect::<Vec<_>>().join("\n");
+    for (id, (start, _)) in [(0, s0), (1, s1)] {
+        let resumed = super::support::resume_points(&after, id);
+        assert!(
+            resumed.first().is_some_and(|r| *r > start),
+            "worker {id} restarted from {resumed:?}, shard start {start}:\n{events}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(
+            m.path()
+                .join("examples/calibre-migration/migrate_worker.py")
+        )
+        .expect("read"),
+        std::fs::read(example("migrate_worker.py")).expect("original"),
+        "the file holds the original bytes again"
+    );
+    // For the record (shown with --nocapture): the pipeline's moves around the rollback.
+    for line in events.lines().filter(|l| {
+        l.contains("fix pipeline") || l.contains("rolled back") || l.contains("code fix")
+    }) {
+        eprintln!("{line}");
+    }
+    // The re-proposed fix is refused (applied before): a refusal, never a failed verification
+    // of an attempt that was not applied.
+    assert_eq!(
+        events.matches("(code_fix) failed verification").count(),
+        1,
+        "{events}"
     );
 }

@@ -157,7 +157,12 @@ async fn clean_config_fix_and_the_request_carries_a_strict_schema() {
     let out = client(&server).diagnose(&diagnostics("log")).await.unwrap();
     assert_eq!(out.diagnosis.fix_type, FixType::ConfigFix);
     assert_eq!(
-        out.diagnosis.config_changes.unwrap().parallel_uploads,
+        out.diagnosis
+            .config_changes
+            .unwrap()
+            .values()
+            .get("parallel_uploads")
+            .copied(),
         Some(2)
     );
     assert!(out.notes.is_empty(), "{:?}", out.notes);
@@ -247,7 +252,12 @@ async fn bad_types_are_repaired_with_notes() {
     assert_eq!(out.diagnosis.fix_type, FixType::ScaleDown);
     assert_eq!(out.diagnosis.confidence, 0.0);
     assert_eq!(
-        out.diagnosis.config_changes.unwrap().parallel_uploads,
+        out.diagnosis
+            .config_changes
+            .unwrap()
+            .values()
+            .get("parallel_uploads")
+            .copied(),
         Some(10)
     );
     assert_eq!(out.notes.len(), 3, "{:?}", out.notes);
@@ -329,8 +339,9 @@ async fn server_error_then_success_is_retried() {
 
 #[tokio::test]
 async fn at_most_two_retries() {
+    // 502: a 503 without Retry-After is a server still loading, waited for until the deadline.
     let server = serve(
-        ResponseTemplate::new(503)
+        ResponseTemplate::new(502)
             .set_body_json(json!({"error": {"message": "overloaded", "type": "server_error"}})),
     )
     .await;
@@ -341,7 +352,7 @@ async fn at_most_two_retries() {
     assert_eq!(
         err,
         LlmError::Http {
-            status: 503,
+            status: 502,
             message: "overloaded".into()
         }
     );
@@ -499,7 +510,11 @@ async fn json_schema_rejected_falls_back_to_json_mode() {
     );
     let sent = bodies(&server).await;
     assert_eq!(sent.len(), 2);
-    assert_eq!(sent[1]["response_format"], json!({"type": "json_object"}));
+    assert_eq!(sent[1]["response_format"]["type"], "json_object");
+    assert_eq!(
+        sent[1]["response_format"]["schema"]["required"][0], "root_cause",
+        "the schema rides along in JSON mode"
+    );
     // Remembered: the next diagnosis goes straight to JSON mode.
     c.diagnose(&diagnostics("other log")).await.unwrap();
     let sent = bodies(&server).await;
@@ -539,7 +554,12 @@ async fn prompt_injection_cannot_widen_what_automon_does() {
         .await
         .unwrap();
     assert_eq!(
-        out.diagnosis.config_changes.unwrap().parallel_uploads,
+        out.diagnosis
+            .config_changes
+            .unwrap()
+            .values()
+            .get("parallel_uploads")
+            .copied(),
         Some(10),
         "clamped to the manifest's bound"
     );
@@ -851,4 +871,219 @@ async fn diagnose_subcommand_exit_codes() {
     assert!(stdout.contains("<<<DATA log_tail>>>"), "{stdout}");
     assert!(!stdout.contains(PLANTED_KEY));
     assert_eq!(server.received_requests().await.unwrap().len(), before);
+}
+
+fn fixture_json(name: &str) -> Value {
+    serde_json::from_str(&fixture(name)).unwrap()
+}
+
+/// A client for `server` with `llm` adjusted by `f`.
+fn client_with(server: &MockServer, f: impl FnOnce(&mut Llm)) -> LlmClient {
+    let dir = tempfile::tempdir().unwrap();
+    let mut llm = llm_for(server, Duration::from_secs(10));
+    f(&mut llm);
+    LlmClient::from_manifest_with_env(&llm, dir.path(), |_| None)
+        .unwrap()
+        .with_backoff(Duration::from_millis(10))
+}
+
+#[tokio::test]
+async fn every_request_caps_the_answer_and_a_length_stop_fails_fast_and_clearly() {
+    let server =
+        serve(ResponseTemplate::new(200).set_body_json(fixture_json("finish_length.json"))).await;
+    let c = client_with(&server, |l| l.max_output_tokens = 300);
+    let err = c.diagnose(&diagnostics("log")).await.unwrap_err();
+    assert_eq!(err, LlmError::Truncated);
+    assert!(err.to_string().contains("llm.max_output_tokens"), "{err}");
+    let sent = bodies(&server).await;
+    assert_eq!(sent.len(), 1, "a cut-off answer is not retried");
+    assert_eq!(sent[0]["max_tokens"], 300);
+}
+
+#[tokio::test]
+async fn a_500_naming_response_format_falls_back_to_json_mode_with_the_schema() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(
+            json!({"response_format": {"type": "json_schema"}}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_json(fixture_json("server_500_pydantic_response_format.json")),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(
+            json!({"response_format": {"type": "json_object"}}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(fixture_json("schema_order_answer.json")),
+        )
+        .mount(&server)
+        .await;
+    let out = client(&server).diagnose(&diagnostics("log")).await.unwrap();
+    assert_eq!(out.diagnosis.fix_type, FixType::Restart);
+    let sent = bodies(&server).await;
+    assert_eq!(sent.len(), 2, "one fallback, no retries of the 500");
+    assert_eq!(sent[1]["response_format"]["type"], "json_object");
+    assert!(sent[1]["response_format"]["schema"]["properties"]["root_cause"].is_object());
+}
+
+#[tokio::test]
+async fn a_server_still_loading_is_waited_for_within_the_deadline() {
+    let server = MockServer::start().await;
+    // Five 503 "Loading model" answers without Retry-After (more than MAX_RETRIES), then ready.
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(503).set_body_json(fixture_json("server_503_loading.json")),
+        )
+        .up_to_n_times(5)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(fixture_json("schema_order_answer.json")),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let out = client(&server).diagnose(&diagnostics("log")).await.unwrap();
+    assert_eq!(out.diagnosis.root_cause, "862");
+    assert_eq!(bodies(&server).await.len(), 6);
+}
+
+#[tokio::test]
+async fn the_schema_is_sent_with_its_keys_in_reasoning_order() {
+    let server =
+        serve(ResponseTemplate::new(200).set_body_json(fixture_json("schema_order_answer.json")))
+            .await;
+    client(&server).diagnose(&diagnostics("log")).await.unwrap();
+    let raw = server.received_requests().await.unwrap()[0].body.clone();
+    let text = String::from_utf8(raw).unwrap();
+    let schema = &text[text.find("\"schema\"").unwrap()..];
+    let props = &schema[schema.find("\"properties\"").unwrap()..];
+    let at = |k: &str| props.find(&format!("\"{k}\":")).unwrap();
+    let order = [
+        "root_cause",
+        "fix_type",
+        "confidence",
+        "fix_description",
+        "code_changes",
+        "config_changes",
+    ];
+    let positions: Vec<usize> = order.iter().map(|k| at(k)).collect();
+    assert!(positions.is_sorted(), "{positions:?}: {props}");
+}
+
+#[tokio::test]
+async fn a_prompt_over_the_context_learns_n_ctx_and_retries_once_with_a_shorter_log_tail() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(fixture_json("server_400_exceed_context.json")),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(fixture_json("schema_order_answer.json")),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    // 16 KiB of digit-heavy log: ~7.5k tokens at 2.2 bytes a token, over an 8k context with
+    // the instructions, the schema and 1,024 tokens of answer.
+    let log: String = (0..700)
+        .map(|i| {
+            format!(
+                "2026-01-01 00:00:{:02},123 - INFO - processed item {}\n",
+                i % 60,
+                100_000 + i
+            )
+        })
+        .collect();
+    let c = client(&server);
+    c.diagnose(&diagnostics(&log)).await.unwrap();
+    assert_eq!(c.context_tokens(), Some(8192), "learnt from the error body");
+    let sent = bodies(&server).await;
+    assert_eq!(sent.len(), 2);
+    let first = section(&user_message(&sent[0]), "log_tail").len();
+    let second = section(&user_message(&sent[1]), "log_tail").len();
+    assert!(second < first, "{second} < {first}");
+    // What is sent fits: the whole request, estimated at 2.2 bytes a token, with the answer.
+    let request = serde_json::to_string(&sent[1]).unwrap().len() as f64 / 2.2;
+    assert!(request + 1024.0 <= 8192.0, "{request}");
+    // The instructions and the schema are never trimmed.
+    assert_eq!(sent[0]["messages"][0], sent[1]["messages"][0]);
+    assert_eq!(sent[0]["response_format"], sent[1]["response_format"]);
+}
+
+#[tokio::test]
+async fn a_stated_context_trims_the_log_tail_before_the_first_request() {
+    let server =
+        serve(ResponseTemplate::new(200).set_body_json(fixture_json("schema_order_answer.json")))
+            .await;
+    let log: String = (0..700)
+        .map(|i| {
+            format!(
+                "2026-01-01 00:00:00,123 - INFO - processed item {}\n",
+                100_000 + i
+            )
+        })
+        .collect();
+    let c = client_with(&server, |l| l.context_tokens = Some(4096));
+    c.diagnose(&diagnostics(&log)).await.unwrap();
+    let sent = bodies(&server).await;
+    assert_eq!(sent.len(), 1);
+    let user = user_message(&sent[0]);
+    let tail = section(&user, "log_tail");
+    assert!(tail.len() < log.len() / 2, "{}", tail.len());
+    assert!(
+        tail.ends_with("processed item 100699\n")
+            || tail.trim_end().ends_with("processed item 100699"),
+        "the newest lines are kept"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_response_cap_is_refused_unread() {
+    let huge = "x".repeat(600 * 1024);
+    let server = serve(ResponseTemplate::new(200).set_body_json(completion(&huge, "stop"))).await;
+    let started = Instant::now();
+    let err = client(&server)
+        .diagnose(&diagnostics("log"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LlmError::BadResponse { why } if why.contains("llm.max_response_bytes")),
+        "{err}"
+    );
+    assert_eq!(bodies(&server).await.len(), 1, "not retried");
+    let _ = started;
+}
+
+#[tokio::test]
+async fn diagnose_without_a_loop_sends_a_fresh_checkpoint_and_only_the_manifests_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    planted(dir.path(), "http://127.0.0.1:9/v1");
+    // A state file from a loop that stopped long ago remembers checkpoint 12; the progress
+    // file says 862 now.
+    std::fs::write(dir.path().join("progress0.json"), r#"{"cursor": 862}"#).unwrap();
+    let mut cmd = automon_cmd(dir.path());
+    cmd.args(["apply", "m.yaml", "--dry-run"]);
+    run(cmd).await;
+    let mut cmd = automon_cmd(dir.path());
+    cmd.args(["diagnose", "m.yaml", "--worker", "0", "--show-prompt"]);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("checkpoint: 862"), "{stdout}");
+    // The planted manifest declares parallel_uploads only: batch_size is named nowhere.
+    assert!(!stdout.contains("batch_size"), "{stdout}");
+    assert!(stdout.contains("parallel_uploads: 1–10"), "{stdout}");
 }

@@ -12,6 +12,7 @@ mod migration;
 mod operate;
 mod processes;
 mod scale;
+mod real_llm;
 mod secrets;
 mod service;
 mod sigstop;

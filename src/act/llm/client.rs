@@ -7,8 +7,18 @@
 //!   jittered exponential backoff or the server's `Retry-After` (seconds), whichever is longer;
 //! - a 429 whose error code is `insufficient_quota` is not retried: it opens a circuit for
 //!   [`CIRCUIT_OPEN_FOR`], during which [`LlmClient::diagnose`] fails at once without a request;
-//! - a server that rejects the `json_schema` response format (a 400 naming `response_format` or
-//!   `json_schema`) is asked again once in JSON mode, and remembered as such;
+//! - a server that rejects the `json_schema` response format (a 400, 422 or 500 naming
+//!   `response_format` or `json_schema`; llama-cpp-python answers 500) is asked again once in
+//!   JSON mode with the schema alongside (`{"type": "json_object", "schema": S}`, which
+//!   llama.cpp servers honour), and remembered as such;
+//! - a 503 without `Retry-After` (a server still loading its model) is retried with backoff
+//!   until the deadline, not just [`MAX_RETRIES`] times;
+//! - every request carries `max_tokens` (`llm.max_output_tokens`); a body longer than
+//!   `llm.max_response_bytes` is not read further;
+//! - the prompt fits the model's context: with `llm.context_tokens` (or the `n_ctx` a server
+//!   names in an `exceed_context_size_error`, learnt and retried once) the log tail is trimmed
+//!   to what is left after the instructions, the schema and the answer, estimating tokens at
+//!   [`BYTES_PER_TOKEN`] until a server's error gives its own count (`n_prompt_tokens`);
 //! - answers are cached in memory by (model, [`PROMPT_VERSION`], hash of the redacted prompt).
 //!
 //! The API key is sent only in the `Authorization` header (marked sensitive), and never
@@ -23,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::LlmError;
-use super::diagnosis::{Diagnosis, parse_answer, strict_schema};
+use super::diagnosis::{Diagnosis, InSchemaOrder, parse_answer, strict_schema_for};
 use super::diagnostics::Diagnostics;
 use super::prompt::{PROMPT_VERSION, system_message, user_message};
 use super::redact::Redactor;
@@ -40,6 +50,13 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(15 * 60);
 /// Most answers kept in the cache; the cache is emptied when it is full.
 pub const CACHE_CAPACITY: usize = 256;
+/// Bytes per token assumed when budgeting a prompt: digit-heavy logs run about 2.2 bytes a
+/// token with llama.cpp's tokenizers, prose more; so tokens are overestimated, the safe side.
+pub const BYTES_PER_TOKEN: f64 = 2.2;
+/// Tokens kept free beyond the estimate (chat template, rounding).
+pub const CONTEXT_MARGIN: u32 = 256;
+/// Longest wait between tries while a server answers 503 without `Retry-After`.
+pub const LOADING_WAIT_MAX: Duration = Duration::from_secs(4);
 
 /// A source of monotonic time for the circuit breaker (tests move it forward).
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -72,6 +89,10 @@ struct Shared {
     circuit: Option<(Instant, String)>,
     /// The server rejected `json_schema` once: use JSON mode from now on.
     json_mode_only: bool,
+    /// The context size a server named in an `exceed_context_size_error`.
+    learned_context: Option<u32>,
+    /// Bytes per token measured from such an error (what was sent over the server's count).
+    learned_bytes_per_token: Option<f64>,
 }
 
 /// A client for one OpenAI-compatible endpoint. Cheap to clone (clones share the cache and the
@@ -83,6 +104,9 @@ pub struct LlmClient {
     api_key: Option<String>,
     model: String,
     timeout: Duration,
+    max_output_tokens: u32,
+    max_response_bytes: u64,
+    context_tokens: Option<u32>,
     backoff: Duration,
     circuit_open_for: Duration,
     redactor: Redactor,
@@ -168,6 +192,9 @@ impl LlmClient {
             api_key,
             model: llm.model.clone(),
             timeout: llm.timeout.get(),
+            max_output_tokens: llm.max_output_tokens,
+            max_response_bytes: llm.max_response_bytes,
+            context_tokens: llm.context_tokens,
             backoff: BACKOFF_BASE,
             circuit_open_for: CIRCUIT_OPEN_FOR,
             redactor,
@@ -247,31 +274,97 @@ impl LlmClient {
     /// [`LlmError::InvalidAnswer`] when the answer cannot be used.
     pub async fn diagnose(&self, d: &Diagnostics) -> Result<DiagnosisOutcome, LlmError> {
         self.check_circuit()?;
-        let (system, user) = self.messages(d);
-        let key = (
-            self.model.clone(),
-            PROMPT_VERSION,
-            prompt_hash(&system, &user),
-        );
-        if let Some(hit) = self.lock().cache.get(&key).cloned() {
-            return Ok(DiagnosisOutcome {
-                cached: true,
-                ..hit
-            });
-        }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let result = tokio::time::timeout_at(deadline, self.exchange(&system, &user, d, deadline))
-            .await
-            .unwrap_or(Err(LlmError::Timeout {
-                after: self.timeout,
-            }));
-        let outcome = result?;
-        let mut shared = self.lock();
-        if shared.cache.len() >= CACHE_CAPACITY {
-            shared.cache.clear();
+        let mut learnt = false;
+        loop {
+            let fitted = self.fit_to_context(d);
+            let (system, user) = self.messages(&fitted);
+            let key = (
+                self.model.clone(),
+                PROMPT_VERSION,
+                prompt_hash(&system, &user),
+            );
+            if let Some(hit) = self.lock().cache.get(&key).cloned() {
+                return Ok(DiagnosisOutcome {
+                    cached: true,
+                    ..hit
+                });
+            }
+            let result =
+                tokio::time::timeout_at(deadline, self.exchange(&system, &user, &fitted, deadline))
+                    .await
+                    .unwrap_or(Err(LlmError::Timeout {
+                        after: self.timeout,
+                    }));
+            match result {
+                // Learn the server's context and try once more with a shorter log tail.
+                Err(LlmError::ContextExceeded {
+                    n_ctx: Some(n_ctx),
+                    n_prompt_tokens,
+                    ..
+                }) if !learnt => {
+                    learnt = true;
+                    let mut shared = self.lock();
+                    shared.learned_context = Some(n_ctx);
+                    // The server's own count calibrates the estimate (SmolLM2's tokenizer
+                    // makes ~1.5 bytes a token of a digit-heavy log, Gemma's ~2.2).
+                    if let Some(n) = n_prompt_tokens.filter(|n| *n > 0) {
+                        let measured = (system.len() + user.len()) as f64 / f64::from(n);
+                        shared.learned_bytes_per_token = Some(measured.clamp(0.5, BYTES_PER_TOKEN));
+                    }
+                    drop(shared);
+                    tracing::info!(
+                        n_ctx,
+                        "LLM context learnt from the server; retrying with a shorter log tail"
+                    );
+                }
+                other => {
+                    let outcome = other?;
+                    let mut shared = self.lock();
+                    if shared.cache.len() >= CACHE_CAPACITY {
+                        shared.cache.clear();
+                    }
+                    shared.cache.insert(key, outcome.clone());
+                    return Ok(outcome);
+                }
+            }
         }
-        shared.cache.insert(key, outcome.clone());
-        Ok(outcome)
+    }
+
+    /// The context the prompt must fit: the smaller of `llm.context_tokens` and what a server
+    /// said; `None` when neither is known.
+    pub fn context_tokens(&self) -> Option<u32> {
+        let learnt = self.lock().learned_context;
+        match (self.context_tokens, learnt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `d` with its log tail trimmed (oldest lines first) so that the instructions, the facts,
+    /// the schema and `max_output_tokens` of answer fit the context; the instructions and the
+    /// schema are never trimmed. Unchanged when no context size is known.
+    pub fn fit_to_context(&self, d: &Diagnostics) -> Diagnostics {
+        let Some(context) = self.context_tokens() else {
+            return d.clone();
+        };
+        let mut fitted = d.clone();
+        fitted.log_tail.clear();
+        let (system, user) = self.messages(&fitted);
+        let schema = serde_json::to_string(&strict_schema_for(&d.policy)).unwrap_or_default();
+        let bpt = self
+            .lock()
+            .learned_bytes_per_token
+            .unwrap_or(BYTES_PER_TOKEN);
+        let tokens = |t: &str| (t.len() as f64 / bpt).ceil() as u32;
+        let fixed = tokens(&system)
+            + tokens(&user)
+            + tokens(&schema)
+            + self.max_output_tokens
+            + CONTEXT_MARGIN;
+        let room = f64::from(context.saturating_sub(fixed)) * bpt;
+        fitted.log_tail = super::diagnostics::cap_tail(&d.log_tail, room as usize);
+        fitted
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -304,6 +397,7 @@ impl LlmClient {
         deadline: tokio::time::Instant,
     ) -> Result<DiagnosisOutcome, LlmError> {
         let mut retries = 0;
+        let mut loading = 0u32;
         let mut fell_back = false;
         loop {
             let format = if self.lock().json_mode_only {
@@ -311,8 +405,20 @@ impl LlmClient {
             } else {
                 Format::JsonSchema
             };
-            let body = request_body(&self.model, system, user, format);
-            let mut req = self.http.post(&self.endpoint).json(&body);
+            let body = request_body(
+                &self.model,
+                system,
+                user,
+                format,
+                &strict_schema_for(&d.policy),
+                self.max_output_tokens,
+            );
+            let bytes = serde_json::to_vec(&InSchemaOrder(&body)).unwrap_or_default();
+            let mut req = self
+                .http
+                .post(&self.endpoint)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
             if let Some(key) = &self.api_key {
                 req = req.bearer_auth(key);
             }
@@ -321,9 +427,17 @@ impl LlmClient {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = retry_after(resp.headers());
-                    match resp.text().await {
+                    match self.read_capped(resp).await {
                         Ok(t) => (status, retry_after, t),
-                        Err(e) => {
+                        Err(Capped::TooLong) => {
+                            return Err(LlmError::BadResponse {
+                                why: format!(
+                                    "the answer's body is longer than llm.max_response_bytes ({} bytes); not read further",
+                                    self.max_response_bytes
+                                ),
+                            });
+                        }
+                        Err(Capped::Broken(e)) => {
                             let err = LlmError::Transport {
                                 why: self.clean(&format!("reading the answer: {e}")),
                             };
@@ -354,7 +468,19 @@ impl LlmClient {
                     open_for: self.circuit_open_for,
                 });
             }
-            if status == 400 && format == Format::JsonSchema && !fell_back && rejects_schema(&text)
+            if status == 400
+                && let Some((n_ctx, n_prompt_tokens)) = exceeds_context(&text)
+            {
+                return Err(LlmError::ContextExceeded {
+                    n_ctx,
+                    n_prompt_tokens,
+                    message: message.clone(),
+                });
+            }
+            if matches!(status, 400 | 422 | 500)
+                && format == Format::JsonSchema
+                && !fell_back
+                && rejects_schema(&text)
             {
                 tracing::info!(endpoint = %self.endpoint, "json_schema rejected; retrying in JSON mode");
                 self.lock().json_mode_only = true;
@@ -362,6 +488,19 @@ impl LlmClient {
                 continue;
             }
             let err = LlmError::Http { status, message };
+            if status == 503 && retry_after.is_none() {
+                // A server still loading its model (llama.cpp: 503 "Loading model" for several
+                // seconds, no Retry-After): wait within the deadline, however many tries.
+                loading += 1;
+                let wait =
+                    jittered((self.backoff * 2u32.pow(loading.min(4))).min(LOADING_WAIT_MAX));
+                if tokio::time::Instant::now() + wait >= deadline {
+                    return Err(err);
+                }
+                tracing::debug!(?wait, loading, "LLM server loading; waiting");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             if matches!(status, 408 | 409 | 429) || (500..600).contains(&status) {
                 self.wait_or_fail(&mut retries, retry_after, deadline, err)
                     .await?;
@@ -392,6 +531,31 @@ impl LlmClient {
         tracing::debug!(?wait, retries = *retries, error = %err, "LLM retry");
         tokio::time::sleep(wait).await;
         Ok(())
+    }
+
+    /// The body as text, read chunk by chunk up to `llm.max_response_bytes`.
+    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<String, Capped> {
+        let cap = usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX);
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_response_bytes)
+        {
+            return Err(Capped::TooLong);
+        }
+        let mut body: Vec<u8> = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > cap {
+                        return Err(Capped::TooLong);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Capped::Broken(e)),
+            }
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     fn read_answer(
@@ -474,14 +638,36 @@ impl LlmClient {
     }
 }
 
-/// The Chat Completions request body.
-fn request_body(model: &str, system: &str, user: &str, format: Format) -> Value {
+/// Why a body was not read to its end.
+enum Capped {
+    /// Longer than `llm.max_response_bytes`.
+    TooLong,
+    /// The connection broke.
+    Broken(reqwest::Error),
+}
+
+/// Tokens `text` takes at most, by [`BYTES_PER_TOKEN`].
+pub fn estimate_tokens(text: &str) -> u32 {
+    u32::try_from((text.len() as f64 / BYTES_PER_TOKEN).ceil() as u64).unwrap_or(u32::MAX)
+}
+
+/// The Chat Completions request body: the messages, the answer's cap in tokens, and the
+/// schema — strict `json_schema`, or in JSON mode alongside `json_object` (a llama.cpp
+/// server honours it there; plain JSON mode got `{}` from a small model).
+fn request_body(
+    model: &str,
+    system: &str,
+    user: &str,
+    format: Format,
+    schema: &Value,
+    max_tokens: u32,
+) -> Value {
     let response_format = match format {
         Format::JsonSchema => json!({
             "type": "json_schema",
-            "json_schema": {"name": "diagnosis", "strict": true, "schema": strict_schema()},
+            "json_schema": {"name": "diagnosis", "strict": true, "schema": schema},
         }),
-        Format::JsonObject => json!({"type": "json_object"}),
+        Format::JsonObject => json!({"type": "json_object", "schema": schema}),
     };
     json!({
         "model": model,
@@ -489,8 +675,33 @@ fn request_body(model: &str, system: &str, user: &str, format: Format) -> Value 
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ],
+        "max_tokens": max_tokens,
         "response_format": response_format,
     })
+}
+
+/// `Some((n_ctx, n_prompt_tokens))` when an error body says the prompt exceeds the context
+/// (llama.cpp's `exceed_context_size_error`, whose body names both; OpenAI's
+/// `context_length_exceeded`), with the sizes the body gives.
+fn exceeds_context(text: &str) -> Option<(Option<u32>, Option<u32>)> {
+    let lower = text.to_ascii_lowercase();
+    if !(lower.contains("exceed_context_size")
+        || lower.contains("context_length_exceeded")
+        || lower.contains("exceeds the available context"))
+    {
+        return None;
+    }
+    let body = serde_json::from_str::<Value>(text).ok();
+    let field = |name: &str| {
+        body.as_ref().and_then(|v| {
+            v.get("error")
+                .unwrap_or(v)
+                .get(name)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+        })
+    };
+    Some((field("n_ctx"), field("n_prompt_tokens")))
 }
 
 /// The error code (`error.code`, else `error.type`) and message of an error body; the raw
@@ -508,7 +719,8 @@ fn error_fields(text: &str) -> (Option<String>, String) {
     (code, message)
 }
 
-/// True when a 400 body says the `json_schema` response format is not supported.
+/// True when an error body says the `json_schema` response format is not supported (a 400 or
+/// 422, or llama-cpp-python's 500 with a pydantic error naming `response_format`).
 fn rejects_schema(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("response_format") || t.contains("json_schema")

@@ -107,44 +107,35 @@ impl std::fmt::Display for FixType {
     }
 }
 
-/// New values for template parameters; `None` leaves a parameter unchanged.
+/// New values for the manifest's template parameters, by name (any parameter the template
+/// declares; the request's schema lists them with their bounds, see [`strict_schema_for`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigChanges {
-    /// Concurrent uploads per worker.
-    pub parallel_uploads: Option<i64>,
-    /// Rows fetched per batch.
-    pub batch_size: Option<i64>,
-}
+#[serde(transparent)]
+pub struct ConfigChanges(pub BTreeMap<String, i64>);
 
 impl ConfigChanges {
-    /// The names of the parameters [`ConfigChanges`] can carry.
-    pub const NAMES: [&'static str; 2] = ["parallel_uploads", "batch_size"];
-
     /// True when no value is set.
     pub fn is_empty(&self) -> bool {
-        self.parallel_uploads.is_none() && self.batch_size.is_none()
+        self.0.is_empty()
     }
 
     /// The values that are set, by parameter name.
     pub fn values(&self) -> BTreeMap<String, i64> {
-        [
-            ("parallel_uploads", self.parallel_uploads),
-            ("batch_size", self.batch_size),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
-        .collect()
-    }
-
-    fn slot(&mut self, name: &str) -> Option<&mut Option<i64>> {
-        match name {
-            "parallel_uploads" => Some(&mut self.parallel_uploads),
-            "batch_size" => Some(&mut self.batch_size),
-            _ => None,
-        }
+        self.0.clone()
     }
 }
+
+/// The order of the answer's keys in the schema: the reasoning order, so that a
+/// grammar-constrained model states the root cause before it commits to a fix (constrained
+/// decoders emit keys in the schema's order).
+pub const KEY_ORDER: [&str; 6] = [
+    "root_cause",
+    "fix_type",
+    "confidence",
+    "fix_description",
+    "code_changes",
+    "config_changes",
+];
 
 /// What the manifest allows an answer to propose; every answer is checked against it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +168,107 @@ impl FixPolicy {
             parameters: desired.parameters.clone(),
             code_files: code.files.clone(),
         }
+    }
+}
+
+/// [`strict_schema`] for one manifest: `config_changes` lists the manifest's own parameters
+/// (integers within their bounds, or null), or is null alone when config fixes are not allowed;
+/// `required` holds the keys in [`KEY_ORDER`] (serialize with [`InSchemaOrder`] to send the
+/// properties in that order).
+pub fn strict_schema_for(policy: &FixPolicy) -> Value {
+    let mut schema = strict_schema();
+    let config = if policy.fix_types.contains(&FixType::ConfigFix) && !policy.parameters.is_empty()
+    {
+        let props: serde_json::Map<String, Value> = policy
+            .parameters
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    serde_json::json!({"type": ["integer", "null"], "minimum": p.min, "maximum": p.max}),
+                )
+            })
+            .collect();
+        let names: Vec<Value> = policy
+            .parameters
+            .keys()
+            .cloned()
+            .map(Value::String)
+            .collect();
+        serde_json::json!({"anyOf": [
+            {"type": "object", "properties": props, "required": names, "additionalProperties": false},
+            {"type": "null"},
+        ]})
+    } else {
+        serde_json::json!({"type": "null"})
+    };
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert("config_changes".into(), config);
+    }
+    if let Some(defs) = schema.get_mut("$defs").and_then(Value::as_object_mut) {
+        defs.remove("ConfigChanges");
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.insert(
+            "required".into(),
+            Value::Array(
+                KEY_ORDER
+                    .iter()
+                    .map(|k| Value::String((*k).into()))
+                    .collect(),
+            ),
+        );
+    }
+    schema
+}
+
+/// Serializes a JSON value with every `properties` object in the order of its sibling
+/// `required` list (serde_json's maps are sorted, which would put `code_changes` first).
+pub struct InSchemaOrder<'a>(pub &'a Value);
+
+impl Serialize for InSchemaOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.0 {
+            Value::Object(map) => {
+                let order: Vec<&str> = map
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    match v {
+                        Value::Object(props) if k == "properties" && !order.is_empty() => {
+                            m.serialize_entry(k, &Ordered(props, &order))?;
+                        }
+                        _ => m.serialize_entry(k, &InSchemaOrder(v))?,
+                    }
+                }
+                m.end()
+            }
+            Value::Array(items) => s.collect_seq(items.iter().map(InSchemaOrder)),
+            other => other.serialize(s),
+        }
+    }
+}
+
+/// A map serialized with the keys of `.1` first, in that order, then the rest.
+struct Ordered<'a>(&'a serde_json::Map<String, Value>, &'a [&'a str]);
+
+impl Serialize for Ordered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for k in self.1 {
+            if let Some(v) = self.0.get(*k) {
+                m.serialize_entry(k, &InSchemaOrder(v))?;
+            }
+        }
+        for (k, v) in self.0.iter().filter(|(k, _)| !self.1.contains(&k.as_str())) {
+            m.serialize_entry(k, &InSchemaOrder(v))?;
+        }
+        m.end()
     }
 }
 
@@ -432,6 +524,13 @@ pub fn validate(
     let code_changes = match map.get("code_changes") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) if !looks_like_an_edit(s) => {
+            notes.push(format!(
+                "code_changes {:?} is neither edit blocks (SEARCH/REPLACE, old_string/new_string), a unified diff nor a function; dropped",
+                s.chars().take(40).collect::<String>()
+            ));
+            None
+        }
         Some(Value::String(s)) => {
             for file in foreign_files(s, &policy.code_files) {
                 notes.push(format!(
@@ -458,6 +557,16 @@ pub fn validate(
             ));
             None
         }
+    };
+
+    let code_changes = match code_changes {
+        Some(_) if fix_type != FixType::CodeFix => {
+            notes.push(format!(
+                "code_changes given with fix_type {fix_type}; dropped (only a code_fix carries a code change)"
+            ));
+            None
+        }
+        other => other,
     };
 
     let config_changes = match map.get("config_changes") {
@@ -507,12 +616,6 @@ fn config_changes(
             ));
             continue;
         };
-        let Some(slot) = out.slot(name) else {
-            notes.push(format!(
-                "config_changes.{name} dropped: automon's answer format has no such field"
-            ));
-            continue;
-        };
         let number = match value {
             Value::Number(n) => n.as_i64().or_else(|| {
                 n.as_f64()
@@ -535,9 +638,22 @@ fn config_changes(
                 bounds.min, bounds.max
             ));
         }
-        *slot = Some(clamped);
+        out.0.insert(name.clone(), clamped);
     }
     out
+}
+
+/// Whether `code` has the shape of a code change the fix engine reads: edit blocks
+/// (`<<<<<<< SEARCH`, `old_string:`), a unified diff (`@@` hunks), or a function or class
+/// definition; `"1"` or `":{"` is none of them.
+pub fn looks_like_an_edit(code: &str) -> bool {
+    code.contains("<<<<<<<")
+        || code.contains("old_string")
+        || code.lines().any(|l| l.starts_with("@@"))
+        || code.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with("def ") || t.starts_with("async def ") || t.starts_with("class ")
+        })
 }
 
 /// Paths named in `code` that are not allow-listed: unified-diff headers, `file:` lines,
@@ -653,10 +769,12 @@ mod tests {
         let text = s.to_string();
         assert!(!text.contains("\"format\""), "{text}");
         assert!(!text.contains("oneOf"), "{text}");
-        // Every object in the schema (ConfigChanges included) is closed and fully required.
-        let cc = &s["$defs"]["ConfigChanges"];
+        // The manifest's schema lists its own parameters, closed and fully required.
+        let s2 = strict_schema_for(&policy());
+        let cc = &s2["properties"]["config_changes"]["anyOf"][0];
         assert_eq!(cc["additionalProperties"], false);
         assert_eq!(cc["required"].as_array().unwrap().len(), 2);
+        assert_eq!(cc["properties"]["parallel_uploads"]["maximum"], 10);
         let ft = &s["$defs"]["FixType"];
         assert_eq!(
             ft["enum"],
@@ -678,10 +796,10 @@ mod tests {
         assert_eq!(d.confidence, 0.8);
         assert_eq!(
             d.config_changes,
-            Some(ConfigChanges {
-                parallel_uploads: Some(2),
-                batch_size: None
-            })
+            Some(ConfigChanges(BTreeMap::from([(
+                "parallel_uploads".to_string(),
+                2
+            )])))
         );
         assert!(d.code_changes.is_none());
         assert!(notes.is_empty(), "{notes:?}");
@@ -718,7 +836,12 @@ mod tests {
         );
         assert_eq!(d.confidence, 0.0);
         assert_eq!(
-            d.config_changes.as_ref().unwrap().parallel_uploads,
+            d.config_changes
+                .as_ref()
+                .unwrap()
+                .0
+                .get("parallel_uploads")
+                .copied(),
             Some(10)
         );
         let all = notes.join("\n");
@@ -782,6 +905,64 @@ mod tests {
     }
 
     #[test]
+    fn config_fixes_know_any_parameter_the_manifest_declares_not_only_the_demos_two() {
+        let mut p = policy();
+        p.parameters = BTreeMap::from([(
+            "threads".to_string(),
+            Parameter {
+                default: 2,
+                min: 1,
+                max: 16,
+            },
+        )]);
+        let schema = strict_schema_for(&p);
+        let cc = &schema["properties"]["config_changes"]["anyOf"][0];
+        assert_eq!(cc["required"], serde_json::json!(["threads"]));
+        assert_eq!(cc["properties"]["threads"]["maximum"], 16);
+        let text = r#"{"root_cause": "x", "fix_type": "config_fix", "fix_description": "d", "confidence": 0.9, "code_changes": null, "config_changes": {"threads": 40}}"#;
+        let (d, notes) = parse_answer(text, &p).unwrap();
+        assert_eq!(d.config_changes.unwrap().values()["threads"], 16);
+        assert!(
+            notes.iter().any(|n| n.contains("clamped to 16")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn schema_keys_are_sent_in_reasoning_order_root_cause_first() {
+        let schema = strict_schema_for(&policy());
+        let text = serde_json::to_string(&InSchemaOrder(&schema)).unwrap();
+        let props = &text[text.find("\"properties\"").unwrap()..];
+        let at = |k: &str| props.find(&format!("\"{k}\":")).unwrap();
+        let positions: Vec<usize> = KEY_ORDER.iter().map(|k| at(k)).collect();
+        assert!(
+            positions.is_sorted(),
+            "{KEY_ORDER:?} at {positions:?} in {props}"
+        );
+        // Still the same schema, only ordered.
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, schema);
+    }
+
+    #[test]
+    fn code_changes_that_are_no_edit_or_ride_on_a_restart_are_dropped_with_a_note() {
+        for (fix, code, says) in [
+            ("code_fix", "1", "neither edit blocks"),
+            ("code_fix", ":{", "neither edit blocks"),
+            (
+                "restart",
+                "def f():\n    return 1\n",
+                "only a code_fix carries",
+            ),
+        ] {
+            let text = serde_json::json!({"root_cause": "x", "fix_type": fix, "fix_description": "d", "confidence": 0.9, "code_changes": code, "config_changes": null}).to_string();
+            let (d, notes) = parse_answer(&text, &policy()).unwrap();
+            assert!(d.code_changes.is_none(), "{code}");
+            assert!(notes.iter().any(|n| n.contains(says)), "{notes:?}");
+        }
+    }
+
+    #[test]
     fn parameters_the_manifest_lacks_are_dropped() {
         let mut p = policy();
         p.parameters.remove("batch_size");
@@ -789,10 +970,10 @@ mod tests {
         let (d, notes) = parse_answer(text, &p).unwrap();
         assert_eq!(
             d.config_changes,
-            Some(ConfigChanges {
-                parallel_uploads: Some(3),
-                batch_size: None
-            })
+            Some(ConfigChanges(BTreeMap::from([(
+                "parallel_uploads".to_string(),
+                3
+            )])))
         );
         let all = notes.join("\n");
         assert!(

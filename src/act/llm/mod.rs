@@ -96,8 +96,20 @@ pub enum LlmError {
         why: String,
     },
     /// `finish_reason` was `length`: the answer was cut off.
-    #[error("LLM answer was cut off (finish_reason \"length\")")]
+    #[error(
+        "LLM answer was cut off at its output cap (finish_reason \"length\"; llm.max_output_tokens): a looping or long answer"
+    )]
     Truncated,
+    /// The prompt does not fit the model's context, even with the log tail trimmed.
+    #[error("LLM prompt exceeds the model's context{}: {message}", n_ctx.map(|n| format!(" of {n} tokens")).unwrap_or_default())]
+    ContextExceeded {
+        /// The context size the server named, if it did.
+        n_ctx: Option<u32>,
+        /// The prompt's size in tokens as the server counted it, if it said.
+        n_prompt_tokens: Option<u32>,
+        /// The server's message.
+        message: String,
+    },
     /// The model refused, or a content filter stopped it.
     #[error("LLM refused to answer: {why}")]
     Refused {

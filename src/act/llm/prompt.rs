@@ -10,7 +10,7 @@ use super::diagnostics::Diagnostics;
 use crate::manifest::duration::format_duration;
 
 /// Version of the prompt's wording; part of the answer cache key.
-pub const PROMPT_VERSION: u32 = 1;
+pub const PROMPT_VERSION: u32 = 2;
 
 /// Opens a data section: `<<<DATA name>>>`.
 pub const OPEN: &str = "<<<DATA ";
@@ -37,8 +37,8 @@ root cause is Unknown, use \"restart\".
 - confidence: number from 0 to 1.
 - code_changes: string or null. For code_fix only: the edit as `old_string:` and \
 `new_string:` blocks, or a unified diff, naming only an allowed file.
-- config_changes: object or null. For config_fix only: {{\"parallel_uploads\": integer or \
-null, \"batch_size\": integer or null}}, values within the listed bounds.
+- config_changes: object or null. For config_fix only: an object with one key per listed \
+parameter, each an integer within its bounds or null to leave it unchanged.
 
 automon checks the answer against the manifest's bounds and allow-list and refuses anything \
 outside them."
