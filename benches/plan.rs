@@ -152,8 +152,10 @@ impl Fleet {
             children: Children {
                 exits,
                 unreaped: Default::default(),
+                stopping: Default::default(),
             },
             unrecorded: Vec::new(),
+            scan_incomplete: None,
         }
     }
 

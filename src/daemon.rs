@@ -102,6 +102,8 @@ struct Daemon<'a> {
     wake_tx: mpsc::UnboundedSender<Wake>,
     pending_exits: Vec<ExitEvent>,
     unreaped: std::collections::BTreeSet<i32>,
+    /// Stop tasks running, per worker (the planner starts none of these workers meanwhile).
+    stops_in_flight: std::collections::BTreeMap<WorkerId, usize>,
     in_flight: usize,
     first: bool,
     started: Instant,
@@ -131,6 +133,7 @@ impl Daemon<'_> {
         let children = observe::Children {
             exits: std::mem::take(&mut self.pending_exits),
             unreaped: self.unreaped.clone(),
+            stopping: self.stops_in_flight.keys().copied().collect(),
         };
         let now = crate::clock::Now::read();
         let history_basis = crate::state::HistoryBasis::of(&self.memory);
@@ -164,8 +167,13 @@ impl Daemon<'_> {
             // Workers recorded by an earlier automon and still alive are taken over, not restarted.
             for (id, old) in &recorded {
                 let kept = plan.memory.workers.get(id).and_then(|n| n.process.as_ref());
+                // Only a live process is adopted (a stop may go on for a leaderless group).
+                let alive = observed.workers.get(id).is_some_and(|o| {
+                    matches!(o.process, Some(observe::ProcessStatus::Alive { .. }))
+                });
                 if let Some(new) = kept
                     && *old == new.identity
+                    && alive
                 {
                     self.events.record(
                         now.wall,
@@ -177,7 +185,8 @@ impl Daemon<'_> {
                 }
             }
         }
-        self.first = false;
+        // A scan that could not list /proc is made again on the next pass.
+        self.first = observed.scan_incomplete.is_some();
         for e in &plan.events {
             self.events.record(now.wall, e);
         }
@@ -209,6 +218,7 @@ impl Daemon<'_> {
         match action {
             Action::Stop(a) => {
                 self.in_flight += 1;
+                *self.stops_in_flight.entry(a.worker).or_default() += 1;
                 let (tx, a, signal) = (self.wake_tx.clone(), a.clone(), self.desired.stop_signal);
                 tokio::spawn(async move {
                     let outcome =
@@ -330,7 +340,18 @@ impl Daemon<'_> {
                 worker,
                 pid,
                 outcome,
-            } => stop_message(worker, pid, &outcome),
+            } => {
+                if let Some(n) = self.stops_in_flight.get_mut(&worker) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.stops_in_flight.remove(&worker);
+                    }
+                }
+                if outcome == stop::StopOutcome::Survived {
+                    plan::record_unkillable(&mut self.memory, worker, pid, now);
+                }
+                stop_message(worker, pid, &outcome)
+            }
             Wake::Diagnosis { worker, outcome } => {
                 plan::record_diagnosis(&mut self.memory, worker, outcome)
             }
@@ -442,6 +463,7 @@ pub async fn run(
         wake_tx,
         pending_exits: Vec::new(),
         unreaped: std::collections::BTreeSet::new(),
+        stops_in_flight: std::collections::BTreeMap::new(),
         in_flight: 0,
         first: true,
         started: Instant::now(),
@@ -523,7 +545,12 @@ fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> Stri
         stop::StopOutcome::Killed => "did not exit within the grace period; killed with SIGKILL",
         stop::StopOutcome::AlreadyGone => "was already gone",
         stop::StopOutcome::NotOurs => "pid now belongs to another process; nothing signalled",
-        stop::StopOutcome::Survived => "survived SIGKILL (uninterruptible I/O?); will check again",
+        stop::StopOutcome::Survived => {
+            "survived SIGKILL: unkillable, in uninterruptible I/O; no replacement while it lives, and automon says when it goes"
+        }
+        stop::StopOutcome::Unverified => {
+            "could not be identified (its /proc entry is unreadable); nothing signalled, trying again"
+        }
     };
     format!("worker {worker}: pid {pid} {how}")
 }

@@ -18,6 +18,7 @@ pub mod act;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod fds;
 pub mod footprint;
 pub mod manifest;
 pub mod metrics;

@@ -108,6 +108,9 @@ impl CliError {
 
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
+    // Before anything of automon's own is open: the caller's descriptors are not ours to keep
+    // (nor to pass on to every worker).
+    crate::fds::close_inherited();
     let cli = Cli::parse();
     logging::init_tracing(cli.log_format);
     let result = match cli.command {

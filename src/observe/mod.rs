@@ -47,6 +47,10 @@ pub struct Children {
     /// Pids of children not reaped yet: if `/proc` already shows one gone, its exit status is
     /// on its way and the planner waits for it rather than guessing.
     pub unreaped: std::collections::BTreeSet<i32>,
+    /// Workers with a stop task running in this automon (signal, grace, SIGKILL, confirm the
+    /// group is gone): never started until it reports, and not stopped a second time.
+    #[serde(default)]
+    pub stopping: std::collections::BTreeSet<WorkerId>,
 }
 
 /// A live worker process that memory does not record: started by an earlier automon that was
@@ -92,6 +96,11 @@ pub struct Observed {
     pub children: Children,
     /// Live processes carrying this WorkerSet's marker that memory does not record.
     pub unrecorded: Vec<UnrecordedWorker>,
+    /// Why the scan for unrecorded workers could not look at every process (`/proc` not
+    /// listable: out of descriptors); the planner starts nothing until a scan is complete, since
+    /// a worker it missed would be started twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_incomplete: Option<String>,
 }
 
 /// Where the observers read from; tests point these at fixture trees.
@@ -227,10 +236,13 @@ impl Observer {
                 )
             })
             .collect();
-        let unrecorded = if scan_unrecorded {
-            scan_for_unrecorded(desired, memory, state_dir, &boot, roots)
+        let (unrecorded, scan_incomplete) = if scan_unrecorded {
+            match scan_for_unrecorded(desired, memory, state_dir, &boot, roots) {
+                Ok(found) => (found, None),
+                Err(why) => (Vec::new(), Some(why)),
+            }
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         Observed {
             disk: disk.sample(now),
@@ -238,20 +250,26 @@ impl Observer {
             workers,
             children,
             unrecorded,
+            scan_incomplete,
         }
     }
 }
 
 /// Finds live workers memory does not record: group leaders whose environment carries this
 /// WorkerSet's marker (started by an earlier automon), and — when the manifest opts in — any
-/// process whose command line matches the template.
+/// process whose command line matches the template and whose working directory is the
+/// manifest's (the same argv in another fleet's directory is another fleet's worker), carrying
+/// no other automon's marker.
+///
+/// # Errors
+/// Why `/proc` could not be listed (then nothing is known about unrecorded workers).
 fn scan_for_unrecorded(
     desired: &Desired,
     memory: &Memory,
     state_dir: &Path,
     boot: &str,
     roots: &Roots,
-) -> Vec<UnrecordedWorker> {
+) -> Result<Vec<UnrecordedWorker>, String> {
     let state_dir = state_dir.to_string_lossy();
     let tps = proc::clock_ticks_per_second();
     let own = std::process::id() as i32;
@@ -260,8 +278,12 @@ fn scan_for_unrecorded(
         .match_command
         .then(|| cmdline::CommandMatcher::new(&desired.command));
     let valid_ids = desired.worker_ids();
+    let workdir =
+        std::fs::canonicalize(&desired.workdir).unwrap_or_else(|_| desired.workdir.clone());
+    let pids = proc::try_list_pids(&roots.proc)
+        .map_err(|e| format!("cannot list {}: {e}", roots.proc.display()))?;
     let mut found = Vec::new();
-    for pid in proc::list_pids(&roots.proc) {
+    for pid in pids {
         if pid == own {
             continue;
         }
@@ -302,6 +324,11 @@ fn scan_for_unrecorded(
             std::fs::read(roots.proc.join(pid.to_string()).join("cmdline"))
                 .ok()
                 .and_then(|bytes| m.worker_id(&cmdline::parse_cmdline(&bytes)))
+                // The same command line run in another directory writes another fleet's files.
+                .filter(|_| {
+                    std::fs::read_link(roots.proc.join(pid.to_string()).join("cwd"))
+                        .is_ok_and(|cwd| cwd == workdir)
+                })
         } else {
             None
         };
@@ -328,5 +355,5 @@ fn scan_for_unrecorded(
         }
     }
     found.sort_by_key(|u| (u.worker, u.identity.start_ticks));
-    found
+    Ok(found)
 }

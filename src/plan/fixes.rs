@@ -114,6 +114,7 @@ impl Planner<'_> {
         w: &mut WorkerMemory,
         process: &RunningProcess,
         what: &str,
+        in_uninterruptible_io: bool,
     ) {
         let max = self.desired.fixes.max_attempts;
         if let Some(a) = w.fixes.pending() {
@@ -145,7 +146,9 @@ impl Planner<'_> {
             self.wake_in(left);
             return;
         }
-        if self.desired.llm.enabled {
+        // A process in uninterruptible I/O is waiting on the kernel, not on its code: nothing
+        // an LLM reads in its log explains that; it is restarted (stopped) at once.
+        if self.desired.llm.enabled && !in_uninterruptible_io {
             if self.diagnosis_in_flight(w) {
                 self.set(
                     id,

@@ -126,6 +126,11 @@ pub struct Stopping {
     pub reason: String,
     /// Restart the worker once its process group is gone.
     pub restart: bool,
+    /// When a stop found the process (or a member of its group) still alive after SIGKILL:
+    /// in uninterruptible I/O. It is not signalled again (SIGKILL is pending) and nothing
+    /// replaces it while it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unkillable_since: Option<BootTime>,
 }
 
 /// What automon remembers about one worker id.

@@ -209,6 +209,18 @@ impl Planner<'_> {
         candidates.sort();
         let free = desired_count.saturating_sub(occupied);
         for (_, id) in candidates.into_iter().take(free) {
+            if self.stop_pending(id) {
+                // Its old process group is being stopped: the start waits for the stop to
+                // report (so the log says the old one went before the new one came), and keeps
+                // its slot meanwhile.
+                self.set(
+                    id,
+                    Phase::Stopping,
+                    "waiting for the stop of its previous process to confirm its group is gone",
+                );
+                self.wake_in(std::time::Duration::from_millis(100));
+                continue;
+            }
             let shard = self.desired.shard(id);
             let w = self.memory.workers.entry(id).or_default();
             let resume_from = w.checkpoint;

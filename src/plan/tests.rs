@@ -102,6 +102,7 @@ fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent
             ..Children::default()
         },
         unrecorded: Vec::new(),
+        scan_incomplete: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! (its stdout and stderr).
 
 mod events;
+pub mod fleet_lock;
 mod history;
 mod instance;
 mod lock;
@@ -16,6 +17,7 @@ mod status;
 mod store;
 
 pub use events::EventLog;
+pub use fleet_lock::{FleetFiles, FleetLock};
 pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_history};
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,
