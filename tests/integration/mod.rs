@@ -1,6 +1,7 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod fault_safety;
 mod llm;
 mod manifests;
 mod migration;
