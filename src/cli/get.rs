@@ -79,6 +79,10 @@ pub struct WorkerRow {
     pub next: String,
     /// Parameter values set by config fixes.
     pub params: std::collections::BTreeMap<String, i64>,
+    /// How its adopted process differs from the manifest (its next restart applies the
+    /// manifest); secret values not shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<String>,
 }
 
 /// The overall line.
@@ -244,6 +248,7 @@ pub fn build(
             max_attempts: max,
             next: next_step(desired, w, s.phase, now),
             params: w.params.clone(),
+            differs: w.differs.clone(),
         });
     }
     let (disk_util_percent, disk_queue_depth) = match disk {
@@ -401,6 +406,19 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
             let _ = write!(out, "  {}", w.reason);
         }
         out.push('\n');
+    }
+    for w in &s.workers {
+        if !w.differs.is_empty() {
+            let pid = w
+                .pid
+                .map_or_else(String::new, |p| format!(" (pid {p}, adopted)"));
+            let _ = writeln!(
+                out,
+                "worker {}{pid} differs from the manifest: {}; its next restart applies the manifest",
+                w.worker,
+                w.differs.join("; ")
+            );
+        }
     }
     let o = &s.overall;
     let pct = if o.keys_total > 0 {

@@ -3,6 +3,7 @@
 
 pub mod cmdline;
 pub mod disk;
+pub mod drift;
 pub mod logtail;
 pub mod proc;
 pub mod progress;
@@ -68,6 +69,10 @@ pub struct UnrecordedWorker {
     pub own_group: bool,
     /// Found by matching its command line (not by automon's environment marker).
     pub by_command_line: bool,
+    /// How it differs from what the manifest would start (see [`drift::differences`]);
+    /// secret-looking values are not included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
 }
 
 /// Everything observed about one worker id in one pass.
@@ -345,12 +350,39 @@ fn scan_for_unrecorded(
             .values()
             .any(|w| w.process.as_ref().is_some_and(|p| p.identity == identity));
         if !recorded {
+            let argv = std::fs::read(roots.proc.join(pid.to_string()).join("cmdline"))
+                .map(|b| cmdline::parse_cmdline(&b))
+                .unwrap_or_default();
+            let cwd = std::fs::read_link(roots.proc.join(pid.to_string()).join("cwd")).ok();
+            let differences = drift::differences(
+                drift::Expected {
+                    program: desired.command.first().map_or("", String::as_str),
+                    workdir: &workdir,
+                    env: &desired.env,
+                },
+                // One that automon started ran the manifest's program with automon's
+                // environment: only a changed manifest can make it differ (an interpreter shim
+                // may have rewritten its argv[0] and PATH since).
+                drift::Running {
+                    program: argv.first().map(String::as_str).filter(|_| !marked),
+                    cwd: cwd.as_deref(),
+                    env: &environ,
+                },
+                |k| {
+                    if marked {
+                        var(k).map(str::to_string)
+                    } else {
+                        std::env::var(k).ok()
+                    }
+                },
+            );
             found.push(UnrecordedWorker {
                 worker,
                 identity,
                 started_at: Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps)),
                 own_group: stat.pgid == pid,
                 by_command_line: !marked,
+                differences,
             });
         }
     }

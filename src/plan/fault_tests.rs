@@ -129,6 +129,7 @@ fn marked(worker: u32, pid: i32) -> UnrecordedWorker {
         started_at: Some(at(1).boot),
         own_group: true,
         by_command_line: false,
+        differences: Vec::new(),
     }
 }
 

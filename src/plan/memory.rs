@@ -179,6 +179,11 @@ pub struct WorkerMemory {
     /// A stop in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping: Option<Stopping>,
+    /// How its adopted process differs from what the manifest starts (program, working
+    /// directory, environment; secret values not shown), until its next start applies the
+    /// manifest and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<String>,
     /// Where the last pass stopped reading the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_cursor: Option<LogCursor>,

@@ -633,8 +633,17 @@ impl Planner<'_> {
                         )
                     });
                     self.adopted_now.insert(id);
+                    w.differs.clone_from(&u.differences);
+                    let differs = if u.differences.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it differs from the manifest: {}; its next restart applies the manifest",
+                            u.differences.join("; ")
+                        )
+                    };
                     self.events.push(format!(
-                        "worker {id}: adopted pid {}{instead} ({how})",
+                        "worker {id}: adopted pid {}{instead} ({how}){differs}",
                         u.identity.pid
                     ));
                 }

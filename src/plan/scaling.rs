@@ -255,6 +255,15 @@ impl Planner<'_> {
                 let p: Vec<String> = w.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("{reason} with {}", p.join(", "))
             };
+            let reason = if w.differs.is_empty() {
+                reason
+            } else {
+                // The adopted process ran otherwise; say what this start changes.
+                format!(
+                    "{reason}; as the manifest says, unlike the adopted process: {}",
+                    std::mem::take(&mut w.differs).join("; ")
+                )
+            };
             w.backoff_until = None;
             self.statuses.insert(
                 id,

@@ -326,7 +326,11 @@ fn a_restart_that_was_never_saved_is_adopted_not_duplicated() {
         .args(["apply", "workerset.yaml"])
         .output()
         .expect("apply");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state_dir = fleet.state_dir();
     let p = fleet.recorded_pid(0).expect("worker 0 recorded");
     // P dies while no automon runs.
@@ -336,13 +340,18 @@ fn a_restart_that_was_never_saved_is_adopted_not_duplicated() {
     let markers = [
         ("AUTOMON_WORKERSET", "fault".to_string()),
         ("AUTOMON_WORKER_ID", "0".to_string()),
-        ("AUTOMON_STATE_DIR", state_dir.to_string_lossy().into_owned()),
+        (
+            "AUTOMON_STATE_DIR",
+            state_dir.to_string_lossy().into_owned(),
+        ),
     ];
     let q = hand_start(fleet.path(), 0, shard(2, 0), &markers);
     let q_pid = q.id() as i32;
     reap(q);
     wait_for("Q to carry its markers", MINUTES, || {
-        live_workers(&state_dir).get(&0).is_some_and(|v| v.contains(&q_pid))
+        live_workers(&state_dir)
+            .get(&0)
+            .is_some_and(|v| v.contains(&q_pid))
     });
     let sampler = Sampler::start(&state_dir);
     let out = fleet
@@ -355,7 +364,11 @@ fn a_restart_that_was_never_saved_is_adopted_not_duplicated() {
     let sampled = sampler.assert_never_two();
     let events = fleet.events();
     cleanup(&state_dir, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(sampled.samples > 10);
     assert!(
         events.contains(&format!(
@@ -407,7 +420,11 @@ fn a_stop_cut_short_by_automons_restart_is_resumed_for_a_leaderless_group() {
         .args(["pause", "workerset.yaml", "0"])
         .output()
         .expect("pause");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The main process exits on SIGTERM; the deaf child stays.
     wait_for("the main process to exit", MINUTES, || !alive(leader));
     assert!(members(leader) >= 1, "the deaf child outlives the leader");
@@ -419,7 +436,8 @@ fn a_stop_cut_short_by_automons_restart_is_resumed_for_a_leaderless_group() {
         !automon::observe::proc::group_exists(leader)
     });
     wait_for("worker 0 to be paused", MINUTES, || {
-        fleet.events().contains("worker 0: pid") && fleet.state()["workers"]["0"]["process"].is_null()
+        fleet.events().contains("worker 0: pid")
+            && fleet.state()["workers"]["0"]["process"].is_null()
     });
     let events = fleet.events();
     let _ = second.kill();
@@ -435,7 +453,8 @@ fn a_stop_cut_short_by_automons_restart_is_resumed_for_a_leaderless_group() {
         "a pid that has exited is never adopted:\n{events}"
     );
     assert!(
-        !events.contains("worker 0: started pid") || events.matches("worker 0: started pid").count() == 1,
+        !events.contains("worker 0: started pid")
+            || events.matches("worker 0: started pid").count() == 1,
         "a paused worker is not restarted:\n{events}"
     );
 }
@@ -472,7 +491,11 @@ fn a_worker_of_another_fleet_directory_with_the_same_command_line_is_not_adopted
     let stranger_alive = alive(stranger_pid);
     sigkill_group(stranger_pid);
     cleanup(&fleet.state_dir(), None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !events.contains(&stranger_pid.to_string()),
         "another fleet's worker is never adopted or named:\n{events}"
@@ -502,7 +525,9 @@ fn a_second_workerset_on_the_same_files_is_refused_naming_the_owner() {
     let sampler = Sampler::start(&state_dir);
     let copy_sampler = Sampler::start(&copy.path().join(".automon"));
     let mut first = fleet.watch();
-    wait_for("both workers to run", MINUTES, || live_workers(&state_dir).len() == 2);
+    wait_for("both workers to run", MINUTES, || {
+        live_workers(&state_dir).len() == 2
+    });
     let out = Command::new(env!("CARGO_BIN_EXE_automon"))
         .current_dir(copy.path())
         .args(["apply", "workerset.yaml"])
@@ -520,9 +545,18 @@ fn a_second_workerset_on_the_same_files_is_refused_naming_the_owner() {
         stderr.contains(&format!("another automon (pid {first_pid}")),
         "{stderr}"
     );
-    assert!(stderr.contains(&state_dir.display().to_string()), "{stderr}");
-    assert!(copy_live.is_empty(), "the second automon started {copy_live:?}");
-    assert_eq!(copy_sampled.max_per_id, 0, "the second automon started nothing");
+    assert!(
+        stderr.contains(&state_dir.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        copy_live.is_empty(),
+        "the second automon started {copy_live:?}"
+    );
+    assert_eq!(
+        copy_sampled.max_per_id, 0,
+        "the second automon started nothing"
+    );
 }
 
 /// Regression (fault safety 6): a caller's descriptor (here a FIFO on fd 7) leaked into the
@@ -573,7 +607,10 @@ fn inherited_descriptors_do_not_leak_into_the_loop_or_the_workers() {
             .expect("worker fds")
             .filter_map(|e| {
                 let e = e.ok()?;
-                Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?))
+                Some((
+                    e.file_name().to_str()?.parse().ok()?,
+                    std::fs::read_link(e.path()).ok()?,
+                ))
             })
             .collect();
         worker_fds.push((*pid, fds));
@@ -585,10 +622,15 @@ fn inherited_descriptors_do_not_leak_into_the_loop_or_the_workers() {
         "the caller's pipe never closed: automon or a worker still holds it"
     );
     for (pid, fds) in worker_fds {
-        assert_eq!(fds.get(&0), Some(&PathBuf::from("/dev/null")), "pid {pid}: {fds:?}");
+        assert_eq!(
+            fds.get(&0),
+            Some(&PathBuf::from("/dev/null")),
+            "pid {pid}: {fds:?}"
+        );
         for fd in [1, 2] {
             assert!(
-                fds.get(&fd).is_some_and(|p| p.starts_with(fleet.path().join("logs"))),
+                fds.get(&fd)
+                    .is_some_and(|p| p.starts_with(fleet.path().join("logs"))),
                 "pid {pid}: stdout and stderr go to the worker's log: {fds:?}"
             );
         }
@@ -719,5 +761,83 @@ fn a_start_that_fails_for_want_of_descriptors_leaves_no_untracked_process() {
         stderr.contains("could not start") || live.len() < 48,
         "the limit was low enough to make starts fail:\n{stderr}"
     );
-    assert_eq!(after.len(), 48, "every worker runs once the limit is normal");
+    assert_eq!(
+        after.len(),
+        48,
+        "every worker runs once the limit is normal"
+    );
+}
+
+/// Regression (fault safety 5): a hand-started worker whose `DB_URL`, `PYTHONPATH` and
+/// interpreter differed from the manifest was adopted, `diff` said "the workers match the
+/// manifest", and its next restart switched all three without a word.
+#[test]
+fn an_adopted_workers_differences_are_shown_and_its_restart_says_what_changed() {
+    let fleet = Fleet::new(&Spec {
+        shards: 1,
+        target: 1,
+        extra: "  adoption: {match_command: true}\n".into(),
+        ..Spec::default()
+    });
+    // The manifest's environment for the workers.
+    let manifest = fleet.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "env: {MODE: \"\",",
+            "env: {DB_URL: \"postgres://app:new-s3cret@db/shelf\", PYTHONPATH: /srv/new, MODE: \"\",",
+        ),
+    )
+    .expect("manifest");
+    let worker = hand_start(
+        fleet.path(),
+        0,
+        shard(1, 0),
+        &[
+            ("DB_URL", "postgres://app:old-s3cret@db/shelf".to_string()),
+            ("PYTHONPATH", "/srv/old".to_string()),
+            ("MODE", String::new()),
+        ],
+    );
+    let pid = worker.id() as i32;
+    reap(worker);
+    let python = || {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| e.to_string_lossy().contains("python"))
+    };
+    wait_for("the hand-started worker to run", MINUTES, python);
+    let run = |args: &[&str]| {
+        let out = fleet.automon().args(args).output().expect("automon");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = run(&["apply", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (diff_code, diff, _) = run(&["diff", "workerset.yaml"]);
+    let (_, get, _) = run(&["get", "workerset.yaml"]);
+    // The restart applies the manifest and says so.
+    sigkill_group(pid);
+    wait_for("the adopted worker to be gone", MINUTES, || !alive(pid));
+    let (code2, _, stderr2) = run(&["apply", "workerset.yaml"]);
+    let events = fleet.events();
+    cleanup(&fleet.state_dir(), None);
+    assert_eq!(code2, Some(0), "{stderr2}");
+    let expected = format!(
+        "worker 0 (pid {pid}, adopted) differs from the manifest: env DB_URL differs (secret-looking: values not shown); env PYTHONPATH=/srv/old (a restart sets /srv/new)"
+    );
+    assert!(diff.contains(&expected), "{diff}");
+    assert!(!diff.contains("the workers match the manifest"), "{diff}");
+    assert_eq!(diff_code, Some(1), "a difference is a difference:\n{diff}");
+    assert!(get.contains(&expected), "{get}");
+    assert!(
+        events.contains("as the manifest says, unlike the adopted process: env DB_URL differs"),
+        "{events}"
+    );
+    for text in [&diff, &get, &events] {
+        assert!(!text.contains("s3cret"), "no secret shown:\n{text}");
+    }
 }
