@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::manifest::Desired;
 use crate::observe::{
-    ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
+    ENV_FLEET, ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
 };
 use crate::plan::StartAction;
 
@@ -47,6 +47,7 @@ pub fn spawn_worker(
         .env(ENV_WORKERSET, &desired.name)
         .env(ENV_WORKER_ID, action.worker.to_string())
         .env(ENV_STATE_DIR, state_dir)
+        .env(ENV_FLEET, crate::state::FleetFiles::of(desired).key())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))

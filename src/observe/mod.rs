@@ -26,6 +26,10 @@ pub const ENV_WORKERSET: &str = "AUTOMON_WORKERSET";
 pub const ENV_WORKER_ID: &str = "AUTOMON_WORKER_ID";
 /// Environment variable holding automon's state directory, set in every worker it starts.
 pub const ENV_STATE_DIR: &str = "AUTOMON_STATE_DIR";
+/// Environment variable holding the key of the files a worker writes
+/// ([`crate::state::FleetFiles::key`]), set in every worker automon starts: a worker of
+/// another automon (another state directory) on the same files is recognised by it.
+pub const ENV_FLEET: &str = "AUTOMON_FLEET";
 
 /// How a child that automon started (and reaped) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,10 @@ pub struct UnrecordedWorker {
     /// secret-looking values are not included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub differences: Vec<String>,
+    /// Set when the process belongs to another automon (this state directory) but writes
+    /// this worker's files: never adopted or signalled, and no duplicate is started beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_owner: Option<String>,
 }
 
 /// Everything observed about one worker id in one pass.
@@ -283,6 +291,7 @@ fn scan_for_unrecorded(
         .match_command
         .then(|| cmdline::CommandMatcher::new(&desired.command));
     let valid_ids = desired.worker_ids();
+    let fleet = crate::state::FleetFiles::of(desired).key();
     let workdir =
         std::fs::canonicalize(&desired.workdir).unwrap_or_else(|_| desired.workdir.clone());
     let pids = proc::try_list_pids(&roots.proc)
@@ -317,7 +326,10 @@ fn scan_for_unrecorded(
         let marked = stat.pgid == pid
             && var(ENV_WORKERSET) == Some(desired.name.as_str())
             && var(ENV_STATE_DIR) == Some(&*state_dir);
-        let worker = if marked {
+        // Another automon's worker on these very files.
+        let other_owner = (!marked && stat.pgid == pid && var(ENV_FLEET) == Some(fleet.as_str()))
+            .then(|| var(ENV_STATE_DIR).unwrap_or("unknown").to_string());
+        let worker = if marked || other_owner.is_some() {
             var(ENV_WORKER_ID)
                 .and_then(|v| v.parse().ok())
                 .map(WorkerId)
@@ -381,8 +393,9 @@ fn scan_for_unrecorded(
                 identity,
                 started_at: Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps)),
                 own_group: stat.pgid == pid,
-                by_command_line: !marked,
+                by_command_line: !marked && other_owner.is_none(),
                 differences,
+                other_owner,
             });
         }
     }

@@ -130,6 +130,7 @@ fn marked(worker: u32, pid: i32) -> UnrecordedWorker {
         own_group: true,
         by_command_line: false,
         differences: Vec::new(),
+        other_owner: None,
     }
 }
 

@@ -592,7 +592,23 @@ impl Planner<'_> {
         for u in &observed.unrecorded {
             by_id.entry(u.worker).or_default().push(u);
         }
-        for (id, found) in by_id {
+        for (id, mut found) in by_id {
+            // Another automon's worker on this worker's files: reported, left alone, and
+            // nothing started beside it.
+            found.retain(|u| {
+                let Some(owner) = &u.other_owner else {
+                    return true;
+                };
+                self.events.push(format!(
+                    "worker {id}: pid {} writes this worker's files but belongs to another automon (state directory {owner}); adopting it, signalling it and starting a duplicate are all refused",
+                    u.identity.pid
+                ));
+                self.conflicts.insert(id);
+                false
+            });
+            if found.is_empty() {
+                continue;
+            }
             let obs = observed.workers.get(&id);
             let w = self.memory.workers.entry(id).or_default();
             // The recorded process is gone (and its group with it): it no longer runs the worker.

@@ -63,7 +63,7 @@ impl Planner<'_> {
             self.set(
                 id,
                 Phase::Conflict,
-                "several live processes run this worker; none adopted, none started",
+                "other live processes run this worker (see the events); none adopted, none started",
             );
             return;
         } else if exit_pending {

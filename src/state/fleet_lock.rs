@@ -36,14 +36,42 @@ pub struct FleetFiles {
 }
 
 impl FleetFiles {
-    /// The lock file for these files, and the absolute patterns it stands for.
-    fn lock_path(&self) -> (PathBuf, String, String) {
+    /// The files of `desired`'s workers (its patterns are absolute: made relative to the
+    /// working directory again, so that the key agrees with the manifest's).
+    pub fn of(desired: &crate::manifest::Desired) -> Self {
+        let relative = |p: &str| {
+            Path::new(p)
+                .strip_prefix(&desired.workdir)
+                .map_or_else(|_| p.to_string(), |r| r.to_string_lossy().into_owned())
+        };
+        Self {
+            workdir: desired.workdir.clone(),
+            progress: relative(&desired.progress_file),
+            log: relative(&desired.log_file),
+        }
+    }
+
+    /// The key of these files: 16 hex digits, the same for two spellings of one directory.
+    /// Workers carry it in `AUTOMON_FLEET`, so a worker of another automon on the same files
+    /// is recognised.
+    pub fn key(&self) -> String {
+        self.resolved().0
+    }
+
+    /// (key, absolute progress pattern, absolute log pattern, resolved directory).
+    fn resolved(&self) -> (String, String, String, PathBuf) {
         let dir = std::fs::canonicalize(&self.workdir).unwrap_or_else(|_| self.workdir.clone());
         let progress = dir.join(&self.progress).to_string_lossy().into_owned();
         let log = dir.join(&self.log).to_string_lossy().into_owned();
         let key = xxhash_rust::xxh3::xxh3_64(format!("{progress}\0{log}").as_bytes());
+        (format!("{key:016x}"), progress, log, dir)
+    }
+
+    /// The lock file for these files, and the absolute patterns it stands for.
+    fn lock_path(&self) -> (PathBuf, String, String) {
+        let (key, progress, log, dir) = self.resolved();
         (
-            dir.join(format!(".automon-fleet-{key:016x}.lock")),
+            dir.join(format!(".automon-fleet-{key}.lock")),
             progress,
             log,
         )

@@ -841,3 +841,132 @@ fn an_adopted_workers_differences_are_shown_and_its_restart_says_what_changed() 
         assert!(!text.contains("s3cret"), "no secret shown:\n{text}");
     }
 }
+
+/// A worker whose main process sits in state D: it `vfork`s a child that sleeps without
+/// `exec`ing, so the parent waits in the kernel (shown as `D`). Compiled with `cc` into `dir`;
+/// `None` (with the reason printed) where there is no C compiler.
+fn d_state_worker(dir: &Path) -> Option<PathBuf> {
+    let src = dir.join("dproc.c");
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void) {\n  if (vfork() == 0) { sleep(3600); _exit(0); }\n  return 0;\n}\n",
+    )
+    .expect("source");
+    let bin = dir.join("dproc");
+    match Command::new("cc").arg("-o").arg(&bin).arg(&src).status() {
+        Ok(s) if s.success() => Some(bin),
+        other => {
+            eprintln!("skipped: no C compiler to build a worker in state D ({other:?})");
+            None
+        }
+    }
+}
+
+/// Regression (fault safety 7): a stuck worker in uninterruptible I/O was sent to the LLM
+/// (and "stopping again" repeated every 16 s). Its state is the kernel's, not its code's: it
+/// is restarted without a diagnosis request, and its state is named in the reason.
+#[test]
+fn a_stuck_worker_in_uninterruptible_io_is_restarted_without_asking_the_llm() {
+    let fleet = Fleet::new(&Spec {
+        shards: 1,
+        target: 1,
+        stuck_after: "2s",
+        stop_grace: "3s",
+        extra: "  llm: {enabled: true, base_url: \"http://127.0.0.1:9/v1\"}\n".into(),
+        ..Spec::default()
+    });
+    let Some(_) = d_state_worker(fleet.path()) else {
+        return;
+    };
+    let manifest = fleet.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "command: [python3, worker.py, \"{id}\", \"{range_start}\", \"{range_end}\"]",
+            "command: [./dproc, \"{id}\"]",
+        ),
+    )
+    .expect("manifest");
+    let state_dir = fleet.state_dir();
+    let sampler = Sampler::start(&state_dir);
+    let mut automon = fleet.watch();
+    wait_for("a stuck restart", Duration::from_secs(300), || {
+        let e = fleet.events();
+        e.contains("worker 0: pid") && e.matches("worker 0: started pid").count() >= 2
+    });
+    let events = fleet.events();
+    cleanup(&state_dir, Some(&mut automon));
+    sampler.assert_never_two();
+    assert!(
+        events.contains("process in uninterruptible I/O (D)"),
+        "the reason names the state:\n{events}"
+    );
+    assert!(
+        !events.contains("asking the LLM"),
+        "no diagnosis request for a process in state D:\n{events}"
+    );
+}
+
+/// Regression (fault safety 4): with the first automon gone (killed) and its workers running
+/// on, a copy of the manifest with another state directory started a duplicate of every
+/// worker on the same files. Its workers are reported, left alone, and not duplicated.
+#[test]
+fn a_second_workerset_does_not_duplicate_the_workers_of_a_killed_automon_on_the_same_files() {
+    let fleet = Fleet::new(&Spec::default());
+    let state_dir = fleet.state_dir();
+    let out = fleet
+        .automon()
+        .args(["apply", "workerset.yaml"])
+        .output()
+        .expect("apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("both workers to run", MINUTES, || {
+        live_workers(&state_dir).len() == 2
+    });
+    let copy = tempfile::tempdir().expect("tempdir");
+    Fleet::write(
+        copy.path(),
+        &Spec {
+            workdir: Some(fleet.path().to_path_buf()),
+            ..Spec::default()
+        },
+    );
+    let copy_state = copy.path().join(".automon");
+    let out = Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(copy.path())
+        .args(["apply", "workerset.yaml"])
+        .output()
+        .expect("second apply");
+    std::thread::sleep(Duration::from_secs(1));
+    let copy_live = live_workers(&copy_state);
+    let first_live = live_workers(&state_dir);
+    let events = std::fs::read_to_string(copy_state.join("events.log")).unwrap_or_default();
+    cleanup(&state_dir, None);
+    cleanup(&copy_state, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        copy_live.is_empty(),
+        "duplicates started: {copy_live:?}\n{events}"
+    );
+    assert_eq!(
+        first_live.len(),
+        2,
+        "the first automon's workers run on untouched"
+    );
+    for id in [0, 1] {
+        assert!(
+            events.contains(&format!("worker {id}: pid"))
+                && events.contains("belongs to another automon"),
+            "{events}"
+        );
+    }
+}
