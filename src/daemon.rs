@@ -522,7 +522,8 @@ pub async fn run(
             Some(w) = wake_rx.recv() => d.on_wake(w),
             Some(()) = async { match nudge.as_mut() { Some(n) => n.recv().await, None => std::future::pending().await } } => {}
             () = &mut shutdown => {
-                let running = plan.workers.values().filter(|s| is_running(s.phase)).count();
+                // What memory records as running (a start that failed in the last pass is not).
+                let running = d.memory.workers.values().filter(|w| w.process.is_some()).count();
                 d.events.record(jiff::Timestamp::now(), &format!(
                     "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
                 ));
@@ -530,13 +531,6 @@ pub async fn run(
             }
         }
     }
-}
-
-fn is_running(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Starting | Phase::Discovering | Phase::Progressing | Phase::Stuck | Phase::Stopping
-    )
 }
 
 fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> String {
