@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Variables outside the manifest that change which interpreter and libraries a worker runs;
-/// a restart gives the worker automon's own value of each.
+/// a restart gives the worker automon's own value of each. `PATH` is left out: interpreter
+/// shims (pyenv, asdf) rewrite it in every process they start, so it would always differ; a
+/// different interpreter shows as a different program.
 const INHERITED: &[&str] = &[
-    "PATH",
     "PYTHONPATH",
     "PYTHONHOME",
     "VIRTUAL_ENV",
@@ -145,6 +146,7 @@ mod tests {
             ("PYTHONPATH", "/srv/old"),
             ("MODE", "same"),
             ("PATH", "/opt/py311/bin:/usr/bin"),
+            ("VIRTUAL_ENV", "/opt/venv-old"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -168,7 +170,7 @@ mod tests {
                 "program /opt/py311/bin/python3.11 (the manifest runs python3)",
                 "env DB_URL differs (secret-looking: values not shown)",
                 "env PYTHONPATH=/srv/old (a restart sets /srv/new)",
-                "env PATH=/opt/py311/bin:/usr/bin (a restart sets /usr/bin)",
+                "env VIRTUAL_ENV=/opt/venv-old (a restart leaves it unset)",
             ]
         );
         assert!(!found.join(" ").contains("pass"), "no secret shown");
