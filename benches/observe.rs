@@ -91,6 +91,7 @@ fn bench(n: u32, iters: usize) {
             resume_from: None,
             adopted: false,
             own_group: true,
+            template: None,
         });
     }
     let state_dir = tmp.path().join(".automon");

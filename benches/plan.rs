@@ -156,6 +156,7 @@ impl Fleet {
             },
             unrecorded: Vec::new(),
             scan_incomplete: None,
+            unsaved_state: None,
         }
     }
 

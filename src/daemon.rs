@@ -1,15 +1,18 @@
 //! The control loop: observe → plan → act → persist → wait. It wakes on the planner's
-//! `requeue_after`, on a child's exit, on a finished stop, and on SIGINT/SIGTERM (which end the
-//! loop and leave the workers running for the next automon to adopt).
+//! `requeue_after`, on a child's exit, on a finished stop, on a request from the control
+//! socket or SIGHUP (see [`crate::control`]; applied at the start of the next pass, answered
+//! after it), and on SIGINT/SIGTERM (which end the loop and leave the workers running for the
+//! next automon to adopt).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::WorkerId;
 use crate::act::{spawn, stop};
+use crate::control::{Outcome, Request, Verdict};
 use crate::manifest::Desired;
 use crate::observe::{self, ExitEvent, Roots};
 use crate::plan::{self, Action, Memory, Phase, Plan};
@@ -27,6 +30,9 @@ pub struct RunOptions {
     pub reset_state: bool,
     /// Metrics, status file and log format.
     pub report: crate::metrics::ReportOptions,
+    /// The command-line overrides the loop was started with (applied again when SIGHUP makes
+    /// it re-read its manifest file).
+    pub overrides: crate::manifest::Overrides,
 }
 
 /// How a run ended.
@@ -54,10 +60,24 @@ pub enum RunError {
     /// The key range or shard count changed since the state was written.
     #[error("{0}")]
     RangeChanged(String),
-    /// The metrics endpoint could not be set up.
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::ReportError),
+    /// The state directory was replaced and another automon locked the new one.
+    #[error("{0}")]
+    LockLost(String),
 }
+
+/// The memory is not on disk: the last save failed (see [`observe::Observed::unsaved_state`]).
+#[derive(Debug, Clone)]
+struct Unsaved {
+    /// When the first failed save was.
+    since: jiff::Timestamp,
+    /// Failed saves in a row.
+    failures: u32,
+    /// The last save's error.
+    why: String,
+}
+
+/// How soon a pass retries a failed save, whatever the interval.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 
 /// A background task finished.
 enum Wake {
@@ -88,7 +108,8 @@ enum After {
 
 /// The loop's state between passes.
 struct Daemon<'a> {
-    desired: &'a Desired,
+    /// The manifest the loop runs; replaced by `apply` and SIGHUP.
+    desired: Desired,
     opts: &'a RunOptions,
     memory: Memory,
     events: EventLog,
@@ -112,21 +133,35 @@ struct Daemon<'a> {
     reporter: crate::metrics::Reporter,
     /// The last pass's disk observation, for the metrics.
     last_disk: Option<observe::disk::DiskObservation>,
+    /// The last pass's plan (its memory moved out), for the control socket's view.
+    last_plan: Option<Plan>,
+    /// Requests from the control socket, applied at the start of the next pass.
+    queued: Vec<Request>,
+    /// Operators waiting for the pass that applies their request: where the outcome goes and
+    /// what became of the request.
+    /// An operator request's answer carries only its worker's lines (`Some(worker)`).
+    waiting: Vec<(oneshot::Sender<Outcome>, String, Option<WorkerId>)>,
+    /// Set when stderr is `STATE_DIR/automon.log` (`automon start`): SIGHUP reopens it.
+    log_file: Option<PathBuf>,
+    /// The state directory's lock, re-checked every pass; it also carries the condition
+    /// `automon status` shows.
+    lock: InstanceLock,
+    /// Set while the memory is not on disk.
+    unsaved: Option<Unsaved>,
+    /// The history basis of the last saved memory, while a save is pending.
+    unsaved_basis: Option<crate::state::HistoryBasis>,
+    /// Each worker's pid as last saved, to say what a failed save puts at risk.
+    saved_pids: std::collections::BTreeMap<WorkerId, i32>,
+    /// The last pass saved after failed saves: the next pass (which makes the held starts)
+    /// comes at once.
+    saved_again: bool,
 }
 
 impl Daemon<'_> {
     /// One pass: observe → plan → act → persist. Returns the plan.
     fn pass(&mut self) -> Result<Plan, RunError> {
-        let requests = crate::state::requests::read_requests(&self.opts.state_dir);
-        for r in &requests {
-            let message = plan::apply_request(
-                &mut self.memory,
-                r.kind,
-                r.worker,
-                crate::clock::Now::read(),
-            );
-            self.events.record(jiff::Timestamp::now(), &message);
-        }
+        self.check_lock()?;
+        self.take_requests();
         for e in &self.pending_exits {
             self.unreaped.remove(&e.pid);
         }
@@ -136,15 +171,19 @@ impl Daemon<'_> {
             stopping: self.stops_in_flight.keys().copied().collect(),
         };
         let now = crate::clock::Now::read();
-        let history_basis = crate::state::HistoryBasis::of(&self.memory);
-        let observed = self.observer.observe(
-            self.desired,
+        let history_basis = self
+            .unsaved_basis
+            .take()
+            .unwrap_or_else(|| crate::state::HistoryBasis::of(&self.memory));
+        let mut observed = self.observer.observe(
+            &self.desired,
             &self.memory,
             &self.opts.state_dir,
             children,
             self.first,
             now.boot,
         );
+        observed.unsaved_state = self.unsaved.as_ref().map(|u| u.why.clone());
         self.last_disk = Some(observed.disk.clone());
         // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
         let recorded: Vec<(WorkerId, observe::ProcessIdentity)> = if self.first {
@@ -158,7 +197,7 @@ impl Daemon<'_> {
         };
         // The memory moves into the plan and back (no copy of it per pass).
         let mut plan = plan::plan(
-            self.desired,
+            &self.desired,
             &observed,
             std::mem::take(&mut self.memory),
             now,
@@ -199,12 +238,118 @@ impl Daemon<'_> {
             self.events.record(now.wall, action.reason());
             self.act(action, &plan, &observed, now);
         }
-        state::save_memory(&self.opts.state_dir, &self.memory)?;
-        crate::state::requests::remove_requests(&requests);
-        // After the save: a crash may lose a history line, never duplicate one.
-        self.history
-            .record_changes(&history_basis, &self.memory, self.desired);
+        match state::save_memory(&self.opts.state_dir, &self.memory) {
+            Ok(()) => {
+                if let Some(u) = self.unsaved.take() {
+                    self.saved_again = true;
+                    self.events.record(
+                        jiff::Timestamp::now(),
+                        &format!(
+                            "state saved again after {} failed save(s) since {}; workers start again",
+                            u.failures,
+                            u.since.round(jiff::Unit::Second).unwrap_or(u.since)
+                        ),
+                    );
+                }
+                self.saved_pids = pids(&self.memory);
+                // After the save: a crash may lose a history line, never duplicate one.
+                self.history
+                    .record_changes(&history_basis, &self.memory, &self.desired);
+            }
+            // The loop goes on: it retries every pass and starts nothing until a save succeeds.
+            Err(e) if self.opts.watch => {
+                self.unsaved_basis = Some(history_basis);
+                let u = self.unsaved.get_or_insert(Unsaved {
+                    since: now.wall,
+                    failures: 0,
+                    why: String::new(),
+                });
+                u.failures += 1;
+                u.why = e.to_string();
+                let message = format!(
+                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
+                    u.failures,
+                    u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                    at_risk(&self.saved_pids, &self.memory),
+                    UNSAVED_RETRY.as_secs()
+                );
+                self.events.record(jiff::Timestamp::now(), &message);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.show_condition();
         Ok(plan)
+    }
+
+    /// Re-checks the state directory's lock: a directory deleted and recreated under the loop
+    /// is locked again (and the memory written into it by this pass), so no second automon can
+    /// take the WorkerSet; if one already has, this loop stops.
+    fn check_lock(&mut self) -> Result<(), RunError> {
+        let dir = &self.opts.state_dir;
+        match self.lock.recheck(dir) {
+            Ok(state::Recheck::Held) => {}
+            Ok(state::Recheck::Relocked) => {
+                self.events.reopen_if_replaced();
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!(
+                        "the state directory {} was deleted or replaced under this automon: its lock is taken again and the state written anew from memory",
+                        dir.display()
+                    ),
+                );
+            }
+            Err(state::LockError::Held { pid, .. }) => {
+                let why = format!(
+                    "the state directory {} was replaced under this automon and another automon (pid {pid}) locked it; this loop stops so that one automon manages the WorkerSet (the workers keep running)",
+                    dir.display()
+                );
+                self.events.record(jiff::Timestamp::now(), &why);
+                return Err(RunError::LockLost(why));
+            }
+            Err(e) => {
+                // Nobody can create the lock file either; say so and carry on.
+                self.events.record(
+                    jiff::Timestamp::now(),
+                    &format!("the state directory's lock cannot be checked: {e}"),
+                );
+            }
+        }
+        self.events.reopen_if_replaced();
+        Ok(())
+    }
+
+    /// Writes what is wrong in automon's own house (unsaved state, unwritable logs) into the
+    /// lock file, where `automon status` shows it; clears it when all is well.
+    fn show_condition(&mut self) {
+        let mut parts = Vec::new();
+        if let Some(u) = &self.unsaved {
+            parts.push(format!(
+                "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
+                u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                u.failures,
+                u.why,
+                at_risk(&self.saved_pids, &self.memory)
+            ));
+        }
+        if let Some(why) = self.events.failure() {
+            parts.push(format!(
+                "{} cannot be written: {why}",
+                self.events.path().display()
+            ));
+        }
+        if let Some(why) = crate::stdio::stderr_failure() {
+            parts.push(format!(
+                "automon's own log (stderr) cannot be written: {why}"
+            ));
+            crate::stdio::clear_stderr_failure();
+        }
+        let condition = (!parts.is_empty()).then(|| parts.join("; "));
+        if let Err(e) = self.lock.set_condition(condition.as_deref()) {
+            tracing::warn!(
+                "{}: cannot record the condition: {e}",
+                self.lock.path().display()
+            );
+        }
     }
 
     /// Carries out one action; long ones run in the background and report a [`Wake`].
@@ -232,7 +377,7 @@ impl Daemon<'_> {
             }
             Action::Start(a) => {
                 let outcome = spawn::spawn_worker(
-                    self.desired,
+                    &self.desired,
                     a,
                     &self.opts.state_dir,
                     self.exit_tx.clone(),
@@ -250,7 +395,7 @@ impl Daemon<'_> {
                     );
                 }
                 if let Some(msg) =
-                    plan::record_start(&mut self.memory, self.desired, a, outcome, now)
+                    plan::record_start(&mut self.memory, &self.desired, a, outcome, now)
                 {
                     self.events.record(now.wall, &msg);
                 }
@@ -281,7 +426,7 @@ impl Daemon<'_> {
                         reason: plan::Reason::Text(String::new()),
                     });
                 let mut diagnostics = crate::act::llm::collect_diagnostics(
-                    self.desired,
+                    &self.desired,
                     worker,
                     &status,
                     w,
@@ -303,7 +448,7 @@ impl Daemon<'_> {
             Action::ApplyCodeFix(a) => {
                 self.in_flight += 1;
                 let (tx, worker, proposal) = (self.wake_tx.clone(), a.worker, a.proposal.clone());
-                let policy = crate::act::fix::CodeFixPolicy::from_desired(self.desired);
+                let policy = crate::act::fix::CodeFixPolicy::from_desired(&self.desired);
                 let (state_dir, applied) = (
                     self.opts.state_dir.clone(),
                     self.memory.applied_patches.clone(),
@@ -391,7 +536,7 @@ impl Daemon<'_> {
             self.events.record(
                 now,
                 &summary(
-                    self.desired,
+                    &self.desired,
                     &self.memory,
                     &self.before,
                     self.started.elapsed(),
@@ -411,8 +556,9 @@ impl Daemon<'_> {
 }
 
 /// Runs passes until complete (watch), or one pass, holding `lock` (the state directory's
-/// single-instance lock, see [`InstanceLock::acquire`]); `shutdown` ends the loop when it
-/// resolves.
+/// single-instance lock, see [`InstanceLock::acquire`]); `inbox` brings requests from the
+/// control socket and SIGHUP (see [`crate::control`]); `metrics` receives the metrics text
+/// after each pass; `shutdown` ends the loop when it resolves.
 ///
 /// # Errors
 /// [`RunError`] for a held lock, unreadable/unwritable state, or a moved key range.
@@ -420,16 +566,25 @@ pub async fn run(
     desired: &Desired,
     opts: &RunOptions,
     lock: InstanceLock,
+    mut inbox: crate::control::server::Inbox,
+    metrics: Option<tokio::sync::watch::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
-    // Held for the whole run (taken by the caller before setup, so setup never runs twice).
-    let _lock = lock;
+    // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
+    // re-checked every pass.
     if opts.reset_state
         && let Some(kept) = state::move_aside(&opts.state_dir)?
     {
-        eprintln!(
+        crate::errln!(
             "automon: --reset-state: the old state is kept as {}",
             kept.display()
+        );
+    }
+    // Temp files of a save cut short by a kill: only the lock holder writes them.
+    for stale in state::remove_stale_temp_files(&opts.state_dir) {
+        tracing::warn!(
+            "removed {}, left by an automon that was killed mid-write",
+            stale.display()
         );
     }
     let mut memory = state::load_memory(&opts.state_dir)?;
@@ -438,20 +593,10 @@ pub async fn run(
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let before = memory.totals.clone();
     let reporter =
-        crate::metrics::Reporter::start(&opts.report, &opts.state_dir, opts.watch).await?;
-    let (llm, llm_error) = if desired.llm.enabled {
-        match crate::act::llm::LlmClient::from_desired(desired, &desired.manifest_dir) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (
-                None,
-                Some(format!("the LLM client could not be built: {e}")),
-            ),
-        }
-    } else {
-        (None, None)
-    };
+        crate::metrics::Reporter::new(&opts.report, &opts.state_dir, opts.watch, metrics);
+    let (llm, llm_error) = llm_for(desired);
     let mut d = Daemon {
-        desired,
+        desired: desired.clone(),
         opts,
         memory,
         events: EventLog::open(&opts.state_dir, !opts.report.json_logs),
@@ -470,27 +615,46 @@ pub async fn run(
         before,
         reporter,
         last_disk: None,
+        last_plan: None,
+        queued: Vec::new(),
+        waiting: Vec::new(),
+        log_file: stderr_is_log(&opts.state_dir),
+        lock,
+        unsaved: None,
+        unsaved_basis: None,
+        saved_pids: std::collections::BTreeMap::new(),
+        saved_again: false,
     };
+    d.saved_pids = pids(&d.memory);
     let mut one_shot_passes = 0;
     let mut trimmed = false;
-    // SIGUSR1: an operator request is waiting (automon pause/resume); reconcile now.
-    let mut nudge =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    inbox.set_ready();
     tokio::pin!(shutdown);
     loop {
         while let Ok(e) = exit_rx.try_recv() {
             d.pending_exits.push(e);
         }
+        while let Ok(r) = inbox.requests.try_recv() {
+            d.queued.push(r);
+        }
         let began = Instant::now();
         let plan = d.pass()?;
+        // After the pass re-checked the lock: a replaced state directory gets its socket back.
+        if let Some(message) = inbox.rebind_if_gone() {
+            d.events.record(jiff::Timestamp::now(), &message);
+        }
         d.reporter.after_pass(
-            desired,
+            &d.desired,
             &d.memory,
             &plan,
             d.last_disk.as_ref(),
             began.elapsed(),
         );
-        if let After::End(end) = d.after(&plan) {
+        d.answer_waiting();
+        let end = d.after(&plan);
+        let requeue = plan.requeue_after;
+        d.last_plan = Some(plan);
+        if let After::End(end) = end {
             return Ok(end);
         }
         if opts.watch && !trimmed {
@@ -504,32 +668,375 @@ pub async fn run(
             // One pass; if it started stops or background work, wait for them and make the
             // resulting restarts in a second pass so `apply` leaves the WorkerSet converged.
             if d.in_flight == 0 || one_shot_passes >= 2 {
-                d.events
-                    .record(jiff::Timestamp::now(), &pass_summary(&plan));
+                let summary = d.last_plan.as_ref().map(pass_summary).unwrap_or_default();
+                d.events.record(jiff::Timestamp::now(), &summary);
                 return Ok(RunEnd::PassDone);
             }
             while d.in_flight > 0 {
-                match wake_rx.recv().await {
-                    Some(w) => d.on_wake(w),
-                    None => break,
+                tokio::select! {
+                    w = wake_rx.recv() => match w {
+                        Some(w) => d.on_wake(w),
+                        None => break,
+                    },
+                    () = &mut shutdown => return Ok(RunEnd::Interrupted),
                 }
             }
             continue;
         }
-        tokio::select! {
-            () = tokio::time::sleep(plan.requeue_after) => {}
-            Some(e) = exit_rx.recv() => d.pending_exits.push(e),
-            Some(w) = wake_rx.recv() => d.on_wake(w),
-            Some(()) = async { match nudge.as_mut() { Some(n) => n.recv().await, None => std::future::pending().await } } => {}
-            () = &mut shutdown => {
-                // What memory records as running (a start that failed in the last pass is not).
-                let running = d.memory.workers.values().filter(|w| w.process.is_some()).count();
-                d.events.record(jiff::Timestamp::now(), &format!(
-                    "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
-                ));
-                return Ok(RunEnd::Interrupted);
+        let wait = if std::mem::take(&mut d.saved_again) {
+            Duration::ZERO
+        } else if d.unsaved.is_some() {
+            requeue.min(UNSAVED_RETRY)
+        } else {
+            requeue
+        };
+        let wake_at = tokio::time::Instant::now() + wait;
+        // Views are answered without a pass; anything else wakes the next one.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at) => {}
+                Some(e) = exit_rx.recv() => d.pending_exits.push(e),
+                Some(w) = wake_rx.recv() => d.on_wake(w),
+                Some(r) = inbox.requests.recv() => {
+                    if let Request::View { reply } = r {
+                        let _ = reply.send(Box::new(d.view()));
+                        continue;
+                    }
+                    d.queued.push(r);
+                }
+                () = &mut shutdown => {
+                    // What memory records as running (a start that failed is not).
+                    let running = d.memory.workers.values().filter(|w| w.process.is_some()).count();
+                    d.events.record(jiff::Timestamp::now(), &format!(
+                        "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
+                    ));
+                    return Ok(RunEnd::Interrupted);
+                }
+            }
+            break;
+        }
+    }
+}
+
+/// The LLM client for `desired`, or why there is none when the manifest enables it.
+fn llm_for(desired: &Desired) -> (Option<crate::act::llm::LlmClient>, Option<String>) {
+    if !desired.llm.enabled {
+        return (None, None);
+    }
+    match crate::act::llm::LlmClient::from_desired(desired, &desired.manifest_dir) {
+        Ok(c) => (Some(c), None),
+        Err(e) => (
+            None,
+            Some(format!("the LLM client could not be built: {e}")),
+        ),
+    }
+}
+
+/// `STATE_DIR/automon.log` when stderr is that file (the loop `automon start` runs): SIGHUP
+/// reopens it, so logrotate can move it away.
+fn stderr_is_log(state_dir: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let path = state_dir.join(crate::cli::LOG_FILE);
+    let log = std::fs::metadata(&path).ok()?;
+    let stderr = std::fs::metadata("/proc/self/fd/2").ok()?;
+    (log.dev() == stderr.dev() && log.ino() == stderr.ino()).then_some(path)
+}
+
+impl Daemon<'_> {
+    /// Applies the queued requests from the control socket (at the start of a pass). Each is
+    /// an event naming the operator's command; refusals are answered at once, the rest after
+    /// the pass (its events go with the answer).
+    fn take_requests(&mut self) {
+        let requests = std::mem::take(&mut self.queued);
+        if requests.is_empty() {
+            return;
+        }
+        let now = crate::clock::Now::read();
+        for r in requests {
+            match r {
+                Request::Operator { body, reply } => {
+                    // A request sent without reading the manifest (`pause --state-dir`) is
+                    // checked here.
+                    if !self.desired.worker_ids().contains(&body.worker) {
+                        let message = format!(
+                            "worker {} is not in WorkerSet {}; request ignored",
+                            body.worker, self.desired.name
+                        );
+                        self.events
+                            .record(now.wall, &format!("operator `{}`: {message}", body.command));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Outcome {
+                                verdict: Verdict::Invalid,
+                                message,
+                                lines: Vec::new(),
+                            });
+                        }
+                        continue;
+                    }
+                    let message =
+                        plan::apply_request(&mut self.memory, body.kind, body.worker, now);
+                    self.events
+                        .record(now.wall, &format!("operator `{}`: {message}", body.command));
+                    self.wait(reply, message, Some(body.worker));
+                }
+                Request::Apply { body, reply } => {
+                    let outcome = body
+                        .overrides
+                        .overrides()
+                        .map_err(|e| (Verdict::Invalid, e))
+                        .and_then(|o| {
+                            crate::manifest::load_text(&body.file, &body.text, &o)
+                                .map_err(|e| (Verdict::Invalid, e.to_string()))
+                        })
+                        .and_then(|(m, _)| self.take_manifest(&m));
+                    match outcome {
+                        Ok(changes) => {
+                            let message =
+                                format!("manifest {} taken: {changes}", body.file.display());
+                            self.events.record(
+                                now.wall,
+                                &format!("operator `{}`: {message}", body.command),
+                            );
+                            self.wait(reply, message, None);
+                        }
+                        Err((verdict, why)) => {
+                            let message = format!(
+                                "manifest {} not taken; the loop runs on unchanged: {why}",
+                                body.file.display()
+                            );
+                            self.events.record(
+                                now.wall,
+                                &format!("operator `{}`: {message}", body.command),
+                            );
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Outcome {
+                                    verdict,
+                                    message,
+                                    lines: Vec::new(),
+                                });
+                            }
+                        }
+                    }
+                }
+                Request::Reload => self.reload(now.wall),
+                Request::View { reply } => {
+                    let _ = reply.send(Box::new(self.view()));
+                }
             }
         }
+        if !self.waiting.is_empty() {
+            self.events.capture();
+        }
+    }
+
+    fn wait(
+        &mut self,
+        reply: Option<oneshot::Sender<Outcome>>,
+        message: String,
+        worker: Option<WorkerId>,
+    ) {
+        if let Some(reply) = reply {
+            self.waiting.push((reply, message, worker));
+        }
+    }
+
+    /// Answers the operators whose requests this pass applied, with the pass's events.
+    fn answer_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let mut lines = self.events.take_captured();
+        // A park is both a note and its stop's reason: each line once.
+        let mut seen = std::collections::HashSet::new();
+        lines.retain(|l| seen.insert(l.clone()));
+        for (reply, message, worker) in self.waiting.drain(..) {
+            let lines = match worker {
+                Some(id) => {
+                    let (a, b) = (format!("worker {id}:"), format!("worker {id} "));
+                    lines
+                        .iter()
+                        .filter(|l| l.starts_with(&a) || l.starts_with(&b))
+                        .cloned()
+                        .collect()
+                }
+                None => lines.clone(),
+            };
+            let _ = reply.send(Outcome {
+                verdict: Verdict::Done,
+                message,
+                lines,
+            });
+        }
+    }
+
+    /// SIGHUP: reopens `automon.log` (logrotate) and re-reads the manifest file with the
+    /// overrides the loop was started with; an invalid or refused file leaves the running
+    /// manifest in force, and the event says why.
+    fn reload(&mut self, now: jiff::Timestamp) {
+        if let Some(path) = &self.log_file {
+            let reopened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|f| {
+                    nix::unistd::dup2_stdout(&f)?;
+                    nix::unistd::dup2_stderr(&f)?;
+                    Ok(())
+                });
+            if let Err(e) = reopened {
+                self.events.record(
+                    now,
+                    &format!("SIGHUP: cannot reopen {}: {e}", path.display()),
+                );
+            }
+        }
+        let file = self.desired.manifest_file.clone();
+        let taken = crate::manifest::load_with_overrides(&file, &self.opts.overrides)
+            .map_err(|e| e.to_string())
+            .and_then(|(m, _)| self.take_manifest(&m).map_err(|(_, why)| why));
+        let message = match taken {
+            Ok(changes) => format!(
+                "SIGHUP: re-read {}: manifest taken: {changes}",
+                file.display()
+            ),
+            Err(why) => format!(
+                "SIGHUP: re-read {}: not taken, the running manifest stays in force: {why}",
+                file.display()
+            ),
+        };
+        self.events.record(now, &message);
+    }
+
+    /// Takes a new manifest into the running loop, or refuses it (another WorkerSet, a re-cut
+    /// shard layout) leaving everything as it was. A changed template reaches each worker at
+    /// its next (re)start; the workers running the previous one are remembered as such.
+    /// Returns what changed, in words.
+    fn take_manifest(
+        &mut self,
+        manifest: &crate::manifest::Manifest,
+    ) -> Result<String, (Verdict, String)> {
+        let new = crate::cli::resolve(manifest).map_err(|e| (Verdict::Invalid, e.message))?;
+        if new.name != self.desired.name {
+            return Err((
+                Verdict::Refused,
+                format!(
+                    "metadata.name is {} but this loop runs WorkerSet {} (another WorkerSet needs its own state directory)",
+                    new.name, self.desired.name
+                ),
+            ));
+        }
+        let state_file = self.opts.state_dir.join("state.json");
+        if let Some(why) = plan::layout_change(&new, &self.memory, &state_file) {
+            return Err((Verdict::Refused, why));
+        }
+        let changes = describe_changes(&self.desired, &new, &self.memory);
+        let old = self.desired.template_hash();
+        if old != new.template_hash() {
+            for w in self.memory.workers.values_mut() {
+                if let Some(p) = &mut w.process {
+                    p.template.get_or_insert_with(|| old.clone());
+                }
+            }
+        }
+        let _ = check_range(&new, &mut self.memory, &self.opts.state_dir);
+        self.observer = observe::Observer::new(&new, Roots::default());
+        (self.llm, self.llm_error) = llm_for(&new);
+        self.desired = new;
+        Ok(changes)
+    }
+
+    /// What the loop runs and knows now (the control socket's `GET /v1/view`).
+    fn view(&self) -> crate::control::View {
+        crate::control::View {
+            pid: std::process::id(),
+            manifest_file: self.desired.manifest_file.clone(),
+            applied: self.desired.normalized.clone(),
+            template: self.desired.template_hash(),
+            memory: self.memory.clone(),
+            plan: self.last_plan.clone(),
+            disk: self.last_disk.clone(),
+            status: self.reporter.last_status().cloned(),
+        }
+    }
+}
+
+/// What differs between the running manifest and a new one, in words.
+fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
+    if old.normalized == new.normalized {
+        return "unchanged".into();
+    }
+    let mut changes = Vec::new();
+    let (a, b) = (old.counts, new.counts);
+    for (field, x, y) in [
+        ("workers.target", a.target, b.target),
+        ("workers.min", a.min, b.min),
+        ("workers.max", a.max, b.max),
+    ] {
+        if x != y {
+            changes.push(format!("{field} {x} → {y}"));
+        }
+    }
+    if old.interval != new.interval {
+        changes.push(format!(
+            "interval {} → {}",
+            crate::manifest::duration::format_duration(old.interval),
+            crate::manifest::duration::format_duration(new.interval)
+        ));
+    }
+    if old.template_hash() != new.template_hash() {
+        let running = memory
+            .workers
+            .values()
+            .filter(|w| w.process.is_some())
+            .count();
+        changes.push(format!(
+            "the template (command, env, parameters or workdir) changed: {running} running worker(s) keep the previous one until their next restart"
+        ));
+    }
+    let other = similar::TextDiff::from_lines(&old.normalized, &new.normalized)
+        .iter_all_changes()
+        .filter(|c| c.tag() == similar::ChangeTag::Insert)
+        .count();
+    if changes.is_empty() {
+        changes.push(format!(
+            "{other} line(s) of the manifest changed (see `automon diff`)"
+        ));
+    }
+    changes.join("; ")
+}
+
+/// Each worker's recorded pid.
+fn pids(memory: &Memory) -> std::collections::BTreeMap<WorkerId, i32> {
+    memory
+        .workers
+        .iter()
+        .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.pid)))
+        .collect()
+}
+
+/// What a failed save leaves unrecorded on disk, in words: the workers whose process changed
+/// since the last save, and the rest of memory's changes.
+fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -> String {
+    let now = pids(memory);
+    let mut changed = Vec::new();
+    for (id, pid) in &now {
+        if saved.get(id) != Some(pid) {
+            changed.push(format!("worker {id} started as pid {pid}"));
+        }
+    }
+    for (id, pid) in saved {
+        if !now.contains_key(id) {
+            changed.push(format!("worker {id} pid {pid} ended"));
+        }
+    }
+    if changed.is_empty() {
+        "fix attempts, backoffs and requests since the last save (no worker started or stopped)"
+            .into()
+    } else {
+        format!(
+            "not on disk: {}; and fix attempts, backoffs and requests since the last save",
+            changed.join(", ")
+        )
     }
 }
 

@@ -7,16 +7,20 @@
 //! - [`observe`]: the world as plain data — processes, progress files, log tails.
 //! - [`plan`]: the pure planner, `plan(desired, observed, memory, now) -> Plan`.
 //! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
+//! - [`secrets`]: redaction of worker output, the workers' environment, masked secrets in the manifest.
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
+//! - [`control`]: the loop's control socket (HTTP, JSON): operator requests, live apply, views, `/metrics`.
 //! - [`metrics`]: Prometheus metrics and the status file, published after each pass.
 //! - [`cli`]: command-line parsing and the subcommands.
 //! - [`clock`]: the boot clock the planner measures time on, and wall time for people.
 //! - [`text`]: numbers and ranges for people.
+//! - [`stdio`]: automon's own stdout and stderr, written without panicking.
 
 pub mod act;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod daemon;
 pub mod fds;
 pub mod footprint;
@@ -24,7 +28,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod secrets;
 pub mod state;
+pub mod stdio;
 pub mod text;
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! Starting a worker: argv as a vector (never a shell string), its own process group, cwd and
-//! env from the manifest, stdout and stderr appended to its log (never truncated), and marker
+//! env from the manifest (see [`crate::secrets::env::child_env`]: never automon's LLM key), stdout and stderr appended to its log (never truncated), and marker
 //! variables so a later automon can recognise it. A task reaps the child and reports its exit.
 
 use std::path::Path;
@@ -43,7 +43,13 @@ pub fn spawn_worker(
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .current_dir(&desired.workdir)
-        .envs(&desired.env)
+        .env_clear()
+        .envs(crate::secrets::env::child_env(
+            std::env::vars_os(),
+            &desired.env,
+            desired.inherit_env,
+            &desired.llm.api_key_env,
+        ))
         .env(ENV_WORKERSET, &desired.name)
         .env(ENV_WORKER_ID, action.worker.to_string())
         .env(ENV_STATE_DIR, state_dir)

@@ -111,6 +111,10 @@ pub struct ApplyArgs {
     /// Metrics.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Write STATE_DIR/automon.pid once the lock is held (set by `automon start`: only the
+    /// lock holder writes the pid file, so two racing starts cannot leave it naming the loser).
+    #[arg(long, hide = true)]
+    pub write_pid_file: bool,
 }
 
 /// Runs `apply`; `log_format` is the global `--log-format`.
@@ -127,54 +131,131 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         let desired = super::resolve(&manifest)?;
         super::print_overrides(&overridden);
         let code = super::diff::print_plan(&desired, &state_dir)?;
-        println!("dry run: nothing was changed");
+        crate::outln!("dry run: nothing was changed");
         return Ok(if code > 1 { code } else { 0 });
     }
-    // The lock first: a second automon on this WorkerSet must not even run setup.
-    let lock = crate::state::InstanceLock::acquire(&state_dir)
-        .map_err(|e| CliError::runtime(e.to_string()))?;
-    // And the fleet's files: a copy of the manifest with another state directory must not
-    // run a second worker per shard on them.
-    let _fleet = fleet_lock(&manifest, &state_dir)?;
-    crate::act::setup::run_setup(&manifest, |m| eprintln!("automon: {m}"))
-        .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
-    let desired = super::resolve(&manifest)?;
-    let mode = if args.watch { "watching" } else { "one pass" };
-    let overrides = if overridden.is_empty() {
-        String::new()
-    } else {
-        format!("; overrides: {}", overridden.join(", "))
-    };
-    let first_line = format!(
-        "applying {} ({}; {} workers, {}; state in {}{overrides})",
-        manifest.file.display(),
-        desired.name,
-        desired.counts.target,
-        mode,
-        state_dir.display()
-    );
-    if log_format == super::logging::LogFormat::Json {
-        tracing::info!(target: "automon::events", "{first_line}");
-    } else {
-        eprintln!("automon: {first_line}");
+    if let Some(addr) = args.metrics.metrics_addr
+        && !crate::control::server::is_loopback(&addr)
+    {
+        crate::errln!(
+            "automon: warning: --metrics-addr {addr} is not a loopback address: anyone who can reach it reads the WorkerSet's figures (worker ids, checkpoints, rates); use 127.0.0.1 behind a proxy, or a firewall"
+        );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::runtime(format!("cannot start the runtime: {e}")))?;
-    let opts = RunOptions {
-        state_dir,
-        watch: args.watch,
-        reset_state: args.reset_state,
-        report: crate::metrics::ReportOptions {
-            metrics_addr: args.metrics.metrics_addr,
-            metrics_textfile: args.metrics.metrics_textfile.clone(),
-            json_logs: log_format == super::logging::LogFormat::Json,
-        },
+    // SIGINT/SIGTERM are caught before anything is locked, set up or started: from here on a
+    // signal ends the run after the current step (setup stopped, or the pass saved), never in
+    // the middle of one.
+    let mut shutdown = {
+        let _in_runtime = runtime.enter();
+        Shutdown::install()
+            .map_err(|e| CliError::runtime(format!("cannot install signal handlers: {e}")))?
     };
-    let end = runtime
-        .block_on(daemon::run(&desired, &opts, lock, shutdown_signal()))
-        .map_err(|e| CliError::runtime(e.to_string()))?;
+    // A running loop takes the manifest (live apply); without one, the lock first: a second
+    // automon on this WorkerSet must not even run setup.
+    let lock = if args.watch || args.reset_state {
+        if args.reset_state
+            && let Some(i) = crate::state::running_instance(&state_dir)
+        {
+            return Err(CliError::runtime(format!(
+                "--reset-state: a control loop runs for this WorkerSet ({}); stop it first (`automon stop {}`)",
+                super::status::describe(&i),
+                args.file.display()
+            )));
+        }
+        crate::state::InstanceLock::acquire(&state_dir)
+            .map_err(|e| CliError::runtime(e.to_string()))?
+    } else {
+        match hand_over(args, &manifest, &state_dir)? {
+            Handed::Answered(code) => return Ok(code),
+            Handed::NoLoop(lock) => lock,
+        }
+    };
+    // And the fleet's files: a copy of the manifest with another state directory must not
+    // run a second worker per shard on them.
+    let _fleet = fleet_lock(&manifest, &state_dir)?;
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    if args.write_pid_file {
+        let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
+            .map_or(0, |s| s.start_ticks);
+        if let Err(e) = crate::state::write_pid_file(&state_dir, me, ticks) {
+            crate::errln!(
+                "automon: cannot write {}: {e}",
+                crate::state::pid_file(&state_dir).display()
+            );
+        }
+    }
+    let end = runtime.block_on(async {
+        // The control socket first (under the lock): requests that arrive during setup are
+        // queued and applied by the first pass after it.
+        let (metrics_tx, metrics_rx) = tokio::sync::watch::channel(String::new());
+        let inbox =
+            crate::control::server::start(&state_dir, args.metrics.metrics_addr, metrics_rx)
+                .map_err(|e| CliError::runtime(e.to_string()))?;
+        let setup = crate::act::setup::run_setup(
+            &manifest,
+            |m| crate::errln!("automon: {m}"),
+            shutdown.recv(),
+        )
+        .await
+        .map_err(|e| CliError::runtime(format!("{}: {e}", manifest.file.display())))?;
+        if setup == crate::act::setup::SetupEnd::Interrupted {
+            crate::errln!(
+                "automon: interrupted during setup; it was stopped and nothing was started"
+            );
+            return Ok(None);
+        }
+        let desired = super::resolve(&manifest)?;
+        let mode = if args.watch { "watching" } else { "one pass" };
+        let overrides = if overridden.is_empty() {
+            String::new()
+        } else {
+            format!("; overrides: {}", overridden.join(", "))
+        };
+        let first_line = format!(
+            "applying {} ({}; {} workers, {}; state in {}{overrides})",
+            manifest.file.display(),
+            desired.name,
+            desired.counts.target,
+            mode,
+            state_dir.display()
+        );
+        if log_format == super::logging::LogFormat::Json {
+            tracing::info!(target: "automon::events", "{first_line}");
+        } else {
+            crate::errln!("automon: {first_line}");
+        }
+        let opts = RunOptions {
+            state_dir: state_dir.clone(),
+            watch: args.watch,
+            reset_state: args.reset_state,
+            report: crate::metrics::ReportOptions {
+                metrics_addr: args.metrics.metrics_addr,
+                metrics_textfile: args.metrics.metrics_textfile.clone(),
+                json_logs: log_format == super::logging::LogFormat::Json,
+            },
+            overrides: args.overrides.overrides(),
+        };
+        daemon::run(
+            &desired,
+            &opts,
+            lock,
+            inbox,
+            Some(metrics_tx),
+            shutdown.recv(),
+        )
+        .await
+        .map(Some)
+        .map_err(|e| CliError::runtime(e.to_string()))
+    });
+    if args.write_pid_file {
+        crate::state::remove_pid_file(&state_dir, me);
+    }
+    let Some(end) = end? else {
+        return Ok(130);
+    };
     Ok(match end {
         RunEnd::Complete | RunEnd::PassDone => 0,
         RunEnd::Interrupted => 130,
@@ -197,7 +278,7 @@ fn fleet_lock(
     let lock = crate::state::FleetLock::acquire(&files, state_dir)
         .map_err(|e| CliError::runtime(e.to_string()))?;
     if lock.is_none() {
-        eprintln!(
+        crate::errln!(
             "automon: warning: cannot create a lock file in {}; another automon on the same files would not be noticed",
             files.workdir.display()
         );
@@ -205,19 +286,88 @@ fn fleet_lock(
     Ok(lock)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+/// What became of a manifest offered to a running loop.
+enum Handed {
+    /// The loop answered; the exit code.
+    Answered(u8),
+    /// No loop runs; the lock is ours.
+    NoLoop(crate::state::InstanceLock),
+}
+
+/// Offers the validated manifest to the running loop and prints its answer: taken (exit 0,
+/// with the events of the pass that took it), queued during setup (0), refused (1), invalid
+/// (2). Without a loop, returns the state directory's lock.
+fn hand_over(
+    args: &ApplyArgs,
+    manifest: &crate::manifest::Manifest,
+    state_dir: &std::path::Path,
+) -> Result<Handed, CliError> {
+    use crate::control::{ApplyBody, Outcome, Verdict, client};
+    let file = std::path::absolute(&manifest.file).unwrap_or_else(|_| manifest.file.clone());
+    // The text that was validated (read again: load_manifest keeps the parsed form only).
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| CliError::input(format!("{}: cannot read manifest: {e}", file.display())))?;
+    let overrides = args.overrides.overrides();
+    crate::manifest::load_text(&file, &text, &overrides)
+        .map_err(|e| CliError::input(e.to_string()))?;
+    let body = ApplyBody {
+        file,
+        text,
+        overrides: (&overrides).into(),
+        command: crate::control::command_in_words(),
+    };
+    let body = serde_json::to_vec(&body)
+        .map_err(|e| CliError::runtime(format!("cannot serialize the request: {e}")))?;
+    let answer = match client::reach_or_lock(state_dir, "POST", "/v1/apply", &body)
+        .map_err(CliError::runtime)?
+    {
+        client::Reached::Locked(lock) => return Ok(Handed::NoLoop(lock)),
+        client::Reached::Loop(answer) => answer,
+    };
+    let outcome: Outcome = serde_json::from_slice(&answer.body).map_err(|_| {
+        CliError::runtime(format!(
+            "the control loop answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body).trim()
+        ))
+    })?;
+    let mut text = format!("the running control loop: {}\n", outcome.message);
+    for line in &outcome.lines {
+        text.push_str(&format!("  {line}\n"));
+    }
+    match outcome.verdict {
+        Verdict::Done | Verdict::Queued => super::emit(&text).map(|_| Handed::Answered(0)),
+        Verdict::Refused => Err(CliError::runtime(text.trim_end().to_string())),
+        Verdict::Invalid => Err(CliError::input(text.trim_end().to_string())),
+    }
+}
+
+/// SIGINT and SIGTERM, caught from [`Shutdown::install`] on (the default action would kill
+/// automon wherever it stood: mid-save, mid-start).
+pub(crate) struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers; call inside the runtime's context.
+    ///
+    /// # Errors
+    /// The I/O error of the registration.
+    pub(crate) fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM (at once for one caught earlier and not yet
+    /// received).
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-        _ => std::future::pending::<()>().await,
     }
 }

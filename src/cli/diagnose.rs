@@ -71,8 +71,8 @@ pub fn run(args: &DiagnoseArgs) -> Result<u8, CliError> {
 
     if args.show_prompt {
         let (system, user) = client.messages(&diagnostics);
-        println!("POST {} (model {})", client.endpoint(), client.model());
-        println!("--- system ---\n{system}\n--- user ---\n{user}");
+        crate::outln!("POST {} (model {})", client.endpoint(), client.model());
+        crate::outln!("--- system ---\n{system}\n--- user ---\n{user}");
         return Ok(0);
     }
 
@@ -92,19 +92,20 @@ pub fn run(args: &DiagnoseArgs) -> Result<u8, CliError> {
 
 fn print_text(d: &Diagnostics, o: &DiagnosisOutcome) {
     let diag = &o.diagnosis;
-    println!("worker {}: {} — {}", d.worker, d.phase, d.reason);
-    println!(
+    crate::outln!("worker {}: {} — {}", d.worker, d.phase, d.reason);
+    crate::outln!(
         "model:       {}{}",
         o.model,
         if o.cached { " (cached)" } else { "" }
     );
-    println!("root cause:  {}", diag.root_cause);
-    println!(
+    crate::outln!("root cause:  {}", diag.root_cause);
+    crate::outln!(
         "fix:         {} (confidence {:.2})",
-        diag.fix_type, diag.confidence
+        diag.fix_type,
+        diag.confidence
     );
     if !diag.fix_description.is_empty() {
-        println!("             {}", diag.fix_description);
+        crate::outln!("             {}", diag.fix_description);
     }
     if let Some(c) = &diag.config_changes {
         let values: Vec<String> = c
@@ -112,18 +113,18 @@ fn print_text(d: &Diagnostics, o: &DiagnosisOutcome) {
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!("config:      {}", values.join(", "));
+        crate::outln!("config:      {}", values.join(", "));
     }
     if let Some(code) = &diag.code_changes {
-        println!("code changes:");
+        crate::outln!("code changes:");
         for line in code.lines() {
-            println!("  | {line}");
+            crate::outln!("  | {line}");
         }
     }
     for n in &o.notes {
-        println!("note: {n}");
+        crate::outln!("note: {n}");
     }
-    println!("nothing was applied");
+    crate::outln!("nothing was applied");
 }
 
 fn print_json(d: &Diagnostics, o: &DiagnosisOutcome) -> Result<(), CliError> {
@@ -138,6 +139,6 @@ fn print_json(d: &Diagnostics, o: &DiagnosisOutcome) -> Result<(), CliError> {
     });
     let text = serde_json::to_string_pretty(&value)
         .map_err(|e| CliError::runtime(format!("cannot render the diagnosis as JSON: {e}")))?;
-    println!("{text}");
+    crate::outln!("{text}");
     Ok(())
 }

@@ -121,8 +121,13 @@ pub(crate) fn plan_once(
     desired: &crate::manifest::Desired,
     state_dir: &Path,
 ) -> Result<(plan::Memory, plan::Plan), CliError> {
-    let memory =
-        crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    // While a loop runs, its memory (what it runs and knows now), not the state file.
+    let memory = match crate::control::client::view(state_dir).map_err(CliError::runtime)? {
+        Some(view) => view.memory,
+        None => {
+            crate::state::load_memory(state_dir).map_err(|e| CliError::runtime(e.to_string()))?
+        }
+    };
     let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
     let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;
     Ok((memory, plan))
@@ -135,7 +140,21 @@ pub(crate) fn build_report(
     overrides: Vec<String>,
 ) -> Result<DiffReport, CliError> {
     let (memory, plan) = plan_once(desired, state_dir)?;
-    Ok(report_from(desired, &memory, &plan, overrides))
+    let mut report = report_from(desired, &memory, &plan, overrides);
+    let stale = crate::control::previous_template(desired, &memory);
+    report.notes.extend(
+        stale
+            .iter()
+            .map(|id| crate::control::previous_template_note(*id, &memory)),
+    );
+    report.notes.push(match crate::state::running_instance(state_dir) {
+        Some(i) => format!(
+            "compared with the manifest the running loop (pid {}) runs; `automon apply` hands this one to it",
+            i.pid
+        ),
+        None => "no loop running: compared with the last-applied manifest in the state directory".into(),
+    });
+    Ok(report)
 }
 
 /// The report of one plan.
@@ -182,12 +201,18 @@ fn report_from(
     }
 }
 
-/// A unified diff from the last-applied manifest to this one; empty when equal.
+/// A unified diff from the last-applied manifest to this one; empty when equal. Secret values
+/// show as `[REDACTED]`, a changed one as `[REDACTED] (changed)` (see
+/// [`crate::secrets::env::for_display`]).
 pub fn unified(old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
-    similar::TextDiff::from_lines(old, new)
+    let (old, new) = crate::secrets::env::for_display(old, new);
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header("last applied", "this manifest")
@@ -243,10 +268,10 @@ pub(crate) fn print_plan(
 ) -> Result<u8, CliError> {
     let (memory, plan) = plan_once(desired, state_dir)?;
     let report = report_from(desired, &memory, &plan, Vec::new());
-    print!("{}", render(&report));
+    crate::stdio::out(&render(&report));
     for a in &plan.actions {
         if let plan::Action::ApplyCodeFix(fix) = a {
-            println!("{}", propose_code_fix(desired, state_dir, &memory, fix));
+            crate::outln!("{}", propose_code_fix(desired, state_dir, &memory, fix));
         }
     }
     Ok(u8::from(!report.actions.is_empty()))
@@ -302,7 +327,9 @@ fn propose_code_fix(
             .strftime("%Y%m%dT%H%M%S%.3fZ")
             .to_string();
         let path = dir.join(format!("{stamp}-worker{}.diff", fix.worker));
-        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, diff)) {
+        match crate::state::private::ensure_dir(&dir)
+            .and_then(|()| crate::state::private::write(&path, diff.as_bytes()))
+        {
             Ok(()) => written = format!(" (patch written to {})", path.display()),
             Err(e) => written = format!(" (cannot write {}: {e})", path.display()),
         }

@@ -83,6 +83,9 @@ pub struct WorkerRow {
     /// manifest); secret values not shown.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub differs: Vec<String>,
+    /// Its process runs the previous template (a changed command, env, parameters or
+    /// workdir reaches it at its next restart).
+    pub previous_template: bool,
 }
 
 /// The overall line.
@@ -112,7 +115,8 @@ pub struct Overall {
     pub disk_queue_depth: Option<f64>,
     /// The scaling decision or why it holds.
     pub scaling: String,
-    /// The pid of the running automon loop, if one runs.
+    /// The pid of the running automon loop whose view this is; `None`: no loop runs and the
+    /// figures were read from files.
     pub automon_pid: Option<i32>,
 }
 
@@ -134,6 +138,11 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let manifest = super::load_manifest(&args.file)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let desired = super::resolve(&manifest)?;
+    // While a loop runs, its view: its memory, its last pass, its disk figure.
+    let view = crate::control::client::view(&state_dir).map_err(CliError::runtime)?;
+    if let Some(view) = view.filter(|_| !args.observed) {
+        return show_view(args, &desired, view);
+    }
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     if memory.workers.is_empty() && !args.observed {
@@ -161,25 +170,65 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
-    let status = build(
-        &desired,
-        &plan.memory,
-        &plan,
-        &observed.disk,
-        now,
-        crate::state::lock_holder(&state_dir),
-    );
+    let status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
+    print_status(args, &status, &[])
+}
+
+/// `get` while a loop runs: the rows come from the loop's view; notes say which running
+/// workers run the previous template and whether the loop runs another version of the file.
+fn show_view(
+    args: &GetArgs,
+    desired: &Desired,
+    view: crate::control::View,
+) -> Result<u8, CliError> {
+    let Some(plan) = &view.plan else {
+        return Err(CliError::runtime(format!(
+            "the control loop (pid {}) has not finished its first pass yet",
+            view.pid
+        )));
+    };
+    let now = Now::read();
+    let disk = view.disk.clone().unwrap_or(DiskObservation::Unavailable {
+        why: "no pass yet".into(),
+    });
+    let pid = i32::try_from(view.pid).ok();
+    let mut status = build(desired, &view.memory, plan, &disk, now, pid);
+    let stale = crate::control::previous_template(desired, &view.memory);
+    for row in &mut status.workers {
+        row.previous_template = stale.contains(&crate::WorkerId(row.worker));
+    }
+    let mut notes: Vec<String> = stale
+        .iter()
+        .map(|id| crate::control::previous_template_note(*id, &view.memory))
+        .collect();
+    if view.applied != desired.normalized {
+        notes.push(format!(
+            "the loop runs another version of {}: `automon diff` shows the change, `automon apply` hands it over",
+            desired.manifest_file.display()
+        ));
+    }
+    print_status(args, &status, &notes)
+}
+
+/// Prints `status` in the chosen format; `notes` follow the table.
+fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8, CliError> {
+    let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
+    let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
     match args.output {
         GetFormat::Json => {
-            print(serde_json::to_string_pretty(&status).map_err(|e| serialize_err(e.to_string()))?)
+            print(serde_json::to_string_pretty(status).map_err(|e| serialize_err(e.to_string()))?)
         }
         GetFormat::Yaml => {
-            print(serde_saphyr::to_string(&status).map_err(|e| serialize_err(e.to_string()))?)
+            print(serde_saphyr::to_string(status).map_err(|e| serialize_err(e.to_string()))?)
         }
         GetFormat::Table | GetFormat::Wide => {
             let colour = std::io::stdout().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-            print(render(&status, args.output == GetFormat::Wide, colour))
+            let mut text = render(status, args.output == GetFormat::Wide, colour);
+            for n in notes {
+                text.push_str(&format!("note: {n}\n"));
+            }
+            print(text)
         }
     }
 }
@@ -249,6 +298,7 @@ pub fn build(
             next: next_step(desired, w, s.phase, now),
             params: w.params.clone(),
             differs: w.differs.clone(),
+            previous_template: false,
         });
     }
     let (disk_util_percent, disk_queue_depth) = match disk {
@@ -439,7 +489,7 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         _ => "disk utilisation unknown".into(),
     };
     let automon = o.automon_pid.map_or_else(
-        || "automon not running".to_string(),
+        || "no loop running (read from files)".to_string(),
         |p| format!("automon running (pid {p})"),
     );
     let _ = writeln!(

@@ -44,7 +44,7 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
         ))
     })?;
     for w in &warnings {
-        eprintln!("automon: warning: {w}");
+        crate::errln!("automon: warning: {w}");
     }
     let records: Vec<_> = records
         .into_iter()

@@ -16,6 +16,8 @@ mod stop;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub use start::LOG_FILE;
+
 use clap::{Parser, Subcommand};
 
 use crate::manifest::{self, Desired, Manifest};
@@ -132,9 +134,14 @@ pub fn main() -> ExitCode {
         Command::Completions(args) => completions::run(&args),
     };
     match result {
+        // The work is done; a closed stdout is fine (see `stdio`), a failed one is not.
+        Ok(0) if let Some(why) = crate::stdio::stdout_failure() => {
+            crate::errln!("automon: cannot write to stdout: {why}");
+            ExitCode::from(1)
+        }
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("automon: {}", e.message);
+            crate::errln!("automon: {}", e.message);
             ExitCode::from(e.code)
         }
     }
@@ -144,9 +151,9 @@ fn validate(files: &[PathBuf]) -> Result<u8, CliError> {
     let mut bad = false;
     for f in files {
         match manifest::load(f) {
-            Ok(_) => println!("{}: valid", f.display()),
+            Ok(_) => crate::outln!("{}: valid", f.display()),
             Err(e) => {
-                eprintln!("{e}");
+                crate::errln!("{e}");
                 bad = true;
             }
         }
@@ -187,7 +194,7 @@ pub(crate) fn load_manifest_with(
 /// Prints the overrides applied, one line each, before a plan.
 pub(crate) fn print_overrides(overridden: &[String]) {
     for o in overridden {
-        println!("override: {o}");
+        crate::outln!("override: {o}");
     }
 }
 
@@ -253,6 +260,37 @@ pub(crate) fn plan_shown(
         return Err(CliError::runtime(why));
     }
     Ok(crate::plan::plan(desired, observed, memory.clone(), now))
+}
+
+/// For the commands that reach a running loop (`status`, `stop`, `pause`, `resume`,
+/// `reset-params`): the state directory, and the manifest when it was read. With `--state-dir`
+/// the manifest is not read at all, so a broken manifest never stands between an operator and
+/// the loop; without it, a manifest file that exists but does not load gives `.automon/` beside
+/// it, with a note on stderr. A missing file is bad input (exit 2).
+pub(crate) fn loop_state_dir(
+    file: &Path,
+    flag: Option<&Path>,
+) -> Result<(PathBuf, Option<Manifest>), CliError> {
+    if let Some(p) = flag {
+        return Ok((
+            std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+            None,
+        ));
+    }
+    match load_manifest(file) {
+        Ok(m) => Ok((state_dir(&m, None), Some(m))),
+        Err(e) if file.is_file() => {
+            let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+            let dir = crate::state::default_state_dir(abs.parent().unwrap_or(Path::new("/")));
+            let first = e.message.lines().next().unwrap_or_default();
+            crate::errln!(
+                "automon: note: the manifest does not load ({first}); using the state directory beside it, {}",
+                dir.display()
+            );
+            Ok((dir, None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The state directory: `--state-dir` or `.automon/` beside the manifest.

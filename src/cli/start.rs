@@ -1,7 +1,8 @@
 //! `automon start FILE [--state-dir DIR] [overrides] [metrics flags]`: runs the control loop in
 //! the background. The current binary is run again as `automon apply FILE --watch --state-dir
 //! DIR …` in its own process group, stdin from /dev/null, stdout and stderr appended to
-//! `STATE_DIR/automon.log`; its pid and start time go to `STATE_DIR/automon.pid`. `start` returns
+//! `STATE_DIR/automon.log`; once it holds the lock it writes its pid and start time to
+//! `STATE_DIR/automon.pid` itself. `start` returns
 //! once the child holds the state directory's lock (it is then *the* automon of this WorkerSet)
 //! and has finished its first pass (so a failure just after taking the lock — a metrics port in
 //! use, a corrupt state file — is still reported), or fails with the end of its log when it exits
@@ -60,12 +61,9 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     }
     let log_path = state_dir.join(LOG_FILE);
     let runtime = |what: &str, e: std::io::Error| CliError::runtime(format!("{what}: {e}"));
-    std::fs::create_dir_all(&state_dir)
+    crate::state::private::ensure_dir(&state_dir)
         .map_err(|e| runtime(&format!("cannot create {}", state_dir.display()), e))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = crate::state::private::open_append(&log_path)
         .map_err(|e| runtime(&format!("cannot open {}", log_path.display()), e))?;
     let log_start = log.metadata().map_or(0, |m| m.len());
     let log_err = log
@@ -78,6 +76,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     cmd.args(["--log-format", log_format.as_str(), "apply"])
         .arg(&file)
         .arg("--watch")
+        .arg("--write-pid-file")
         .arg("--state-dir")
         .arg(&state_dir)
         .args(args.overrides.to_argv())
@@ -89,15 +88,8 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
     let mut child = cmd
         .spawn()
         .map_err(|e| runtime("cannot start the background automon", e))?;
+    // The child writes the pid file once it holds the lock (a loser of a race never does).
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    let ticks =
-        crate::observe::proc::read_stat(Path::new("/proc"), pid).map_or(0, |s| s.start_ticks);
-    if let Err(e) = state::write_pid_file(&state_dir, pid, ticks) {
-        eprintln!(
-            "automon: cannot write {}: {e}",
-            state::pid_file(&state_dir).display()
-        );
-    }
     let deadline = Instant::now() + WAIT_FOR_LOCK;
     loop {
         let locked = state::running_instance(&state_dir).is_some_and(|i| i.pid == pid);
@@ -108,7 +100,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
                 .is_some_and(|s| i64::from(s.pid) == i64::from(pid))
         };
         if locked && passed() {
-            println!(
+            crate::outln!(
                 "automon started in the background (pid {pid}) for {}; log: {}",
                 manifest.file.display(),
                 log_path.display()
@@ -116,7 +108,6 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
             return Ok(0);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            state::remove_pid_file(&state_dir, pid);
             let tail = log_tail(&log_path, log_start, TAIL_LINES);
             return Err(CliError::runtime(format!(
                 "the background automon (pid {pid}) exited at once ({status}); the end of {}:\n{tail}",
@@ -124,7 +115,7 @@ pub fn run(args: &StartArgs, log_format: LogFormat) -> Result<u8, CliError> {
             )));
         }
         if Instant::now() >= deadline {
-            println!(
+            crate::outln!(
                 "automon started in the background (pid {pid}) but has not {} after {}s (setup still running?); follow {}",
                 if locked {
                     "finished its first pass"

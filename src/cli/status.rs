@@ -1,6 +1,8 @@
 //! `automon status FILE [--state-dir DIR] [-o text|json]`: whether a control loop manages the
 //! WorkerSet now (the live owner of `STATE_DIR/lock`), since when, and its last pass (from
-//! `STATE_DIR/status.json`). Exit 0 when running, 3 when not (including never run).
+//! `STATE_DIR/status.json`). A `condition:` line says what the running loop finds wrong in its
+//! own house (state not saved, its logs not writable; kept in the lock file, which can still be
+//! written when the disk is full). Exit 0 when running, 3 when not (including never run).
 
 use std::path::PathBuf;
 
@@ -61,13 +63,40 @@ pub fn describe(i: &Instance) -> String {
 
 /// Runs `status`.
 pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let (state_dir, _) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let running = state::running_instance(&state_dir);
-    let last = state::read_status(&state_dir).map_err(CliError::runtime)?;
+    // What the running loop says is wrong in its own house (unsaved state, unwritable logs).
+    let condition = running
+        .as_ref()
+        .and_then(|_| state::recorded_owner(&state_dir)?.condition);
+    // While a loop runs, its own last pass (over the control socket); otherwise the file.
+    let (view, unanswered) = match crate::control::client::view(&state_dir) {
+        Ok(v) => (v, None),
+        // Running spec.setup (no pass yet), or a socket that fails.
+        Err(why) if running.is_some() => (None, Some(why)),
+        Err(why) => return Err(CliError::runtime(why)),
+    };
+    let from_loop = view.as_ref().is_some_and(|v| v.status.is_some());
+    let last = match view.and_then(|v| v.status) {
+        Some(s) => Some(s),
+        None => state::read_status(&state_dir).map_err(CliError::runtime)?,
+    };
     match args.output {
-        Output::Json => print_json(&state_dir, running.as_ref(), last.as_ref())?,
-        Output::Text => print_text(&manifest.file, &state_dir, running.as_ref(), last.as_ref())?,
+        Output::Json => print_json(
+            &state_dir,
+            running.as_ref(),
+            condition.as_deref(),
+            last.as_ref(),
+            from_loop,
+        )?,
+        Output::Text => print_text(
+            &args.file,
+            &state_dir,
+            running.as_ref(),
+            condition.as_deref(),
+            last.as_ref(),
+            unanswered.as_deref(),
+        )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
 }
@@ -75,12 +104,16 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
 fn print_json(
     state_dir: &std::path::Path,
     running: Option<&Instance>,
+    condition: Option<&str>,
     last: Option<&DaemonStatus>,
+    from_loop: bool,
 ) -> Result<(), CliError> {
     let value = serde_json::json!({
         "running": running.is_some(),
+        "source": if from_loop { "loop" } else { "files" },
         "pid": running.map(|i| i.pid),
         "since": running.and_then(|i| i.since),
+        "condition": condition,
         "state_dir": state_dir,
         "last_pass": last,
     });
@@ -93,7 +126,9 @@ fn print_text(
     file: &std::path::Path,
     state_dir: &std::path::Path,
     running: Option<&Instance>,
+    condition: Option<&str>,
     last: Option<&DaemonStatus>,
+    unanswered: Option<&str>,
 ) -> Result<(), CliError> {
     let mut text = String::new();
     macro_rules! out {
@@ -104,7 +139,16 @@ fn print_text(
     }
     match running {
         Some(i) => out!("automon: running ({})", describe(i)),
-        None => out!("automon: not running for {}", file.display()),
+        None => out!(
+            "automon: not running for {} (no loop running; read from files)",
+            file.display()
+        ),
+    }
+    if let Some(why) = unanswered {
+        out!("loop: {why} (read from files)");
+    }
+    if let Some(c) = condition {
+        out!("condition: {c}");
     }
     let Some(s) = last else {
         out!(

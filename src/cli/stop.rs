@@ -28,12 +28,11 @@ pub struct StopArgs {
 
 /// Runs `stop`.
 pub fn run(args: &StopArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    let (state_dir, _) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let Some(instance) = state::running_instance(&state_dir) else {
         return Err(CliError::runtime(format!(
             "not running for {} (no live automon holds {}); nothing to stop",
-            manifest.file.display(),
+            args.file.display(),
             state_dir.join("lock").display()
         )));
     };
@@ -62,7 +61,7 @@ pub fn run(args: &StopArgs) -> Result<u8, CliError> {
         Ok(Some(s)) => format!("{} worker(s) keep running", s.running),
         _ => "its workers keep running".to_string(),
     };
-    println!(
+    crate::outln!(
         "automon (pid {}) stopped; {workers}: `automon start {}` adopts them",
         instance.pid,
         args.file.display()

@@ -93,6 +93,14 @@ pub struct Desired {
     pub command: Vec<String>,
     /// Extra environment for workers.
     pub env: BTreeMap<String, String>,
+    /// Pass automon's environment on to workers (minus the LLM key); see
+    /// [`crate::secrets::env::child_env`].
+    pub inherit_env: bool,
+    /// Names of environment variables whose values are secret: `spec.secrets.env` plus the
+    /// deprecated `spec.llm.secret_env`.
+    pub secret_env: Vec<String>,
+    /// Extra redaction regexes (`spec.secrets.patterns`).
+    pub secret_patterns: Vec<String>,
     /// Template parameters and their bounds.
     pub parameters: BTreeMap<String, Parameter>,
     /// Signal that asks a worker to stop.
@@ -131,8 +139,10 @@ pub struct Desired {
     pub llm: Llm,
     /// Adoption of processes automon did not start.
     pub adoption: Adoption,
-    /// The WorkerSet as applied (defaults filled, overrides applied), as YAML; what
-    /// `automon diff` compares with the next version.
+    /// The WorkerSet as applied (defaults filled, overrides applied), as YAML, with secret
+    /// `template.env` values masked (`[REDACTED] sha256:…`, see
+    /// [`crate::secrets::env::mask_workerset`]); what `automon diff` compares with the next
+    /// version and what `state.json` keeps.
     pub normalized: String,
 }
 
@@ -150,6 +160,17 @@ pub enum ResolveError {
 }
 
 impl Desired {
+    /// A fingerprint of what a worker process is started from — command, environment,
+    /// parameters, working directory — as 16 hex digits (XXH3, stable across builds). A running
+    /// worker whose recorded fingerprint differs runs the previous template.
+    pub fn template_hash(&self) -> String {
+        let what = serde_json::json!([self.command, self.env, self.parameters, self.workdir]);
+        format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(what.to_string().as_bytes())
+        )
+    }
+
     /// Resolves `manifest`; `range_end` is the end of the key range when the manifest gives it by
     /// `end_command` (see [`crate::act::setup::resolve_range_end`]); ignored otherwise.
     ///
@@ -192,6 +213,9 @@ impl Desired {
                 .map_or_else(|| "item".into(), |w| w.unit.clone()),
             command: spec.template.command.clone(),
             env: spec.template.env.clone(),
+            inherit_env: spec.template.inherit_env,
+            secret_env: crate::secrets::env::declared_names(spec),
+            secret_patterns: spec.secrets.patterns.clone(),
             parameters: spec.template.parameters.clone(),
             stop_signal: parse_signal(&spec.template.stop_signal),
             stop_grace: spec.template.stop_grace.get(),
@@ -217,7 +241,7 @@ impl Desired {
                 .collect(),
             llm: spec.llm.clone(),
             adoption: spec.adoption,
-            normalized: serde_saphyr::to_string(&manifest.workerset).unwrap_or_default(),
+            normalized: crate::secrets::env::normalized_yaml(&manifest.workerset),
             workdir,
         })
     }

@@ -107,26 +107,41 @@ pub fn load_with_overrides(
             message,
         }],
     };
-    let meta = std::fs::metadata(file).map_err(|e| whole(format!("cannot read manifest: {e}")))?;
-    if meta.is_dir() {
-        return Err(whole(
-            "is a directory (expected a WorkerSet YAML file)".into(),
-        ));
-    }
-    if meta.len() > MAX_MANIFEST_BYTES {
-        return Err(whole(format!(
-            "manifest is {} bytes (expected at most {MAX_MANIFEST_BYTES})",
-            meta.len()
-        )));
-    }
-    let bytes = std::fs::read(file).map_err(|e| whole(format!("cannot read manifest: {e}")))?;
+    let bytes = read_capped(file).map_err(whole)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         whole(format!(
             "not UTF-8 at byte {} (expected a UTF-8 YAML file)",
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let mut workerset = parse(&text).map_err(|problems| ManifestError {
+    load_text(file, &text, overrides)
+}
+
+/// Like [`load_with_overrides`] for manifest `text` already read from `file` (the control loop
+/// takes the text an `automon apply` read and validated, so it runs exactly what was checked).
+///
+/// # Errors
+/// As [`load`], except for reading the file.
+pub fn load_text(
+    file: &Path,
+    text: &str,
+    overrides: &Overrides,
+) -> Result<(Manifest, Vec<String>), ManifestError> {
+    let whole = |message: String| ManifestError {
+        file: file.to_path_buf(),
+        problems: vec![Problem {
+            location: None,
+            field: String::new(),
+            message,
+        }],
+    };
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(whole(format!(
+            "manifest is {} bytes (expected at most {MAX_MANIFEST_BYTES})",
+            text.len()
+        )));
+    }
+    let mut workerset = parse(text).map_err(|problems| ManifestError {
         file: file.to_path_buf(),
         problems,
     })?;
@@ -136,7 +151,7 @@ pub fn load_with_overrides(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     let applied = apply_overrides(&mut workerset, overrides);
-    let mut problems = validate::validate(&workerset, &text, &dir);
+    let mut problems = validate::validate(&workerset, text, &dir);
     for p in &mut problems {
         if let Some(flag) = overrides.flag_for(&p.field) {
             p.message.push_str(&format!(" (value set by {flag})"));
@@ -148,6 +163,13 @@ pub fn load_with_overrides(
             problems,
         });
     }
+    if !workerset.spec.llm.secret_env.is_empty() {
+        tracing::warn!(
+            "{}: spec.llm.secret_env is deprecated; list the names under spec.secrets.env (both \
+             are honoured)",
+            file.display()
+        );
+    }
     Ok((
         Manifest {
             file: file.to_path_buf(),
@@ -156,6 +178,55 @@ pub fn load_with_overrides(
         },
         applied,
     ))
+}
+
+/// Reads a manifest file: a regular file (after symlinks) of at most [`MAX_MANIFEST_BYTES`].
+/// The file is opened without blocking and checked on the open descriptor, so a FIFO (which
+/// would hang the read) or a device such as `/dev/zero` (which never ends) is refused, even if
+/// it replaced the file between a check and the open; and at most the cap plus one byte is
+/// read, whatever the size the file claims.
+fn read_capped(file: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(file)
+        .map_err(|e| format!("cannot read manifest: {e}"))?;
+    let kind = f
+        .metadata()
+        .map_err(|e| format!("cannot read manifest: {e}"))?
+        .file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "is {what} (expected a WorkerSet YAML file: a regular file)"
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read manifest: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "manifest is larger than {MAX_MANIFEST_BYTES} bytes (expected at most {MAX_MANIFEST_BYTES})"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Parse budgets: what a manifest may contain at most. A WorkerSet needs a few hundred nodes,
@@ -266,4 +337,52 @@ fn dotted(path: &serde_path_to_error::Path) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(path: &Path) -> String {
+        match load(path) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_fifo_manifest_is_refused_without_hanging() {
+        // Regression (issue 26, item 8): a FIFO hung `status` and `stop` forever. Nothing writes
+        // to this one: a blocking open or read would hang the test.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("workerset.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let e = refusal(&fifo);
+        assert!(e.contains("workerset.yaml: is a FIFO (named pipe)"), "{e}");
+    }
+
+    #[test]
+    fn a_symlink_to_dev_zero_is_refused_before_reading() {
+        // Regression (issue 26, item 8): a symlink to /dev/zero took ~1 GB in a second.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join("workerset.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+        let e = refusal(&link);
+        assert!(e.contains("is a character device"), "{e}");
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_reading_at_most_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("workerset.yaml");
+        let size = usize::try_from(MAX_MANIFEST_BYTES).expect("fits") + 1;
+        std::fs::write(&big, vec![b'#'; size]).expect("write");
+        let e = refusal(&big);
+        assert!(e.contains("manifest is larger than 1048576 bytes"), "{e}");
+        assert_eq!(
+            read_capped(&big).map_err(|_| ()).err(),
+            Some(()),
+            "refused, not truncated"
+        );
+    }
 }

@@ -78,6 +78,10 @@ pub struct Spec {
     /// Optional LLM diagnosis of stuck workers (any OpenAI-compatible endpoint).
     #[serde(default)]
     pub llm: Llm,
+    /// What counts as a secret: redacted from every log line automon reads, from everything it
+    /// writes or prints, and from what it sends to the LLM.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
     /// Taking over worker processes that this automon did not start.
     #[serde(default)]
     pub adoption: Adoption,
@@ -279,9 +283,34 @@ pub struct Llm {
     /// Most bytes of log tail sent (default 16 KiB).
     #[serde(default = "defaults::max_log_bytes")]
     pub max_log_bytes: u64,
-    /// Environment variables whose values are redacted from anything sent or stored.
+    /// Deprecated: use `spec.secrets.env` (names listed here are still honoured there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("deprecated" = true))]
     pub secret_env: Vec<String>,
+}
+
+/// Secrets: values automon must never write, print or send.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Environment variables whose values are secrets (read from `template.env` and from
+    /// automon's own environment): every occurrence is redacted, and `template.env` entries show
+    /// as `[REDACTED]`. Names that contain PASS, SECRET, TOKEN or KEY are secret without being
+    /// listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Extra regexes (Rust syntax); every match in a log line, message or prompt is replaced by
+    /// `[REDACTED]`. The common shapes (password=, token=, Bearer, URL passwords, sk-…, AWS key
+    /// ids, PEM private keys, JWTs) are built in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+}
+
+impl Secrets {
+    /// True when nothing is declared (the section is then left out of the normalised YAML).
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.patterns.is_empty()
+    }
 }
 
 impl Default for Llm {
@@ -384,9 +413,15 @@ pub struct Template {
     /// Working directory, relative to the manifest's directory (default `.`).
     #[serde(default = "defaults::workdir")]
     pub workdir: String,
-    /// Extra environment variables for the worker.
+    /// Extra environment variables for the worker. Values of secret names (see
+    /// `spec.secrets.env`) are shown as `[REDACTED]` wherever automon displays them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Pass automon's own environment on to the worker (default true), minus the LLM API key
+    /// (`llm.api_key_env`) unless `env` names it. With false the worker gets only `PATH`,
+    /// `HOME` and `LANG` from automon, plus `env` and automon's markers.
+    #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+    pub inherit_env: bool,
     /// Tunable integer parameters with bounds, substituted into `command`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, Parameter>,
@@ -593,6 +628,10 @@ pub mod defaults {
     /// true.
     pub fn yes() -> bool {
         true
+    }
+    /// True for `true` (a default left out of the normalised YAML).
+    pub fn is_true(b: &bool) -> bool {
+        *b
     }
     /// python3.
     pub fn interpreter() -> String {
@@ -812,6 +851,7 @@ mod tests {
                     command,
                     workdir,
                     env,
+                    inherit_env: true,
                     parameters,
                     stop_signal: signal.to_string(),
                     stop_grace,
@@ -981,6 +1021,7 @@ mod tests {
                             scaling: sc,
                             fixes: fx,
                             llm,
+                            secrets: Secrets::default(),
                             adoption: Adoption {
                                 match_command: adopt,
                             },

@@ -384,7 +384,31 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
     scaling(&mut c, ws);
     fixes(&mut c, ws, dir);
     llm(&mut c, ws);
+    secrets(&mut c, ws);
     c.problems
+}
+
+fn secrets(c: &mut Checker<'_>, ws: &WorkerSet) {
+    let s = &ws.spec.secrets;
+    for (i, name) in s.env.iter().enumerate() {
+        if !is_env_name(name) {
+            c.fail(
+                &format!("spec.secrets.env.{i}"),
+                "not an environment variable name (expected names such as DB_PASSWORD)",
+            );
+        }
+    }
+    c.regexes("spec.secrets.patterns", &s.patterns);
+    for (i, p) in s.patterns.iter().enumerate() {
+        // A pattern that matches nothing at all would put [REDACTED] between every character.
+        if Regex::new(p).is_ok_and(|re| re.is_match("")) {
+            c.fail(
+                &format!("spec.secrets.patterns.{i}"),
+                "the regex matches the empty string (expected a pattern that needs at least \
+                 one character, e.g. \"CANARY-[0-9]+\")",
+            );
+        }
+    }
 }
 
 fn scaling(c: &mut Checker<'_>, ws: &WorkerSet) {

@@ -2,16 +2,15 @@
 //!
 //! After every pass the daemon fills a [`MetricsSnapshot`] from the plan, the memory and the
 //! disk observation; [`render_metrics`] turns it into text, which the [`Reporter`] writes to a
-//! node_exporter textfile (`--metrics-textfile`) and hands to the HTTP responder
-//! (`--metrics-addr`, `GET /metrics`). `STATE_DIR/status.json` is written at the same time.
+//! node_exporter textfile (`--metrics-textfile`) and hands to the control server, which serves
+//! `GET /metrics` on the control socket and on `--metrics-addr` (see [`crate::control`]).
+//! `STATE_DIR/status.json` is written at the same time.
 //!
 //! # Layout
 //!
 //! - `render`: the pure snapshot → text function.
-//! - `http`: a tiny HTTP/1.1 responder on a tokio listener.
-//! - `reporter`: what runs after each pass (status file, textfile, HTTP snapshot).
+//! - `reporter`: what runs after each pass (status file, textfile, the served snapshot).
 
-mod http;
 mod render;
 mod reporter;
 
@@ -23,9 +22,8 @@ use crate::clock::BootTime;
 use crate::observe::disk::DiskObservation;
 use crate::plan::{Memory, Phase, Plan, Totals};
 
-pub use http::{respond, serve};
 pub use render::render_metrics;
-pub use reporter::{ReportError, ReportOptions, Reporter};
+pub use reporter::{ReportOptions, Reporter};
 
 /// Every phase, in the order metrics list them.
 pub const ALL_PHASES: [Phase; 13] = [

@@ -1,8 +1,7 @@
 //! [`Reporter`]: what the control loop publishes after each pass — `STATE_DIR/status.json`, the
-//! metrics textfile and the HTTP responder's snapshot.
+//! metrics textfile and the snapshot the control server serves.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use crate::state::{self, DaemonStatus};
 #[derive(Debug, Clone, Default)]
 pub struct ReportOptions {
     /// Serve `GET /metrics` on this address (`--metrics-addr`).
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Write the metrics to this file after each pass, for node_exporter's textfile collector
     /// (`--metrics-textfile`; the name should end in `.prom`).
     pub metrics_textfile: Option<PathBuf>,
@@ -27,62 +26,45 @@ pub struct ReportOptions {
     pub json_logs: bool,
 }
 
-/// The metrics endpoint could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// Binding the listener failed (address in use, no permission…).
-    #[error("cannot listen on {addr} for metrics: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
 /// Publishes after each pass; holds this process's identity for the status file.
 #[derive(Debug)]
 pub struct Reporter {
     state_dir: PathBuf,
     textfile: Option<PathBuf>,
-    http: Option<watch::Sender<String>>,
+    served: Option<watch::Sender<String>>,
     watch: bool,
     started_at: jiff::Timestamp,
     passes: u64,
     /// The last write failure reported, so a persistent one is not repeated every pass.
     last_problem: Option<String>,
+    /// The last pass's status, as written to `status.json` (the loop's view serves it).
+    last_status: Option<DaemonStatus>,
 }
 
 impl Reporter {
-    /// Binds the metrics listener (when asked) and starts serving it on the current runtime.
-    ///
-    /// # Errors
-    /// [`ReportError::Bind`] when the address cannot be listened on.
-    pub async fn start(
+    /// A reporter for the loop on `state_dir`; `served` receives the metrics text after each
+    /// pass (the control server serves it).
+    pub fn new(
         opts: &ReportOptions,
         state_dir: &Path,
         watch: bool,
-    ) -> Result<Self, ReportError> {
-        let http = match opts.metrics_addr {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ReportError::Bind { addr, source })?;
-                let (tx, rx) = watch::channel(String::new());
-                tokio::spawn(super::serve(listener, rx));
-                Some(tx)
-            }
-            None => None,
-        };
-        Ok(Self {
+        served: Option<watch::Sender<String>>,
+    ) -> Self {
+        Self {
             state_dir: state_dir.to_path_buf(),
             textfile: opts.metrics_textfile.clone(),
-            http,
+            served,
             watch,
             started_at: jiff::Timestamp::now(),
             passes: 0,
             last_problem: None,
-        })
+            last_status: None,
+        }
+    }
+
+    /// The last pass's status, `None` before the first.
+    pub fn last_status(&self) -> Option<&DaemonStatus> {
+        self.last_status.as_ref()
     }
 
     /// Publishes one pass: status file, metrics textfile, HTTP snapshot. Failures to write are
@@ -136,20 +118,22 @@ impl Reporter {
             running: snap.running,
         };
         let mut problems = Vec::new();
-        if let Err(e) = state::write_status(&self.state_dir, &status) {
+        let written = state::write_status(&self.state_dir, &status);
+        self.last_status = Some(status);
+        if let Err(e) = written {
             problems.push(format!(
                 "cannot write {}: {e}",
                 state::status_file(&self.state_dir).display()
             ));
         }
-        if self.textfile.is_some() || self.http.is_some() {
+        if self.textfile.is_some() || self.served.is_some() {
             let text = render_metrics(&snap);
             if let Some(path) = &self.textfile
                 && let Err(e) = write_textfile(path, &text)
             {
                 problems.push(format!("cannot write {}: {e}", path.display()));
             }
-            if let Some(tx) = &self.http {
+            if let Some(tx) = &self.served {
                 tx.send_replace(text);
             }
         }

@@ -1,5 +1,9 @@
 //! Observation: the world turned into plain data for the planner — processes, progress files,
 //! log tails. Every failure becomes data (`Unreadable { why }`), never an early return.
+//!
+//! This is where a worker's text enters automon, so it is where secrets leave it: every log
+//! record and every reason built from a worker's files is redacted (see [`crate::secrets`])
+//! before it becomes part of an [`Observed`]; nothing downstream holds the raw text.
 
 pub mod cmdline;
 pub mod disk;
@@ -114,6 +118,11 @@ pub struct Observed {
     /// a worker it missed would be started twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan_incomplete: Option<String>,
+    /// Why automon's memory is not on disk (the last save failed), if it is not: the planner
+    /// then starts no worker, since a start could not be recorded (set by the loop, not by the
+    /// observers).
+    #[serde(default)]
+    pub unsaved_state: Option<String>,
 }
 
 /// Where the observers read from; tests point these at fixture trees.
@@ -144,6 +153,8 @@ pub struct Observer {
     /// How log lines start; built once (a custom format compiles a regex, and the system time
     /// zone is looked up once).
     format: logtail::LineFormat,
+    /// Removes secrets from every text taken from a worker's files.
+    redactor: crate::secrets::Redactor,
 }
 
 /// Reads progress files, reusing the last parse of a file that has not changed.
@@ -194,6 +205,7 @@ impl Observer {
             disk,
             progress,
             format,
+            redactor: crate::secrets::redactor_for(desired),
         }
     }
 
@@ -215,6 +227,7 @@ impl Observer {
             disk,
             progress,
             format,
+            redactor,
         } = self;
         let boot = proc::boot_id(&roots.proc);
         let workers = desired
@@ -230,14 +243,15 @@ impl Observer {
                         && process == Some(ProcessStatus::Exited)
                         && proc::group_exists(p.identity.pid)
                 });
-                let progress = progress.read(&desired.progress_path(id));
-                let log = logtail::read_tail(
+                let mut progress = progress.read(&desired.progress_path(id));
+                let mut log = logtail::read_tail(
                     &desired.log_path(id),
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,
                     format,
                 );
+                redact_worker_text(redactor, &mut progress, &mut log);
                 (
                     id,
                     WorkerObservation {
@@ -264,6 +278,31 @@ impl Observer {
             children,
             unrecorded,
             scan_incomplete,
+            unsaved_state: None,
+        }
+    }
+}
+
+/// Redacts, in place, every text of one worker's observation that came from its files: log
+/// records (tracebacks included), the repeated-cursor phrase, and a progress file's complaint
+/// (a parse error may quote the file).
+fn redact_worker_text(
+    redactor: &crate::secrets::Redactor,
+    progress: &mut ProgressObservation,
+    log: &mut LogObservation,
+) {
+    if let ProgressObservation::Unreadable { why } = progress {
+        redactor.redact_in_place(why);
+    }
+    if let LogObservation::Read {
+        records, repeated, ..
+    } = log
+    {
+        for r in records {
+            redactor.redact_in_place(&mut r.message);
+        }
+        if let Some(r) = repeated {
+            redactor.redact_in_place(&mut r.what);
         }
     }
 }

@@ -59,6 +59,7 @@ fn process(pid: i32, since: Now) -> RunningProcess {
         resume_from: None,
         adopted: false,
         own_group: true,
+        template: None,
     }
 }
 
@@ -119,6 +120,7 @@ fn observed(zero: WorkerObservation) -> Observed {
         children: Children::default(),
         unrecorded: Vec::new(),
         scan_incomplete: None,
+        unsaved_state: None,
     }
 }
 

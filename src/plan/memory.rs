@@ -111,6 +111,10 @@ pub struct RunningProcess {
     /// signal the group, else only the process.
     #[serde(default = "own_group_default")]
     pub own_group: bool,
+    /// The template it was started from ([`crate::manifest::Desired::template_hash`]); `None`
+    /// when unknown (adopted, or recorded by an older automon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn own_group_default() -> bool {
@@ -218,7 +222,8 @@ pub struct WorkerMemory {
     /// When a diagnosis was requested and not yet answered (boot clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis_requested_at: Option<BootTime>,
-    /// When the current stuck spell was first confirmed (boot clock); longest-stuck parks first.
+    /// When the silence of the current stuck spell began — its last progress signal, or its
+    /// start (boot clock); set when the spell is first seen. Longest-stuck parks first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck_since: Option<BootTime>,
     /// Recent (boot time, checkpoint) samples for rates and ETAs; oldest first.

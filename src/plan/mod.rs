@@ -400,7 +400,7 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         ));
         planner.wake_in(Duration::from_secs(1));
     } else {
-        planner.schedule_starts();
+        planner.schedule_starts(observed.unsaved_state.as_deref());
     }
     let blocked = planner.blocked();
     let complete = desired.shards.is_some()
@@ -632,6 +632,7 @@ impl Planner<'_> {
                         resume_from: None,
                         adopted: true,
                         own_group: u.own_group,
+                        template: None,
                     });
                     w.completed_at = None;
                     let how = if u.by_command_line {
@@ -732,6 +733,7 @@ pub fn record_start(
                 resume_from: action.resume_from,
                 adopted: false,
                 own_group: true,
+                template: Some(desired.template_hash()),
             });
             w.left_discovery = false;
             w.stuck_passes = 0;

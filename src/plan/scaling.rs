@@ -88,7 +88,7 @@ impl Planner<'_> {
                         Some((id, stuck_for)) => {
                             wanted = running.saturating_sub(1).max(counts.min);
                             self.park(id, format!(
-                                "scale down: {figure} ≥ {sat}% and worker {id} stuck for {}; parking worker {id} (the longest stuck), {wanted} of target {target} will run",
+                                "scale down: {figure} ≥ {sat}% and worker {id} stuck (silent for {}); parking worker {id} (the longest stuck), {wanted} of target {target} will run",
                                 fmt_dur(stuck_for)
                             ));
                             self.memory.last_scale_down = Some(self.now.boot);
@@ -114,6 +114,37 @@ impl Planner<'_> {
             }
         };
         self.memory.desired_count = Some(wanted);
+        self.park_excess(wanted);
+    }
+
+    /// Parks running workers beyond `wanted` (a lowered target, or a lowered max), highest ids
+    /// first: stopped with the stop grace, their shards resume later from their checkpoints.
+    fn park_excess(&mut self, wanted: u32) {
+        let mut running: Vec<WorkerId> = self
+            .statuses
+            .iter()
+            .filter(|(id, s)| {
+                occupies_slot(s.phase)
+                    && s.phase != Phase::Stopping
+                    && self
+                        .memory
+                        .workers
+                        .get(*id)
+                        .is_some_and(|w| w.process.is_some())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let excess = running.len().saturating_sub(wanted as usize);
+        running.reverse();
+        for id in running.into_iter().take(excess) {
+            self.park(
+                id,
+                format!(
+                    "scale down: {wanted} worker(s) wanted (target {}, max {}) and more run; parking worker {id} (the highest id), its shard resumes later from its checkpoint",
+                    self.desired.counts.target, self.desired.counts.max
+                ),
+            );
+        }
     }
 
     /// The worker stuck the longest (ties: the highest id) and for how long.
@@ -180,8 +211,9 @@ impl Planner<'_> {
     }
 
     /// Starts workers up to the desired count: restarts first, then parked and resumed shards,
-    /// then new ones. Paused and failed workers are never started.
-    pub(super) fn schedule_starts(&mut self) {
+    /// then new ones. Paused and failed workers are never started. While `unsaved_state` says
+    /// why the memory is not on disk, nothing starts (see [`Observed::unsaved_state`]).
+    pub(super) fn schedule_starts(&mut self, unsaved_state: Option<&str>) {
         let counts = self.desired.counts;
         let desired_count = self
             .memory
@@ -208,6 +240,18 @@ impl Planner<'_> {
             .collect();
         candidates.sort();
         let free = desired_count.saturating_sub(occupied);
+        if let Some(why) = unsaved_state {
+            // A start that cannot be recorded could be taken for a stranger (or a duplicate) by
+            // the next automon: hold every start, memory untouched, until a save succeeds.
+            for (_, id) in candidates.into_iter().take(free) {
+                if let Some(s) = self.statuses.get_mut(&id) {
+                    s.reason = Reason::Text(format!(
+                        "worker {id}: start held: automon's state is not saved ({why}); it starts once a save succeeds"
+                    ));
+                }
+            }
+            return;
+        }
         for (_, id) in candidates.into_iter().take(free) {
             if self.stop_pending(id) {
                 // Its old process group is being stopped: the start waits for the stop to

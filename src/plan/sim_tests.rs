@@ -129,6 +129,7 @@ impl Sim {
             children: Children::default(),
             unrecorded: vec![],
             scan_incomplete: None,
+            unsaved_state: None,
         }
     }
 
@@ -634,4 +635,29 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_scale_down_quotes_how_long_the_worker_was_silent_not_0s() {
+    // Regression: the reason said "stuck for 0s" when the park came on the pass that first saw
+    // the worker stuck, about a worker silent for longer than its threshold.
+    let mut sim = started("  health: {stuck_after: 5s, discovery_grace: 5s}\n");
+    sim.disk = saturated(95.0);
+    let mut parked = None;
+    for _ in 0..10 {
+        sim.advance(7);
+        let c1 = sim.checkpoints[&WorkerId(1)] + 1;
+        sim.progress(1, c1);
+        let p = sim.pass();
+        if let Some(e) = p.events.iter().find(|e| e.starts_with("scale down:")) {
+            parked = Some((sim.t, e.clone()));
+            break;
+        }
+    }
+    let (t, parked) = parked.expect("a scale-down");
+    assert!(parked.contains("worker 0 stuck (silent for "), "{parked}");
+    assert!(!parked.contains("silent for 0s"), "{parked}");
+    // Worker 0's last progress was seen by the pass at t = 20 (the end of `started`).
+    let quoted = format!("silent for {}", fmt_dur(Duration::from_secs(t - 20)));
+    assert!(parked.contains(&quoted), "t = {t}: {parked}");
 }

@@ -354,7 +354,8 @@ impl Planner<'_> {
                 fmt_dur(threshold),
             );
             if w.stuck_since.is_none() {
-                w.stuck_since = Some(self.now.boot);
+                // When the silence began, not when it was noticed: a scale-down quotes it.
+                w.stuck_since = Some(reference);
             }
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
                 if let Some(process) = w.process.clone() {

@@ -70,22 +70,17 @@ impl FixHistory {
             return;
         };
         line.push(b'\n');
-        let result = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| {
-                let len = f.metadata()?.len();
-                let mut last = [0u8; 1];
-                if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
-                    line.insert(0, b'\n');
-                }
-                f.write_all(&line)?;
-                f.sync_data()
-            });
+        let result = super::private::open_append(&self.path).and_then(|mut f| {
+            let len = f.metadata()?.len();
+            let mut last = [0u8; 1];
+            if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+                line.insert(0, b'\n');
+            }
+            f.write_all(&line)?;
+            f.sync_data()
+        });
         if let Err(e) = result {
-            eprintln!("automon: cannot append to {}: {e}", self.path.display());
+            crate::errln!("automon: cannot append to {}: {e}", self.path.display());
         }
     }
 

@@ -42,9 +42,20 @@ fn alive_with(pid: i32, start_ticks: u64) -> bool {
 }
 
 /// The automon that holds `state_dir`'s lock now, if any (see the module doc).
+///
+/// The lock file's record is not trusted alone (anyone can write it): the process must have
+/// started at the recorded time in this boot, be an automon (`/proc/PID/exe`), and hold the
+/// `flock` on that very file (`/proc/locks`). Only then may `stop` signal it.
 pub fn running_instance(state_dir: &Path) -> Option<Instance> {
-    let (pid, recorded) = super::lock::recorded_owner(state_dir)?;
-    if !alive_with(pid, recorded) {
+    let owner = super::lock::recorded_owner(state_dir)?;
+    let pid = owner.pid;
+    if !owner.boot_id.is_empty() && owner.boot_id != proc::boot_id(Path::new("/proc")) {
+        return None;
+    }
+    if !alive_with(pid, owner.start_ticks) {
+        return None;
+    }
+    if !is_automon(pid) || !holds_lock(pid, &state_dir.join("lock")) {
         return None;
     }
     let start_ticks = proc::read_stat(Path::new("/proc"), pid)?.start_ticks;
@@ -54,6 +65,55 @@ pub fn running_instance(state_dir: &Path) -> Option<Instance> {
         pid,
         start_ticks,
         since,
+    })
+}
+
+/// True when `/proc/PID/exe` is an automon binary: the same file name as this one's (after an
+/// upgrade the old one reads `NAME (deleted)`), or a name starting with `automon`. Unreadable
+/// (another user's process) counts as no.
+fn is_automon(pid: i32) -> bool {
+    let name = |p: &Path| {
+        p.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+    };
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let Some(theirs) = name(&exe) else {
+        return false;
+    };
+    let ours = std::env::current_exe().ok().and_then(|e| name(&e));
+    ours.as_deref() == Some(theirs.as_str()) || theirs.starts_with("automon")
+}
+
+/// True when `/proc/locks` shows `pid` holding an exclusive `flock` on the inode `lock_path`
+/// names. The device is not compared: on overlay file systems `/proc/locks` names the upper
+/// layer's device. When `/proc/locks` cannot be read, this check is skipped (true).
+fn holds_lock(pid: i32, lock_path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(lock_path) else {
+        return false;
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return true;
+    };
+    flock_held_by(&locks, pid, meta.ino())
+}
+
+/// Parses `/proc/locks` (`1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF`): whether `pid`
+/// holds an exclusive flock on inode `ino`.
+fn flock_held_by(locks: &str, pid: i32, ino: u64) -> bool {
+    locks.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Blocked waiters are listed as "N: -> FLOCK ..."; they hold nothing.
+        f.len() >= 6
+            && f[1] == "FLOCK"
+            && f[3] == "WRITE"
+            && f[4].parse::<i32>().ok() == Some(pid)
+            && f[5].rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
     })
 }
 
@@ -67,7 +127,7 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
 /// # Errors
 /// The I/O error, for the caller to name the file.
 pub fn write_pid_file(state_dir: &Path, pid: i32, start_ticks: u64) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
+    super::private::ensure_dir(state_dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
     writeln!(tmp, "{pid} {start_ticks}")?;
     tmp.as_file().sync_all()?;
@@ -101,6 +161,58 @@ mod tests {
         let me = running_instance(dir.path()).expect("running");
         assert_eq!(me.pid.to_string(), std::process::id().to_string());
         assert!(me.is_alive());
+        drop(lock);
+    }
+
+    #[test]
+    fn proc_locks_lines_name_the_holder_of_an_inode() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4222 fe:00:10010644 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4300 fe:00:10010644 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 99 fe:00:5 0 EOF\n";
+        assert!(flock_held_by(locks, 4222, 10_010_644));
+        assert!(
+            !flock_held_by(locks, 4300, 10_010_644),
+            "a waiter holds nothing"
+        );
+        assert!(!flock_held_by(locks, 4222, 5));
+        assert!(!flock_held_by(locks, 99, 5), "a POSIX lock is not ours");
+    }
+
+    #[test]
+    fn a_forged_lock_file_naming_a_live_stranger_is_not_the_instance() {
+        // Regression (issue 26, item 12): `stop` SIGTERMed whatever pid the lock file named.
+        // A live process with the right start time that holds no lock on the file: not automon.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let ticks = proc::read_stat(Path::new("/proc"), pid)
+            .expect("stat")
+            .start_ticks;
+        let boot = proc::boot_id(Path::new("/proc"));
+        std::fs::write(dir.path().join("lock"), format!("{pid} {ticks} {boot}\n")).expect("forge");
+        let found = running_instance(dir.path());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, None);
+    }
+
+    #[test]
+    fn a_lock_file_from_another_boot_is_not_the_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = super::super::InstanceLock::acquire(dir.path()).expect("lock");
+        let me = std::process::id();
+        let ticks = proc::read_stat(Path::new("/proc"), i32::try_from(me).expect("pid"))
+            .expect("stat")
+            .start_ticks;
+        std::fs::write(
+            dir.path().join("lock"),
+            format!("{me} {ticks} another-boot\n"),
+        )
+        .expect("write");
+        assert_eq!(running_instance(dir.path()), None);
         drop(lock);
     }
 

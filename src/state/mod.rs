@@ -2,16 +2,18 @@
 //! single-instance lock, and the events log.
 //!
 //! Layout: `state.json` (memory, written atomically), `lock` (flock held for automon's life;
-//! holds the owner's pid), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
+//! holds the owner's pid, start time and boot id, and a `condition:` line when something in
+//! automon's own house is wrong), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
 //! fix and verification, appended), `status.json` (the loop's last pass, for `automon status`),
 //! `automon.pid` (pid and start ticks of an automon started by `automon start`), `automon.log`
-//! (its stdout and stderr).
+//! (its stdout and stderr). The directory is 0700 and every file in it 0600 ([`private`]).
 
 mod events;
 pub mod fleet_lock;
 mod history;
 mod instance;
 mod lock;
+pub mod private;
 pub mod requests;
 mod status;
 mod store;
@@ -22,7 +24,7 @@ pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_hi
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,
 };
-pub use lock::{InstanceLock, LockError};
+pub use lock::{InstanceLock, LockError, Recheck, RecordedOwner, recorded_owner};
 
 /// The pid of the automon loop running on `state_dir`, if one runs (reads the lock file's
 /// recorded owner and checks it is that process still; never touches the lock itself, so a
@@ -31,7 +33,7 @@ pub fn lock_holder(state_dir: &std::path::Path) -> Option<i32> {
     running_instance(state_dir).map(|i| i.pid)
 }
 pub use status::{DaemonStatus, STATUS_FILE, read_status, status_file, write_status};
-pub use store::{StateError, load_memory, move_aside, save_memory};
+pub use store::{StateError, load_memory, move_aside, remove_stale_temp_files, save_memory};
 
 use std::path::{Path, PathBuf};
 

@@ -48,7 +48,7 @@ pub fn status_file(state_dir: &Path) -> PathBuf {
 /// The I/O error, for the caller to name the file.
 pub fn write_status(state_dir: &Path, status: &DaemonStatus) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(state_dir)?;
+    super::private::ensure_dir(state_dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
     tmp.write_all(&json)?;
     tmp.write_all(b"\n")?;

@@ -77,7 +77,7 @@ pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> 
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(io)?;
+    super::private::ensure_dir(state_dir).map_err(io)?;
     let json = serde_json::to_vec_pretty(memory).map_err(|e| io(std::io::Error::other(e)))?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(io)?;
     tmp.write_all(&json).map_err(io)?;
@@ -87,6 +87,23 @@ pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> 
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     Ok(())
+}
+
+/// Removes the temp files (`.tmpXXXXXX`, from `tempfile`) an automon killed in the middle of
+/// writing `state.json` or `status.json` left in `state_dir`; returns what was removed. Call
+/// only while holding the lock: the lock holder is the only writer of such files there.
+pub fn remove_stale_temp_files(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name();
+            let is_temp = name.to_str()?.starts_with(".tmp") && e.file_type().ok()?.is_file();
+            (is_temp && std::fs::remove_file(e.path()).is_ok()).then(|| e.path())
+        })
+        .collect()
 }
 
 /// Moves `state.json` aside as `state.json.reset-<UTC timestamp>` (for `--reset-state`);
@@ -125,6 +142,19 @@ mod tests {
         m.totals.starts = 3;
         save_memory(dir.path(), &m).expect("save");
         assert_eq!(load_memory(dir.path()).expect("load"), m);
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_save_are_removed_and_nothing_else() {
+        // Regression (issue 26, item 4): an automon killed mid-save left `.tmpXXXX` files.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(".tmpAbC123"), b"{\"half").expect("write");
+        std::fs::write(dir.path().join(STATE_FILE), b"{}").expect("write");
+        std::fs::create_dir(dir.path().join("requests")).expect("mkdir");
+        let removed = remove_stale_temp_files(dir.path());
+        assert_eq!(removed, [dir.path().join(".tmpAbC123")]);
+        assert!(dir.path().join(STATE_FILE).exists());
+        assert!(dir.path().join("requests").exists());
     }
 
     #[test]

@@ -79,6 +79,8 @@ impl Fx {
             interpreter: "python3".into(),
             test_command: None,
             max_changed_lines: 50,
+            env: None,
+            redactor: Default::default(),
         };
         Self { dir, policy }
     }

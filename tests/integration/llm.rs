@@ -589,7 +589,8 @@ spec:
     base_url: {base_url}
     timeout: 5s
     max_log_bytes: 2048
-    secret_env: [CALIBRE_DB_PASSWORD]
+  secrets:
+    env: [CALIBRE_DB_PASSWORD]
 "#
     );
     std::fs::write(dir.join("m.yaml"), manifest).unwrap();
@@ -630,6 +631,7 @@ fn observed_empty() -> Observed {
         children: Default::default(),
         unrecorded: Vec::new(),
         scan_incomplete: None,
+        unsaved_state: None,
     }
 }
 
@@ -701,6 +703,7 @@ fn a_live_process_reports_memory_cpu_and_uptime() {
             resume_from: None,
             adopted: false,
             own_group: false,
+            template: None,
         }),
         restarts: 4,
         ..WorkerMemory::default()

@@ -27,42 +27,59 @@ fn get_json_shows_phases_percentages_and_a_sane_eta_while_the_migration_runs() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    // Let the workers make progress for a while so rates have a window.
-    std::thread::sleep(Duration::from_secs(14));
-    let (code, stdout, stderr) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
-    let finished = watch.try_wait().expect("try_wait").is_some();
-    assert_eq!(code, Some(0), "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    let workers = v["workers"].as_array().expect("workers");
-    assert_eq!(workers.len(), 8);
-    for w in workers {
-        let pct = w["percent"].as_f64().expect("percent");
-        assert!((0.0..=100.0).contains(&pct), "{w}");
-        assert!(w["phase"].is_string() && w["reason"].is_string(), "{w}");
+    // Poll (no fixed wait: the machine may be loaded) until a progressing worker has a rate
+    // window, or the run ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        let (code, stdout, stderr) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
+        if watch.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        assert_eq!(code, Some(0), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+        let workers = v["workers"].as_array().expect("workers");
+        assert_eq!(workers.len(), 8);
+        assert_eq!(v["overall"]["shards_total"], 8);
+        for w in workers {
+            let pct = w["percent"].as_f64().expect("percent");
+            assert!((0.0..=100.0).contains(&pct), "{w}");
+            assert!(w["phase"].is_string() && w["reason"].is_string(), "{w}");
+        }
+        let rated = workers.iter().any(|w| {
+            w["phase"] == "Progressing" && w["rate_per_min"].as_f64().is_some_and(|r| r > 0.0)
+        });
+        if rated {
+            seen = Some(v);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    if !finished {
-        let running: Vec<&serde_json::Value> = workers
-            .iter()
-            .filter(|w| w["phase"] == "Progressing")
-            .collect();
-        assert!(!running.is_empty(), "{stdout}");
-        assert!(
-            running
-                .iter()
-                .any(|w| w["rate_per_min"].as_f64().is_some_and(|r| r > 0.0)),
-            "{stdout}"
-        );
-        let eta = v["overall"]["eta_seconds"]
-            .as_u64()
-            .expect("an ETA while progressing");
-        assert!(eta < 3600, "ETA {eta}s for a two-hundred-book demo");
-        assert_eq!(
-            v["overall"]["automon_pid"].as_i64(),
-            Some(i64::from(watch.id()))
+    if seen.is_none() && watch.try_wait().expect("try_wait").is_none() {
+        // Deadline passed: end the loop rather than leave it behind.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(watch.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
         );
     }
-    assert_eq!(v["overall"]["shards_total"], 8);
-    let _ = watch.wait();
+    // The two-hundred-book migration runs to its end (its workers are not left behind).
+    let finished_first = watch.wait().expect("wait").code() == Some(0);
+    match seen {
+        Some(v) => {
+            let eta = v["overall"]["eta_seconds"]
+                .as_u64()
+                .expect("an ETA while progressing");
+            assert!(eta < 3600, "ETA {eta}s for a two-hundred-book demo");
+            assert_eq!(
+                v["overall"]["automon_pid"].as_i64(),
+                Some(i64::from(watch.id()))
+            );
+        }
+        None => assert!(
+            finished_first,
+            "no progressing worker with a rate before the deadline"
+        ),
+    }
 }
 
 #[test]
@@ -163,7 +180,10 @@ fn a_pause_reaches_a_running_loop_which_stops_the_worker() {
     std::thread::sleep(Duration::from_secs(3));
     let (code, stdout, stderr) = automon_out(&m, &["pause", "workerset.yaml", "1"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("the running automon"), "{stdout}");
+    assert!(
+        stdout.contains("worker 1: paused by an operator"),
+        "{stdout}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !m.events().contains("worker 1: pid") {
         assert!(

@@ -27,7 +27,7 @@ fn slow_migration() -> Migration {
 }
 
 /// Runs `automon ARGS` in the migration's directory; (exit code, stdout, stderr).
-fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
+pub(super) fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
     let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
         .current_dir(m.path())
         .args(args)
@@ -41,7 +41,7 @@ fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -55,7 +55,7 @@ fn alive(pid: i32) -> bool {
 
 /// On drop (also after a failed assertion): SIGTERM to the automon holding the lock, SIGKILL to
 /// every worker group of the state directory.
-struct Cleanup<'a>(&'a Migration);
+pub(super) struct Cleanup<'a>(pub(super) &'a Migration);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {

@@ -62,6 +62,11 @@ pub struct CodeFixPolicy {
     pub test_command: Option<Vec<String>>,
     /// Most lines one fix may change (a modified line counts once, as do added/removed ones).
     pub max_changed_lines: u32,
+    /// The test command's environment (the workers', [`crate::secrets::env::child_env`]: never
+    /// the LLM key); `None` runs it with automon's.
+    pub env: Option<std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString>>,
+    /// Removes secrets from the test command's output before it is quoted in a rejection.
+    pub redactor: crate::secrets::Redactor,
 }
 
 impl CodeFixPolicy {
@@ -74,6 +79,13 @@ impl CodeFixPolicy {
             interpreter: code.interpreter.clone(),
             test_command: code.test_command.clone(),
             max_changed_lines: code.max_changed_lines,
+            env: Some(crate::secrets::env::child_env(
+                std::env::vars_os(),
+                &d.env,
+                d.inherit_env,
+                &d.llm.api_key_env,
+            )),
+            redactor: crate::secrets::redactor_for(d),
         }
     }
 }
@@ -229,7 +241,7 @@ pub fn apply_code_fix(
         });
     }
     if let Some(cmd) = &policy.test_command {
-        run_test(cmd, &policy.workdir, &candidate, &path, tmp.path()).map_err(&reject)?;
+        run_test(policy, cmd, &candidate, &path, tmp.path()).map_err(&reject)?;
     }
 
     // The file must not have changed while we validated.
@@ -393,8 +405,8 @@ pub fn changed_lines(old: &str, new: &str) -> u32 {
 
 /// Runs the test command; `Err` says how it failed (exit status and its last output line).
 fn run_test(
+    policy: &CodeFixPolicy,
     cmd: &[String],
-    workdir: &Path,
     candidate: &Path,
     target: &Path,
     scratch: &Path,
@@ -408,9 +420,13 @@ fn run_test(
     let err = out
         .try_clone()
         .map_err(|e| format!("cannot capture test output: {e}"))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(env) = &policy.env {
+        command.env_clear().envs(env);
+    }
+    let mut child = command
         .args(args)
-        .current_dir(workdir)
+        .current_dir(&policy.workdir)
         .env("AUTOMON_CANDIDATE", candidate)
         .env("AUTOMON_TARGET", target)
         .stdin(Stdio::null())
@@ -440,7 +456,7 @@ fn run_test(
         let output = fs::read_to_string(&out_path).unwrap_or_default();
         Err(format!(
             "the test command `{shown}` failed ({status}): {}",
-            python::last_line(&output)
+            policy.redactor.redact(&python::last_line(&output))
         ))
     }
 }

@@ -2,7 +2,7 @@
 //! replacement (temporary file in the same directory, fsync, rename, directory fsync) that keeps
 //! the file's permission bits.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{File, Permissions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ pub fn write_backup(
     hash8: &str,
     original: &[u8],
 ) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    crate::state::private::ensure_dir(dir)?;
     for n in 0u32.. {
         let name = if n == 0 {
             format!("{file_name}.{stamp}.{hash8}.bak")
@@ -44,7 +44,12 @@ pub fn write_backup(
             format!("{file_name}.{stamp}.{hash8}.{n}.bak")
         };
         let path = dir.join(name);
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        // Backups live in the state directory: 0600 like every file there.
+        let f = crate::state::private::options()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        let mut f = match f {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -81,6 +86,7 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

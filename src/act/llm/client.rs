@@ -176,17 +176,16 @@ impl LlmClient {
         })
     }
 
-    /// A client for a resolved manifest: [`LlmClient::from_manifest`], plus the values of
-    /// `llm.secret_env` found in the worker template's `env` for redaction.
+    /// A client for a resolved manifest: [`LlmClient::from_manifest`], redacting with the
+    /// manifest's redactor ([`crate::secrets::redactor_for`]: the one worker logs pass through).
     ///
     /// # Errors
     /// As [`LlmClient::from_manifest`].
     pub fn from_desired(desired: &Desired, manifest_dir: &Path) -> Result<Self, LlmError> {
         let mut client = Self::from_manifest(&desired.llm, manifest_dir)?;
-        client.redactor.merge(&Redactor::from_env_names(
-            &desired.llm.secret_env,
-            &desired.env,
-        ));
+        client
+            .redactor
+            .merge(&crate::secrets::redactor_for(desired));
         Ok(client)
     }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::diagnosis::{FixPolicy, FixType};
-use super::redact::Redactor;
 use crate::WorkerId;
 use crate::clock::Now;
 use crate::manifest::Desired;
@@ -113,7 +112,7 @@ pub struct SourceExcerpt {
 /// log tail (at most `llm.max_log_bytes`), `/proc/PID/status` and `/proc/PID/stat` of its
 /// process (only when the recorded identity is alive), and the allow-listed source files that
 /// tracebacks name. Never fails: what cannot be read is left out. Text is redacted with the
-/// values of `llm.secret_env` and the secret shapes.
+/// manifest's redactor ([`crate::secrets::redactor_for`]).
 pub fn collect_diagnostics(
     desired: &Desired,
     worker: WorkerId,
@@ -122,7 +121,7 @@ pub fn collect_diagnostics(
     observed: &Observed,
     now: Now,
 ) -> Diagnostics {
-    let redactor = Redactor::from_env_names(&desired.llm.secret_env, &desired.env);
+    let redactor = crate::secrets::redactor_for(desired);
     let max_log = usize::try_from(desired.llm.max_log_bytes).unwrap_or(usize::MAX);
     let raw_tail = read_log_tail(&desired.log_path(worker), desired.llm.max_log_bytes);
     let tail = cap_tail(&redactor.redact(&raw_tail), max_log);

@@ -20,14 +20,14 @@
 //! - [`diagnosis`]: the answer type, its strict schema, parsing and validation.
 //! - [`diagnostics`]: what a prompt carries and how it is gathered.
 //! - [`prompt`]: the system and user messages.
-//! - [`redact`]: secret removal.
+//! - [`redact`]: secret removal (lives in [`crate::secrets`]; the same redactor guards logs).
 //! - [`client`]: the HTTP client — retries, deadline, circuit breaker, cache.
 
 pub mod client;
 pub mod diagnosis;
 pub mod diagnostics;
 pub mod prompt;
-pub mod redact;
+pub use crate::secrets::redact;
 
 use std::time::Duration;
 

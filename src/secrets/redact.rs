@@ -1,16 +1,25 @@
-//! Redaction: secrets are replaced by [`REDACTED`] before any text leaves the machine (the
-//! prompt) or is stored (diagnostics, answers, error messages).
+//! Redaction: secrets are replaced by [`REDACTED`] where text enters automon (a worker's log
+//! as it becomes an observation, see [`crate::observe`]) and before anything leaves the machine
+//! (the LLM prompt) or is stored (diagnostics, answers, error messages).
 //!
-//! Two kinds of secret are removed:
+//! Three kinds of secret are removed:
 //!
-//! - literal values: the values of the environment variables named in `llm.secret_env` (read
-//!   from automon's own environment and from the worker template's `env`), and the API key
-//!   itself. Values shorter than [`MIN_SECRET_LEN`] bytes are ignored (redacting every `1` in a
-//!   log would destroy it and protect nothing);
+//! - literal values: the values of the environment variables named in `spec.secrets.env` (and
+//!   the deprecated `llm.secret_env`) or whose names look secret in the template's `env` (read
+//!   from automon's own environment and from the worker template's `env`), and the LLM API key
+//!   itself (see [`super::redactor_for`]). Values shorter than [`MIN_SECRET_LEN`] bytes are
+//!   ignored (redacting every `1` in a log would destroy it and protect nothing);
 //! - shapes: OpenAI keys (`sk-…`), GitHub tokens (`ghp_…`, `gho_…`, `github_pat_…`), AWS access
-//!   key ids (`AKIA` + 16), JWTs (three base64url segments starting `eyJ`), `Bearer …`,
-//!   passwords in URLs (`scheme://user:pass@`), and `key=value` / `key: value` pairs whose key
-//!   contains password, passwd, secret, token, api_key, apikey or api-key.
+//!   key ids (`AKIA`/`ASIA` + 16), JWTs (three base64url segments starting `eyJ`),
+//!   `Bearer …`/`Basic …` credentials, PEM private-key blocks, passwords in URLs
+//!   (`scheme://user:pass@`), `key=value` / `key: value` pairs whose key contains password,
+//!   passwd, pwd, secret, token, api_key, apikey, api-key, access_key, private_key or
+//!   secret_key, and upper-case environment-style assignments whose NAME contains PASS, SECRET,
+//!   TOKEN or KEY (`DB_PASS=…` in an environment dump);
+//! - the extra regexes of `spec.secrets.patterns`: every match is replaced.
+//!
+//! A literal is known only while the manifest or automon's environment holds it: after a secret
+//! is rotated, its old value in old log lines is caught only by the shapes.
 
 use std::sync::OnceLock;
 
@@ -27,13 +36,30 @@ pub const MIN_SECRET_LEN: usize = 4;
 pub struct Redactor {
     /// Literal values, longest first (so a value containing another is removed whole).
     literals: Vec<String>,
+    /// Extra patterns from the manifest (`spec.secrets.patterns`); every match is replaced.
+    patterns: Vec<Regex>,
 }
+
+impl PartialEq for Redactor {
+    fn eq(&self, other: &Self) -> bool {
+        self.literals == other.literals
+            && self.patterns.len() == other.patterns.len()
+            && self
+                .patterns
+                .iter()
+                .zip(&other.patterns)
+                .all(|(a, b)| a.as_str() == b.as_str())
+    }
+}
+
+impl Eq for Redactor {}
 
 impl std::fmt::Debug for Redactor {
     // The literals are the secrets themselves: never printed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redactor")
             .field("literals", &self.literals.len())
+            .field("patterns", &self.patterns.len())
             .finish()
     }
 }
@@ -85,12 +111,30 @@ impl Redactor {
         self.literals.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
-    /// Adds the literal values of another redactor.
-    pub fn merge(&mut self, other: &Redactor) {
-        self.add(other.literals.iter().cloned());
+    /// Adds extra patterns (regexes; one that does not compile is skipped — the manifest's are
+    /// checked by validation first).
+    pub fn add_patterns<I, S>(&mut self, patterns: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for p in patterns {
+            if let Ok(re) = Regex::new(p.as_ref())
+                && !self.patterns.iter().any(|old| old.as_str() == re.as_str())
+            {
+                self.patterns.push(re);
+            }
+        }
     }
 
-    /// `text` with every literal secret and every secret shape replaced by [`REDACTED`].
+    /// Adds the literal values and patterns of another redactor.
+    pub fn merge(&mut self, other: &Redactor) {
+        self.add(other.literals.iter().cloned());
+        self.add_patterns(other.patterns.iter().map(Regex::as_str));
+    }
+
+    /// `text` with every literal secret, every extra pattern and every secret shape replaced
+    /// by [`REDACTED`].
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for v in &self.literals {
@@ -98,7 +142,20 @@ impl Redactor {
                 out = out.replace(v.as_str(), REDACTED);
             }
         }
+        for re in &self.patterns {
+            if re.is_match(&out) {
+                out = re.replace_all(&out, REDACTED).into_owned();
+            }
+        }
         redact_shapes(&out)
+    }
+
+    /// Redacts `text` in place, allocating only when something changed.
+    pub fn redact_in_place(&self, text: &mut String) {
+        let red = self.redact(text);
+        if red != *text {
+            *text = red;
+        }
     }
 }
 
@@ -110,7 +167,12 @@ struct Shape {
 fn shapes() -> &'static [Shape] {
     static SHAPES: OnceLock<Vec<Shape>> = OnceLock::new();
     SHAPES.get_or_init(|| {
-        let table: [(&str, &'static str); 8] = [
+        let table: [(&str, &'static str); 13] = [
+            // PEM private-key blocks, whole (to the end of the text when the END line is cut off).
+            (
+                r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+                REDACTED,
+            ),
             // Passwords in URLs: keep scheme and user, drop the password.
             (
                 r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]+):[^@\s/]+@",
@@ -118,9 +180,19 @@ fn shapes() -> &'static [Shape] {
             ),
             // Authorization headers and the like.
             (r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]+", "${1} [REDACTED]"),
+            (
+                r"(?i)\b(authorization\s*:\s*basic)\s+[A-Za-z0-9+/=]+",
+                "${1} [REDACTED]",
+            ),
             // key=value, key: value, "key": "value".
             (
-                r#"(?i)\b([\w.\-]*(?:password|passwd|secret|token|api_key|apikey|api-key)[\w.\-]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
+                r#"(?i)\b([\w.\-]*(?:password|passwd|pwd|secret|token|api_key|apikey|api-key|access_key|private_key|secret_key)[\w.\-]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
+                "${1}${2}[REDACTED]",
+            ),
+            // Environment-style assignments whose NAME looks secret (`DB_PASS=…`, an env dump,
+            // `'API_KEY': '…'`): upper case only, so prose such as "tests passed: 3" is kept.
+            (
+                r#"\b([A-Z0-9_]*(?:PASS|SECRET|TOKEN|KEY)[A-Z0-9_]*)(["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,;&"'}]+)"#,
                 "${1}${2}[REDACTED]",
             ),
             // JWTs (header.payload.signature; the signature may be empty with alg none).
@@ -133,8 +205,12 @@ fn shapes() -> &'static [Shape] {
             // GitHub tokens.
             (r"\bgh[pousr]_[A-Za-z0-9]{16,}", REDACTED),
             (r"\bgithub_pat_[A-Za-z0-9_]{16,}", REDACTED),
-            // AWS access key ids.
-            (r"\bAKIA[0-9A-Z]{16}\b", REDACTED),
+            // AWS access key ids (long-term and temporary).
+            (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", REDACTED),
+            // Slack tokens.
+            (r"\bxox[abprs]-[A-Za-z0-9\-]{10,}", REDACTED),
+            // Google API keys.
+            (r"\bAIza[0-9A-Za-z_\-]{35}\b", REDACTED),
         ];
         table
             .into_iter()
@@ -164,7 +240,7 @@ mod tests {
 
     #[test]
     fn every_shape_compiles() {
-        assert_eq!(shapes().len(), 8);
+        assert_eq!(shapes().len(), 13);
     }
 
     #[test]
@@ -196,6 +272,33 @@ mod tests {
             ("APIKEY=xyz&page=2", "APIKEY=[REDACTED]&page=2"),
             ("client_secret='s3cr3t'", "client_secret=[REDACTED]"),
             ("passwd:abc", "passwd:[REDACTED]"),
+            ("pwd=abc123", "pwd=[REDACTED]"),
+            (
+                "env: DB_PASS=hunter2 MODE=fast SSH_KEY_PATH=/k",
+                "env: DB_PASS=[REDACTED] MODE=fast SSH_KEY_PATH=[REDACTED]",
+            ),
+            ("{'STRIPE_KEY': 'x1'}", "{'STRIPE_KEY': [REDACTED]}"),
+            (
+                "retry with token=t0k3n-value",
+                "retry with token=[REDACTED]",
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG",
+                "AWS_SECRET_ACCESS_KEY=[REDACTED]",
+            ),
+            ("temp ASIAIOSFODNN7EXAMPLE", "temp [REDACTED]"),
+            (
+                "Authorization: Basic dXNlcjpwYXNz",
+                "Authorization: Basic [REDACTED]",
+            ),
+            (
+                "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nAKCAQ\n-----END RSA PRIVATE KEY-----\nnext",
+                "key:\n[REDACTED]\nnext",
+            ),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXkt\n(cut off)",
+                "[REDACTED]",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact_shapes(input), want, "input: {input}");
@@ -211,6 +314,8 @@ mod tests {
             "  File \"/srv/migrate_worker.py\", line 120, in run_batch",
             "https://example.org/api/books?page=2",
             "risk-averse task-runner",
+            "Running basic checks on 12 books",
+            "tests passed: 12, key: 4411",
         ];
         for l in lines {
             assert_eq!(redact_shapes(l), l);
@@ -241,6 +346,19 @@ mod tests {
         if path.len() >= MIN_SECRET_LEN {
             assert!(!r.redact(&format!("p={path}")).contains(&path));
         }
+    }
+
+    #[test]
+    fn extra_patterns_replace_every_match_and_merge() {
+        let mut r = Redactor::default();
+        r.add_patterns(["CANARY-[0-9]+", "("]);
+        assert_eq!(
+            r.redact("a CANARY-1 b CANARY-22"),
+            "a [REDACTED] b [REDACTED]"
+        );
+        let mut other = Redactor::new(["literal-1"]);
+        other.merge(&r);
+        assert_eq!(other.redact("literal-1 CANARY-3"), "[REDACTED] [REDACTED]");
     }
 
     #[test]

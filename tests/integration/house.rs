@@ -1,0 +1,487 @@
+//! Faults in automon's own house (issue 26): a full state disk, a replaced state directory,
+//! signals at the worst moments, closed pipes, a broken manifest, racing starts. Each test
+//! names the failure it guards. Tests that need mounts need root: without it they print why and
+//! return (CI runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use super::migration::live_workers;
+use super::support::{Knobs, Migration};
+
+/// Generous: the machine is loaded.
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Slow workers that outlive the test's steps, with a 1 s interval.
+fn slow_migration(extra_spec: &'static str) -> Migration {
+    Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "60s",
+        discovery_grace: "120s",
+        extra_spec,
+        ..Knobs::default()
+    })
+}
+
+fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(m.path())
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .expect("run automon");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `apply workerset.yaml --watch ARGS`, output to files in the migration's directory.
+fn watch(m: &Migration, args: &[&str], name: &str) -> Child {
+    let log = std::fs::File::create(m.path().join(format!("{name}.log"))).expect("log");
+    m.automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn automon")
+}
+
+fn log_of(m: &Migration, name: &str) -> String {
+    std::fs::read_to_string(m.path().join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// The largest number of live processes for one worker id now.
+fn max_live_per_id(state_dir: &Path) -> usize {
+    live_workers(state_dir)
+        .values()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Ends the loop and every worker group of `state_dir` (also after a failed assertion).
+struct Cleanup {
+    loops: Vec<i32>,
+    state_dir: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in &self.loops {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        for pids in live_workers(&self.state_dir).values() {
+            for pid in pids {
+                let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Exit status of `child`, waiting at most [`LIMIT`].
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "automon did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn child_pid(c: &Child) -> i32 {
+    i32::try_from(c.id()).expect("pid")
+}
+
+/// Regression (issue 26, item 1): the loop ended at the first state save it could not make
+/// ("No space left on device", exit 1) and workers ran on unwatched. Now it keeps looping,
+/// starts nothing while the state is unsaved, says so in `status`, and resumes after a save.
+#[test]
+fn a_full_state_disk_does_not_end_the_loop_and_starts_wait_for_a_save() {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let m = slow_migration("");
+    let mnt = m.path().join("state");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: mnt.clone(),
+        mounts: vec![mnt.clone()],
+    };
+    let state = mnt.to_str().expect("utf-8");
+    let mut automon = watch(&m, &["--state-dir", state], "automon");
+    cleanup.loops.push(child_pid(&automon));
+    wait_for("four workers", || live_workers(&mnt).len() == 4);
+    // Fill the disk.
+    let mut filler = std::fs::File::create(mnt.join("filler")).expect("filler");
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    wait_for("status to show the unsaved state", || {
+        let (code, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
+        code == Some(0) && out.contains("condition: state NOT saved")
+    });
+    // A worker dies while the state cannot be saved: its restart must wait for a save.
+    let (&victim, pids) = live_workers(&mnt)
+        .iter()
+        .next()
+        .map(|(id, p)| (id, p.clone()))
+        .expect("a worker");
+    killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
+    let (_, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(
+        out.contains("no worker is started until a save succeeds"),
+        "{out}"
+    );
+    // Several passes with the disk full: alive, and the dead worker not restarted.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        automon.try_wait().expect("try_wait").is_none(),
+        "loop alive"
+    );
+    assert!(!live_workers(&mnt).contains_key(&victim), "start held");
+    assert!(max_live_per_id(&mnt) <= 1);
+    drop(filler);
+    std::fs::remove_file(mnt.join("filler")).expect("free the disk");
+    wait_for("the held restart", || {
+        live_workers(&mnt).contains_key(&victim)
+    });
+    assert!(max_live_per_id(&mnt) <= 1);
+    wait_for("the condition to clear", || {
+        let (_, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
+        !out.contains("condition:")
+    });
+    let events = std::fs::read_to_string(mnt.join("events.log")).unwrap_or_default()
+        + &log_of(&m, "automon");
+    assert!(events.contains("STATE NOT SAVED"), "{events}");
+    assert!(events.contains("state saved again after"), "{events}");
+    kill(Pid::from_raw(child_pid(&automon)), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut automon).code(), Some(130));
+}
+
+/// Regression (issue 26, item 3): after `rm -rf` of the state directory `status` said "not
+/// running" and a second `apply --watch` ran beside the first. Now the loop locks the recreated
+/// directory on its next pass: `status` finds it, a second loop is refused.
+#[test]
+fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let mut first = watch(&m, &[], "first");
+    let first_pid = child_pid(&first);
+    cleanup.loops.push(first_pid);
+    wait_for("four workers", || live_workers(&state_dir).len() == 4);
+    std::fs::remove_dir_all(&state_dir).expect("rm -rf");
+    std::fs::create_dir(&state_dir).expect("mkdir");
+    wait_for("the first loop to lock the new directory", || {
+        automon::state::running_instance(&state_dir).is_some_and(|i| i.pid == first_pid)
+    });
+    let (code, out, _) = run(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _, err) = run(&m, &["apply", "workerset.yaml", "--watch"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another automon (pid {first_pid})")),
+        "{err}"
+    );
+    assert!(max_live_per_id(&state_dir) <= 1);
+    let events = std::fs::read_to_string(state_dir.join("events.log")).unwrap_or_default();
+    assert!(
+        events.contains("was deleted or replaced under this automon"),
+        "{events}"
+    );
+    assert!(
+        state_dir.join("state.json").exists(),
+        "the state is written anew"
+    );
+    kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut first).code(), Some(130));
+}
+
+/// Regression (issue 26, item 4): SIGTERM before the first pass was over took the default
+/// action (killed automon mid-pass). Handlers are installed before the lock is taken: a SIGTERM
+/// as soon as the lock is held ends the run after the pass, saved, with exit 130.
+#[test]
+fn sigterm_right_after_the_lock_ends_the_run_after_a_saved_pass() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    let mut automon = watch(&m, &[], "automon");
+    let pid = child_pid(&automon);
+    let _cleanup = Cleanup {
+        loops: vec![pid],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    wait_for("the lock", || {
+        automon::state::recorded_owner(&state_dir).is_some_and(|o| o.pid == pid)
+    });
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_exit(&mut automon);
+    let log = log_of(&m, "automon");
+    assert_eq!(status.code(), Some(130), "{status:?}\n{log}");
+    // Every live worker is recorded: nothing started and then forgotten.
+    let memory = automon::state::load_memory(&state_dir).expect("state");
+    for (id, pids) in live_workers(&state_dir) {
+        let recorded = memory
+            .workers
+            .get(&automon::WorkerId(id))
+            .and_then(|w| w.process.as_ref())
+            .map(|p| p.identity.pid);
+        assert_eq!(recorded, Some(pids[0]), "worker {id} unrecorded\n{log}");
+    }
+    let temp: Vec<_> = std::fs::read_dir(&state_dir)
+        .expect("dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(temp.is_empty(), "{temp:?}");
+}
+
+/// Regression (issue 26, item 5): stopping automon during `spec.setup` left the setup running,
+/// and the next start ran a second one beside it.
+#[test]
+fn stopping_automon_during_setup_stops_the_setup() {
+    let m = slow_migration(
+        "  setup: {command: [sh, -c, 'echo $$ > setup.pid; exec sleep 120'], creates: setup.done}\n",
+    );
+    let mut automon = watch(&m, &[], "automon");
+    let pid = child_pid(&automon);
+    let _cleanup = Cleanup {
+        loops: vec![pid],
+        state_dir: m.state_dir(),
+        mounts: vec![],
+    };
+    let pid_file = m.path().join("setup.pid");
+    wait_for("setup to run", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    });
+    let setup: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_exit(&mut automon);
+    let log = log_of(&m, "automon");
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("interrupted during setup"), "{log}");
+    assert!(
+        automon::observe::proc::read_stat(Path::new("/proc"), setup).is_none_or(|s| s.state == 'Z'),
+        "setup (pid {setup}) outlived automon"
+    );
+    assert!(live_workers(&m.state_dir()).is_empty(), "nothing started");
+}
+
+/// Regression (issue 26, item 10): `start`, `stop`, `pause`, `resume`, `reset-params`,
+/// `validate` and `apply --dry-run` panicked on a closed stdout after doing their work ("failed
+/// printing to stdout: Broken pipe", exit 101).
+#[test]
+fn commands_with_a_closed_stdout_do_their_work_and_exit_0() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = m.automon().args(args).stdout(writer).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    };
+    closed(&["validate", "workerset.yaml"]);
+    closed(&["apply", "workerset.yaml", "--dry-run"]);
+    closed(&["pause", "workerset.yaml", "3"]);
+    closed(&["resume", "workerset.yaml", "3"]);
+    closed(&["reset-params", "workerset.yaml", "3"]);
+    closed(&["start", "workerset.yaml"]);
+    let running = automon::state::running_instance(&state_dir).expect("started");
+    cleanup.loops.push(running.pid);
+    closed(&["pause", "workerset.yaml", "2"]);
+    closed(&["stop", "workerset.yaml"]);
+    assert!(!running.is_alive(), "stopped");
+}
+
+/// Regression (issue 26, item 10): `apply --watch` with stderr on a closed pipe panicked at the
+/// first event it echoed.
+#[test]
+fn a_loop_with_a_closed_stderr_runs_to_completion() {
+    let m = Migration::new(&Knobs {
+        books: 40,
+        ..Knobs::default()
+    });
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut automon = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("spawn");
+    let _cleanup = Cleanup {
+        loops: vec![child_pid(&automon)],
+        state_dir: m.state_dir(),
+        mounts: vec![],
+    };
+    assert_eq!(wait_exit(&mut automon).code(), Some(0));
+    m.assert_verified();
+    let status = automon::state::read_status(&m.state_dir())
+        .expect("status")
+        .expect("written");
+    assert_eq!(status.running, 0);
+}
+
+/// Regression (issue 26, item 9): `stop`, `status` and `pause` needed a valid manifest, so a
+/// typo in it left `kill` as the only way to stop the loop.
+#[test]
+fn a_broken_manifest_does_not_keep_an_operator_from_the_loop() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    let mut automon = watch(&m, &[], "automon");
+    let pid = child_pid(&automon);
+    let _cleanup = Cleanup {
+        loops: vec![pid],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    wait_for("the loop", || {
+        automon::state::running_instance(&state_dir).is_some_and(|i| i.pid == pid)
+            && automon::state::read_status(&state_dir).is_ok_and(|s| s.is_some())
+    });
+    std::fs::write(m.path().join("workerset.yaml"), "spec: [unclosed\n").expect("break it");
+    let state = state_dir.to_str().expect("utf-8");
+    let (code, out, err) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(!err.contains("note:"), "the manifest is not read: {err}");
+    let (code, out, err) = run(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("the manifest does not load") && err.contains(".automon"),
+        "{err}"
+    );
+    let (code, out, err) = run(&m, &["pause", "workerset.yaml", "1", "--state-dir", state]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Over the loop's control socket: the loop applied it.
+    assert!(out.contains("worker 1: paused by an operator"), "{out}");
+    let (code, out, err) = run(&m, &["stop", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(wait_exit(&mut automon).code(), Some(130));
+}
+
+/// Regression (issue 26, items 11 and 12): two simultaneous `automon start` left no pid file and
+/// the loser said "pid unknown"; `status`/`stop` trusted the lock file's pid alone.
+#[test]
+fn two_racing_starts_leave_one_loop_and_its_pid_file() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let spawn = || {
+        m.automon()
+            .args(["start", "workerset.yaml"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start")
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    ];
+    let running = automon::state::running_instance(&state_dir).expect("one runs");
+    cleanup.loops.push(running.pid);
+    let winners = outs.iter().filter(|o| o.status.code() == Some(0)).count();
+    let texts: Vec<String> = outs
+        .iter()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .collect();
+    assert_eq!(winners, 1, "{texts:?}");
+    let loser = outs
+        .iter()
+        .zip(&texts)
+        .find(|(o, _)| o.status.code() != Some(0))
+        .map(|(_, t)| t)
+        .expect("a loser");
+    assert!(!loser.contains("pid unknown"), "{loser}");
+    assert!(
+        loser.contains(&format!("pid {}", running.pid)),
+        "the loser names the winner: {loser}"
+    );
+    assert_eq!(
+        automon::state::read_pid_file(&state_dir).map(|(p, _)| p),
+        Some(running.pid),
+        "the pid file names the lock holder"
+    );
+    let (code, _, err) = run(&m, &["stop", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Regression (issue 26, item 12): a forged lock file made `stop` SIGTERM an unrelated process.
+#[test]
+fn stop_never_signals_a_process_a_forged_lock_file_names() {
+    let m = slow_migration("");
+    let state_dir = m.state_dir();
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    let mut stranger = Command::new("sleep").arg("120").spawn().expect("sleep");
+    let pid = child_pid(&stranger);
+    let ticks = automon::observe::proc::read_stat(Path::new("/proc"), pid)
+        .expect("stat")
+        .start_ticks;
+    let boot = automon::observe::proc::boot_id(Path::new("/proc"));
+    std::fs::write(state_dir.join("lock"), format!("{pid} {ticks} {boot}\n")).expect("forge");
+    let (code, _, err) = run(&m, &["stop", "workerset.yaml"]);
+    let alive = stranger.try_wait().expect("try_wait").is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not running"), "{err}");
+    assert!(alive, "the stranger was signalled");
+}
