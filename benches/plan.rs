@@ -153,8 +153,10 @@ impl Fleet {
                 exits,
                 unreaped: Default::default(),
                 started: Default::default(),
+                stopping: Default::default(),
             },
             unrecorded: Vec::new(),
+            scan_incomplete: None,
             unsaved_state: None,
         }
     }

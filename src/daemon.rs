@@ -127,6 +127,8 @@ struct Daemon<'a> {
     unreaped: std::collections::BTreeMap<i32, u64>,
     /// The memory as last saved: a pass that changed nothing writes nothing.
     saved: Option<Memory>,
+    /// Stop tasks running, per worker (the planner starts none of these workers meanwhile).
+    stops_in_flight: std::collections::BTreeMap<WorkerId, usize>,
     in_flight: usize,
     first: bool,
     started: Instant,
@@ -171,6 +173,7 @@ impl Daemon<'_> {
             exits: std::mem::take(&mut self.pending_exits),
             unreaped: self.unreaped.keys().copied().collect(),
             started: self.unreaped.clone(),
+            stopping: self.stops_in_flight.keys().copied().collect(),
         };
         let now = crate::clock::Now::read();
         let history_basis = self
@@ -208,8 +211,13 @@ impl Daemon<'_> {
             // Workers recorded by an earlier automon and still alive are taken over, not restarted.
             for (id, old) in &recorded {
                 let kept = plan.memory.workers.get(id).and_then(|n| n.process.as_ref());
+                // Only a live process is adopted (a stop may go on for a leaderless group).
+                let alive = observed.workers.get(id).is_some_and(|o| {
+                    matches!(o.process, Some(observe::ProcessStatus::Alive { .. }))
+                });
                 if let Some(new) = kept
                     && *old == new.identity
+                    && alive
                 {
                     self.events.record(
                         now.wall,
@@ -221,7 +229,8 @@ impl Daemon<'_> {
                 }
             }
         }
-        self.first = false;
+        // A scan that could not list /proc is made again on the next pass.
+        self.first = observed.scan_incomplete.is_some();
         for e in &plan.events {
             let worker = state::mentioned_worker(e).map(WorkerId);
             let (phase, checkpoint) =
@@ -402,6 +411,7 @@ impl Daemon<'_> {
         match action {
             Action::Stop(a) => {
                 self.in_flight += 1;
+                *self.stops_in_flight.entry(a.worker).or_default() += 1;
                 let (tx, a, signal) = (self.wake_tx.clone(), a.clone(), self.desired.stop_signal);
                 tokio::spawn(async move {
                     let outcome =
@@ -535,6 +545,15 @@ impl Daemon<'_> {
                 pid,
                 outcome,
             } => {
+                if let Some(n) = self.stops_in_flight.get_mut(&worker) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.stops_in_flight.remove(&worker);
+                    }
+                }
+                if outcome == stop::StopOutcome::Survived {
+                    plan::record_unkillable(&mut self.memory, worker, pid, now);
+                }
                 let message = stop_message(worker, pid, &outcome);
                 self.events.record_with(
                     now.wall,
@@ -667,6 +686,7 @@ pub async fn run(
         pending_exits: Vec::new(),
         unreaped: std::collections::BTreeMap::new(),
         saved: None,
+        stops_in_flight: std::collections::BTreeMap::new(),
         in_flight: 0,
         first: true,
         started: Instant::now(),
@@ -1117,7 +1137,12 @@ fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> Stri
         stop::StopOutcome::Killed => "did not exit within the grace period; killed with SIGKILL",
         stop::StopOutcome::AlreadyGone => "was already gone",
         stop::StopOutcome::NotOurs => "pid now belongs to another process; nothing signalled",
-        stop::StopOutcome::Survived => "survived SIGKILL (uninterruptible I/O?); will check again",
+        stop::StopOutcome::Survived => {
+            "survived SIGKILL: unkillable, in uninterruptible I/O; no replacement while it lives, and automon says when it goes"
+        }
+        stop::StopOutcome::Unverified => {
+            "could not be identified (its /proc entry is unreadable); nothing signalled, trying again"
+        }
     };
     format!("worker {worker}: pid {pid} {how}")
 }

@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::manifest::Desired;
 use crate::observe::{
-    ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
+    ENV_FLEET, ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
 };
 use crate::plan::StartAction;
 
@@ -53,6 +53,7 @@ pub fn spawn_worker(
         .env(ENV_WORKERSET, &desired.name)
         .env(ENV_WORKER_ID, action.worker.to_string())
         .env(ENV_STATE_DIR, state_dir)
+        .env(ENV_FLEET, crate::state::FleetFiles::of(desired).key())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
@@ -69,11 +70,22 @@ pub fn spawn_worker(
         )
     })?;
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+        // Only a reaped child has no pid; nothing of it is left to track.
         return Err("the child exited before its pid could be read".into());
     };
     let root = Path::new("/proc");
     // The child is not reaped until the task below waits on it, so its stat entry exists.
-    let stat = proc::read_stat(root, pid).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
+    let stat = match proc::try_read_stat(root, pid) {
+        Ok(Some(stat)) => stat,
+        // A start is one transaction: a process automon cannot identify is not left running.
+        failed => {
+            let why = match failed {
+                Err(e) => format!("cannot read /proc/{pid}/stat: {e}"),
+                _ => format!("cannot read /proc/{pid}/stat"),
+            };
+            return Err(format!("{why}; {}", abort_child(&mut child, pid)));
+        }
+    };
     let identity = ProcessIdentity {
         pid,
         start_ticks: stat.start_ticks,
@@ -99,4 +111,25 @@ pub fn spawn_worker(
         });
     });
     Ok((identity, started_at))
+}
+
+/// Undoes a start whose process could not be identified: SIGKILL to its process group (it
+/// leads one: `process_group(0)` ran before `exec`), then reaps it, so that no process automon
+/// started runs untracked. Says what became of it, for the error message.
+fn abort_child(child: &mut tokio::process::Child, pid: i32) -> String {
+    use nix::sys::signal::{Signal, killpg};
+    let _ = killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    // SIGKILL ends a process at once unless it is in uninterruptible I/O; a short blocking wait
+    // keeps the transaction whole in the common case.
+    for _ in 0..500 {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => {
+                return format!("the spawned process group {pid} was killed and reaped");
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    format!(
+        "the spawned process group {pid} was sent SIGKILL but has not exited yet (uninterruptible I/O?); it is reaped when it does"
+    )
 }

@@ -24,6 +24,9 @@ pub enum StopOutcome {
     NotOurs,
     /// It survived SIGKILL (e.g. stuck in uninterruptible I/O).
     Survived,
+    /// Its `/proc` entry could not be read (out of descriptors), so its identity could not be
+    /// confirmed; nothing was signalled (the next pass tries again).
+    Unverified,
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -74,6 +77,9 @@ pub async fn stop_group(
     };
     match proc::check(root, &boot, identity) {
         ProcessStatus::Reused => return StopOutcome::NotOurs,
+        ProcessStatus::Alive {
+            state: proc::UNVERIFIED,
+        } => return StopOutcome::Unverified,
         ProcessStatus::Exited if target.gone(identity, &boot) => return StopOutcome::AlreadyGone,
         // Alive, or a leader that exited while its group lives on.
         _ => {}
@@ -83,13 +89,14 @@ pub async fn stop_group(
         return StopOutcome::Graceful;
     }
     // Re-check right before SIGKILL: a single process may have exited and its pid been reused.
-    if let Target::Process(_) = target
-        && !matches!(
-            proc::check(root, &boot, identity),
-            ProcessStatus::Alive { .. }
-        )
-    {
-        return StopOutcome::Graceful;
+    if let Target::Process(_) = target {
+        match proc::check(root, &boot, identity) {
+            ProcessStatus::Alive {
+                state: proc::UNVERIFIED,
+            } => return StopOutcome::Unverified,
+            ProcessStatus::Alive { .. } => {}
+            _ => return StopOutcome::Graceful,
+        }
     }
     target.signal(Signal::SIGKILL);
     if wait_gone(target, identity, &boot, Duration::from_secs(10)).await {

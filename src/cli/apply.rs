@@ -180,6 +180,9 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             Handed::NoLoop(lock) => lock,
         }
     };
+    // And the fleet's files: a copy of the manifest with another state directory must not
+    // run a second worker per shard on them.
+    let _fleet = fleet_lock(&manifest, &state_dir)?;
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     if args.write_pid_file {
         let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
@@ -269,6 +272,28 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         // Every unfinished worker is paused or failed: an operator must act.
         RunEnd::Blocked(_) => 3,
     })
+}
+
+/// Takes the lock on the files `manifest`'s workers write (see [`crate::state::FleetLock`]).
+fn fleet_lock(
+    manifest: &crate::manifest::Manifest,
+    state_dir: &std::path::Path,
+) -> Result<Option<crate::state::FleetLock>, CliError> {
+    let spec = &manifest.workerset.spec;
+    let files = crate::state::FleetFiles {
+        workdir: crate::manifest::normalize(&manifest.dir.join(&spec.template.workdir)),
+        progress: spec.progress.file.clone(),
+        log: spec.logs.file.clone(),
+    };
+    let lock = crate::state::FleetLock::acquire(&files, state_dir)
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    if lock.is_none() {
+        crate::errln!(
+            "automon: warning: cannot create a lock file in {}; another automon on the same files would not be noticed",
+            files.workdir.display()
+        );
+    }
+    Ok(lock)
 }
 
 /// What became of a manifest offered to a running loop.

@@ -53,6 +53,10 @@ pub struct DiffReport {
     pub scaling: String,
     /// The actions the next pass would take.
     pub actions: Vec<ActionLine>,
+    /// Adopted workers that run otherwise than the manifest says (their next restart
+    /// applies the manifest), one line each; secret values not shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<String>,
 }
 
 /// One worker in a report.
@@ -78,11 +82,13 @@ pub struct ActionLine {
 }
 
 impl DiffReport {
-    /// True when the manifest changed or the next pass would act.
+    /// True when the manifest changed, the next pass would act, or an adopted worker runs
+    /// otherwise than the manifest says.
     pub fn differs(&self) -> bool {
         self.manifest_diff.as_ref().is_none_or(|d| !d.is_empty())
             || !self.actions.is_empty()
             || self.setup.is_some()
+            || !self.differs.is_empty()
     }
 }
 
@@ -218,6 +224,13 @@ fn report_from(
             })
             .collect(),
         notes: plan.events.clone(),
+        differs: plan
+            .memory
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.differs.is_empty())
+            .map(|(id, w)| differs_line(*id, w))
+            .collect(),
         scaling: plan.scaling.clone(),
         actions: plan
             .actions
@@ -281,7 +294,12 @@ pub fn render(report: &DiffReport) -> String {
     for n in &report.notes {
         let _ = writeln!(out, "note: {n}");
     }
-    if report.actions.is_empty() {
+    for d in &report.differs {
+        let _ = writeln!(out, "differs: {d}");
+    }
+    if report.actions.is_empty() && !report.differs.is_empty() {
+        out.push_str("\nno actions; the adopted workers above run otherwise than the manifest says until their next restart\n");
+    } else if report.actions.is_empty() {
         out.push_str("\nno actions: the workers match the manifest\n");
     } else {
         out.push_str("\nactions the next pass would take:\n");
@@ -400,6 +418,18 @@ fn propose_code_fix(
     format!("{detail}{written}\n{}", diff.unwrap_or_default())
 }
 
+/// `worker 3 (pid 4242, adopted) differs from the manifest: …; its next restart applies the
+/// manifest`, for `diff` and `get`.
+pub(crate) fn differs_line(id: crate::WorkerId, w: &plan::WorkerMemory) -> String {
+    let pid = w.process.as_ref().map_or_else(String::new, |p| {
+        format!(" (pid {}, adopted)", p.identity.pid)
+    });
+    format!(
+        "worker {id}{pid} differs from the manifest: {}; its next restart applies the manifest",
+        w.differs.join("; ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +446,7 @@ mod tests {
             notes: vec!["worker 3: progress file unreadable: truncated JSON; keeping the last good checkpoint 900".into()],
             scaling: "holding at 4: disk vda 12% busy, queue 0.1".into(),
             actions,
+            differs: Vec::new(),
         }
     }
 

@@ -84,6 +84,10 @@ pub struct WorkerRow {
     pub next: String,
     /// Parameter values set by config fixes.
     pub params: std::collections::BTreeMap<String, i64>,
+    /// How its adopted process differs from the manifest (its next restart applies the
+    /// manifest); secret values not shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<String>,
     /// Its process runs the previous template (a changed command, env, parameters or
     /// workdir reaches it at its next restart).
     pub previous_template: bool,
@@ -343,6 +347,7 @@ pub fn build(
             last_fix: LastFix::of(w),
             next: next_step(desired, w, s.phase, now, automon_pid.is_some()),
             params: w.params.clone(),
+            differs: w.differs.clone(),
             previous_template: false,
         });
     }
@@ -531,6 +536,19 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         }
         out.push('\n');
     }
+    for w in &s.workers {
+        if !w.differs.is_empty() {
+            let pid = w
+                .pid
+                .map_or_else(String::new, |p| format!(" (pid {p}, adopted)"));
+            let _ = writeln!(
+                out,
+                "worker {}{pid} differs from the manifest: {}; its next restart applies the manifest",
+                w.worker,
+                w.differs.join("; ")
+            );
+        }
+    }
     let o = &s.overall;
     let pct = if o.keys_total > 0 {
         o.keys_done as f64 * 100.0 / o.keys_total as f64
@@ -595,6 +613,7 @@ mod tests {
             next: "stuck if silent until 08:15:25".into(),
             params: BTreeMap::new(),
             previous_template: false,
+            differs: Vec::new(),
         }
     }
 

@@ -110,6 +110,9 @@ impl CliError {
 
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
+    // Before anything of automon's own is open: the caller's descriptors are not ours to keep
+    // (nor to pass on to every worker).
+    crate::fds::close_inherited();
     let cli = Cli::parse();
     logging::init_tracing(cli.log_format);
     let result = match cli.command {
@@ -358,7 +361,7 @@ pub(crate) fn lock_state(state_dir: &Path) -> Result<crate::state::InstanceLock,
     crate::state::InstanceLock::acquire(state_dir).map_err(|e| {
         let hint = match &e {
             crate::state::LockError::Io { source, .. } => state_dir_hint(source),
-            crate::state::LockError::Held { .. } => "",
+            crate::state::LockError::Held { .. } | crate::state::LockError::FleetHeld { .. } => "",
         };
         CliError::runtime(format!("{e}{hint}"))
     })

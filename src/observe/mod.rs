@@ -7,6 +7,7 @@
 
 pub mod cmdline;
 pub mod disk;
+pub mod drift;
 pub mod logtail;
 pub mod proc;
 pub mod progress;
@@ -29,6 +30,10 @@ pub const ENV_WORKERSET: &str = "AUTOMON_WORKERSET";
 pub const ENV_WORKER_ID: &str = "AUTOMON_WORKER_ID";
 /// Environment variable holding automon's state directory, set in every worker it starts.
 pub const ENV_STATE_DIR: &str = "AUTOMON_STATE_DIR";
+/// Environment variable holding the key of the files a worker writes
+/// ([`crate::state::FleetFiles::key`]), set in every worker automon starts: a worker of
+/// another automon (another state directory) on the same files is recognised by it.
+pub const ENV_FLEET: &str = "AUTOMON_FLEET";
 
 /// How a child that automon started (and reaped) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +61,10 @@ pub struct Children {
     /// a zombie whose exit is on its way) by the reaper's account, without a look at `/proc`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub started: BTreeMap<i32, u64>,
+    /// Workers with a stop task running in this automon (signal, grace, SIGKILL, confirm the
+    /// group is gone): never started until it reports, and not stopped a second time.
+    #[serde(default)]
+    pub stopping: std::collections::BTreeSet<WorkerId>,
 }
 
 /// A live worker process that memory does not record: started by an earlier automon that was
@@ -73,6 +82,14 @@ pub struct UnrecordedWorker {
     pub own_group: bool,
     /// Found by matching its command line (not by automon's environment marker).
     pub by_command_line: bool,
+    /// How it differs from what the manifest would start (see [`drift::differences`]);
+    /// secret-looking values are not included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
+    /// Set when the process belongs to another automon (this state directory) but writes
+    /// this worker's files: never adopted or signalled, and no duplicate is started beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_owner: Option<String>,
 }
 
 /// Everything observed about one worker id in one pass.
@@ -101,6 +118,11 @@ pub struct Observed {
     pub children: Children,
     /// Live processes carrying this WorkerSet's marker that memory does not record.
     pub unrecorded: Vec<UnrecordedWorker>,
+    /// Why the scan for unrecorded workers could not look at every process (`/proc` not
+    /// listable: out of descriptors); the planner starts nothing until a scan is complete, since
+    /// a worker it missed would be started twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_incomplete: Option<String>,
     /// Why automon's memory is not on disk (the last save failed), if it is not: the planner
     /// then starts no worker, since a start could not be recorded (set by the loop, not by the
     /// observers).
@@ -300,10 +322,13 @@ impl Observer {
                 )
             })
             .collect();
-        let unrecorded = if scan_unrecorded {
-            scan_for_unrecorded(desired, memory, state_dir, &boot, roots)
+        let (unrecorded, scan_incomplete) = if scan_unrecorded {
+            match scan_for_unrecorded(desired, memory, state_dir, &boot, roots) {
+                Ok(found) => (found, None),
+                Err(why) => (Vec::new(), Some(why)),
+            }
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         Observed {
             disk: disk.sample(now),
@@ -311,6 +336,7 @@ impl Observer {
             workers,
             children,
             unrecorded,
+            scan_incomplete,
             unsaved_state: None,
         }
     }
@@ -371,14 +397,19 @@ fn might_be_stuck(
 
 /// Finds live workers memory does not record: group leaders whose environment carries this
 /// WorkerSet's marker (started by an earlier automon), and — when the manifest opts in — any
-/// process whose command line matches the template.
+/// process whose command line matches the template and whose working directory is the
+/// manifest's (the same argv in another fleet's directory is another fleet's worker), carrying
+/// no other automon's marker.
+///
+/// # Errors
+/// Why `/proc` could not be listed (then nothing is known about unrecorded workers).
 fn scan_for_unrecorded(
     desired: &Desired,
     memory: &Memory,
     state_dir: &Path,
     boot: &str,
     roots: &Roots,
-) -> Vec<UnrecordedWorker> {
+) -> Result<Vec<UnrecordedWorker>, String> {
     let state_dir = state_dir.to_string_lossy();
     let tps = proc::clock_ticks_per_second();
     let own = std::process::id() as i32;
@@ -387,8 +418,13 @@ fn scan_for_unrecorded(
         .match_command
         .then(|| cmdline::CommandMatcher::new(&desired.command));
     let valid_ids = desired.worker_ids();
+    let fleet = crate::state::FleetFiles::of(desired).key();
+    let workdir =
+        std::fs::canonicalize(&desired.workdir).unwrap_or_else(|_| desired.workdir.clone());
+    let pids = proc::try_list_pids(&roots.proc)
+        .map_err(|e| format!("cannot list {}: {e}", roots.proc.display()))?;
     let mut found = Vec::new();
-    for pid in proc::list_pids(&roots.proc) {
+    for pid in pids {
         if pid == own {
             continue;
         }
@@ -417,7 +453,10 @@ fn scan_for_unrecorded(
         let marked = stat.pgid == pid
             && var(ENV_WORKERSET) == Some(desired.name.as_str())
             && var(ENV_STATE_DIR) == Some(&*state_dir);
-        let worker = if marked {
+        // Another automon's worker on these very files.
+        let other_owner = (!marked && stat.pgid == pid && var(ENV_FLEET) == Some(fleet.as_str()))
+            .then(|| var(ENV_STATE_DIR).unwrap_or("unknown").to_string());
+        let worker = if marked || other_owner.is_some() {
             var(ENV_WORKER_ID)
                 .and_then(|v| v.parse().ok())
                 .map(WorkerId)
@@ -429,6 +468,11 @@ fn scan_for_unrecorded(
             std::fs::read(roots.proc.join(pid.to_string()).join("cmdline"))
                 .ok()
                 .and_then(|bytes| m.worker_id(&cmdline::parse_cmdline(&bytes)))
+                // The same command line run in another directory writes another fleet's files.
+                .filter(|_| {
+                    std::fs::read_link(roots.proc.join(pid.to_string()).join("cwd"))
+                        .is_ok_and(|cwd| cwd == workdir)
+                })
         } else {
             None
         };
@@ -445,17 +489,45 @@ fn scan_for_unrecorded(
             .values()
             .any(|w| w.process.as_ref().is_some_and(|p| p.identity == identity));
         if !recorded {
+            let argv = std::fs::read(roots.proc.join(pid.to_string()).join("cmdline"))
+                .map(|b| cmdline::parse_cmdline(&b))
+                .unwrap_or_default();
+            let cwd = std::fs::read_link(roots.proc.join(pid.to_string()).join("cwd")).ok();
+            let differences = drift::differences(
+                drift::Expected {
+                    program: desired.command.first().map_or("", String::as_str),
+                    workdir: &workdir,
+                    env: &desired.env,
+                },
+                // One that automon started ran the manifest's program with automon's
+                // environment: only a changed manifest can make it differ (an interpreter shim
+                // may have rewritten its argv[0] and PATH since).
+                drift::Running {
+                    program: argv.first().map(String::as_str).filter(|_| !marked),
+                    cwd: cwd.as_deref(),
+                    env: &environ,
+                },
+                |k| {
+                    if marked {
+                        var(k).map(str::to_string)
+                    } else {
+                        std::env::var(k).ok()
+                    }
+                },
+            );
             found.push(UnrecordedWorker {
                 worker,
                 identity,
                 started_at: Some(crate::clock::BootTime::from_ticks(stat.start_ticks, tps)),
                 own_group: stat.pgid == pid,
-                by_command_line: !marked,
+                by_command_line: !marked && other_owner.is_none(),
+                differences,
+                other_owner,
             });
         }
     }
     found.sort_by_key(|u| (u.worker, u.identity.start_ticks));
-    found
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -548,6 +620,7 @@ spec:
             exits: Vec::new(),
             unreaped: [4242].into(),
             started: [(4242, start_ticks)].into(),
+            stopping: Default::default(),
         }
     }
 

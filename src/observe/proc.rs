@@ -71,10 +71,34 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
-/// Reads `/proc/PID/stat` under `proc_root`; `None` when the process does not exist.
+/// Reads `/proc/PID/stat` under `proc_root`; `None` when the process does not exist (or the
+/// file cannot be read: see [`try_read_stat`] to tell the two apart).
 pub fn read_stat(proc_root: &Path, pid: i32) -> Option<ProcStat> {
-    let text = read_generated(&proc_root.join(pid.to_string()).join("stat"))?;
-    parse_stat(&text)
+    try_read_stat(proc_root, pid).ok().flatten()
+}
+
+/// Reads `/proc/PID/stat`: `Ok(None)` when the process does not exist, `Err` when it could not
+/// be read for another reason (out of descriptors, out of memory): then nothing is known about
+/// the process, and callers must not conclude that it exited.
+///
+/// # Errors
+/// The I/O error of opening or reading the file, other than "not found".
+pub fn try_read_stat(proc_root: &Path, pid: i32) -> std::io::Result<Option<ProcStat>> {
+    use std::io::Read;
+    let path = proc_root.join(pid.to_string()).join("stat");
+    let mut buf = Vec::with_capacity(1024);
+    let read = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
+    match read {
+        Ok(_) => Ok(std::str::from_utf8(&buf).ok().and_then(parse_stat)),
+        // ESRCH: the process exited between open and read.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads a small generated file (a `/proc` entry, whose reported size is 0) with one buffer:
@@ -136,16 +160,28 @@ pub fn start_time(
     jiff::Timestamp::from_millisecond(boot_time_secs.checked_mul(1000)?.checked_add(ms)?).ok()
 }
 
-/// Checks a recorded identity against `/proc` now.
+/// The state letter [`check`] reports for a process that exists but whose `/proc` entry could
+/// not be read (out of descriptors): assumed alive, so no replacement is started beside it, and
+/// never signalled, since its identity could not be confirmed.
+pub const UNVERIFIED: char = '?';
+
+/// Checks a recorded identity against `/proc` now. When `/proc/PID/stat` cannot be read for a
+/// reason other than the process's absence (out of descriptors), a pid that still exists
+/// (`kill(pid, 0)`) is reported `Alive { state: UNVERIFIED }`: a worker is never taken for
+/// exited — and replaced while it runs — because automon could not look.
 pub fn check(proc_root: &Path, current_boot_id: &str, id: &ProcessIdentity) -> ProcessStatus {
     if id.boot_id != current_boot_id {
         return ProcessStatus::Reused;
     }
-    match read_stat(proc_root, id.pid) {
-        None => ProcessStatus::Exited,
-        Some(stat) if stat.start_ticks != id.start_ticks => ProcessStatus::Reused,
-        Some(stat) if matches!(stat.state, 'Z' | 'X' | 'x') => ProcessStatus::Exited,
-        Some(stat) => ProcessStatus::Alive { state: stat.state },
+    match try_read_stat(proc_root, id.pid) {
+        Ok(None) => ProcessStatus::Exited,
+        Ok(Some(stat)) if stat.start_ticks != id.start_ticks => ProcessStatus::Reused,
+        Ok(Some(stat)) if matches!(stat.state, 'Z' | 'X' | 'x') => ProcessStatus::Exited,
+        Ok(Some(stat)) => ProcessStatus::Alive { state: stat.state },
+        Err(_) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), None) {
+            Err(nix::errno::Errno::ESRCH) => ProcessStatus::Exited,
+            _ => ProcessStatus::Alive { state: UNVERIFIED },
+        },
     }
 }
 
@@ -165,10 +201,16 @@ pub fn group_exists(pgid: i32) -> bool {
         Err(_) => return false,
     }
     let root = Path::new("/proc");
-    list_pids(root)
-        .into_iter()
-        .filter_map(|pid| read_stat(root, pid))
-        .any(|st| st.pgid == pgid && !matches!(st.state, 'Z' | 'X' | 'x'))
+    // `/proc` that cannot be listed (out of descriptors) says nothing: the group exists.
+    let Ok(pids) = try_list_pids(root) else {
+        return true;
+    };
+    pids.into_iter().any(|pid| match try_read_stat(root, pid) {
+        Ok(Some(st)) => st.pgid == pgid && !matches!(st.state, 'Z' | 'X' | 'x'),
+        Ok(None) => false,
+        // Unreadable: it might be a member; do not call the group gone.
+        Err(_) => true,
+    })
 }
 
 /// Reads `/proc/PID/environ` as (name, value) pairs; empty when unreadable.
@@ -193,14 +235,19 @@ pub fn environ_var(proc_root: &Path, pid: i32, key: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// Every numeric entry of `proc_root`: the pids that exist now.
+/// Every numeric entry of `proc_root`: the pids that exist now (empty when unreadable).
 pub fn list_pids(proc_root: &Path) -> Vec<i32> {
-    std::fs::read_dir(proc_root)
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    try_list_pids(proc_root).unwrap_or_default()
+}
+
+/// Every numeric entry of `proc_root`.
+///
+/// # Errors
+/// The error of opening the directory (out of descriptors, a missing `/proc`).
+pub fn try_list_pids(proc_root: &Path) -> std::io::Result<Vec<i32>> {
+    Ok(std::fs::read_dir(proc_root)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
 }
 
 #[cfg(test)]

@@ -223,6 +223,7 @@ impl Planner<'_> {
         w: &mut WorkerMemory,
         process: &RunningProcess,
         what: &str,
+        in_uninterruptible_io: bool,
     ) {
         let max = self.desired.fixes.max_attempts;
         if let Some(a) = w.fixes.pending() {
@@ -324,7 +325,9 @@ impl Planner<'_> {
             self.wake_in(left);
             return;
         }
-        if self.desired.llm.enabled && self.wants_diagnosis(w) {
+        // A process in uninterruptible I/O is waiting on the kernel, not on its code: nothing
+        // an LLM reads in its log explains that; it is restarted (stopped) at once.
+        if self.desired.llm.enabled && !in_uninterruptible_io && self.wants_diagnosis(w) {
             let wait = self.desired.llm.timeout.get() + self.desired.interval;
             let stage = FixStage::Asked {
                 at: self.now.boot,
@@ -669,10 +672,7 @@ impl Planner<'_> {
                 FixKind::Restart,
                 format!("restart {resume} (no code change proposed)"),
             ),
-            FixKind::Restart => (
-                FixKind::Restart,
-                format!("restart {resume}"),
-            ),
+            FixKind::Restart => (FixKind::Restart, format!("restart {resume}")),
         };
         let reason = format!("worker {id}: {what}; fix attempt {n}/{max}: {detail}{note}");
         self.request_stop(id, w, process, reason, true);

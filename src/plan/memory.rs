@@ -145,6 +145,11 @@ pub struct Stopping {
     pub reason: String,
     /// Restart the worker once its process group is gone.
     pub restart: bool,
+    /// When a stop found the process (or a member of its group) still alive after SIGKILL:
+    /// in uninterruptible I/O. It is not signalled again (SIGKILL is pending) and nothing
+    /// replaces it while it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unkillable_since: Option<BootTime>,
 }
 
 /// What automon remembers about one worker id.
@@ -207,6 +212,11 @@ pub struct WorkerMemory {
     /// A stop in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping: Option<Stopping>,
+    /// How its adopted process differs from what the manifest starts (program, working
+    /// directory, environment; secret values not shown), until its next start applies the
+    /// manifest and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differs: Vec<String>,
     /// Where the last pass stopped reading the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_cursor: Option<LogCursor>,

@@ -372,6 +372,8 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
         statuses: BTreeMap::new(),
         requeue: desired.interval,
         conflicts: std::collections::BTreeSet::new(),
+        adopted_now: std::collections::BTreeSet::new(),
+        stops_in_flight: observed.children.stopping.clone(),
         scaling: String::new(),
         unit_name: std::sync::Arc::from(desired.unit.as_str()),
         held: std::collections::BTreeSet::new(),
@@ -414,7 +416,15 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
     });
     planner.memory.workers = workers;
     planner.scale(observed);
-    planner.schedule_starts(observed.unsaved_state.as_deref());
+    if let Some(why) = &observed.scan_incomplete {
+        // A worker the scan missed would be started twice: start nothing until it is whole.
+        planner.events.push(format!(
+            "could not look for running workers ({why}); starting nothing until automon can"
+        ));
+        planner.wake_in(Duration::from_secs(1));
+    } else {
+        planner.schedule_starts(observed.unsaved_state.as_deref());
+    }
     let blocked = planner.blocked();
     let complete = desired.shards.is_some()
         && desired.worker_ids().iter().all(|id| {
@@ -450,6 +460,10 @@ struct Planner<'a> {
     requeue: Duration,
     /// Worker ids with more than one live process this pass.
     conflicts: std::collections::BTreeSet<WorkerId>,
+    /// Worker ids whose live process was adopted this pass (found by the scan, so alive now).
+    adopted_now: std::collections::BTreeSet<WorkerId>,
+    /// Worker ids with a stop task running in this automon ([`crate::observe::Children`]).
+    stops_in_flight: std::collections::BTreeSet<WorkerId>,
     /// The scaling decision of this pass, in words.
     scaling: String,
     /// The manifest's unit (`book`), shared by the running workers' reasons.
@@ -532,12 +546,46 @@ impl Planner<'_> {
             requested_at: self.now.boot,
             reason: reason.clone(),
             restart,
+            unkillable_since: None,
         });
         self.actions.push(Action::Stop(StopAction {
             worker: id,
             identity: process.identity.clone(),
             whole_group: process.own_group,
             grace: self.desired.stop_grace,
+            reason,
+        }));
+    }
+
+    /// Carries on a recorded stop that no stop task of this automon is running (the automon
+    /// that began it was killed, or the task could not confirm the identity): the stop signal
+    /// again and SIGKILL at the original deadline (`requested_at + stop_grace`), not a new grace
+    /// period. A process found unkillable is left to the SIGKILL already pending in the kernel.
+    pub(super) fn resume_stop(&mut self, id: WorkerId, w: &WorkerMemory, process: &RunningProcess) {
+        let Some(stopping) = &w.stopping else {
+            return;
+        };
+        if stopping.unkillable_since.is_some() || self.stop_pending(id) {
+            return;
+        }
+        let deadline = stopping.requested_at.plus(self.desired.stop_grace);
+        let grace = deadline.since(self.now.boot);
+        let kill_at = if grace.is_zero() {
+            "SIGKILL now: its grace period is over".to_string()
+        } else {
+            format!("SIGKILL in {} if it is still there", fmt_dur(grace))
+        };
+        let reason = format!(
+            "worker {id}: resuming the stop of pid {} requested {} ago ({}); {kill_at}",
+            process.identity.pid,
+            fmt_dur(self.since(stopping.requested_at)),
+            stopping.reason
+        );
+        self.actions.push(Action::Stop(StopAction {
+            worker: id,
+            identity: process.identity.clone(),
+            whole_group: process.own_group,
+            grace,
             reason,
         }));
     }
@@ -587,13 +635,58 @@ impl Planner<'_> {
         }
     }
 
+    /// True when worker `id` has a stop running in this automon or ordered by this plan: it
+    /// is not started (nor stopped again) until that stop reports.
+    pub(super) fn stop_pending(&self, id: WorkerId) -> bool {
+        self.stops_in_flight.contains(&id)
+            || self
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop(s) if s.worker == id))
+    }
+
+    /// Takes over live workers memory does not record (see
+    /// [`crate::observe::UnrecordedWorker`]). A worker whose recorded process is gone and that
+    /// runs one unrecorded process carrying this WorkerSet's marker was restarted by an
+    /// earlier automon killed before it saved: that process is the worker now (adopted, never
+    /// duplicated). Only live processes count towards a conflict.
     fn adopt_unrecorded(&mut self, observed: &Observed) {
         let mut by_id: BTreeMap<WorkerId, Vec<&crate::observe::UnrecordedWorker>> = BTreeMap::new();
         for u in &observed.unrecorded {
             by_id.entry(u.worker).or_default().push(u);
         }
-        for (id, found) in by_id {
+        for (id, mut found) in by_id {
+            // Another automon's worker on this worker's files: reported, left alone, and
+            // nothing started beside it.
+            found.retain(|u| {
+                let Some(owner) = &u.other_owner else {
+                    return true;
+                };
+                self.events.push(format!(
+                    "worker {id}: pid {} writes this worker's files but belongs to another automon (state directory {owner}); adopting it, signalling it and starting a duplicate are all refused",
+                    u.identity.pid
+                ));
+                self.conflicts.insert(id);
+                false
+            });
+            if found.is_empty() {
+                continue;
+            }
+            let obs = observed.workers.get(&id);
             let w = self.memory.workers.entry(id).or_default();
+            // The recorded process is gone (and its group with it): it no longer runs the worker.
+            let recorded_gone = w.process.is_some()
+                && obs.is_some_and(|o| {
+                    matches!(
+                        o.process,
+                        Some(ProcessStatus::Exited | ProcessStatus::Reused)
+                    ) && !o.group_alive
+                });
+            let previous = if recorded_gone {
+                w.process.take()
+            } else {
+                None
+            };
             match (&w.process, found.as_slice()) {
                 (None, [u]) => {
                     w.process = Some(RunningProcess {
@@ -606,12 +699,31 @@ impl Planner<'_> {
                     });
                     w.completed_at = None;
                     let how = if u.by_command_line {
-                        "its command line matches the template; automon did not start it"
+                        "its command line and working directory match the template; automon did not start it"
                     } else {
                         "started by an earlier automon that stopped before recording it"
                     };
+                    let instead = previous.as_ref().map_or_else(String::new, |p| {
+                        // The stop or restart that replaced it is done.
+                        w.stopping = None;
+                        w.restart_reason = None;
+                        format!(
+                            " in place of the recorded pid {}, which is gone",
+                            p.identity.pid
+                        )
+                    });
+                    self.adopted_now.insert(id);
+                    w.differs.clone_from(&u.differences);
+                    let differs = if u.differences.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it differs from the manifest: {}; its next restart applies the manifest",
+                            u.differences.join("; ")
+                        )
+                    };
                     self.events.push(format!(
-                        "worker {id}: adopted pid {} ({how})",
+                        "worker {id}: adopted pid {}{instead} ({how}){differs}",
                         u.identity.pid
                     ));
                 }
@@ -623,6 +735,7 @@ impl Planner<'_> {
                         many.len(),
                         pids.join(", ")
                     ));
+                    // The gone recorded process is forgotten (it is neither live nor ours now).
                     self.conflicts.insert(id);
                 }
                 (Some(p), others) => {
@@ -649,6 +762,20 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+}
+
+/// Records that a stop of `worker`'s process `pid` ended with the process still alive after
+/// SIGKILL (uninterruptible I/O): the stop is not repeated, and the planner reports the
+/// worker as unkillable until it goes.
+pub fn record_unkillable(memory: &mut Memory, worker: WorkerId, pid: i32, now: Now) {
+    let Some(w) = memory.workers.get_mut(&worker) else {
+        return;
+    };
+    if w.process.as_ref().is_some_and(|p| p.identity.pid == pid)
+        && let Some(s) = w.stopping.as_mut()
+    {
+        s.unkillable_since.get_or_insert(now.boot);
     }
 }
 
@@ -1022,3 +1149,6 @@ mod sim_tests;
 
 #[cfg(test)]
 mod pipeline_tests;
+
+#[cfg(test)]
+mod fault_tests;

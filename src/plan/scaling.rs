@@ -303,6 +303,18 @@ impl Planner<'_> {
             return;
         }
         for (_, id) in candidates.into_iter().take(free) {
+            if self.stop_pending(id) {
+                // Its old process group is being stopped: the start waits for the stop to
+                // report (so the log says the old one went before the new one came), and keeps
+                // its slot meanwhile.
+                self.set(
+                    id,
+                    Phase::Stopping,
+                    "waiting for the stop of its previous process to confirm its group is gone",
+                );
+                self.wake_in(std::time::Duration::from_millis(100));
+                continue;
+            }
             let shard = self.desired.shard(id);
             let from_words =
                 self.resume_words(id, self.memory.workers.get(&id).and_then(|w| w.checkpoint));
@@ -337,6 +349,15 @@ impl Planner<'_> {
             } else {
                 let p: Vec<String> = w.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("{reason} with {}", p.join(", "))
+            };
+            let reason = if w.differs.is_empty() {
+                reason
+            } else {
+                // The adopted process ran otherwise; say what this start changes.
+                format!(
+                    "{reason}; as the manifest says, unlike the adopted process: {}",
+                    std::mem::take(&mut w.differs).join("; ")
+                )
             };
             w.backoff_until = None;
             self.statuses.insert(

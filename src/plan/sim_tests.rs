@@ -128,6 +128,7 @@ impl Sim {
             workers,
             children: Children::default(),
             unrecorded: vec![],
+            scan_incomplete: None,
             unsaved_state: None,
         }
     }

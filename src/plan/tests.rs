@@ -103,6 +103,7 @@ fn observed(workers: BTreeMap<WorkerId, WorkerObservation>, exits: Vec<ExitEvent
             ..Children::default()
         },
         unrecorded: Vec::new(),
+        scan_incomplete: None,
         unsaved_state: None,
     }
 }
@@ -1215,8 +1216,10 @@ fn a_lowered_target_parks_the_highest_running_workers_with_the_grace_and_a_raise
     }
     assert!(p.memory.workers[&WorkerId(3)].parked.is_some());
     assert_eq!(p.memory.desired_count, Some(2));
-    // Next pass, the two still stopping: nothing more is parked.
-    let p = plan(&two, &observed(world.clone(), vec![]), p.memory, at(3));
+    // Next pass, the two still stopping (their stop tasks run): nothing more is parked.
+    let mut o = observed(world.clone(), vec![]);
+    o.children.stopping = [WorkerId(2), WorkerId(3)].into();
+    let p = plan(&two, &o, p.memory, at(3));
     assert!(stops(&p).is_empty(), "{:?}", p.actions);
     // Gone: parked, not restarted.
     for id in [2u32, 3] {

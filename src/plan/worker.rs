@@ -79,12 +79,10 @@ impl Planner<'_> {
         self.verify_fix(id, w);
         let alive = w.process.is_some()
             && exit.is_none()
-            && match obs.process {
-                Some(ProcessStatus::Alive { .. }) => true,
-                // Adopted this pass: seen alive by the scan.
-                None => w.process.as_ref().is_some_and(|p| p.adopted),
-                _ => false,
-            };
+            // Adopted this pass: seen alive by the scan (the observation is of the process
+            // memory recorded before, if any).
+            && (self.adopted_now.contains(&id)
+                || matches!(obs.process, Some(ProcessStatus::Alive { .. })));
         if alive {
             self.step_alive(id, w, obs, signal_at);
             if self.conflicts.contains(&id) {
@@ -98,7 +96,7 @@ impl Planner<'_> {
             self.set(
                 id,
                 Phase::Conflict,
-                "several live processes run this worker; none adopted, none started",
+                "other live processes run this worker (see the events); none adopted, none started",
             );
             return;
         } else if exit_pending {
@@ -115,12 +113,18 @@ impl Planner<'_> {
                         process.identity.pid
                     );
                     self.request_stop(id, w, &process, reason.clone(), true);
+                } else {
+                    self.resume_stop(id, w, &process);
                 }
-                self.set(
-                    id,
-                    Phase::Stopping,
-                    "waiting for the rest of its process group to exit",
-                );
+                let why = match w.stopping.as_ref().and_then(|s| s.unkillable_since) {
+                    Some(since) => format!(
+                        "unkillable: a member of its process group survived SIGKILL (uninterruptible I/O) {} ago; waiting for it to end",
+                        fmt_dur(self.since(since))
+                    ),
+                    None => "waiting for the rest of its process group to exit".to_string(),
+                };
+                self.set(id, Phase::Stopping, why);
+                self.wake_in(self.desired.interval.min(Duration::from_secs(5)));
                 return;
             }
             self.step_exited(id, w, shard, &process, obs, exit);
@@ -295,22 +299,30 @@ impl Planner<'_> {
             w.stuck_passes = 0;
         }
         if let Some(stopping) = w.stopping.clone() {
-            let waited = self.since(stopping.requested_at);
-            if waited > self.desired.stop_grace * 2 + Duration::from_secs(10) {
-                let reason = format!(
-                    "worker {id}: still alive {} after the stop was requested; stopping again",
-                    fmt_dur(waited)
-                );
-                if let Some(process) = w.process.clone() {
-                    self.request_stop(id, w, &process, reason.clone(), stopping.restart);
+            if let Some(process) = w.process.clone() {
+                self.resume_stop(id, w, &process);
+            }
+            match stopping.unkillable_since {
+                Some(since) => {
+                    self.set(
+                        id,
+                        Phase::Stopping,
+                        format!(
+                            "unkillable: in uninterruptible I/O since {} ago (survived SIGKILL); no replacement while it lives",
+                            fmt_dur(self.since(since))
+                        ),
+                    );
+                    self.wake_in(self.desired.interval.min(Duration::from_secs(5)));
+                }
+                None => {
+                    self.set(
+                        id,
+                        Phase::Stopping,
+                        format!("stop requested: {}", stopping.reason),
+                    );
+                    self.wake_in(self.desired.stop_grace + Duration::from_secs(1));
                 }
             }
-            self.set(
-                id,
-                Phase::Stopping,
-                format!("stop requested: {}", stopping.reason),
-            );
-            self.wake_in(self.desired.stop_grace + Duration::from_secs(1));
             return;
         }
         if let Some(hold) = w.paused.as_ref().or(w.failed.as_ref()) {
@@ -401,7 +413,7 @@ impl Planner<'_> {
             }
             if w.stuck_passes >= STUCK_CONFIRMATIONS {
                 if let Some(process) = w.process.clone() {
-                    self.on_stuck(id, w, &process, &what);
+                    self.on_stuck(id, w, &process, &what, d_state);
                 }
             } else {
                 self.set(
@@ -446,6 +458,13 @@ impl Planner<'_> {
         w.left_discovery = false;
         w.stuck_passes = 0;
         let stopping = w.stopping.take();
+        if let Some(since) = stopping.as_ref().and_then(|s| s.unkillable_since) {
+            self.events.push(format!(
+                "worker {id}: pid {} finally exited, {} after it was found unkillable (uninterruptible I/O)",
+                process.identity.pid,
+                fmt_dur(self.since(since))
+            ));
+        }
         let how = match (exit, &obs.process) {
             _ if stopping.is_some() => "stopped".to_string(),
             (Some(e), _) if e.code.is_some() => {

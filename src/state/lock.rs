@@ -31,6 +31,22 @@ pub enum LockError {
         /// The owner's pid as written in the file ("unknown" if unreadable).
         pid: String,
     },
+    /// Another automon owns the files this WorkerSet's workers would write.
+    #[error(
+        "another automon (pid {pid}, state directory {state_dir}) already manages the files of this fleet (progress {progress}, logs {log}; lock {path}): two automons on one set of files would run two workers per shard. Stop it (`automon stop` with its manifest) or give this manifest other files"
+    )]
+    FleetHeld {
+        /// The fleet lock file.
+        path: PathBuf,
+        /// The owner's pid as written in the file ("unknown" if unreadable).
+        pid: String,
+        /// The owner's state directory as written in the file.
+        state_dir: String,
+        /// The absolute progress file pattern.
+        progress: String,
+        /// The absolute log file pattern.
+        log: String,
+    },
     /// I/O on the lock file.
     #[error("{path}: {source}")]
     Io {

@@ -10,6 +10,7 @@
 //! [`crate::control`]). The directory is 0700 and every file in it 0600 ([`private`]).
 
 mod events;
+pub mod fleet_lock;
 mod history;
 mod instance;
 mod lock;
@@ -19,6 +20,7 @@ mod status;
 mod store;
 
 pub use events::{EventFields, EventLog, mentioned_worker};
+pub use fleet_lock::{FleetFiles, FleetLock};
 pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_history};
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,

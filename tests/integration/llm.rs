@@ -643,6 +643,7 @@ fn observed_empty() -> Observed {
         workers: BTreeMap::new(),
         children: Default::default(),
         unrecorded: Vec::new(),
+        scan_incomplete: None,
         unsaved_state: None,
     }
 }

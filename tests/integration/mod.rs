@@ -1,6 +1,7 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod fault_safety;
 mod first_run;
 mod house;
 mod judgment;
@@ -11,8 +12,8 @@ mod messages;
 mod migration;
 mod operate;
 mod processes;
-mod scale;
 mod real_llm;
+mod scale;
 mod secrets;
 mod service;
 mod sigstop;

@@ -182,9 +182,11 @@ fn processes_matching_the_template_are_adopted_when_the_manifest_opts_in() {
         f = fake.display()
     );
     std::fs::write(dir.path().join("m.yaml"), manifest).expect("write manifest");
+    // In the manifest's working directory: the same command line elsewhere is another fleet's.
     let start = |args: &[&str]| {
         Command::new(args[0])
             .args(&args[1..])
+            .current_dir(dir.path())
             .process_group(0)
             .spawn()
             .expect("spawn")
