@@ -674,8 +674,15 @@ fn a_scale_down_quotes_how_long_the_worker_was_silent_not_0s() {
         let c1 = sim.checkpoints[&WorkerId(1)] + 1;
         sim.progress(1, c1);
         let p = sim.pass();
-        if let Some(e) = p.events.iter().find(|e| e.starts_with("scale down:")) {
-            parked = Some((sim.t, e.clone()));
+        // The park is said once: as the stop's reason (see the test above).
+        let line = p
+            .events
+            .iter()
+            .map(String::as_str)
+            .chain(p.actions.iter().map(|a| a.reason()))
+            .find(|e| e.starts_with("scale down:"));
+        if let Some(e) = line {
+            parked = Some((sim.t, e.to_string()));
             break;
         }
     }
