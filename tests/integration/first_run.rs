@@ -63,6 +63,8 @@ fn without_disk(text: &str) -> String {
         .map(|l| {
             if l.starts_with("scaling: ") {
                 "scaling: [this machine's disk]"
+            } else if l.starts_with("note: scaling: ") {
+                "note: scaling: [what this machine's disk reads]"
             } else {
                 l
             }
