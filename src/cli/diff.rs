@@ -174,7 +174,10 @@ pub(crate) fn build_report(
             "compared with the manifest the running loop (pid {}) runs; `automon apply` hands this one to it",
             i.pid
         ),
-        None => "no loop running: compared with the last-applied manifest in the state directory".into(),
+        None if state_dir.join("state.json").exists() => {
+            "no loop running: compared with the last-applied manifest in the state directory".into()
+        }
+        None => "no loop running, and nothing applied yet: `automon apply` starts the migration".into(),
     });
     Ok(report)
 }
