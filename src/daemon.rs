@@ -337,6 +337,9 @@ impl Daemon<'_> {
         match self.lock.recheck(dir) {
             Ok(state::Recheck::Held) => {}
             Ok(state::Recheck::Relocked) => {
+                // The new directory holds no state: this pass writes it whether or not memory
+                // changed (a pass that changed nothing otherwise writes nothing).
+                self.saved = None;
                 self.events.reopen_if_replaced();
                 self.events.record(
                     jiff::Timestamp::now(),
