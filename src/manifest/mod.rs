@@ -100,14 +100,7 @@ pub fn load_with_overrides(
     file: &Path,
     overrides: &Overrides,
 ) -> Result<(Manifest, Vec<String>), ManifestError> {
-    let whole = |message: String| ManifestError {
-        file: file.to_path_buf(),
-        problems: vec![Problem {
-            location: None,
-            field: String::new(),
-            message,
-        }],
-    };
+    let whole = |message: String| whole_file_error(file, message);
     let bytes = read_capped(file).map_err(whole)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         whole(format!(
@@ -116,6 +109,18 @@ pub fn load_with_overrides(
         ))
     })?;
     load_text(file, &text, overrides)
+}
+
+/// A problem of the whole file (no line): unreadable, too large, not UTF-8.
+fn whole_file_error(file: &Path, message: String) -> ManifestError {
+    ManifestError {
+        file: file.to_path_buf(),
+        problems: vec![Problem {
+            location: None,
+            field: String::new(),
+            message,
+        }],
+    }
 }
 
 /// Like [`load_with_overrides`] for manifest `text` already read from `file` (the control loop
@@ -128,14 +133,7 @@ pub fn load_text(
     text: &str,
     overrides: &Overrides,
 ) -> Result<(Manifest, Vec<String>), ManifestError> {
-    let whole = |message: String| ManifestError {
-        file: file.to_path_buf(),
-        problems: vec![Problem {
-            location: None,
-            field: String::new(),
-            message,
-        }],
-    };
+    let whole = |message: String| whole_file_error(file, message);
     if text.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(whole(format!(
             "manifest is {} bytes (expected at most {MAX_MANIFEST_BYTES})",
