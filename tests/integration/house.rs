@@ -223,15 +223,16 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
         "{err}"
     );
     assert!(max_live_per_id(&state_dir) <= 1);
-    let events = std::fs::read_to_string(state_dir.join("events.log")).unwrap_or_default();
-    assert!(
-        events.contains("was deleted or replaced under this automon"),
-        "{events}"
-    );
-    assert!(
-        state_dir.join("state.json").exists(),
-        "the state is written anew"
-    );
+    wait_for("the relock reported in the new events.log", || {
+        std::fs::read_to_string(state_dir.join("events.log"))
+            .unwrap_or_default()
+            .contains("was deleted or replaced under this automon")
+    });
+    // The relocking pass writes the state after the lock (and on a loaded machine after the
+    // two commands above): wait for it rather than race it.
+    wait_for("the state written anew in the new directory", || {
+        state_dir.join("state.json").exists()
+    });
     kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(wait_exit(&mut first).code(), Some(130));
 }
