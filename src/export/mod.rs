@@ -143,3 +143,82 @@ pub fn not_carried_over(m: &Manifest, engine: Engine) -> Vec<String> {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        let text = format!(
+            r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {{name: My_Set.v2}}
+spec:
+  work: {{range: {{start: 1, end: 101}}, shards: 4}}
+  template:
+    command: [w, "{{id}}"]
+    stop_signal: SIGINT
+    stop_grace: 2500ms
+  progress: {{file: "p{{id}}.json", checkpoint: /c}}
+  logs: {{file: "l{{id}}.log"}}
+{extra}"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        crate::manifest::load_text(&dir.path().join("ws.yaml"), &text, &Default::default())
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn everything_the_engines_cannot_hold_is_listed() {
+        let m = manifest(
+            "  fixes: {code: {enabled: true, files: [w]}, escalation: stop_worker}\n  llm: {enabled: true}\n",
+        );
+        let k8s = not_carried_over(&m, Engine::Kubernetes).join("\n");
+        for needle in [
+            "spec.fixes.code: no code fixes",
+            "spec.llm: no LLM diagnosis",
+            "spec.template.stop_signal SIGINT",
+            "spec.scaling.disk",
+            "escalation stop_worker after 3 attempts",
+            "Kubernetes' own pod backoff",
+        ] {
+            assert!(k8s.contains(needle), "missing {needle:?} in:\n{k8s}");
+        }
+        let slurm = not_carried_over(&m, Engine::Slurm).join("\n");
+        assert!(slurm.contains("no stuck rule"), "{slurm}");
+        assert!(!slurm.contains("Kubernetes"), "{slurm}");
+        let plain = not_carried_over(&manifest(""), Engine::Kubernetes).join("\n");
+        assert!(!plain.contains("code fixes") && !plain.contains("LLM"), "{plain}");
+    }
+
+    #[test]
+    fn job_names_are_dns_labels_and_the_grace_rounds_up() {
+        assert_eq!(kubernetes::object_name("My_Set.v2"), "my-set-v2");
+        assert_eq!(kubernetes::object_name("-x-"), "x");
+        let m = manifest("");
+        let d = crate::manifest::Desired::resolve(&m, None).unwrap();
+        let src = Source {
+            manifest: &m,
+            desired: &d,
+            range_end: Some(101),
+        };
+        let job = kubernetes::job(&src, "img").unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(3));
+    }
+
+    #[test]
+    fn a_manifest_outside_its_workdir_cannot_be_exported() {
+        let m = manifest("");
+        let mut d = crate::manifest::Desired::resolve(&m, None).unwrap();
+        d.workdir = PathBuf::from("/somewhere/else");
+        let src = Source {
+            manifest: &m,
+            desired: &d,
+            range_end: None,
+        };
+        let err = kubernetes::job(&src, "img").unwrap_err();
+        assert!(err.contains("must lie inside spec.template.workdir"), "{err}");
+    }
+}

@@ -392,10 +392,9 @@ fn run_worker_refuses_to_restart_from_the_shard_start_when_the_progress_file_is_
 /// True when Slurm's client commands are here and a cluster answers; else prints why the
 /// calling test is skipped.
 fn slurm_available(test: &str) -> bool {
-    let found = Command::new("sbatch")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // On PATH, not `sbatch --version`: that fails without a cluster configuration too.
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("sbatch").is_file()));
     if !found {
         eprintln!(
             "SKIPPED {test}: sbatch not found (scripts/slurm-dev-cluster.sh up installs and starts a one-host cluster; .ci/run does)"
