@@ -32,6 +32,8 @@ pub mod plan;
 pub mod secrets;
 pub mod state;
 pub mod stdio;
+#[cfg(test)]
+mod test_support;
 pub mod text;
 
 use serde::{Deserialize, Serialize};
