@@ -70,7 +70,11 @@ fn load(
             .map_err(|e| CliError::input(format!("{}: {e}", file.display())))?,
         None => super::resolve(&manifest)?,
     };
-    let end = desired.shards.as_ref().and_then(|s| s.last()).map(|s| s.end);
+    let end = desired
+        .shards
+        .as_ref()
+        .and_then(|s| s.last())
+        .map(|s| s.end);
     Ok((manifest, desired, end))
 }
 

@@ -81,7 +81,11 @@ pub fn job(src: &Source<'_>, image: &str) -> Result<Job, String> {
     let mut pod_labels = labels.clone();
     pod_labels.insert(LABEL_WORKER.to_string(), "indexed".to_string());
 
-    let mut entrypoint = vec!["automon".to_string(), "run-worker".to_string(), manifest.clone()];
+    let mut entrypoint = vec![
+        "automon".to_string(),
+        "run-worker".to_string(),
+        manifest.clone(),
+    ];
     if let Some(end) = src.range_end {
         entrypoint.extend(["--range-end".to_string(), end.to_string()]);
     }
@@ -200,9 +204,7 @@ pub fn job(src: &Source<'_>, image: &str) -> Result<Job, String> {
             completion_mode: Some("Indexed".into()),
             completions: Some(workers),
             parallelism: Some(parallelism),
-            backoff_limit_per_index: Some(
-                i32::try_from(d.fixes.max_attempts).unwrap_or(i32::MAX),
-            ),
+            backoff_limit_per_index: Some(i32::try_from(d.fixes.max_attempts).unwrap_or(i32::MAX)),
             max_failed_indexes: Some(workers),
             pod_replacement_policy: Some("Failed".into()),
             pod_failure_policy: Some(failure_policy),

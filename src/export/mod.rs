@@ -116,7 +116,12 @@ pub fn not_carried_over(m: &Manifest, engine: Engine) -> Vec<String> {
         ));
     }
     if spec.fixes.config.enabled && !spec.template.parameters.is_empty() {
-        let names: Vec<&str> = spec.template.parameters.keys().map(String::as_str).collect();
+        let names: Vec<&str> = spec
+            .template
+            .parameters
+            .keys()
+            .map(String::as_str)
+            .collect();
         out.push(format!(
             "spec.fixes.config: parameters stay at their defaults ({})",
             names.join(", ")
@@ -189,7 +194,10 @@ spec:
         assert!(slurm.contains("no stuck rule"), "{slurm}");
         assert!(!slurm.contains("Kubernetes"), "{slurm}");
         let plain = not_carried_over(&manifest(""), Engine::Kubernetes).join("\n");
-        assert!(!plain.contains("code fixes") && !plain.contains("LLM"), "{plain}");
+        assert!(
+            !plain.contains("code fixes") && !plain.contains("LLM"),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -219,6 +227,9 @@ spec:
             range_end: None,
         };
         let err = kubernetes::job(&src, "img").unwrap_err();
-        assert!(err.contains("must lie inside spec.template.workdir"), "{err}");
+        assert!(
+            err.contains("must lie inside spec.template.workdir"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,9 @@ use super::{Engine, Source};
 /// An `#SBATCH` option value: sbatch reads these lines itself (no shell), splitting at
 /// whitespace and honouring double quotes.
 fn option(s: &str) -> String {
-    if s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+    {
         format!("\"{}\"", s.replace('"', "\\\""))
     } else {
         s.to_string()

@@ -147,13 +147,19 @@ mod tests {
         let cases: Vec<(&str, ProbeEvidence, i64, Result<&str, &str>)> = vec![
             (
                 "discovering within discovery_grace",
-                ProbeEvidence { started, ..Default::default() },
+                ProbeEvidence {
+                    started,
+                    ..Default::default()
+                },
                 1199,
                 Ok("ok: 19m59s since its start (threshold 20m discovery_grace, discovering)"),
             ),
             (
                 "discovering past discovery_grace",
-                ProbeEvidence { started, ..Default::default() },
+                ProbeEvidence {
+                    started,
+                    ..Default::default()
+                },
                 1200,
                 Err("stuck: no progress for 20m since its start (threshold 20m discovery_grace"),
             ),
@@ -167,7 +173,9 @@ mod tests {
                     ..Default::default()
                 },
                 1299,
-                Ok("ok: 4m59s since its last progress signal (threshold 5m stuck_after, progressing) at checkpoint 1,234"),
+                Ok(
+                    "ok: 4m59s since its last progress signal (threshold 5m stuck_after, progressing) at checkpoint 1,234",
+                ),
             ),
             (
                 "progressing, silent past stuck_after",
@@ -178,7 +186,9 @@ mod tests {
                     ..Default::default()
                 },
                 1300,
-                Err("stuck: no progress for 5m since its last progress signal (threshold 5m stuck_after, progressing)"),
+                Err(
+                    "stuck: no progress for 5m since its last progress signal (threshold 5m stuck_after, progressing)",
+                ),
             ),
             (
                 "a signal from before the start does not count",
@@ -192,16 +202,25 @@ mod tests {
             ),
             (
                 "looping is judged on stuck_after even in discovery",
-                ProbeEvidence { started, looping: true, ..Default::default() },
+                ProbeEvidence {
+                    started,
+                    looping: true,
+                    ..Default::default()
+                },
                 300,
-                Err("stuck: no progress for 5m since its start (threshold 5m stuck_after, looping)"),
+                Err(
+                    "stuck: no progress for 5m since its start (threshold 5m stuck_after, looping)",
+                ),
             ),
         ];
         for (name, evidence, now, expected) in cases {
             let got = probe_verdict(&health(), &evidence, at(now));
             match (&got, expected) {
                 (Ok(m), Ok(p)) | (Err(m), Err(p)) => {
-                    assert!(m.starts_with(p), "{name}: got {got:?}, expected {expected:?}")
+                    assert!(
+                        m.starts_with(p),
+                        "{name}: got {got:?}, expected {expected:?}"
+                    )
                 }
                 _ => panic!("{name}: got {got:?}, expected {expected:?}"),
             }

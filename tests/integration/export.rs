@@ -68,7 +68,8 @@ fn kubernetes_export_of_the_demo_manifest_json_puts_the_header_on_stderr() {
         serde_json::json!(["automon", "probe", "manifests/migration.yaml"])
     );
     assert!(
-        stderr.contains("# Minimum Kubernetes version: 1.33") && stderr.contains("Not carried over"),
+        stderr.contains("# Minimum Kubernetes version: 1.33")
+            && stderr.contains("Not carried over"),
         "{stderr}"
     );
 }
@@ -283,7 +284,10 @@ fn probe_counts_a_timestamped_upload_line_as_progress_and_a_repeated_line_once()
     write_at(&dir.path().join("logs/w0.log"), &log, ago(2));
     let (code, stdout, stderr) = probe(dir.path(), "0", ago(40));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("2m") && stdout.contains("progressing"), "{stdout}");
+    assert!(
+        stdout.contains("2m") && stdout.contains("progressing"),
+        "{stdout}"
+    );
     // The same upload line again 1 minute ago is not new progress: 8 minutes of silence since
     // the first one.
     let log = format!(
@@ -329,7 +333,8 @@ fn probe_takes_the_worker_from_job_completion_index_and_the_start_from_a_process
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no worker 4 (this WorkerSet has workers 0–3)")
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no worker 4 (this WorkerSet has workers 0–3)")
     );
 }
 
@@ -381,7 +386,8 @@ fn run_worker_refuses_to_restart_from_the_shard_start_when_the_progress_file_is_
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("is unreadable") && stderr.contains("not starting worker 3 from its shard's start"),
+        stderr.contains("is unreadable")
+            && stderr.contains("not starting worker 3 from its shard's start"),
         "{stderr}"
     );
     assert!(!dir.path().join("logs/w3.log").exists());
@@ -440,7 +446,9 @@ fn wait_array_done(job: &str) {
                 .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
         },
         || {
-            let o = Command::new("squeue").args(["-j", job, "-t", "all"]).output();
+            let o = Command::new("squeue")
+                .args(["-j", job, "-t", "all"])
+                .output();
             format!("{o:?}")
         },
     );
@@ -485,10 +493,13 @@ fn exported_slurm_array_runs_the_demo_migration_to_completion_and_a_resubmission
     let owner = m.owner(book);
     // Retries by Slurm, judgment by nobody: the crashed element stayed down.
     let progress = |id: u64| {
-        std::fs::read_to_string(m.path().join(format!("progress/migration_progress_worker{id}.json")))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["last_processed_book_id"].as_u64())
+        std::fs::read_to_string(
+            m.path()
+                .join(format!("progress/migration_progress_worker{id}.json")),
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["last_processed_book_id"].as_u64())
     };
     let (_, owner_end) = m.shard(owner);
     let stopped_at = progress(owner).expect("the crashed shard wrote a checkpoint");
@@ -509,8 +520,8 @@ fn exported_slurm_array_runs_the_demo_migration_to_completion_and_a_resubmission
         )),
         "second run of shard {owner}:\n{out}"
     );
-    let done = std::fs::read_to_string(m.path().join(format!("slurm-{second}_0.out")))
-        .unwrap_or_default();
+    let done =
+        std::fs::read_to_string(m.path().join(format!("slurm-{second}_0.out"))).unwrap_or_default();
     assert!(done.contains("worker 0: its shard is complete"), "{done}");
     m.assert_verified();
 }
