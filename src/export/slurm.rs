@@ -2,6 +2,9 @@
 //! (`--array=0-(shards-1)%target`), each running `automon run-worker`, which computes its
 //! shard from `$SLURM_ARRAY_TASK_ID` and resumes from its progress file.
 //!
+//! `--dependency=singleton` (per job name, `automon/NAME`) makes a second submission wait until
+//! the first has ended, so two elements never run one shard at once.
+//!
 //! Retries by Slurm, judgment by nobody: a crashed element is not restarted and a hung one runs
 //! until its time limit. `spec.runtime: slurm` keeps automon's judgment (stuck rule, backoff,
 //! fixes) and only hands it the running of processes.
@@ -46,8 +49,9 @@ pub fn script(src: &Source<'_>, automon: &Path) -> Result<String, String> {
     ));
     s.push_str(
         "# Retries by Slurm, judgment by nobody: each element runs its shard once, from its checkpoint.\n\
-         # Submit again to resume unfinished shards (finished ones exit at once). For automon's\n\
-         # judgment on Slurm (stuck rule, backoff, fixes), use spec.runtime: slurm instead.\n\
+         # Submit again to resume unfinished shards (finished ones exit at once); a second\n\
+         # submission waits until the first has ended (singleton): never two runs of one shard.\n\
+         # For automon's judgment on Slurm (stuck rule, backoff, fixes), use spec.runtime: slurm.\n\
          # Requires: automon at the path below and the working directory on every node (shared FS).\n\
          # Not carried over:\n",
     );
@@ -58,6 +62,9 @@ pub fn script(src: &Source<'_>, automon: &Path) -> Result<String, String> {
     s.push_str(&format!("#SBATCH --job-name={}\n", option(&name)));
     s.push_str(&format!("#SBATCH --array=0-{}%{at_once}\n", workers - 1));
     s.push_str("#SBATCH --ntasks=1\n");
+    // A second submission waits until every element of the first has ended: never two
+    // processes for one shard.
+    s.push_str("#SBATCH --dependency=singleton\n");
     s.push_str(&format!(
         "#SBATCH --chdir={}\n",
         option(&d.workdir.to_string_lossy())

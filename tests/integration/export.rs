@@ -488,37 +488,46 @@ fn exported_slurm_array_runs_the_demo_migration_to_completion_and_a_resubmission
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // Submitted twice at once: the second waits for the first (singleton), whose crashed
+    // element stays down (retries by Slurm, judgment by nobody); the second resumes it from its
+    // checkpoint, and its finished shards exit at once.
     let first = sbatch(m.path(), &script);
-    wait_array_done(&first);
-    let owner = m.owner(book);
-    // Retries by Slurm, judgment by nobody: the crashed element stayed down.
-    let progress = |id: u64| {
-        std::fs::read_to_string(
-            m.path()
-                .join(format!("progress/migration_progress_worker{id}.json")),
-        )
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["last_processed_book_id"].as_u64())
-    };
-    let (_, owner_end) = m.shard(owner);
-    let stopped_at = progress(owner).expect("the crashed shard wrote a checkpoint");
-    assert!(
-        stopped_at < owner_end - 1,
-        "shard {owner} should have stopped at its crash (book {book}), checkpoint {stopped_at}"
-    );
-
-    // Submitted again: finished shards exit at once, the crashed one resumes.
     let second = sbatch(m.path(), &script);
+    wait_array_done(&first);
     wait_array_done(&second);
+    let times = |job: &str| -> Vec<(String, String)> {
+        let out = Command::new("squeue")
+            .args(["-h", "-j", job, "-t", "all", "-o", "%S %e"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(s, e)| (s.to_string(), e.to_string()))
+            .collect()
+    };
+    let (first_times, second_times) = (times(&first), times(&second));
+    assert_eq!(first_times.len(), 8, "{first_times:?}");
+    assert_eq!(second_times.len(), 8, "{second_times:?}");
+    let first_end = first_times.iter().map(|(_, e)| e).max().unwrap();
+    let second_start = second_times.iter().map(|(s, _)| s).min().unwrap();
+    assert!(
+        second_start >= first_end,
+        "the second array started ({second_start}) before the first ended ({first_end})"
+    );
+    let owner = m.owner(book);
+    let (start, end) = m.shard(owner);
     let out = std::fs::read_to_string(m.path().join(format!("slurm-{second}_{owner}.out")))
         .unwrap_or_default();
+    let resumed: u64 = out
+        .split("resuming from checkpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("second run of shard {owner} did not resume:\n{out}"));
     assert!(
-        out.contains(&format!(
-            "worker {owner}: resuming from checkpoint {}",
-            automon::text::count(stopped_at)
-        )),
-        "second run of shard {owner}:\n{out}"
+        resumed > start - 1 && resumed < end - 1,
+        "shard {owner} [{start}, {end}) crashed at book {book}; the second run resumed from {resumed}"
     );
     let done =
         std::fs::read_to_string(m.path().join(format!("slurm-{second}_0.out"))).unwrap_or_default();
