@@ -217,6 +217,38 @@ spec:
     }
 
     #[test]
+    fn replicas_without_a_work_range_run_target_indexes() {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: replicas}
+spec:
+  workers: {target: 3, min: 1, max: 5}
+  template: {command: [w, "{id}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "l{id}.log"}
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let m = crate::manifest::load_text(&dir.path().join("ws.yaml"), text, &Default::default())
+            .unwrap()
+            .0;
+        let d = crate::manifest::Desired::resolve(&m, None).unwrap();
+        let src = Source {
+            manifest: &m,
+            desired: &d,
+            range_end: None,
+        };
+        let spec = kubernetes::job(&src, "img").unwrap().spec.unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(3), Some(3)));
+        let command = spec.template.spec.unwrap().containers[0]
+            .command
+            .clone()
+            .unwrap();
+        assert_eq!(command, ["automon", "run-worker", "ws.yaml"]);
+        let script = slurm::script(&src, std::path::Path::new("/bin/automon")).unwrap();
+        assert!(script.contains("#SBATCH --array=0-2%3\n"), "{script}");
+    }
+
+    #[test]
     fn a_manifest_outside_its_workdir_cannot_be_exported() {
         let m = manifest("");
         let mut d = crate::manifest::Desired::resolve(&m, None).unwrap();

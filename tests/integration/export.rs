@@ -393,6 +393,36 @@ fn run_worker_refuses_to_restart_from_the_shard_start_when_the_progress_file_is_
     assert!(!dir.path().join("logs/w3.log").exists());
 }
 
+#[test]
+fn run_worker_execs_the_worker_in_its_place_so_signals_and_the_probe_see_the_worker_itself() {
+    let dir = probe_dir();
+    let manifest = PROBE_MANIFEST.replace(
+        r#"command: [sh, -c, 'echo "id=$1 start=$2 end=$3 from=$4"', sh, "{id}", "{range_start}", "{range_end}", "{checkpoint}"]"#,
+        r#"command: [sleep, "600"]"#,
+    );
+    assert_ne!(manifest, PROBE_MANIFEST);
+    std::fs::write(dir.path().join("ws.yaml"), manifest).unwrap();
+    let mut child = automon()
+        .current_dir(dir.path())
+        .args(["run-worker", "ws.yaml", "--worker", "0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    wait_until(
+        "run-worker's pid to run the worker (sleep 600)",
+        || std::fs::read(&cmdline).is_ok_and(|c| c == b"sleep\0600\0"),
+        || {
+            format!(
+                "{:?}",
+                std::fs::read(&cmdline).map(|c| String::from_utf8_lossy(&c).into_owned())
+            )
+        },
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 // --- the Slurm array on the one-host cluster ---------------------------------------------
 
 /// True when Slurm's client commands are here and a cluster answers; else prints why the
