@@ -411,7 +411,7 @@ fn run_worker_execs_the_worker_in_its_place_so_signals_and_the_probe_see_the_wor
     let cmdline = format!("/proc/{}/cmdline", child.id());
     wait_until(
         "run-worker's pid to run the worker (sleep 600)",
-        || std::fs::read(&cmdline).is_ok_and(|c| c == b"sleep\0600\0"),
+        || std::fs::read(&cmdline).is_ok_and(|c| c == b"sleep\x00600\x00"),
         || {
             format!(
                 "{:?}",
