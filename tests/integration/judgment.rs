@@ -285,3 +285,176 @@ spec:
         "{v}"
     );
 }
+
+/// A manifest `m.yaml` in a fresh directory, and a command runner there.
+fn scratch(manifest: &str) -> (tempfile::TempDir, impl Fn() -> assert_cmd::Command + use<>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("m.yaml"), manifest).expect("write manifest");
+    let path = dir.path().to_path_buf();
+    let automon = move || {
+        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"));
+        c.current_dir(&path).timeout(PATIENCE);
+        c
+    };
+    (dir, automon)
+}
+
+/// Regression (fresh-clone test): a command whose program is missing behind `env` starts,
+/// exits 127 at once, and was retried at `backoff_max` forever, never Failed. It fails after
+/// the start limit, the alert naming the command and its log.
+#[test]
+fn a_command_whose_program_is_missing_behind_env_fails_after_the_start_limit_instead_of_retrying_forever()
+ {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: missing-behind-env}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [/usr/bin/env, automon-test-no-such-program-5, "{id}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  restart: {backoff_initial: 1s, backoff_max: 2s}
+"#,
+    );
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon()
+        .args(["apply", "m.yaml", "--watch"])
+        .output()
+        .expect("apply");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(3), "{}\n{events}", text(&out));
+    assert_eq!(
+        events.matches("worker 0: started pid").count(),
+        3,
+        "three starts, then Failed:\n{events}"
+    );
+    let alert = events
+        .lines()
+        .find(|l| l.contains("ALERT: worker 0: exited with status 127 (command not found) 3 times in a row without progress"))
+        .unwrap_or_else(|| panic!("no alert:\n{events}"));
+    assert!(
+        alert.contains("/usr/bin/env automon-test-no-such-program-5")
+            && alert.contains(&dir.path().join("w0.log").display().to_string()),
+        "{alert}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("w0.log")).unwrap_or_default();
+    assert!(
+        log.contains("automon-test-no-such-program-5"),
+        "the log it points at names the program: {log}"
+    );
+}
+
+/// Regression (issue 14.2, 14.6): with no loop running, `get` printed "disk utilisation
+/// unknown" (one diskstats reading has no interval), and a running worker whose progress file
+/// is missing showed a row with no checkpoint and nothing said.
+#[test]
+fn get_without_a_loop_measures_the_disk_and_names_the_missing_progress_file_of_a_running_worker() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: no-progress-file}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#,
+    );
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = automon().args(["get", "m.yaml"]).output().expect("get");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let missing = format!(
+        "runs, but its progress file {} is missing",
+        dir.path().join("p0.json").display()
+    );
+    assert!(
+        stdout.contains("worker 0 (pid ") && stdout.contains(&missing),
+        "{stdout}"
+    );
+    // A figure, or the reason there is none (a directory on tmpfs has no block device).
+    assert!(!stdout.contains("disk utilisation unknown"), "{stdout}");
+    assert!(
+        stdout.contains("% busy") || stdout.contains("disk utilisation unavailable ("),
+        "{stdout}"
+    );
+    let out = automon()
+        .args(["get", "m.yaml", "-o", "json"])
+        .output()
+        .expect("get");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["workers"][0]["progress_missing"],
+        dir.path().join("p0.json").display().to_string(),
+        "{v}"
+    );
+}
+
+/// Regression (fresh-clone test): two manifests with different `metadata.name` in one
+/// directory shared `.automon/` silently (the second one's `apply` planned from the first
+/// one's workers and checkpoints). It is refused, naming both and the way out.
+#[test]
+fn a_second_workerset_in_the_same_directory_is_refused_not_mixed_into_the_first_ones_state() {
+    let manifest = |name: &str| {
+        format!(
+            r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {{name: {name}}}
+spec:
+  workers: {{target: 1, min: 1, max: 1}}
+  work: {{range: {{start: 1, end: 11}}, shards: 1}}
+  template: {{command: [sleep, "600"]}}
+  progress: {{file: "{name}{{id}}.json", checkpoint: /c}}
+  logs: {{file: "{name}{{id}}.log"}}
+"#
+        )
+    };
+    let (dir, automon) = scratch(&manifest("alpha"));
+    std::fs::write(dir.path().join("b.yaml"), manifest("beta")).expect("write b.yaml");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = std::fs::read_to_string(dir.path().join(".automon/state.json")).expect("state");
+    for args in [
+        &["apply", "b.yaml"][..],
+        &["diff", "b.yaml"],
+        &["get", "b.yaml"],
+    ] {
+        let out = automon().args(args).output().expect("run");
+        let all = text(&out);
+        assert!(
+            matches!(out.status.code(), Some(c) if c != 0),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains("belongs to WorkerSet \"alpha\", not \"beta\"")
+                && all.contains("--state-dir DIR"),
+            "{args:?}: {all}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".automon/state.json")).expect("state"),
+        state,
+        "the refused commands changed nothing"
+    );
+    assert!(
+        !dir.path().join("beta0.log").exists(),
+        "beta started nothing"
+    );
+}
