@@ -735,6 +735,50 @@ mod tests {
         insta::assert_snapshot!(render(&status(), true, false));
     }
 
+    /// Regression (fresh-clone test): at 100 % the overall line said "0/min · ETA unknown".
+    #[test]
+    fn a_finished_migration_says_done_and_when_not_a_zero_rate_and_an_unknown_eta() {
+        let mut s = status();
+        for w in &mut s.workers {
+            w.phase = Phase::Completed;
+            w.rate_per_min = None;
+            w.eta_seconds = None;
+        }
+        s.overall.shards_done = 4;
+        s.overall.keys_done = 400;
+        s.overall.rate_per_min = 0.0;
+        s.overall.eta_seconds = None;
+        s.overall.completed_at = Some(jiff::Timestamp::from_second(1_800_000_000).expect("valid"));
+        let text = render(&s, false, false);
+        assert!(text.contains(" · done, completed at 20"), "{text}");
+        assert!(
+            !text.contains("ETA unknown") && !text.contains("0/min"),
+            "{text}"
+        );
+        // Not all complete: the rate and ETA as before.
+        s.overall.shards_done = 3;
+        assert!(render(&s, false, false).contains(" · 0/min · ETA unknown"));
+    }
+
+    /// Without a figure the overall line says why, not "unknown"; a one-shot figure says how
+    /// long it was measured over.
+    #[test]
+    fn the_disk_figure_says_why_it_is_missing_and_how_a_one_shot_figure_was_taken() {
+        let mut s = status();
+        s.overall.disk_util_percent = None;
+        s.overall.disk_queue_depth = None;
+        s.overall.disk_note = Some("disk vda measured from the next pass".into());
+        assert!(render(&s, false, false).contains(" · disk vda measured from the next pass · "));
+        s.overall.disk_util_percent = Some(40.0);
+        s.overall.disk_queue_depth = Some(1.0);
+        s.overall.automon_pid = None;
+        let text = render(&s, false, false);
+        assert!(
+            text.contains(" · disk 40% busy, queue 1.0 (a 500ms sample) · "),
+            "{text}"
+        );
+    }
+
     /// Each case says what will actually happen (regression: during setup `get` said to run
     /// `automon apply` first, while it ran).
     #[test]

@@ -319,6 +319,32 @@ pub(crate) fn observe_once(
     state_dir: &Path,
     scan_unrecorded: bool,
 ) -> (crate::observe::Observed, crate::clock::Now) {
+    observe_once_with(desired, memory, state_dir, scan_unrecorded, None)
+}
+
+/// [`observe_once`], with the running loop's disk figure when there is one (its view is the
+/// one view: no second measurement beside it).
+pub(crate) fn observe_once_with(
+    desired: &Desired,
+    memory: &crate::plan::Memory,
+    state_dir: &Path,
+    scan_unrecorded: bool,
+    loop_disk: Option<crate::observe::disk::DiskObservation>,
+) -> (crate::observe::Observed, crate::clock::Now) {
+    if let Some(disk) = loop_disk {
+        let now = crate::clock::Now::read();
+        let mut observed = crate::observe::Observer::new(desired, crate::observe::Roots::default())
+            .observe(
+                desired,
+                memory,
+                state_dir,
+                crate::observe::Children::default(),
+                scan_unrecorded,
+                now.boot,
+            );
+        observed.disk = disk;
+        return (observed, now);
+    }
     let roots = crate::observe::Roots::default();
     let mut disk =
         crate::observe::disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);

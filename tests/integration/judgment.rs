@@ -458,3 +458,91 @@ spec:
         "beta started nothing"
     );
 }
+
+/// Issue 15 ("one view"): while a loop runs, `history` comes from it over the control socket
+/// and says so; with no loop, from the file, and says that.
+#[test]
+fn history_comes_from_the_running_loop_and_says_so_and_from_the_file_when_none_runs() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: history-view}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  # A silent worker is stuck at once: its restart is fix attempt 1, a history record.
+  health: {stuck_after: 1s, discovery_grace: 1s}
+"#,
+    );
+    let events =
+        || std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml", "--watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the loop");
+    let pid = daemon.id();
+    let mut cleanup = Cleanup {
+        daemon: Some(daemon),
+        state_dir: dir.path().join(".automon"),
+    };
+    super::support::wait_until(
+        "worker 0 started",
+        || events().contains("worker 0: started pid"),
+        events,
+    );
+    // The pass that applies the fix records it; polled, not assumed.
+    let history = || {
+        let out = automon()
+            .args(["history", "m.yaml"])
+            .output()
+            .expect("history");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    super::support::wait_until(
+        "the fix in the history",
+        || history().contains("restart 1/3"),
+        history,
+    );
+    let stdout = history();
+    assert!(
+        stdout.ends_with(&format!("(from the running loop (pid {pid}))\n")),
+        "{stdout}"
+    );
+    let out = automon()
+        .args(["history", "m.yaml", "-o", "json"])
+        .output()
+        .expect("history json");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("one JSON array");
+    assert!(records.iter().any(|r| r["record"] == "fix"), "{records:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("history from the running loop"),
+        "{}",
+        text(&out)
+    );
+    // The loop is killed (its socket left behind, stale): the file, and the output says so.
+    if let Some(d) = cleanup.daemon.as_mut() {
+        d.kill().expect("kill the loop");
+        d.wait().expect("reap the loop");
+    }
+    let out = automon()
+        .args(["history", "m.yaml"])
+        .output()
+        .expect("history");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout.contains("restart 1/3"), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "(no loop running: read from {})\n",
+            dir.path().join(".automon/auto_fix_history.jsonl").display()
+        )),
+        "{stdout}"
+    );
+}
