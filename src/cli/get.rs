@@ -183,6 +183,16 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     if memory.workers.is_empty() && !args.observed {
+        // Workers may run that no state records (state moved aside or lost, a loop between
+        // its lock and its first save): never say "not started" over running workers.
+        let (observed, _) = super::observe_once(&desired, &memory, &state_dir, true);
+        if !observed.unrecorded.is_empty() {
+            return Err(CliError::runtime(unrecorded_running(
+                &manifest.file,
+                &state_dir,
+                &observed.unrecorded,
+            )));
+        }
         return Err(CliError::runtime(not_started(
             &manifest.file,
             &state_dir,
@@ -295,6 +305,25 @@ fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8,
             print(text)
         }
     }
+}
+
+/// Workers of this WorkerSet run, but the state directory records none of them.
+fn unrecorded_running(
+    file: &std::path::Path,
+    state_dir: &std::path::Path,
+    found: &[crate::observe::UnrecordedWorker],
+) -> String {
+    let which: Vec<String> = found
+        .iter()
+        .map(|u| format!("worker {} pid {}", u.worker, u.identity.pid))
+        .collect();
+    format!(
+        "{} worker process(es) of this WorkerSet run ({}), but {} records none of them; `automon apply {}` adopts them",
+        found.len(),
+        which.join(", "),
+        state_dir.display(),
+        file.display()
+    )
 }
 
 /// Why there is nothing to show yet, saying what will actually happen: setup runs under

@@ -546,3 +546,64 @@ spec:
         "{stdout}"
     );
 }
+
+/// Regression (fresh-clone test): `get` said "not started yet: setup has not run" while
+/// workers ran (the state recorded none of them). Running workers of this WorkerSet are
+/// named instead, whatever the state says.
+#[test]
+fn get_never_says_not_started_while_workers_of_the_workerset_run_unrecorded() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: unrecorded}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  setup: {command: ["true"], creates: never-created}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#,
+    );
+    let state_dir = dir.path().join(".automon");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: state_dir.clone(),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pids: Vec<i32> = super::migration::live_workers(&state_dir)
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(pids.len(), 1, "one worker runs");
+    // The state is lost; the worker runs on. (It is killed at the end by its recorded pid.)
+    let kill = scopeguard_kill(pids[0]);
+    std::fs::remove_file(state_dir.join("state.json")).expect("remove state");
+    let out = automon().args(["get", "m.yaml"]).output().expect("get");
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("not started"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "1 worker process(es) of this WorkerSet run (worker 0 pid {})",
+            pids[0]
+        )) && all.contains("`automon apply m.yaml` adopts them"),
+        "{all}"
+    );
+    drop(kill);
+}
+
+/// Kills process group `pid` when dropped (also after a failed assertion).
+fn scopeguard_kill(pid: i32) -> impl Drop {
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Kill(pid)
+}
