@@ -670,9 +670,9 @@ fn a_command_whose_program_is_missing_behind_env_exits_127_and_fails_after_the_s
     // An exit 127 after progress is an ordinary crash: restarted, not counted.
     let mut m = mem();
     m.workers.insert(WorkerId(0), running(10, t0(), 40));
-    m.workers
-        .get_mut(&WorkerId(0))
-        .map(|w| w.start_failures = MAX_START_FAILURES - 1);
+    if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+        w.start_failures = MAX_START_FAILURES - 1;
+    }
     let exited = observed(
         [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
         vec![ExitEvent {
