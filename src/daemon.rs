@@ -783,6 +783,10 @@ pub async fn run(
                         let _ = reply.send(Box::new(d.view()));
                         continue;
                     }
+                    if let Request::History { reply } = r {
+                        let _ = reply.send(d.history_view());
+                        continue;
+                    }
                     d.queued.push(r);
                 }
                 () = &mut shutdown => {
@@ -902,6 +906,9 @@ impl Daemon<'_> {
                 Request::Reload => self.reload(now.wall),
                 Request::View { reply } => {
                     let _ = reply.send(Box::new(self.view()));
+                }
+                Request::History { reply } => {
+                    let _ = reply.send(self.history_view());
                 }
             }
         }
@@ -1029,6 +1036,35 @@ impl Daemon<'_> {
         (self.llm, self.llm_error) = llm_for(&new);
         self.desired = new;
         Ok(changes)
+    }
+
+    /// The fix history as this loop knows it (the control socket's `GET /v1/history`): its
+    /// history file, then the records a failed save keeps off disk.
+    fn history_view(&self) -> crate::control::HistoryView {
+        let (mut records, warnings) = match crate::state::read_history(&self.opts.state_dir) {
+            Ok(read) => read,
+            Err(e) => (
+                Vec::new(),
+                vec![format!(
+                    "{}: {e}",
+                    self.opts
+                        .state_dir
+                        .join(crate::state::HISTORY_FILE)
+                        .display()
+                )],
+            ),
+        };
+        let unsaved = self.unsaved_basis.as_ref().map_or_else(Vec::new, |basis| {
+            crate::state::history_changes(basis, &self.memory, &self.desired)
+        });
+        let n = unsaved.len();
+        records.extend(unsaved);
+        crate::control::HistoryView {
+            pid: std::process::id(),
+            records,
+            warnings,
+            unsaved: n,
+        }
     }
 
     /// What the loop runs and knows now (the control socket's `GET /v1/view`).

@@ -21,7 +21,9 @@ mod store;
 
 pub use events::{EventFields, EventLog, mentioned_worker};
 pub use fleet_lock::{FleetFiles, FleetLock};
-pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_history};
+pub use history::{
+    FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, changes as history_changes, read_history,
+};
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,
 };
