@@ -97,7 +97,18 @@ impl InstanceLock {
             .open(&path)
             .map_err(io)?;
         super::private::tighten(&file).map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock);
+        // A loop whose lock file was deleted still runs here (it writes status.json and holds
+        // events.log open): the new file's lock is not a free WorkerSet.
+        if locked.is_ok()
+            && let Some(other) = super::instance::status_writer(state_dir)
+        {
+            return Err(LockError::Held {
+                pid: other.pid.to_string(),
+                path,
+            });
+        }
+        match locked {
             Ok(lock) => {
                 let pid = std::process::id();
                 let ticks = i32::try_from(pid)

@@ -237,6 +237,60 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
     assert_eq!(wait_exit(&mut first).code(), Some(130));
 }
 
+/// Regression (issue 26, item 3, second half): with its lock file deleted, a running loop was
+/// "not running" to `status`, and `start` or a second `apply --watch` took the WorkerSet beside
+/// it until the loop's next pass locked a new file. The loop's live `status.json` (its writer
+/// holds `events.log` open) now counts as running. The interval is long, so no pass re-locks
+/// in between.
+#[test]
+fn a_loop_whose_lock_file_was_deleted_is_still_running_to_status_start_and_apply() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    let manifest = m.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("interval: 1s", "interval: 1h")).expect("write");
+    let state_dir = m.state_dir();
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let mut first = watch(&m, &[], "first");
+    let first_pid = child_pid(&first);
+    cleanup.loops.push(first_pid);
+    wait_for("four workers and the loop's status.json", || {
+        live_workers(&state_dir).len() == 4
+            && automon::state::read_status(&state_dir)
+                .is_ok_and(|s| s.is_some_and(|s| s.pid.to_string() == first_pid.to_string()))
+    });
+    std::fs::remove_file(state_dir.join("lock")).expect("rm lock");
+    let (code, out, err) = run(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("pid {first_pid}")), "{out}");
+    let (code, _, err) = run(&m, &["apply", "workerset.yaml", "--watch"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another automon (pid {first_pid})")),
+        "{err}"
+    );
+    let (code, _, err) = run(&m, &["start", "workerset.yaml"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert!(max_live_per_id(&state_dir) <= 1);
+    assert_eq!(
+        automon::state::running_instance(&state_dir).map(|i| i.pid),
+        Some(first_pid)
+    );
+    kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut first).code(), Some(130));
+}
+
 /// Regression (issue 26, item 4): SIGTERM before the first pass was over took the default
 /// action (killed automon mid-pass). Handlers are installed before the lock is taken: a SIGTERM
 /// as soon as the lock is held ends the run after the pass, saved, with exit 130.
