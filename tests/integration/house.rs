@@ -365,6 +365,61 @@ fn stopping_automon_during_setup_stops_the_setup() {
     assert!(live_workers(&m.state_dir()).is_empty(), "nothing started");
 }
 
+/// Regression (fresh-clone user test): automon SIGKILLed while `spec.setup` ran left the setup
+/// running (its own process group), and the next `apply` ran a second setup beside it. The
+/// setup is recorded before it is spawned (`setup.json`, then its pid) and marked in its
+/// environment; the next automon waits for it to end and starts no second one.
+#[test]
+fn a_setup_left_by_a_killed_automon_is_waited_for_not_run_twice() {
+    let m = slow_migration(
+        "  setup: {command: [sh, -c, 'echo $$ >> setup.pids; while [ ! -e go ]; do sleep 0.1; done; touch setup.done'], creates: setup.done}\n",
+    );
+    let state_dir = m.state_dir();
+    let mut first = watch(&m, &[], "first");
+    let first_pid = child_pid(&first);
+    let mut cleanup = Cleanup {
+        loops: vec![first_pid],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let pids = m.path().join("setup.pids");
+    let setups = || {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the first setup to run", || setups().len() == 1);
+    let setup = setups()[0];
+    let record = automon::act::setup::read_record(&state_dir).expect("setup.json before the setup ran");
+    kill(Pid::from_raw(first_pid), Signal::SIGKILL).expect("SIGKILL");
+    let _ = wait_exit(&mut first);
+    assert!(
+        automon::observe::proc::read_stat(Path::new("/proc"), setup).is_some_and(|s| s.state != 'Z'),
+        "the setup (pid {setup}) survives a SIGKILL of automon"
+    );
+    let mut second = watch(&m, &[], "second");
+    cleanup.loops.push(child_pid(&second));
+    wait_for("the second automon to wait for the first setup", || {
+        log_of(&m, "second").contains("is still running")
+    });
+    let log = log_of(&m, "second");
+    assert!(log.contains(&format!("pid {setup}")), "{log}\nrecord: {record:?}");
+    assert_eq!(setups(), [setup], "a second setup ran beside the first\n{log}");
+    assert!(live_workers(&state_dir).is_empty(), "workers started before setup ended");
+    std::fs::write(m.path().join("go"), b"").expect("go");
+    wait_for("workers after the first setup ended", || {
+        !live_workers(&state_dir).is_empty()
+    });
+    assert_eq!(setups(), [setup], "setup ran again\n{}", log_of(&m, "second"));
+    wait_for("the setup record removed", || {
+        automon::act::setup::read_record(&state_dir).is_none()
+    });
+    kill(Pid::from_raw(child_pid(&second)), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut second).code(), Some(130));
+}
+
 /// Regression (issue 26, item 10): `start`, `stop`, `pause`, `resume`, `reset-params`,
 /// `validate` and `apply --dry-run` panicked on a closed stdout after doing their work ("failed
 /// printing to stdout: Broken pipe", exit 101).
