@@ -101,7 +101,10 @@ async fn await_leftover(
         announce(&format!(
             "setup: the setup an earlier automon started at {} is still running (pid {}: {}); waiting for it to end before anything else (two setups never run at once)",
             record.at.round(jiff::Unit::Second).unwrap_or(record.at),
-            pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            pids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             crate::text::shell_words(&record.command)
         ));
     }
@@ -167,7 +170,13 @@ pub async fn run_setup(
     let spec = &manifest.workerset.spec;
     let state_dir = &std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     tokio::pin!(shutdown);
-    if await_leftover(state_dir, spec.template.stop_grace.0, &announce, &mut shutdown).await
+    if await_leftover(
+        state_dir,
+        spec.template.stop_grace.0,
+        &announce,
+        &mut shutdown,
+    )
+    .await
         == SetupEnd::Interrupted
     {
         return Ok(SetupEnd::Interrupted);

@@ -18,6 +18,7 @@ pub mod private;
 pub mod requests;
 mod status;
 mod store;
+mod writer;
 
 pub use events::{EventFields, EventLog, mentioned_worker};
 pub use fleet_lock::{FleetFiles, FleetLock};
@@ -35,6 +36,7 @@ pub fn lock_holder(state_dir: &std::path::Path) -> Option<i32> {
 }
 pub use status::{DaemonStatus, STATUS_FILE, read_status, status_file, write_status};
 pub use store::{StateError, load_memory, move_aside, remove_stale_temp_files, save_memory};
+pub use writer::{SaveDone, StateWriter};
 
 use std::path::{Path, PathBuf};
 
