@@ -354,6 +354,96 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
     }
 }
 
+/// Regression (fresh-clone user test): a fix was decided and automon was SIGKILLed before the
+/// fix was saved: the worker had been stopped and the attempt was lost. A fix's stop is now
+/// sent only after the memory recording the attempt is on disk: with the state file system
+/// frozen, the decided stop waits (the stuck worker still runs), automon is killed, and the
+/// next automon carries the fix out with the attempt counted once. Needs root (as above).
+#[test]
+fn a_fix_is_not_acted_on_before_its_attempt_is_on_disk() {
+    if !is_root() {
+        println!("skipped: mounting and freezing a file system needs root (CI runs as root)");
+        return;
+    }
+    // Worker 0 hangs at book 10 (once); the others progress.
+    let m = Migration::new(&Knobs {
+        books: 800,
+        fault: "hang:10",
+        upload_delay: "0.3",
+        batch_size: 5,
+        stuck_after: "20s",
+        discovery_grace: "60s",
+        ..Knobs::default()
+    });
+    let mnt = m.path().join("statefs");
+    if let Err(why) = mount_ext4(m.path(), &mnt) {
+        println!("skipped: {why}");
+        return;
+    }
+    let state_dir = mnt.join("state");
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![mnt.clone()],
+    };
+    let state = state_dir.to_str().expect("utf-8").to_string();
+    let mut automon = watch(&m, &["--state-dir", &state], "automon");
+    cleanup.loops.push(child_pid(&automon));
+    wait_for("four workers", || live_workers(&state_dir).len() == 4);
+    let stuck = live_workers(&state_dir)[&0][0];
+    if !Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("skipped: fsfreeze -f failed on this kernel");
+        return;
+    }
+    let thaw = Thaw(mnt.clone());
+    wait_for("the fix decided for worker 0", || {
+        let log = log_of(&m, "automon");
+        log.lines()
+            .any(|l| l.contains("worker 0:") && l.contains("fix attempt 1/"))
+    });
+    wait_for("the pending state write said", || {
+        log_of(&m, "automon").contains("state write pending for")
+    });
+    let alive = || {
+        automon::observe::proc::read_stat(Path::new("/proc"), stuck).is_some_and(|s| s.state != 'Z')
+    };
+    assert!(
+        alive(),
+        "the stop was sent before the attempt was on disk\n{}",
+        log_of(&m, "automon")
+    );
+    kill(Pid::from_raw(child_pid(&automon)), Signal::SIGKILL).expect("SIGKILL");
+    drop(thaw);
+    let _ = wait_exit(&mut automon);
+    let mut next = watch(&m, &["--state-dir", &state], "next");
+    cleanup.loops.push(child_pid(&next));
+    wait_for("the next automon to carry out the fix", || !alive());
+    wait_for("the attempt on disk", || {
+        automon::state::load_memory(&state_dir).is_ok_and(|mem| {
+            mem.workers
+                .get(&automon::WorkerId(0))
+                .is_some_and(|w| !w.fixes.attempts.is_empty())
+        })
+    });
+    let memory = automon::state::load_memory(&state_dir).expect("state");
+    let attempts = &memory.workers[&automon::WorkerId(0)].fixes.attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:?}\n{}", log_of(&m, "next"));
+    assert_eq!(attempts[0].n, 1);
+    assert!(max_live_per_id(&state_dir) <= 1);
+    match next.try_wait().expect("try_wait") {
+        Some(status) => assert_eq!(status.code(), Some(0), "{}", log_of(&m, "next")),
+        None => {
+            kill(Pid::from_raw(child_pid(&next)), Signal::SIGTERM).expect("SIGTERM");
+            assert_eq!(wait_exit(&mut next).code(), Some(130));
+        }
+    }
+}
+
 /// Regression (issue 26, item 3): after `rm -rf` of the state directory `status` said "not
 /// running" and a second `apply --watch` ran beside the first. Now the loop locks the recreated
 /// directory on its next pass: `status` finds it, a second loop is refused.
