@@ -378,7 +378,11 @@ fn a_fix_saved_but_not_acted_on_before_a_kill_is_resumed_and_counted_once() {
     let decided = plan(&d, &o, first.memory.clone(), at(60 + 380));
     assert_eq!(stops(&decided), [0]);
     let w0 = &decided.memory.workers[&WorkerId(0)];
-    assert_eq!(w0.fixes.attempts.len(), 1, "the attempt is in the saved memory");
+    assert_eq!(
+        w0.fixes.attempts.len(),
+        1,
+        "the attempt is in the saved memory"
+    );
     assert_eq!(w0.fixes.stage, Some(memory::FixStage::Verifying { n: 1 }));
     assert!(w0.stopping.as_ref().is_some_and(|s| s.restart));
     // What state.json holds when the kill comes before the stop is sent.

@@ -287,6 +287,8 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
     let frozen = Command::new("fsfreeze").arg("-f").arg(&mnt).status();
     if !frozen.is_ok_and(|s| s.success()) {
         println!("skipped: fsfreeze -f failed on this kernel");
+        let _ = automon.kill();
+        let _ = automon.wait();
         return;
     }
     let thaw = Thaw(mnt.clone());
@@ -320,6 +322,8 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
         log.contains("Not saved: the memory since the last save"),
         "{log}"
     );
+    // What it said, for the README (`cargo test … -- --nocapture`).
+    println!("{log}");
     // Its last thread ends when the file system thaws.
     drop(thaw);
     assert_eq!(wait_exit(&mut automon).code(), Some(130), "{log}");
@@ -398,6 +402,8 @@ fn a_fix_is_not_acted_on_before_its_attempt_is_on_disk() {
         .is_ok_and(|s| s.success())
     {
         println!("skipped: fsfreeze -f failed on this kernel");
+        let _ = automon.kill();
+        let _ = automon.wait();
         return;
     }
     let thaw = Thaw(mnt.clone());
@@ -658,6 +664,7 @@ fn a_setup_left_by_a_killed_automon_is_waited_for_not_run_twice() {
         log_of(&m, "second").contains("is still running")
     });
     let log = log_of(&m, "second");
+    println!("{log}");
     assert!(
         log.contains(&format!("pid {setup}")),
         "{log}\nrecord: {record:?}"
