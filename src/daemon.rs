@@ -819,6 +819,7 @@ pub async fn run(
         saved_again: false,
     };
     d.saved_pids = pids(&d.memory);
+    d.recover_code_fixes();
     let mut one_shot_passes = 0;
     let mut trimmed = false;
     inbox.set_ready();
@@ -944,6 +945,46 @@ pub async fn run(
 }
 
 impl Daemon<'_> {
+    /// Settles the code fixes an earlier automon sent to the engine and did not see finish
+    /// (stage `applying` on disk; see [`crate::act::remedy::recover_code`]): an applied one
+    /// becomes the attempt it was, with its backup, before the first pass.
+    fn recover_code_fixes(&mut self) {
+        let lost: Vec<(WorkerId, String)> = self
+            .memory
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.fixes.stage, Some(plan::memory::FixStage::Applying { .. })))
+            .filter_map(|(id, w)| Some((*id, w.diagnosis.as_ref()?.code_changes.clone()?)))
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        let policy = crate::act::fix::CodeFixPolicy::from_desired(&self.desired);
+        for (worker, proposal) in lost {
+            let outcome = crate::act::remedy::recover_code(
+                &policy,
+                &self.opts.state_dir,
+                &proposal,
+                &self.memory.applied_patches,
+            );
+            self.events.record(
+                jiff::Timestamp::now(),
+                &format!(
+                    "worker {worker}: a code fix was with the fix engine when the previous automon stopped; {}",
+                    match &outcome {
+                        plan::CodeFixOutcome::Applied(c) => format!(
+                            "it was applied ({}, backup {}): recorded as the fix attempt it was",
+                            c.file.display(),
+                            c.backup.display()
+                        ),
+                        _ => "it was not applied".to_string(),
+                    }
+                ),
+            );
+            self.on_wake(Wake::CodeFix { worker, outcome });
+        }
+    }
+
     /// Waits for the writes into the state directory still queued: at most [`EXIT_WAIT`] for
     /// an interrupted loop (a SIGTERM is answered at once, not when a frozen file system
     /// thaws), a minute otherwise; says what is not on disk when they do not finish.
