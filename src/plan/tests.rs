@@ -360,6 +360,51 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     assert!(!starts(&during).contains(&0));
 }
 
+/// Regression (fresh-clone user test): a fix was decided, automon was SIGKILLed before the fix
+/// was saved, and the attempt was lost. The loop now sends a fix's stop only once the memory
+/// that records the attempt (number, stage, the stop) is on disk (`daemon::launch_deferred`);
+/// this is what the next automon makes of that memory when the kill came between the save and
+/// the stop: the same attempt, counted once, and its stop resumed.
+#[test]
+fn a_fix_saved_but_not_acted_on_before_a_kill_is_resumed_and_counted_once() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.left_discovery = true;
+    w.last_progress_at = Some(at(60).boot);
+    m.workers.insert(WorkerId(0), w);
+    let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
+    let first = plan(&d, &o, m, at(60 + 372));
+    let decided = plan(&d, &o, first.memory.clone(), at(60 + 380));
+    assert_eq!(stops(&decided), [0]);
+    let w0 = &decided.memory.workers[&WorkerId(0)];
+    assert_eq!(
+        w0.fixes.attempts.len(),
+        1,
+        "the attempt is in the saved memory"
+    );
+    assert_eq!(w0.fixes.stage, Some(memory::FixStage::Verifying { n: 1 }));
+    assert!(w0.stopping.as_ref().is_some_and(|s| s.restart));
+    // What state.json holds when the kill comes before the stop is sent.
+    let json = serde_json::to_vec(&decided.memory).expect("serialize");
+    let loaded: Memory = serde_json::from_slice(&json).expect("load");
+    // The next automon: the stuck process still runs, no stop task of its own.
+    let next = plan(&d, &o, loaded, at(60 + 390));
+    assert_eq!(stops(&next), [0]);
+    let reason = next
+        .actions
+        .iter()
+        .find(|a| a.worker() == WorkerId(0))
+        .map(Action::reason)
+        .unwrap_or_default();
+    assert!(reason.contains("resuming the stop"), "{reason}");
+    assert!(reason.contains("fix attempt 1/"), "{reason}");
+    let w0 = &next.memory.workers[&WorkerId(0)];
+    assert_eq!(w0.fixes.attempts.len(), 1, "counted once");
+    assert_eq!(w0.fixes.attempts[0].n, 1);
+    assert_eq!(next.memory.totals.fixes.values().sum::<u64>(), 1);
+}
+
 #[test]
 fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() {
     let d = desired();

@@ -49,7 +49,7 @@ pub struct HistoryRecord {
 }
 
 /// Appends records to the history file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FixHistory {
     path: PathBuf,
 }
