@@ -161,6 +161,8 @@ struct Daemon<'a> {
     lock: InstanceLock,
     /// Set while the memory is not on disk (the last save failed).
     unsaved: Option<Unsaved>,
+    /// The history basis of the oldest memory handed to the writer and not yet on disk.
+    unsaved_basis: Option<crate::state::HistoryBasis>,
     /// Writes into the state directory, off this thread (see [`state::StateWriter`]).
     writer: state::StateWriter,
     /// The generation of the last memory snapshot handed to the writer.
@@ -294,6 +296,10 @@ impl Daemon<'_> {
         let unchanged = self.unsaved.is_none() && self.saved.as_ref() == Some(&self.memory);
         if !unchanged {
             self.generation += 1;
+            // The history records of what is not on disk yet (`automon history` shows them).
+            if self.unsaved_basis.is_none() {
+                self.unsaved_basis = Some(history_basis.clone());
+            }
             self.writer.save(
                 self.generation,
                 self.memory.clone(),
@@ -314,6 +320,9 @@ impl Daemon<'_> {
         match done.result {
             Ok(()) => {
                 self.saved_pids = done.pids;
+                if done.generation == self.generation {
+                    self.unsaved_basis = None;
+                }
                 if let Some(u) = self.unsaved.take() {
                     self.saved_again = true;
                     self.events.record(
@@ -810,6 +819,7 @@ pub async fn run(
         log_file: stderr_is_log(&opts.state_dir),
         lock,
         unsaved: None,
+        unsaved_basis: None,
         writer,
         generation: 0,
         deferred: Vec::new(),
