@@ -12,6 +12,7 @@ mod operator;
 mod start;
 mod status;
 mod stop;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +79,10 @@ pub enum Command {
     /// Whether the control loop runs, since when, and its last pass. Exit 0 running, 3 not
     /// running (including never run), 2 bad input.
     Status(status::StatusArgs),
+    /// A live full-screen dashboard: workers (trouble first), overall progress and throughput,
+    /// disk, alerts, recent events; ↑/↓ select, p pause, r resume, Enter details, q quit. Needs
+    /// a terminal (exit 2 otherwise: use `get` or `get --watch`).
+    Top(top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }
@@ -132,6 +137,7 @@ pub fn main() -> ExitCode {
         Command::Stop(args) => stop::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::Top(args) => top::run(&args),
     };
     match result {
         // The work is done; a closed stdout is fine (see `stdio`), a failed one is not.

@@ -18,3 +18,4 @@ mod secrets;
 mod service;
 mod sigstop;
 mod support;
+mod top;
