@@ -213,6 +213,8 @@ pub(crate) struct Shown {
     pub state_dir: PathBuf,
     /// When it was built.
     pub now: Now,
+    /// The running loop's view it was built from; `None`: no loop runs (read from files).
+    pub view: Option<Box<crate::control::View>>,
 }
 
 /// Looks once: from the running loop's view when one runs, else from the state files and one
@@ -259,12 +261,14 @@ pub(crate) fn look(
         desired,
         state_dir,
         now,
+        view: None,
     })))
 }
 
 /// `get` while a loop runs: the rows come from the loop's view; notes say which running
 /// workers run the previous template and whether the loop runs another version of the file.
-fn show_view(
+/// The clock is read here: the same view shown again later gives later ages, rates and ETAs.
+pub(crate) fn show_view(
     desired: Desired,
     view: crate::control::View,
     state_dir: PathBuf,
@@ -298,10 +302,11 @@ fn show_view(
     Ok(Look::Status(Box::new(Shown {
         status,
         notes,
-        memory: view.memory,
+        memory: view.memory.clone(),
         desired,
         state_dir,
         now,
+        view: Some(Box::new(view)),
     })))
 }
 

@@ -5,9 +5,13 @@
 //! terminal, and `get --watch`.
 
 use std::process::{Command, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::time::Duration;
 
-use super::service::{Cleanup, wait_for};
+use super::service::wait_for;
+use super::support::Cleanup;
 use super::support::{Knobs, Migration};
 
 /// Generous: the machine may be loaded.
@@ -23,6 +27,21 @@ fn slow() -> Migration {
         discovery_grace: "120s",
         ..Knobs::default()
     })
+}
+
+/// `apply --watch` in the background; on drop it is killed, and so are its workers.
+fn watch(m: &Migration) -> Cleanup {
+    let daemon = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the loop");
+    Cleanup {
+        daemon: Some(daemon),
+        state_dir: m.state_dir(),
+    }
 }
 
 /// A tmux server of the test's own (its own socket), killed on drop.
@@ -102,6 +121,35 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The pid of the process the pane's shell runs in the foreground (its one child), checked
+    /// to be `automon top`.
+    fn child_of_shell(&self) -> i32 {
+        let out = self
+            .cmd()
+            .args(["display-message", "-p", "-t", "t", "#{pane_pid}"])
+            .output()
+            .expect("tmux display-message");
+        let shell: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the pane's pid");
+        let proc = std::path::Path::new("/proc");
+        let children: Vec<i32> = automon::observe::proc::list_pids(proc)
+            .into_iter()
+            .filter(|p| {
+                automon::observe::proc::read_stat(proc, *p).is_some_and(|s| s.ppid == shell)
+            })
+            .collect();
+        assert_eq!(children.len(), 1, "the shell's children: {children:?}");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", children[0])).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains("top"),
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        children[0]
+    }
+
     /// Polls the screen until `ok` holds; panics with the last screen after [`LIMIT`].
     fn wait(&self, what: &str, mut ok: impl FnMut(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + LIMIT;
@@ -159,14 +207,7 @@ fn top_in_tmux_shows_the_workers_pauses_the_selected_one_and_restores_the_shell(
         );
         return;
     };
-    let _cleanup = Cleanup(&m);
-    let _loop = m
-        .automon()
-        .args(["apply", "workerset.yaml", "--watch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the loop");
+    let _cleanup = watch(&m);
     // The loop answers on its socket once its first pass is done.
     wait_for("the loop's first pass", LIMIT, || {
         m.automon()
@@ -218,6 +259,17 @@ fn top_in_tmux_shows_the_workers_pauses_the_selected_one_and_restores_the_shell(
     tmux.wait("top gone from the screen", |s| !s.contains("automon top ·"));
     tmux.keys(&["echo shell-$((6*7))", "Enter"]);
     tmux.wait("the shell's answer", |s| s.contains("shell-42"));
+    // SIGTERM gives the terminal back too, and top exits 128 + 15.
+    tmux.keys(&["clear", "Enter"]);
+    tmux.keys(&[&command, "Enter"]);
+    tmux.wait("top again", |s| s.contains("automon top ·"));
+    let top = tmux.child_of_shell();
+    kill(Pid::from_raw(top), Signal::SIGTERM).expect("SIGTERM to top");
+    tmux.wait("top gone after SIGTERM", |s| !s.contains("automon top ·"));
+    tmux.keys(&["echo exit-$?", "Enter"]);
+    tmux.wait("the shell's answer after SIGTERM", |s| {
+        s.contains("exit-143")
+    });
 }
 
 #[test]
@@ -248,14 +300,7 @@ fn get_watch_reprints_the_table_on_every_change_until_every_shard_is_complete() 
         upload_delay: "0.05",
         ..Knobs::default()
     });
-    let _cleanup = Cleanup(&m);
-    let _loop = m
-        .automon()
-        .args(["apply", "workerset.yaml", "--watch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the loop");
+    let _cleanup = watch(&m);
     wait_for("the loop's first pass", LIMIT, || {
         m.automon()
             .args(["get", "workerset.yaml"])

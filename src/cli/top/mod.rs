@@ -130,12 +130,29 @@ impl Drop for Screen {
     }
 }
 
+/// How long a running loop's view is shown again (with the clock moved on) before it is asked
+/// for anew even though `status.json` did not change.
+const REFETCH: Duration = Duration::from_secs(30);
+
 /// Where the looks come from, and what is kept between them.
 struct Source {
     file: PathBuf,
     state_dir: Option<PathBuf>,
     history: History,
     redactor: Option<crate::secrets::Redactor>,
+    /// The running loop's last view, with the manifest and state directory it was shown with.
+    cached: Option<(crate::manifest::Desired, Box<crate::control::View>, PathBuf)>,
+    /// `status.json` when the view was fetched: the loop rewrites it after every pass.
+    stamp: Option<(std::time::SystemTime, u64, u64)>,
+    /// When the view was fetched.
+    fetched: Instant,
+}
+
+/// `status.json`'s modification time, inode and size; the loop replaces it after every pass.
+fn pass_stamp(state_dir: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(state_dir.join(crate::state::STATUS_FILE)).ok()?;
+    Some((m.modified().ok()?, m.ino(), m.len()))
 }
 
 impl Source {
@@ -145,15 +162,44 @@ impl Source {
             state_dir: args.state_dir.clone(),
             history: History::default(),
             redactor: None,
+            cached: None,
+            stamp: None,
+            fetched: Instant::now(),
         })
     }
 
-    /// One look, as `get` takes it.
+    /// One look, as `get` takes it. While a loop runs, its view is asked for only after it made
+    /// a pass (`status.json` replaced) or [`REFETCH`] passed: between passes the same view is
+    /// shown with the clock moved on (ages, rates, ETAs), so a second's refresh costs the loop
+    /// nothing.
     fn look(&mut self) -> Result<Box<Shown>, CliError> {
-        match get::look(&self.file, self.state_dir.as_deref(), false)? {
-            Look::Status(shown) => Ok(shown),
-            Look::Observed(_) => Err(CliError::runtime("no status to show")),
+        if let Some((desired, view, state_dir)) = &self.cached {
+            let alive = Path::new(&format!("/proc/{}", view.pid)).exists();
+            if alive && self.fetched.elapsed() < REFETCH && pass_stamp(state_dir) == self.stamp {
+                let shown = get::show_view(desired.clone(), (**view).clone(), state_dir.clone())?;
+                if let Look::Status(shown) = shown {
+                    return Ok(shown);
+                }
+            }
         }
+        // The stamp is taken before the view: a pass in between is fetched again next time.
+        let stamp = self.state_dir.as_deref().and_then(pass_stamp);
+        let shown = match get::look(&self.file, self.state_dir.as_deref(), false)? {
+            Look::Status(shown) => shown,
+            Look::Observed(_) => return Err(CliError::runtime("no status to show")),
+        };
+        self.cached = shown
+            .view
+            .clone()
+            .map(|v| (shown.desired.clone(), v, shown.state_dir.clone()));
+        self.stamp = stamp;
+        self.fetched = Instant::now();
+        Ok(shown)
+    }
+
+    /// Makes the next look ask the loop (after an operator request was answered).
+    fn refetch(&mut self) {
+        self.cached = None;
     }
 
     /// The dashboard of a look.
@@ -295,6 +341,7 @@ fn event_loop(
         if let Ok(outcome) = rx.try_recv() {
             ui.footer = Some(outcome);
             in_flight = false;
+            source.refetch();
             // The outcome came after a pass: look again now.
             next_look = Instant::now();
         }
