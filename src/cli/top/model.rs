@@ -121,13 +121,17 @@ fn short_event(line: &str) -> String {
     }
 }
 
-/// `worker 3: restarted …` → `restarted …`; `ALERT: worker 3: …` → `ALERT: …`.
+/// `worker 3: started …` → `started …`, `worker 3 exited …` → `exited …`; others as they are
+/// (`ALERT: worker 3: …`).
 fn without_worker(message: &str, id: u32) -> &str {
-    let prefix = format!("worker {id}: ");
-    if let Some(rest) = message.strip_prefix(&prefix) {
-        return rest;
+    let prefix = format!("worker {id}");
+    match message.strip_prefix(&prefix) {
+        Some(rest) => rest
+            .strip_prefix(": ")
+            .or_else(|| rest.strip_prefix(' '))
+            .unwrap_or(message),
+        None => message,
     }
-    message
 }
 
 /// How much a phase is trouble: the worker list shows the worst first.
@@ -234,30 +238,36 @@ impl History {
     }
 
     /// Keys per minute in [`BUCKETS`] equal buckets over the `span` before `now`, oldest first:
-    /// one worker's, or (`None`) all workers' together. A checkpoint's advance counts in the
-    /// bucket of the sample that shows it.
+    /// one worker's, or (`None`) all workers' together. The advance between two samples is
+    /// spread evenly over the time between them (samples come once per pass, buckets may be
+    /// shorter).
     pub fn buckets(&self, worker: Option<u32>, now: BootTime, span: Duration) -> Vec<u64> {
-        let mut advance = [0u64; BUCKETS];
+        let mut keys = [0f64; BUCKETS];
         let width_ms = (span.as_millis() as u64 / BUCKETS as u64).max(1);
-        let start = now.0.saturating_sub(span.as_millis() as u64);
+        let start = now.0.saturating_sub(width_ms * BUCKETS as u64);
         let series: Vec<&VecDeque<(BootTime, u64)>> = match worker {
             Some(id) => self.workers.get(&id).into_iter().collect(),
             None => self.workers.values().collect(),
         };
         for samples in series {
             for (a, b) in samples.iter().zip(samples.iter().skip(1)) {
-                if b.0.0 < start || b.0.0 > now.0 {
+                let advance = b.1.saturating_sub(a.1);
+                let (from, to) = (a.0.0.max(start), b.0.0.min(now.0));
+                if advance == 0 || from >= to {
                     continue;
                 }
-                let i = (((b.0.0 - start) / width_ms) as usize).min(BUCKETS - 1);
-                advance[i] += b.1.saturating_sub(a.1);
+                let per_ms = advance as f64 / (b.0.0 - a.0.0) as f64;
+                let first = ((from - start) / width_ms) as usize;
+                let last = (((to - 1 - start) / width_ms) as usize).min(BUCKETS - 1);
+                for (i, k) in keys.iter_mut().enumerate().take(last + 1).skip(first) {
+                    let lo = start + i as u64 * width_ms;
+                    let overlap = to.min(lo + width_ms).saturating_sub(from.max(lo));
+                    *k += overlap as f64 * per_ms;
+                }
             }
         }
         let minutes = width_ms as f64 / 60_000.0;
-        advance
-            .iter()
-            .map(|a| (*a as f64 / minutes).round() as u64)
-            .collect()
+        keys.iter().map(|k| (k / minutes).round() as u64).collect()
     }
 }
 
@@ -298,11 +308,12 @@ mod tests {
         assert_eq!(h.workers[&0].len(), 3);
         h.record(&memory(&[(60, 160), (120, 220)], 280), BootTime(180_000));
         assert_eq!(h.workers[&0].len(), 4);
-        // 3 minutes of history: 60 keys a minute throughout, in every bucket that has a sample.
+        // 3 minutes of history at 60 keys a minute: 60 in every bucket, though samples are a
+        // minute apart and buckets 6 s wide.
         let span = h.span(BootTime(180_000), SPARK_WINDOW);
         assert_eq!(span, Duration::from_secs(180));
         let b = h.buckets(Some(0), BootTime(180_000), span);
-        assert_eq!(b.iter().sum::<u64>(), 3 * 60 * 10, "{b:?}");
+        assert_eq!(b, vec![60; BUCKETS]);
         assert_eq!(h.buckets(None, BootTime(180_000), span), b);
     }
 
