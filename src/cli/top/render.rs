@@ -178,10 +178,12 @@ fn draw_overall(frame: &mut Frame, d: &Dashboard, area: Rect) {
         .items
         .map(|n| format!("{} {unit}s done · ", count(n)))
         .unwrap_or_default();
-    let eta = o.eta_seconds.map_or_else(
-        || "unknown".to_string(),
-        |e| format_duration(Duration::from_secs(e)),
-    );
+    let complete = o.shards_total > 0 && o.shards_done == o.shards_total;
+    let eta = match o.eta_seconds {
+        _ if complete => "none (done)".to_string(),
+        Some(e) => format_duration(Duration::from_secs(e)),
+        None => "unknown".to_string(),
+    };
     let line2 = format!(
         "{items}{}/min · ETA {eta} · workers {}/{} running · shards {}/{} complete",
         count(o.rate_per_min.round() as u64),
