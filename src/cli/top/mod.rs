@@ -6,7 +6,8 @@
 //! after a y/n confirmation.
 //!
 //! The terminal is restored on every way out: `q`, Ctrl-C, an error, SIGTERM/SIGHUP/SIGINT (a
-//! flag polled four times a second) and a panic (a hook restores it before the message).
+//! flag polled four times a second; a second signal while a look hangs ends `top` the default
+//! way) and a panic (a hook restores it before the message).
 //!
 //! # Layout
 //!
@@ -74,7 +75,10 @@ pub fn run(args: &TopArgs) -> Result<u8, CliError> {
         signal_hook::consts::SIGINT,
     ] {
         let flag = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(s, Arc::clone(&flag))
+        // The first one sets the flag (the loop restores the terminal and exits); a second one,
+        // while top is stuck waiting on the loop's socket, ends it the default way.
+        signal_hook::flag::register_conditional_default(s, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(s, Arc::clone(&flag)))
             .map_err(|e| CliError::runtime(format!("cannot handle signal {s}: {e}")))?;
         caught.push((s, flag));
     }
