@@ -4,14 +4,23 @@
 # bench/compare.sh), alternately without and with `automon top` attached in a tmux pane, ROUNDS
 # times each. Prints each window and the mean difference per minute.
 #
-# Usage: bench/top_cost.sh [--quick]   (--quick: 2 rounds of 20 s windows; default 3 of 60 s)
+# Usage: bench/top_cost.sh [--quick] [--no-build]
+#   --quick: 2 rounds of 20 s windows (default 3 of 60 s); --no-build: use target/release/automon
+#   as it is
 # Needs: python3, tmux; builds automon with `cargo build --release`. Everything lives in a
 # temporary directory, removed on exit, and every process started is stopped on exit.
 set -euo pipefail
 
 ROUNDS=3
 IDLE=60
-[[ "${1:-}" == "--quick" ]] && { ROUNDS=2; IDLE=20; }
+BUILD=1
+for a in "$@"; do
+    case "$a" in
+        --quick) ROUNDS=2; IDLE=20 ;;
+        --no-build) BUILD="" ;;
+        *) echo "usage: bench/top_cost.sh [--quick] [--no-build]" >&2; exit 2 ;;
+    esac
+done
 N=8
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PROBE="$ROOT/bench/probe.py"
@@ -32,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 command -v tmux >/dev/null || { echo "tmux is needed (apt-get install tmux)" >&2; exit 2; }
 
-(cd "$ROOT" && cargo build --release --locked --quiet)
+[[ -n "$BUILD" ]] && (cd "$ROOT" && cargo build --release --locked --quiet)
 BIN="$ROOT/target/release/automon"
 
 # An idle worker: a checkpoint that advances once a second, one log line a second.
