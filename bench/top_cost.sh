@@ -6,7 +6,7 @@
 #
 # Usage: bench/top_cost.sh [--quick] [--no-build]
 #   --quick: 2 rounds of 20 s windows (default 3 of 60 s); --no-build: use target/release/automon
-#   as it is
+#   as it is (or the binary named by $AUTOMON)
 # Needs: python3, tmux; builds automon with `cargo build --release`. Everything lives in a
 # temporary directory, removed on exit, and every process started is stopped on exit.
 set -euo pipefail
@@ -42,7 +42,7 @@ trap cleanup EXIT
 command -v tmux >/dev/null || { echo "tmux is needed (apt-get install tmux)" >&2; exit 2; }
 
 [[ -n "$BUILD" ]] && (cd "$ROOT" && cargo build --release --locked --quiet)
-BIN="$ROOT/target/release/automon"
+BIN="${AUTOMON:-$ROOT/target/release/automon}"
 
 # An idle worker: a checkpoint that advances once a second, one log line a second.
 cat > "$TMP/worker.py" <<'PY'
