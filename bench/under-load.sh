@@ -53,7 +53,8 @@ passed=0
 failures=()
 for i in $(seq 1 "$N"); do
     t0=$(date +%s)
-    if cargo test --locked "$@" >"$OUT/run$i.log" 2>&1; then
+    # --no-fail-fast: a failed unit test does not hide the integration tests' verdicts.
+    if cargo test --locked --no-fail-fast "$@" >"$OUT/run$i.log" 2>&1; then
         passed=$((passed + 1))
         verdict=passed
     else

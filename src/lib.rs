@@ -31,6 +31,8 @@ pub mod plan;
 pub mod secrets;
 pub mod state;
 pub mod stdio;
+#[cfg(test)]
+mod test_support;
 pub mod text;
 
 use serde::{Deserialize, Serialize};

@@ -1065,6 +1065,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::test_support::proptest_config(256))]
         /// A valid manifest survives serialize (serde-saphyr) → parse unchanged.
         #[test]
         fn valid_manifests_round_trip_through_yaml(ws in workerset()) {

@@ -92,9 +92,10 @@ impl Phase {
         match self {
             _ if self == next => true,
             Completed => false,
-            // A held worker whose progress file shows its shard done is done.
+            // A held or parked worker whose progress file shows its shard done is done (a
+            // parked worker may write its last item while it stops).
             Failed | Paused => next == Completed,
-            Parked => matches!(next, Starting | Paused | Failed),
+            Parked => matches!(next, Starting | Paused | Failed | Completed),
             _ => true,
         }
     }
