@@ -6,7 +6,8 @@
 #
 # Usage: bench/top_cost.sh [--quick] [--no-build]
 #   --quick: 2 rounds of 20 s windows (default 3 of 60 s); --no-build: use target/release/automon
-#   as it is (or the binary named by $AUTOMON)
+#   as it is (or the binary named by $AUTOMON). $INTERVAL sets spec.interval (default 60s; with
+#   10m no pass falls inside a window, so the difference is top's requests alone)
 # Needs: python3, tmux; builds automon with `cargo build --release`. Everything lives in a
 # temporary directory, removed on exit, and every process started is stopped on exit.
 set -euo pipefail
@@ -62,7 +63,7 @@ apiVersion: automon/v1
 kind: WorkerSet
 metadata: {name: topcost}
 spec:
-  interval: 60s
+  interval: ${INTERVAL:-60s}
   workers: {target: $N, min: 1, max: $N}
   template:
     command: [$PY, $TMP/worker.py, --worker-id, "{id}"]
@@ -87,7 +88,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     while tmux -L "$SOCK" has-session -t t 2>/dev/null; do sleep 0.2; done
 done
 
-echo "daemon CPU over ${IDLE} s idle, $N workers, interval 60s; $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "daemon CPU over ${IDLE} s idle, $N workers, interval ${INTERVAL:-60s}; $(date -u '+%Y-%m-%d %H:%M UTC')"
 "$PY" - "$IDLE" "${without[*]}" "${with[*]}" <<'PY'
 import sys
 idle = float(sys.argv[1])
