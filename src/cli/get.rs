@@ -1,7 +1,8 @@
 //! `automon get FILE`: where every worker stands and when the job will finish — one row per
 //! worker (phase, pid, shard, checkpoint, % of its shard, rate, ETA, age of the last progress
 //! signal, fix attempts, what happens next), then an overall line. `-o wide|json|yaml`;
-//! `--observed -o json` dumps one raw observation for bug reports. Reads state and `/proc`;
+//! `--observed -o json` dumps one raw observation for bug reports; `--watch` prints the table
+//! again on every change. [`look`] builds the view model `top` shares. Reads state and `/proc`;
 //! changes nothing.
 
 use std::io::IsTerminal;

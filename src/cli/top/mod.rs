@@ -135,8 +135,12 @@ impl Drop for Screen {
 }
 
 /// How long a running loop's view is shown again (with the clock moved on) before it is asked
-/// for anew even though `status.json` did not change.
-const REFETCH: Duration = Duration::from_secs(30);
+/// for anew though `status.json` did not change: two of its intervals, at least 30 s (a loop
+/// passes at least once an interval, so this only matters when `status.json` cannot be
+/// written).
+fn refetch_after(interval: Duration) -> Duration {
+    (interval * 2).max(Duration::from_secs(30))
+}
 
 /// Where the looks come from, and what is kept between them.
 struct Source {
@@ -172,14 +176,17 @@ impl Source {
         })
     }
 
-    /// One look, as `get` takes it. While a loop runs, its view is asked for only after it made
-    /// a pass (`status.json` replaced) or [`REFETCH`] passed: between passes the same view is
-    /// shown with the clock moved on (ages, rates, ETAs), so a second's refresh costs the loop
-    /// nothing.
+    /// One look, as `get` takes it. While a loop runs, its view is asked for only after it
+    /// made a pass (`status.json` replaced), or [`refetch_after`] its interval without one:
+    /// between passes the same view is shown with the clock moved on (ages, rates, ETAs), so a
+    /// second's refresh costs the loop nothing.
     fn look(&mut self) -> Result<Box<Shown>, CliError> {
         if let Some((desired, view, state_dir)) = &self.cached {
             let alive = Path::new(&format!("/proc/{}", view.pid)).exists();
-            if alive && self.fetched.elapsed() < REFETCH && pass_stamp(state_dir) == self.stamp {
+            if alive
+                && self.fetched.elapsed() < refetch_after(desired.interval)
+                && pass_stamp(state_dir) == self.stamp
+            {
                 let shown = get::show_view(desired.clone(), (**view).clone(), state_dir.clone())?;
                 if let Look::Status(shown) = shown {
                     return Ok(shown);
