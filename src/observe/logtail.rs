@@ -139,11 +139,25 @@ pub fn read_tail(
     patterns: &Patterns,
     format: &LineFormat,
 ) -> LogObservation {
+    let seen = prev.and_then(|_| super::progress::version(path));
+    read_tail_seen(path, seen, window, prev, patterns, format)
+}
+
+/// [`read_tail`], given the file's version as a `stat` just found it (the observer looks it up
+/// through a handle on the log's directory; see [`super::dirs`]).
+pub fn read_tail_seen(
+    path: &Path,
+    seen: Option<super::progress::FileVersion>,
+    window: u64,
+    prev: Option<&LogCursor>,
+    patterns: &Patterns,
+    format: &LineFormat,
+) -> LogObservation {
     // Unchanged since the last pass (same file, same size as what was consumed): one `stat`,
     // no open or read; what a full read would find — nothing new.
     if let Some(c) = prev
-        && let Ok(m) = std::fs::metadata(path)
-        && (m.dev(), m.ino(), m.len()) == (c.dev, c.inode, c.offset)
+        && let Some(m) = seen
+        && (m.dev, m.inode, m.size) == (c.dev, c.inode, c.offset)
     {
         return LogObservation::Read {
             cursor: *c,

@@ -6,6 +6,7 @@
 //! before it becomes part of an [`Observed`]; nothing downstream holds the raw text.
 
 pub mod cmdline;
+pub mod dirs;
 pub mod disk;
 pub mod drift;
 pub mod logtail;
@@ -159,10 +160,21 @@ pub struct Observer {
     /// zone is looked up once).
     format: logtail::LineFormat,
     /// Each worker's progress file and log, rendered from their templates once (not per
-    /// worker per pass).
-    paths: BTreeMap<WorkerId, (PathBuf, PathBuf)>,
+    /// worker per pass), and where they are among `dirs`.
+    paths: BTreeMap<WorkerId, WorkerFiles>,
+    /// The directories of those files, opened once per pass.
+    dirs: dirs::Dirs,
     /// Removes secrets from every text taken from a worker's files.
     redactor: crate::secrets::Redactor,
+}
+
+/// A worker's progress file and log: their paths, and each as a name in an open directory.
+#[derive(Debug)]
+struct WorkerFiles {
+    progress: PathBuf,
+    log: PathBuf,
+    progress_at: Option<dirs::FileAt>,
+    log_at: Option<dirs::FileAt>,
 }
 
 /// Re-reads of a progress file that exists but does not parse, within one pass.
@@ -182,10 +194,13 @@ impl ProgressReader {
     /// exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`] apart: a
     /// non-atomic writer (truncate, then write) is often caught mid-write, and the next read a
     /// moment later parses.
-    fn read(&mut self, path: &Path) -> ProgressObservation {
+    fn read(&mut self, path: &Path, seen: Option<progress::FileVersion>) -> ProgressObservation {
         let mut tries = 0;
+        let mut seen = Some(seen);
         loop {
-            let (obs, fresh) = self.read_once(path);
+            // The first look uses the version the pass's `stat` found; a re-read stats again.
+            let version = seen.take().unwrap_or_else(|| progress::version(path));
+            let (obs, fresh) = self.read_once(path, version);
             // (An unchanged file that did not parse last time is not read again.)
             if !matches!(obs, ProgressObservation::Unreadable { .. })
                 || !fresh
@@ -199,8 +214,12 @@ impl ProgressReader {
     }
 
     /// One read; `true` when the file was read now, not taken from the cache.
-    fn read_once(&mut self, path: &Path) -> (ProgressObservation, bool) {
-        let Some(version) = progress::version(path) else {
+    fn read_once(
+        &mut self,
+        path: &Path,
+        version: Option<progress::FileVersion>,
+    ) -> (ProgressObservation, bool) {
+        let Some(version) = version else {
             self.cache.remove(path);
             return (progress::read(path, &self.pointers), true);
         };
@@ -234,10 +253,20 @@ impl Observer {
         };
         let format =
             logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
+        let mut dirs = dirs::Dirs::default();
         let paths = desired
             .worker_ids()
             .into_iter()
-            .map(|id| (id, (desired.progress_path(id), desired.log_path(id))))
+            .map(|id| {
+                let (progress, log) = (desired.progress_path(id), desired.log_path(id));
+                let files = WorkerFiles {
+                    progress_at: dirs.locate(&progress),
+                    log_at: dirs.locate(&log),
+                    progress,
+                    log,
+                };
+                (id, files)
+            })
             .collect();
         Self {
             roots,
@@ -245,6 +274,7 @@ impl Observer {
             progress,
             format,
             paths,
+            dirs,
             redactor: crate::secrets::redactor_for(desired),
         }
     }
@@ -268,9 +298,11 @@ impl Observer {
             progress,
             format,
             paths,
+            dirs,
             redactor,
         } = self;
         let boot = proc::boot_id(&roots.proc);
+        let open_dirs = dirs.open();
         let workers = desired
             .worker_ids()
             .into_iter()
@@ -295,16 +327,26 @@ impl Observer {
                         && proc::group_exists(p.identity.pid)
                 });
                 let rendered;
-                let (progress_path, log_path) = match paths.get(&id) {
-                    Some((p, l)) => (p, l),
+                let files = match paths.get(&id) {
+                    Some(f) => f,
                     None => {
-                        rendered = (desired.progress_path(id), desired.log_path(id));
-                        (&rendered.0, &rendered.1)
+                        rendered = WorkerFiles {
+                            progress: desired.progress_path(id),
+                            log: desired.log_path(id),
+                            progress_at: None,
+                            log_at: None,
+                        };
+                        &rendered
                     }
                 };
-                let mut progress = progress.read(progress_path);
-                let mut log = logtail::read_tail(
-                    log_path,
+                let seen = open_dirs.version(files.progress_at.as_ref(), &files.progress);
+                let mut progress = progress.read(&files.progress, seen);
+                let seen = mem
+                    .and_then(|m| m.log_cursor.as_ref())
+                    .and_then(|_| open_dirs.version(files.log_at.as_ref(), &files.log));
+                let mut log = logtail::read_tail_seen(
+                    &files.log,
+                    seen,
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
                     &desired.patterns,

@@ -239,7 +239,7 @@ async fn a_rolled_back_code_fix_restarts_every_worker_that_started_on_the_patche
         .mount(&server)
         .await;
     let (m, s0, s1) = two_workers_one_script(&format!("{}/v1", server.uri()));
-    let (code, stderr) = tokio::time::timeout(std::time::Duration::from_secs(400), run_watch(&m))
+    let (code, stderr) = tokio::time::timeout(super::support::PATIENCE, run_watch(&m))
         .await
         .expect("automon finished");
     // The healthy shard completes; the looping worker ends paused after three failed fixes.

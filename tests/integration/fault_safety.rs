@@ -313,7 +313,7 @@ fn shard(shards: u64, id: u64) -> (u64, u64) {
     (1 + len * id / shards, 1 + len * (id + 1) / shards)
 }
 
-const MINUTES: Duration = Duration::from_secs(180);
+const MINUTES: Duration = super::support::PATIENCE;
 
 /// Regression (fault safety 1): automon restarted worker 0 (P gone, Q started) and was
 /// SIGKILLed before `state.json` recorded Q. The next automon stopped Q as an "unrecorded
@@ -658,7 +658,7 @@ fn a_replacement_is_never_logged_as_started_before_the_old_pid_is_gone() {
     let sampler = Sampler::start(&state_dir);
     let mut automon = fleet.watch();
     let restarts = |events: &str| events.matches("exited after the stop signal").count();
-    wait_for("three stuck restarts", Duration::from_secs(300), || {
+    wait_for("three stuck restarts", MINUTES, || {
         restarts(&fleet.events()) >= 3
     });
     wait_for("the third replacement", MINUTES, || {
@@ -905,7 +905,7 @@ fn a_stuck_worker_in_uninterruptible_io_is_restarted_without_asking_the_llm() {
     let state_dir = fleet.state_dir();
     let sampler = Sampler::start(&state_dir);
     let mut automon = fleet.watch();
-    wait_for("a stuck restart", Duration::from_secs(300), || {
+    wait_for("a stuck restart", MINUTES, || {
         let e = fleet.events();
         e.contains("worker 0: pid") && e.matches("worker 0: started pid").count() >= 2
     });

@@ -14,7 +14,7 @@ use super::migration::live_workers;
 use super::support::{Knobs, Migration};
 
 /// Generous: the machine is loaded.
-const LIMIT: Duration = Duration::from_secs(180);
+const LIMIT: Duration = super::support::PATIENCE;
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + LIMIT;
@@ -41,7 +41,7 @@ fn run(m: &Migration, args: &[&str]) -> (Option<i32>, String, String) {
     let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
         .current_dir(m.path())
         .args(args)
-        .timeout(Duration::from_secs(120))
+        .timeout(super::support::PATIENCE)
         .output()
         .expect("run automon");
     (

@@ -13,7 +13,7 @@ fn json_events_carry_worker_pid_phase_action_checkpoint_and_reason() {
     let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
         .current_dir(m.path())
         .args(["--log-format", "json", "apply", "workerset.yaml", "--watch"])
-        .timeout(std::time::Duration::from_secs(300))
+        .timeout(super::support::PATIENCE)
         .output()
         .unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);

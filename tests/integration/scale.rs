@@ -204,7 +204,7 @@ fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
             .map(|m| (m.ino(), m.mtime_nsec(), m.mtime()))
     };
     let wait_for_passes = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let deadline = Instant::now() + super::support::PATIENCE;
         while passes() < n {
             assert!(
                 Instant::now() < deadline,

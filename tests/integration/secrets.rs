@@ -254,7 +254,7 @@ async fn no_canary_reaches_any_file_output_or_worker_environment() {
             .stderr(Stdio::from(stderr))
             .spawn()
             .expect("start automon");
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + super::support::PATIENCE;
         let mut environ_checked = false;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
