@@ -1,7 +1,8 @@
 //! `automon get FILE`: where every worker stands and when the job will finish — one row per
 //! worker (phase, pid, shard, checkpoint, % of its shard, rate, ETA, age of the last progress
 //! signal, fix attempts, what happens next), then an overall line. `-o wide|json|yaml`;
-//! `--observed -o json` dumps one raw observation for bug reports. Reads state and `/proc`;
+//! `--observed -o json` dumps one raw observation for bug reports; `--watch` prints the table
+//! again on every change. [`look`] builds the view model `top` shares. Reads state and `/proc`;
 //! changes nothing.
 
 use std::io::IsTerminal;
@@ -33,6 +34,10 @@ pub struct GetArgs {
     /// Print the raw observation (processes, progress files, log tails, disk) instead.
     #[arg(long)]
     pub observed: bool,
+    /// Print the table again on every change (like `kubectl get -w`), until every shard is
+    /// complete or the reader leaves.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 /// Output formats of `get`.
@@ -172,17 +177,74 @@ pub struct Status {
 
 /// Runs `get`.
 pub fn run(args: &GetArgs) -> Result<u8, CliError> {
-    let manifest = super::load_manifest(&args.file)?;
-    let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
+    if args.watch {
+        return watch(args);
+    }
+    match look(&args.file, args.state_dir.as_deref(), args.observed)? {
+        Look::Observed(observed) => {
+            let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
+            let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
+            match args.output {
+                GetFormat::Yaml => print(
+                    serde_saphyr::to_string(&observed).map_err(|e| serialize_err(e.to_string()))?,
+                ),
+                _ => print(
+                    serde_json::to_string_pretty(&observed)
+                        .map_err(|e| serialize_err(e.to_string()))?,
+                ),
+            }
+        }
+        Look::Status(shown) => print_status(args, &shown.status, &shown.notes),
+    }
+}
+
+/// What `get` looked at: one raw observation (`--observed`), or the status.
+#[derive(Debug)]
+pub(crate) enum Look {
+    /// `--observed`: the raw observation.
+    Observed(Box<crate::observe::Observed>),
+    /// The status and what it was built from.
+    Status(Box<Shown>),
+}
+
+/// The status `get` shows, with its notes and the memory it was built from (the running loop's,
+/// or this pass's plan's when no loop runs) — the view model `get`, `get --watch` and `top` share.
+#[derive(Debug)]
+pub(crate) struct Shown {
+    /// The rows and the overall line.
+    pub status: Status,
+    /// Notes printed after the table.
+    pub notes: Vec<String>,
+    /// The memory the rows come from.
+    pub memory: Memory,
+    /// The resolved manifest.
+    pub desired: Desired,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// When it was built.
+    pub now: Now,
+    /// The running loop's view it was built from; `None`: no loop runs (read from files).
+    pub view: Option<Box<crate::control::View>>,
+}
+
+/// Looks once: from the running loop's view when one runs, else from the state files and one
+/// observation (acting on nothing).
+pub(crate) fn look(
+    file: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+    observed_only: bool,
+) -> Result<Look, CliError> {
+    let manifest = super::load_manifest(file)?;
+    let state_dir = super::state_dir(&manifest, state_dir);
     let (desired, setup) = super::resolve_for_showing(&manifest)?;
     // While a loop runs, its view: its memory, its last pass, its disk figure.
     let view = crate::control::client::view(&state_dir).map_err(CliError::runtime)?;
-    if let Some(view) = view.filter(|_| !args.observed) {
-        return show_view(args, &desired, view, &state_dir);
+    if let Some(view) = view.filter(|_| !observed_only) {
+        return show_view(desired, view, state_dir);
     }
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
-    if memory.workers.is_empty() && !args.observed {
+    if memory.workers.is_empty() && !observed_only {
         // Workers may run that no state records (state moved aside or lost, a loop between
         // its lock and its first save): never say "not started" over running workers.
         let (observed, _) = super::observe_once(&desired, &memory, &state_dir, true);
@@ -205,38 +267,36 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
         super::resolve(&manifest)?;
     }
     let (observed, now) = super::observe_once(&desired, &memory, &state_dir, false);
-    let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
-    let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
-    if args.observed {
-        return match args.output {
-            GetFormat::Yaml => {
-                print(serde_saphyr::to_string(&observed).map_err(|e| serialize_err(e.to_string()))?)
-            }
-            _ => print(
-                serde_json::to_string_pretty(&observed)
-                    .map_err(|e| serialize_err(e.to_string()))?,
-            ),
-        };
+    if observed_only {
+        return Ok(Look::Observed(Box::new(observed)));
     }
     let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
     let mut status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
     mark_missing_progress(&desired, &plan.memory, &mut status);
-    print_status(args, &status, &[])
+    Ok(Look::Status(Box::new(Shown {
+        status,
+        notes: Vec::new(),
+        memory: plan.memory,
+        desired,
+        state_dir,
+        now,
+        view: None,
+    })))
 }
 
 /// `get` while a loop runs: the rows come from the loop's view; notes say which running
 /// workers run the previous template and whether the loop runs another version of the file.
-fn show_view(
-    args: &GetArgs,
-    desired: &Desired,
+/// The clock is read here: the same view shown again later gives later ages, rates and ETAs.
+pub(crate) fn show_view(
+    desired: Desired,
     view: crate::control::View,
-    state_dir: &std::path::Path,
-) -> Result<u8, CliError> {
+    state_dir: PathBuf,
+) -> Result<Look, CliError> {
     // A loop of another WorkerSet sharing this directory's state is not this one's view.
     if let Some(why) =
-        crate::plan::layout_change(desired, &view.memory, &state_dir.join("state.json"))
+        crate::plan::layout_change(&desired, &view.memory, &state_dir.join("state.json"))
     {
         return Err(CliError::runtime(why));
     }
@@ -251,9 +311,9 @@ fn show_view(
         why: "no pass yet".into(),
     });
     let pid = i32::try_from(view.pid).ok();
-    let mut status = build(desired, &view.memory, plan, &disk, now, pid);
-    mark_missing_progress(desired, &view.memory, &mut status);
-    let stale = crate::control::previous_template(desired, &view.memory);
+    let mut status = build(&desired, &view.memory, plan, &disk, now, pid);
+    mark_missing_progress(&desired, &view.memory, &mut status);
+    let stale = crate::control::previous_template(&desired, &view.memory);
     for row in &mut status.workers {
         row.previous_template = stale.contains(&crate::WorkerId(row.worker));
     }
@@ -267,7 +327,92 @@ fn show_view(
             desired.manifest_file.display()
         ));
     }
-    print_status(args, &status, &notes)
+    Ok(Look::Status(Box::new(Shown {
+        status,
+        notes,
+        memory: view.memory.clone(),
+        desired,
+        state_dir,
+        now,
+        view: Some(Box::new(view)),
+    })))
+}
+
+/// `get --watch`: the table, then again whenever it changes (kubectl's `-w`), looking once a
+/// second; ends when every shard is complete (exit 0) or stdout is closed. A change is anything
+/// but the ages of the last progress signals, which move every second on their own.
+fn watch(args: &GetArgs) -> Result<u8, CliError> {
+    if args.observed {
+        return Err(CliError::input(
+            "--watch shows the status; it does not go with --observed",
+        ));
+    }
+    let mut last: Option<String> = None;
+    loop {
+        // A loop starting up (setup, its first pass) or ending meanwhile is waited out.
+        let shown = match look(&args.file, args.state_dir.as_deref(), false) {
+            Ok(Look::Status(shown)) => Some(shown),
+            Ok(Look::Observed(_)) => None,
+            Err(e) if e.code == 1 && last.is_some() => {
+                crate::errln!("automon: {}", e.message);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(shown) = shown {
+            let key = change_key(args, &shown.status)?;
+            if last.as_ref() != Some(&key) {
+                let text = format_status(args, &shown.status, &shown.notes)?;
+                let separator = if last.is_some() { "\n" } else { "" };
+                if !write_out(&format!("{separator}{text}"))? {
+                    // The reader left (`get --watch | head`).
+                    return Ok(0);
+                }
+                last = Some(key);
+            }
+            let o = &shown.status.overall;
+            if o.shards_total > 0 && o.shards_done == o.shards_total {
+                return Ok(0);
+            }
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
+/// How often `get --watch` looks.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What must differ for `get --watch` to print again: the text, without what moves with the
+/// clock alone — the ages of the last progress signals and the rates and ETAs, which a
+/// stalled worker's decay every second (they are shown as they are when a change prints).
+fn change_key(args: &GetArgs, status: &Status) -> Result<String, CliError> {
+    let mut status = status.clone();
+    for row in &mut status.workers {
+        row.last_progress_seconds = None;
+        row.rate_per_min = None;
+        row.eta_seconds = None;
+        // `pid 4242 at book 1,204; 12s since the last progress`: the age goes.
+        row.reason = row
+            .reason
+            .split("; ")
+            .filter(|part| !part.contains(" since "))
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    status.overall.rate_per_min = 0.0;
+    status.overall.eta_seconds = None;
+    format_status(args, &status, &[])
+}
+
+/// Writes `text` to stdout; `Ok(false)` when the reader has left (a closed pipe).
+fn write_out(text: &str) -> Result<bool, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::runtime(format!("cannot write to stdout: {e}"))),
+    }
 }
 
 /// Marks the rows of workers whose process runs while their progress file is not there (a
@@ -286,14 +431,18 @@ fn mark_missing_progress(desired: &Desired, memory: &Memory, status: &mut Status
 
 /// Prints `status` in the chosen format; `notes` follow the table.
 fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8, CliError> {
-    let print = |text: String| super::emit(&format!("{}\n", text.trim_end()));
+    super::emit(&format_status(args, status, notes)?)
+}
+
+/// `status` in the chosen format, ending in one newline; `notes` follow the table.
+fn format_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<String, CliError> {
     let serialize_err = |e: String| CliError::runtime(format!("cannot serialize: {e}"));
-    match args.output {
+    let text = match args.output {
         GetFormat::Json => {
-            print(serde_json::to_string_pretty(status).map_err(|e| serialize_err(e.to_string()))?)
+            serde_json::to_string_pretty(status).map_err(|e| serialize_err(e.to_string()))?
         }
         GetFormat::Yaml => {
-            print(serde_saphyr::to_string(status).map_err(|e| serialize_err(e.to_string()))?)
+            serde_saphyr::to_string(status).map_err(|e| serialize_err(e.to_string()))?
         }
         GetFormat::Table | GetFormat::Wide => {
             let colour = std::io::stdout().is_terminal()
@@ -302,9 +451,10 @@ fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8,
             for n in notes {
                 text.push_str(&format!("note: {n}\n"));
             }
-            print(text)
+            text
         }
-    }
+    };
+    Ok(format!("{}\n", text.trim_end()))
 }
 
 /// Workers of this WorkerSet run, but the state directory records none of them.

@@ -15,6 +15,7 @@ mod run_worker;
 mod start;
 mod status;
 mod stop;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +82,10 @@ pub enum Command {
     /// Whether the control loop runs, since when, and its last pass. Exit 0 running, 3 not
     /// running (including never run), 2 bad input.
     Status(status::StatusArgs),
+    /// A live full-screen dashboard: workers (trouble first), overall progress and throughput,
+    /// disk, alerts, recent events; ↑/↓ select, p pause, r resume, Enter details, q quit. Needs
+    /// a terminal (exit 2 otherwise: use `get` or `get --watch`).
+    Top(top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the WorkerSet as another engine's object: a Kubernetes Indexed Job, or a Slurm
@@ -144,6 +149,7 @@ pub fn main() -> ExitCode {
         Command::Stop(args) => stop::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::Top(args) => top::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Probe(args) => probe::run(&args),
         Command::RunWorker(args) => run_worker::run(&args),

@@ -26,6 +26,17 @@ pub struct OperatorArgs {
 
 /// Runs `pause` (`kind` = Pause) or `resume`.
 pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
+    let text = request(args, kind, crate::control::command_in_words())?;
+    super::emit(&text)
+}
+
+/// Makes the request (`command`: the operator's command in words, for the events) and returns
+/// what to tell the operator, one line each — `pause`, `resume`, `reset-params` and `top`'s keys.
+pub(crate) fn request(
+    args: &OperatorArgs,
+    kind: RequestKind,
+    command: String,
+) -> Result<String, CliError> {
     let (state_dir, manifest) = super::loop_state_dir(&args.file, args.state_dir.as_deref())?;
     let worker = WorkerId(args.worker);
     let running = crate::state::lock_holder(&state_dir);
@@ -42,7 +53,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     let body = crate::control::OperatorBody {
         kind,
         worker,
-        command: crate::control::command_in_words(),
+        command: command.clone(),
     };
     let body = serde_json::to_vec(&body)
         .map_err(|e| CliError::runtime(format!("cannot serialize the request: {e}")))?;
@@ -68,9 +79,7 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
                 return match outcome.verdict {
                     crate::control::Verdict::Invalid => Err(CliError::input(outcome.message)),
                     crate::control::Verdict::Refused => Err(CliError::runtime(outcome.message)),
-                    crate::control::Verdict::Done | crate::control::Verdict::Queued => {
-                        super::emit(&text)
-                    }
+                    crate::control::Verdict::Done | crate::control::Verdict::Queued => Ok(text),
                 };
             }
             crate::control::client::Reached::Locked(lock) => lock,
@@ -98,29 +107,26 @@ pub fn run(args: &OperatorArgs, kind: RequestKind) -> Result<u8, CliError> {
     crate::state::save_memory(&state_dir, &memory).map_err(|e| CliError::runtime(e.to_string()))?;
     crate::state::EventLog::open(&state_dir, false).record(
         jiff::Timestamp::now(),
-        &format!(
-            "operator `{}` (no loop running): {message}",
-            crate::control::command_in_words()
-        ),
+        &format!("operator `{command}` (no loop running): {message}"),
     );
-    crate::outln!("{message}");
+    let mut text = format!("{message}\n");
     if kind == RequestKind::Pause
         && memory
             .workers
             .get(&worker)
             .is_some_and(|w| w.process.is_some())
     {
-        crate::outln!(
-            "note: no automon is running; the worker's process is stopped by the next `automon apply`"
+        text.push_str(
+            "note: no automon is running; the worker's process is stopped by the next `automon apply`\n",
         );
     }
     if kind == RequestKind::Resume && was_held && !held(&memory) {
-        crate::outln!(
-            "note: no automon is running; nothing starts until `automon apply {0}` or `automon start {0}`",
+        text.push_str(&format!(
+            "note: no automon is running; nothing starts until `automon apply {0}` or `automon start {0}`\n",
             args.file.display()
-        );
+        ));
     }
-    Ok(0)
+    Ok(text)
 }
 
 /// Refuses a worker id the manifest does not have (exit 2).

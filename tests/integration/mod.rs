@@ -19,3 +19,4 @@ mod secrets;
 mod service;
 mod sigstop;
 mod support;
+mod top;
