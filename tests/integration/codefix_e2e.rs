@@ -194,18 +194,22 @@ fn two_workers_one_script(base_url: &str) -> (Migration, (u64, u64), (u64, u64))
     let fault: &'static str = Box::leak(format!("loop:{book}:always").into_boxed_str());
     let extra: &'static str = Box::leak(
         format!(
-            "  fixes:\n    cooldown: 1s\n    verify_after: 5s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
+            "  fixes:\n    cooldown: 1s\n    verify_after: 20s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
         )
         .into_boxed_str(),
     );
-    // The healthy worker takes ~80 s (200 books at 0.4 s): it is still running when the
-    // looping one's fix is rolled back (~8 s of books, then stuck detection and one verify).
+    // The healthy worker takes ~120 s (200 books at 0.6 s): it is still running when the
+    // looping one's fix is rolled back (~12 s of books, then stuck detection after 20 s and one
+    // verification 20 s after the fix). Thresholds with room for a loaded machine: the healthy
+    // worker shows a batch every 3 s, so it is never found stuck (the stand-in would propose
+    // its useless fix for it too) unless starved of CPU for 17 s.
     let m = Migration::new(&Knobs {
         books: 400,
         fault,
-        upload_delay: "0.4",
-        stuck_after: "6s",
-        discovery_grace: "15s",
+        upload_delay: "0.6",
+        batch_size: 5,
+        stuck_after: "20s",
+        discovery_grace: "40s",
         stop_grace: "1s",
         extra_spec: extra,
         ..Knobs::default()
