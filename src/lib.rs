@@ -22,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod export;
 pub mod fds;
 pub mod footprint;
 pub mod manifest;

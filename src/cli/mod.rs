@@ -5,10 +5,13 @@ mod apply;
 mod completions;
 mod diagnose;
 mod diff;
+mod export;
 mod get;
 mod history;
 mod logging;
 mod operator;
+mod probe;
+mod run_worker;
 mod start;
 mod status;
 mod stop;
@@ -80,6 +83,15 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
+    /// Print the WorkerSet as another engine's object: a Kubernetes Indexed Job, or a Slurm
+    /// job array script. What cannot be carried over is listed at the top of the output.
+    Export(export::ExportArgs),
+    /// The stuck rule for one worker, for a liveness probe: exit 0 progressing, 1 stuck (the
+    /// reason on stderr), 2 bad input.
+    Probe(probe::ProbeArgs),
+    /// Run one worker in the foreground from its checkpoint (the entrypoint of an exported Job
+    /// or array element); exit 0 at once when its shard is complete.
+    RunWorker(run_worker::RunWorkerArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -132,6 +144,9 @@ pub fn main() -> ExitCode {
         Command::Stop(args) => stop::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Completions(args) => completions::run(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Probe(args) => probe::run(&args),
+        Command::RunWorker(args) => run_worker::run(&args),
     };
     match result {
         // The work is done; a closed stdout is fine (see `stdio`), a failed one is not.

@@ -3,6 +3,8 @@
 
 pub mod backoff;
 mod fixes;
+pub mod health;
+pub(crate) use worker::without_leading_time;
 pub mod memory;
 pub mod rate;
 mod scaling;

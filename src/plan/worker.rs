@@ -363,20 +363,12 @@ impl Planner<'_> {
             .repeating
             .as_ref()
             .is_some_and(|r| r.times >= LOOP_EVIDENCE);
-        let (threshold, threshold_name, stage) = if w.left_discovery || looping {
-            let stage = if w.left_discovery {
-                "progressing"
-            } else {
-                "looping"
-            };
-            (self.desired.health.stuck_after.get(), "stuck_after", stage)
-        } else {
-            (
-                self.desired.health.discovery_grace.get(),
-                "discovery_grace",
-                "discovering",
-            )
-        };
+        let rule = super::health::StuckThreshold::for_stage(
+            &self.desired.health,
+            w.left_discovery,
+            looping,
+        );
+        let (threshold, threshold_name, stage) = (rule.limit, rule.field, rule.stage);
         let idle = self.since(reference);
         let d_state = matches!(obs.process, Some(ProcessStatus::Alive { state: 'D' }));
         let desired = self.desired;
@@ -384,7 +376,7 @@ impl Planner<'_> {
             unit: &desired.unit,
             checkpoint: self.progress_of(id, w.checkpoint),
         };
-        if idle >= threshold {
+        if rule.exceeded_by(idle) {
             w.stuck_passes += 1;
             let d_note = if d_state {
                 "; process in uninterruptible I/O (D)"

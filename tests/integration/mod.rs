@@ -1,6 +1,7 @@
 mod bad_input;
 mod codefix;
 mod codefix_e2e;
+mod export;
 mod fault_safety;
 mod first_run;
 mod house;
