@@ -212,7 +212,6 @@ fn two_workers_one_script(base_url: &str) -> (Migration, (u64, u64), (u64, u64))
         discovery_grace: "40s",
         stop_grace: "1s",
         extra_spec: extra,
-        ..Knobs::default()
     });
     let copy = m.path().join("examples/calibre-migration");
     std::fs::create_dir_all(&copy).expect("mkdir");
