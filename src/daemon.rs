@@ -57,6 +57,9 @@ pub enum RunError {
     /// Reading or writing state failed.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// A one-pass `apply` could not save its state.
+    #[error("{0}")]
+    Unsaved(String),
     /// The key range or shard count changed since the state was written.
     #[error("{0}")]
     RangeChanged(String),
@@ -78,6 +81,12 @@ struct Unsaved {
 
 /// How soon a pass retries a failed save, whatever the interval.
 const UNSAVED_RETRY: Duration = Duration::from_secs(5);
+
+/// A state write that has taken this long is said to be pending (in the events and `status`).
+const SLOW_WRITE: Duration = Duration::from_secs(30);
+
+/// How long an interrupted loop waits for the state directory before it exits without it.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A background task finished.
 enum Wake {
@@ -150,10 +159,21 @@ struct Daemon<'a> {
     /// The state directory's lock, re-checked every pass; it also carries the condition
     /// `automon status` shows.
     lock: InstanceLock,
-    /// Set while the memory is not on disk.
+    /// Set while the memory is not on disk (the last save failed).
     unsaved: Option<Unsaved>,
-    /// The history basis of the last saved memory, while a save is pending.
+    /// The history basis of the oldest memory handed to the writer and not yet on disk.
     unsaved_basis: Option<crate::state::HistoryBasis>,
+    /// Writes into the state directory, off this thread (see [`state::StateWriter`]).
+    writer: state::StateWriter,
+    /// The generation of the last memory snapshot handed to the writer.
+    generation: u64,
+    /// Stops and code-fix engine runs decided by this pass: started once the memory that
+    /// records their intent is on disk.
+    deferred: Vec<Action>,
+    /// The last slow-write warning, in whole minutes of the write's age.
+    slow_warned: Option<u64>,
+    /// A one-pass run's failed save.
+    save_error: Option<String>,
     /// Each worker's pid as last saved, to say what a failed save puts at risk.
     saved_pids: std::collections::BTreeMap<WorkerId, i32>,
     /// The last pass saved after failed saves: the next pass (which makes the held starts)
@@ -176,10 +196,8 @@ impl Daemon<'_> {
             stopping: self.stops_in_flight.keys().copied().collect(),
         };
         let now = crate::clock::Now::read();
-        let history_basis = self
-            .unsaved_basis
-            .take()
-            .unwrap_or_else(|| crate::state::HistoryBasis::of(&self.memory));
+        let history_basis = crate::state::HistoryBasis::of(&self.memory);
+        self.say_slow_writes();
         let mut observed = self.observer.observe(
             &self.desired,
             &self.memory,
@@ -271,22 +289,40 @@ impl Daemon<'_> {
             );
             self.act(action, &plan, &observed, now);
         }
-        // A pass that changed nothing (memory equal to the copy last saved) writes nothing.
+        // A pass that changed nothing (memory equal to the copy last handed over) writes
+        // nothing. The save is made on the writer thread; its outcome comes back as a
+        // [`state::SaveDone`] (see [`Daemon::on_saved`]), and the stops and engine runs this pass
+        // decided start once it is on disk.
         let unchanged = self.unsaved.is_none() && self.saved.as_ref() == Some(&self.memory);
-        let saved = if unchanged {
-            Ok(())
-        } else {
-            let began = Instant::now();
-            let r = state::save_memory(&self.opts.state_dir, &self.memory);
-            let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-            tracing::debug!(target: "automon::state", micros, "state saved");
-            if r.is_ok() {
-                self.saved = Some(self.memory.clone());
+        if !unchanged {
+            self.generation += 1;
+            // The history records of what is not on disk yet (`automon history` shows them).
+            if self.unsaved_basis.is_none() {
+                self.unsaved_basis = Some(history_basis.clone());
             }
-            r
-        };
-        match saved {
+            self.writer.save(
+                self.generation,
+                self.memory.clone(),
+                history_basis,
+                self.desired.clone(),
+            );
+            self.saved = Some(self.memory.clone());
+        }
+        self.launch_deferred();
+        self.events.sync();
+        self.show_condition();
+        Ok(plan)
+    }
+
+    /// What a save's outcome changes: a failure is said loudly and holds new starts (the next
+    /// pass hands the memory over again); a success after failures lets them start again.
+    fn on_saved(&mut self, done: state::SaveDone) {
+        match done.result {
             Ok(()) => {
+                self.saved_pids = done.pids;
+                if done.generation == self.generation {
+                    self.unsaved_basis = None;
+                }
                 if let Some(u) = self.unsaved.take() {
                     self.saved_again = true;
                     self.events.record(
@@ -298,21 +334,23 @@ impl Daemon<'_> {
                         ),
                     );
                 }
-                self.saved_pids = pids(&self.memory);
-                // After the save: a crash may lose a history line, never duplicate one.
-                self.history
-                    .record_changes(&history_basis, &self.memory, &self.desired);
             }
-            // The loop goes on: it retries every pass and starts nothing until a save succeeds.
-            Err(e) if self.opts.watch => {
-                self.unsaved_basis = Some(history_basis);
+            Err(e) => {
+                if !self.opts.watch {
+                    self.save_error = Some(e);
+                    return;
+                }
+                // The loop goes on: it retries every pass and starts nothing until a save
+                // succeeds.
+                self.saved = None;
+                let now = jiff::Timestamp::now();
                 let u = self.unsaved.get_or_insert(Unsaved {
-                    since: now.wall,
+                    since: now,
                     failures: 0,
                     why: String::new(),
                 });
                 u.failures += 1;
-                u.why = e.to_string();
+                u.why = e.clone();
                 let message = format!(
                     "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
                     u.failures,
@@ -320,13 +358,100 @@ impl Daemon<'_> {
                     at_risk(&self.saved_pids, &self.memory),
                     UNSAVED_RETRY.as_secs()
                 );
-                self.events.record(jiff::Timestamp::now(), &message);
+                self.events.record(now, &message);
+                self.show_condition();
             }
-            Err(e) => return Err(e.into()),
         }
-        self.events.sync();
-        self.show_condition();
-        Ok(plan)
+    }
+
+    /// Says (in the events, on stderr, and in the lock file's condition) when a write into
+    /// the state directory has been pending for [`SLOW_WRITE`] or more: once, then once a
+    /// minute while it lasts.
+    fn say_slow_writes(&mut self) {
+        let Some((what, took)) = self.writer.slow(SLOW_WRITE) else {
+            self.slow_warned = None;
+            return;
+        };
+        let minute = took.as_secs() / 60;
+        if self.slow_warned == Some(minute) {
+            return;
+        }
+        self.slow_warned = Some(minute);
+        let message = format!(
+            "state write pending for {}s ({what} in {}): the state directory does not answer (a frozen or hung file system?); the loop goes on: crashed workers are restarted, metrics and signals answered; stops and fixes wait until their intent is on disk; at risk if automon stops now: {}",
+            took.as_secs(),
+            self.opts.state_dir.display(),
+            at_risk(&self.saved_pids, &self.memory)
+        );
+        self.events.record(jiff::Timestamp::now(), &message);
+    }
+
+    /// Starts the stops and engine runs this pass decided, each once the memory generation
+    /// handed over by this pass (which records its intent: the stop's reason, the fix attempt,
+    /// the code fix in `applying`) is on disk. Waiting holds only that action.
+    fn launch_deferred(&mut self) {
+        let need = self.generation;
+        for action in std::mem::take(&mut self.deferred) {
+            let mut saved = self.writer.saved();
+            let durable = async move {
+                let _ = saved.wait_for(|g| *g >= need).await;
+            };
+            let tx = self.wake_tx.clone();
+            match action {
+                Action::Stop(a) => {
+                    let signal = self.desired.stop_signal;
+                    tokio::spawn(async move {
+                        durable.await;
+                        let outcome =
+                            stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
+                        let _ = tx.send(Wake::StopDone {
+                            worker: a.worker,
+                            pid: a.identity.pid,
+                            outcome,
+                        });
+                    });
+                }
+                Action::ApplyCodeFix(a) => {
+                    let (worker, proposal) = (a.worker, a.proposal.clone());
+                    let policy = crate::act::fix::CodeFixPolicy::from_desired(&self.desired);
+                    let (state_dir, applied) = (
+                        self.opts.state_dir.clone(),
+                        self.memory.applied_patches.clone(),
+                    );
+                    tokio::spawn(async move {
+                        durable.await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let outcome = crate::act::remedy::apply_code(
+                                &policy, &state_dir, &proposal, &applied,
+                            );
+                            let _ = tx.send(Wake::CodeFix { worker, outcome });
+                        })
+                        .await;
+                    });
+                }
+                Action::RollbackCodeFix(a) => {
+                    let (worker, patch_hash) = (a.worker, a.patch_hash.clone());
+                    let code = plan::memory::AppliedCode {
+                        file: a.file.clone(),
+                        backup: a.backup.clone(),
+                        patch_hash: a.patch_hash.clone(),
+                    };
+                    tokio::spawn(async move {
+                        durable.await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let outcome = crate::act::remedy::rollback_code(&code);
+                            let _ = tx.send(Wake::Rollback {
+                                worker,
+                                patch_hash,
+                                outcome,
+                            });
+                        })
+                        .await;
+                    });
+                }
+                Action::Start(_) | Action::Diagnose(_) => {}
+            }
+        }
     }
 
     /// Re-checks the state directory's lock: a directory deleted and recreated under the loop
@@ -394,12 +519,24 @@ impl Daemon<'_> {
             ));
             crate::stdio::clear_stderr_failure();
         }
+        if let Some((what, took)) = self.writer.slow(SLOW_WRITE) {
+            parts.push(format!(
+                "state write pending for {}s ({what}): the state directory does not answer",
+                took.as_secs()
+            ));
+        }
         let condition = (!parts.is_empty()).then(|| parts.join("; "));
-        if let Err(e) = self.lock.set_condition(condition.as_deref()) {
-            tracing::warn!(
-                "{}: cannot record the condition: {e}",
-                self.lock.path().display()
-            );
+        let path = self.lock.path().to_path_buf();
+        match self.lock.condition_write(condition.as_deref()) {
+            Ok(None) => {}
+            Ok(Some(write)) => self
+                .writer
+                .submit("writing the lock file's condition", move || {
+                    if let Err(e) = write() {
+                        tracing::warn!("{}: cannot record the condition: {e}", path.display());
+                    }
+                }),
+            Err(e) => tracing::warn!("{}: cannot record the condition: {e}", path.display()),
         }
     }
 
@@ -415,16 +552,7 @@ impl Daemon<'_> {
             Action::Stop(a) => {
                 self.in_flight += 1;
                 *self.stops_in_flight.entry(a.worker).or_default() += 1;
-                let (tx, a, signal) = (self.wake_tx.clone(), a.clone(), self.desired.stop_signal);
-                tokio::spawn(async move {
-                    let outcome =
-                        stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
-                    let _ = tx.send(Wake::StopDone {
-                        worker: a.worker,
-                        pid: a.identity.pid,
-                        outcome,
-                    });
-                });
+                self.deferred.push(action.clone());
             }
             Action::Start(a) => {
                 let outcome = spawn::spawn_worker(
@@ -503,37 +631,9 @@ impl Daemon<'_> {
                     let _ = tx.send(Wake::Diagnosis { worker, outcome });
                 });
             }
-            Action::ApplyCodeFix(a) => {
+            Action::ApplyCodeFix(_) | Action::RollbackCodeFix(_) => {
                 self.in_flight += 1;
-                let (tx, worker, proposal) = (self.wake_tx.clone(), a.worker, a.proposal.clone());
-                let policy = crate::act::fix::CodeFixPolicy::from_desired(&self.desired);
-                let (state_dir, applied) = (
-                    self.opts.state_dir.clone(),
-                    self.memory.applied_patches.clone(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    let outcome =
-                        crate::act::remedy::apply_code(&policy, &state_dir, &proposal, &applied);
-                    let _ = tx.send(Wake::CodeFix { worker, outcome });
-                });
-            }
-            Action::RollbackCodeFix(a) => {
-                self.in_flight += 1;
-                let tx = self.wake_tx.clone();
-                let (worker, patch_hash) = (a.worker, a.patch_hash.clone());
-                let code = plan::memory::AppliedCode {
-                    file: a.file.clone(),
-                    backup: a.backup.clone(),
-                    patch_hash: a.patch_hash.clone(),
-                };
-                tokio::task::spawn_blocking(move || {
-                    let outcome = crate::act::remedy::rollback_code(&code);
-                    let _ = tx.send(Wake::Rollback {
-                        worker,
-                        patch_hash,
-                        outcome,
-                    });
-                });
+                self.deferred.push(action.clone());
             }
         }
     }
@@ -578,9 +678,7 @@ impl Daemon<'_> {
                 let basis = crate::state::HistoryBasis::of(&self.memory);
                 let message =
                     plan::record_code_fix(&mut self.memory, &self.desired, worker, outcome, now);
-                self.history
-                    .record_changes(&basis, &self.memory, &self.desired);
-                self.history.append(&crate::state::HistoryRecord {
+                let record = crate::state::HistoryRecord {
                     record: "code_fix".into(),
                     at: now.wall,
                     worker,
@@ -590,6 +688,15 @@ impl Daemon<'_> {
                     checkpoint: self.memory.workers.get(&worker).and_then(|w| w.checkpoint),
                     succeeded: None,
                     analysis: None,
+                };
+                let (history, memory, desired) = (
+                    self.history.clone(),
+                    self.memory.clone(),
+                    self.desired.clone(),
+                );
+                self.writer.submit("appending to the fix history", move || {
+                    history.record_changes(&basis, &memory, &desired);
+                    history.append(&record);
                 });
                 message
             }
@@ -665,6 +772,15 @@ pub async fn run(
     check_range(desired, &mut memory, &opts.state_dir)?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<ExitEvent>();
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
+    let (saved_tx, mut saved_rx) = mpsc::unbounded_channel::<state::SaveDone>();
+    let writer = state::StateWriter::start(opts.state_dir.clone(), saved_tx).map_err(|source| {
+        state::StateError::Io {
+            path: opts.state_dir.clone(),
+            source,
+        }
+    })?;
+    let mut events = EventLog::open(&opts.state_dir, !opts.report.json_logs);
+    events.write_through(writer.clone());
     let before = memory.totals.clone();
     // The whole migration's figures outlive this process (the final summary gives both).
     memory
@@ -672,14 +788,15 @@ pub async fn run(
         .first_applied_at
         .get_or_insert_with(jiff::Timestamp::now);
     memory.totals.runs += 1;
-    let reporter =
+    let mut reporter =
         crate::metrics::Reporter::new(&opts.report, &opts.state_dir, opts.watch, metrics);
+    reporter.write_through(writer.clone());
     let (llm, llm_error) = llm_for(desired);
     let mut d = Daemon {
         desired: desired.clone(),
         opts,
         memory,
-        events: EventLog::open(&opts.state_dir, !opts.report.json_logs),
+        events,
         history: crate::state::FixHistory::open(&opts.state_dir),
         observer: observe::Observer::new(desired, Roots::default()),
         llm,
@@ -703,20 +820,29 @@ pub async fn run(
         lock,
         unsaved: None,
         unsaved_basis: None,
+        writer,
+        generation: 0,
+        deferred: Vec::new(),
+        slow_warned: None,
+        save_error: None,
         saved_pids: std::collections::BTreeMap::new(),
         saved_again: false,
     };
     d.saved_pids = pids(&d.memory);
+    d.recover_code_fixes();
     let mut one_shot_passes = 0;
     let mut trimmed = false;
     inbox.set_ready();
     tokio::pin!(shutdown);
-    loop {
+    let end: Result<RunEnd, RunError> = async { loop {
         while let Ok(e) = exit_rx.try_recv() {
             d.pending_exits.push(e);
         }
         while let Ok(r) = inbox.requests.try_recv() {
             d.queued.push(r);
+        }
+        while let Ok(s) = saved_rx.try_recv() {
+            d.on_saved(s);
         }
         let began = Instant::now();
         let plan = d.pass()?;
@@ -749,6 +875,16 @@ pub async fn run(
             // One pass; if it started stops or background work, wait for them and make the
             // resulting restarts in a second pass so `apply` leaves the WorkerSet converged.
             if d.in_flight == 0 || one_shot_passes >= 2 {
+                // One pass ends with its state on disk.
+                while *d.writer.saved().borrow() < d.generation && d.save_error.is_none() {
+                    tokio::select! {
+                        Some(s) = saved_rx.recv() => d.on_saved(s),
+                        () = &mut shutdown => return Ok(RunEnd::Interrupted),
+                    }
+                }
+                if let Some(e) = d.save_error.take() {
+                    return Err(RunError::Unsaved(e));
+                }
                 let summary = d.last_plan.as_ref().map(pass_summary).unwrap_or_default();
                 d.events.record(jiff::Timestamp::now(), &summary);
                 return Ok(RunEnd::PassDone);
@@ -759,6 +895,12 @@ pub async fn run(
                         Some(w) => d.on_wake(w),
                         None => break,
                     },
+                    Some(s) = saved_rx.recv() => {
+                        d.on_saved(s);
+                        if let Some(e) = d.save_error.take() {
+                            return Err(RunError::Unsaved(e));
+                        }
+                    }
                     () = &mut shutdown => return Ok(RunEnd::Interrupted),
                 }
             }
@@ -771,16 +913,31 @@ pub async fn run(
         } else {
             requeue
         };
-        let wake_at = tokio::time::Instant::now() + wait;
+        let mut wake_at = tokio::time::Instant::now() + wait;
         // Views are answered without a pass; anything else wakes the next one.
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => {}
                 Some(e) = exit_rx.recv() => d.pending_exits.push(e),
                 Some(w) = wake_rx.recv() => d.on_wake(w),
+                // A save's outcome: a failure is said at once and retried within
+                // UNSAVED_RETRY; a save after failures makes the held starts in a pass now.
+                Some(s) = saved_rx.recv() => {
+                    d.on_saved(s);
+                    if !std::mem::take(&mut d.saved_again) {
+                        if d.unsaved.is_some() {
+                            wake_at = wake_at.min(tokio::time::Instant::now() + UNSAVED_RETRY);
+                        }
+                        continue;
+                    }
+                }
                 Some(r) = inbox.requests.recv() => {
                     if let Request::View { reply } = r {
                         let _ = reply.send(Box::new(d.view()));
+                        continue;
+                    }
+                    if let Request::History { reply } = r {
+                        let _ = reply.send(d.history_view());
                         continue;
                     }
                     d.queued.push(r);
@@ -796,6 +953,84 @@ pub async fn run(
             }
             break;
         }
+    } }.await;
+    d.finish_writes(matches!(end, Ok(RunEnd::Interrupted)));
+    end
+}
+
+impl Daemon<'_> {
+    /// Settles the code fixes an earlier automon sent to the engine and did not see finish
+    /// (stage `applying` on disk; see [`crate::act::remedy::recover_code`]): an applied one
+    /// becomes the attempt it was, with its backup, before the first pass.
+    fn recover_code_fixes(&mut self) {
+        let lost: Vec<(WorkerId, String)> = self
+            .memory
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.fixes.stage, Some(plan::memory::FixStage::Applying { .. })))
+            .filter_map(|(id, w)| Some((*id, w.diagnosis.as_ref()?.code_changes.clone()?)))
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        let policy = crate::act::fix::CodeFixPolicy::from_desired(&self.desired);
+        for (worker, proposal) in lost {
+            let outcome = crate::act::remedy::recover_code(
+                &policy,
+                &self.opts.state_dir,
+                &proposal,
+                &self.memory.applied_patches,
+            );
+            self.events.record(
+                jiff::Timestamp::now(),
+                &format!(
+                    "worker {worker}: a code fix was with the fix engine when the previous automon stopped; {}",
+                    match &outcome {
+                        plan::CodeFixOutcome::Applied(c) => format!(
+                            "it was applied ({}, backup {}): recorded as the fix attempt it was",
+                            c.file.display(),
+                            c.backup.display()
+                        ),
+                        _ => "it was not applied".to_string(),
+                    }
+                ),
+            );
+            self.on_wake(Wake::CodeFix { worker, outcome });
+        }
+    }
+
+    /// Waits for the writes into the state directory still queued: at most [`EXIT_WAIT`] for
+    /// an interrupted loop (a SIGTERM is answered at once, not when a frozen file system
+    /// thaws), a minute otherwise; says what is not on disk when they do not finish.
+    fn finish_writes(&mut self, interrupted: bool) {
+        self.events.sync();
+        let limit = if interrupted {
+            EXIT_WAIT
+        } else {
+            Duration::from_secs(60)
+        };
+        if self.writer.drain(limit) {
+            return;
+        }
+        let on_disk = *self.writer.saved().borrow();
+        let state = if on_disk < self.generation {
+            format!(
+                "the memory since the last save ({})",
+                at_risk(&self.saved_pids, &self.memory)
+            )
+        } else {
+            "the memory is on disk".to_string()
+        };
+        let stuck = self
+            .writer
+            .slow(Duration::ZERO)
+            .map(|(what, took)| format!(" ({what} for {}s)", took.as_secs()))
+            .unwrap_or_default();
+        crate::errln!(
+            "automon: the state directory {} does not answer{stuck}; exiting without waiting for it. Not saved: {state}; {} queued write(s) of events, fix history and status. The workers keep running; the next automon adopts them by their markers",
+            self.opts.state_dir.display(),
+            self.writer.backlog()
+        );
     }
 }
 
@@ -902,6 +1137,9 @@ impl Daemon<'_> {
                 Request::Reload => self.reload(now.wall),
                 Request::View { reply } => {
                     let _ = reply.send(Box::new(self.view()));
+                }
+                Request::History { reply } => {
+                    let _ = reply.send(self.history_view());
                 }
             }
         }
@@ -1029,6 +1267,35 @@ impl Daemon<'_> {
         (self.llm, self.llm_error) = llm_for(&new);
         self.desired = new;
         Ok(changes)
+    }
+
+    /// The fix history as this loop knows it (the control socket's `GET /v1/history`): its
+    /// history file, then the records a failed save keeps off disk.
+    fn history_view(&self) -> crate::control::HistoryView {
+        let (mut records, warnings) = match crate::state::read_history(&self.opts.state_dir) {
+            Ok(read) => read,
+            Err(e) => (
+                Vec::new(),
+                vec![format!(
+                    "{}: {e}",
+                    self.opts
+                        .state_dir
+                        .join(crate::state::HISTORY_FILE)
+                        .display()
+                )],
+            ),
+        };
+        let unsaved = self.unsaved_basis.as_ref().map_or_else(Vec::new, |basis| {
+            crate::state::history_changes(basis, &self.memory, &self.desired)
+        });
+        let n = unsaved.len();
+        records.extend(unsaved);
+        crate::control::HistoryView {
+            pid: std::process::id(),
+            records,
+            warnings,
+            unsaved: n,
+        }
     }
 
     /// What the loop runs and knows now (the control socket's `GET /v1/view`).

@@ -112,6 +112,66 @@ pub fn apply_code(
     }
 }
 
+/// Settles a code fix an earlier automon sent to the engine and did not see finish (it was
+/// killed with the worker's stage at `applying`, which is on disk before the engine runs): when
+/// the proposal's change is in the file and the engine's backup of the original is in
+/// `state_dir/backups` (named after the new content's hash, see
+/// [`fix::write`](crate::act::fix)), the fix was applied: `Applied` with that backup, so the
+/// attempt counts and is verified (and rolled back if it does not help) like any other.
+/// Otherwise nothing was written: `Rejected` saying so, and the planner moves on to the
+/// built-in fix.
+pub fn recover_code(
+    policy: &CodeFixPolicy,
+    state_dir: &Path,
+    proposal: &str,
+    applied: &BTreeSet<String>,
+) -> CodeFixOutcome {
+    let not_applied = CodeFixOutcome::Rejected(
+        "the automon that sent this code fix to the engine was stopped before the engine's outcome was saved, and the change is not in the file: nothing was applied".into(),
+    );
+    let Ok(parsed) = fix::parse_proposal(proposal) else {
+        return not_applied;
+    };
+    let backups = state_dir.join(BACKUPS_DIR);
+    let Ok(Outcome::AlreadyApplied { file, patch_hash }) =
+        fix::apply_code_fix(policy, &parsed, &backups, &BTreeSet::new(), true)
+    else {
+        return not_applied;
+    };
+    if applied.contains(&patch_hash) {
+        // Recorded before: this change is an earlier attempt's, not the lost one's.
+        return not_applied;
+    }
+    let Ok(content) = std::fs::read(&file) else {
+        return not_applied;
+    };
+    let sha8 = fix::sha256_hex(&content)[..8].to_string();
+    let Some(name) = file.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return not_applied;
+    };
+    let backup = std::fs::read_dir(&backups).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(&format!("{name}."))
+                        && n.contains(&format!(".{sha8}."))
+                        && n.ends_with(".bak")
+                })
+            })
+            .max()
+    });
+    match backup {
+        Some(backup) => CodeFixOutcome::Applied(AppliedCode {
+            file,
+            backup,
+            patch_hash,
+        }),
+        None => not_applied,
+    }
+}
+
 /// The most bytes a proposal may have: room for a function of a few hundred lines around
 /// `max_changed_lines` changed ones (400 bytes a changed line, 32 KiB of context), far below
 /// the megabytes that take the matcher seconds.
@@ -137,6 +197,51 @@ pub fn rollback_code(code: &AppliedCode) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fresh-clone user test): automon killed after the engine wrote a code fix and
+    /// before the outcome (with the backup's path) was saved lost the attempt, and the changed
+    /// file stayed with no record to roll it back by. The next automon finds the change and
+    /// the backup and reports the fix as applied, so the attempt counts and can be rolled back.
+    #[test]
+    fn a_code_fix_applied_by_a_killed_automon_is_found_with_its_backup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.py");
+        let original = "def f():\n    return 1\n";
+        std::fs::write(&file, original).expect("write");
+        let policy = CodeFixPolicy {
+            files: vec![file.clone()],
+            workdir: dir.path().to_path_buf(),
+            interpreter: "python3".into(),
+            test_command: None,
+            max_changed_lines: 50,
+            env: None,
+            redactor: crate::secrets::Redactor::default(),
+        };
+        let proposal =
+            "# file: w.py\n<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";
+        let state = dir.path().join("state");
+        // Nothing applied yet: nothing to recover, the file untouched.
+        match recover_code(&policy, &state, proposal, &BTreeSet::new()) {
+            CodeFixOutcome::Rejected(why) => assert!(why.contains("nothing was applied"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), original);
+        // The engine applies it; its outcome is lost with the automon.
+        let CodeFixOutcome::Applied(lost) = apply_code(&policy, &state, proposal, &BTreeSet::new())
+        else {
+            panic!("the engine refused the fix");
+        };
+        match recover_code(&policy, &state, proposal, &BTreeSet::new()) {
+            CodeFixOutcome::Applied(found) => assert_eq!(found, lost),
+            other => panic!("{other:?}"),
+        }
+        // Already recorded (its hash among the applied patches): not the lost attempt.
+        let recorded = BTreeSet::from([lost.patch_hash.clone()]);
+        assert!(matches!(
+            recover_code(&policy, &state, proposal, &recorded),
+            CodeFixOutcome::Rejected(_)
+        ));
+    }
 
     #[test]
     fn a_huge_proposal_is_refused_before_matching_and_the_file_is_untouched() {

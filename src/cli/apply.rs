@@ -203,6 +203,7 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
                 .map_err(|e| CliError::runtime(e.to_string()))?;
         let setup = crate::act::setup::run_setup(
             &manifest,
+            &state_dir,
             |m| crate::errln!("automon: {m}"),
             shutdown.recv(),
         )

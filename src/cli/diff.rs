@@ -129,13 +129,16 @@ pub(crate) fn plan_once(
     // `apply --reset-state` starts from empty memory (running workers are still adopted by
     // the `/proc` scan): its dry run plans from the same, not from the state it moves aside.
     // While a loop runs, its memory (what it runs and knows now), not the state file.
-    let memory = if reset_state {
-        plan::Memory::default()
+    let (memory, loop_disk) = if reset_state {
+        (plan::Memory::default(), None)
     } else {
         match crate::control::client::view(state_dir).map_err(CliError::runtime)? {
-            Some(view) => view.memory,
-            None => crate::state::load_memory(state_dir)
-                .map_err(|e| CliError::runtime(e.to_string()))?,
+            Some(view) => (view.memory, view.disk),
+            None => (
+                crate::state::load_memory(state_dir)
+                    .map_err(|e| CliError::runtime(e.to_string()))?,
+                None,
+            ),
         }
     };
     if setup.is_some_and(|s| s.range_after)
@@ -149,7 +152,7 @@ pub(crate) fn plan_once(
             desired.manifest_file.display()
         )));
     }
-    let (observed, now) = super::observe_once(desired, &memory, state_dir, true);
+    let (observed, now) = super::observe_once_with(desired, &memory, state_dir, true, loop_disk);
     let plan = super::plan_shown(desired, &observed, &memory, now, state_dir)?;
     Ok((memory, plan))
 }

@@ -91,6 +91,9 @@ pub struct WorkerRow {
     /// Its process runs the previous template (a changed command, env, parameters or
     /// workdir reaches it at its next restart).
     pub previous_template: bool,
+    /// Its process runs but its progress file is not there: the path automon looks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_missing: Option<PathBuf>,
 }
 
 /// The last fix of a worker and its outcome.
@@ -141,6 +144,12 @@ pub struct Overall {
     pub disk_util_percent: Option<f64>,
     /// Disk queue depth.
     pub disk_queue_depth: Option<f64>,
+    /// Why there is no disk figure (measuring, or unavailable and why), when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_note: Option<String>,
+    /// When the last shard completed, once every shard has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<jiff::Timestamp>,
     /// The scaling decision or why it holds.
     pub scaling: String,
     /// The pid of the running automon loop whose view this is; `None`: no loop runs and the
@@ -169,11 +178,21 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     // While a loop runs, its view: its memory, its last pass, its disk figure.
     let view = crate::control::client::view(&state_dir).map_err(CliError::runtime)?;
     if let Some(view) = view.filter(|_| !args.observed) {
-        return show_view(args, &desired, view);
+        return show_view(args, &desired, view, &state_dir);
     }
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
     if memory.workers.is_empty() && !args.observed {
+        // Workers may run that no state records (state moved aside or lost, a loop between
+        // its lock and its first save): never say "not started" over running workers.
+        let (observed, _) = super::observe_once(&desired, &memory, &state_dir, true);
+        if !observed.unrecorded.is_empty() {
+            return Err(CliError::runtime(unrecorded_running(
+                &manifest.file,
+                &state_dir,
+                &observed.unrecorded,
+            )));
+        }
         return Err(CliError::runtime(not_started(
             &manifest.file,
             &state_dir,
@@ -202,7 +221,8 @@ pub fn run(args: &GetArgs) -> Result<u8, CliError> {
     let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
-    let status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
+    let mut status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
+    mark_missing_progress(&desired, &plan.memory, &mut status);
     print_status(args, &status, &[])
 }
 
@@ -212,7 +232,14 @@ fn show_view(
     args: &GetArgs,
     desired: &Desired,
     view: crate::control::View,
+    state_dir: &std::path::Path,
 ) -> Result<u8, CliError> {
+    // A loop of another WorkerSet sharing this directory's state is not this one's view.
+    if let Some(why) =
+        crate::plan::layout_change(desired, &view.memory, &state_dir.join("state.json"))
+    {
+        return Err(CliError::runtime(why));
+    }
     let Some(plan) = &view.plan else {
         return Err(CliError::runtime(format!(
             "the control loop (pid {}) has not finished its first pass yet",
@@ -225,6 +252,7 @@ fn show_view(
     });
     let pid = i32::try_from(view.pid).ok();
     let mut status = build(desired, &view.memory, plan, &disk, now, pid);
+    mark_missing_progress(desired, &view.memory, &mut status);
     let stale = crate::control::previous_template(desired, &view.memory);
     for row in &mut status.workers {
         row.previous_template = stale.contains(&crate::WorkerId(row.worker));
@@ -240,6 +268,20 @@ fn show_view(
         ));
     }
     print_status(args, &status, &notes)
+}
+
+/// Marks the rows of workers whose process runs while their progress file is not there (a
+/// mistyped `spec.progress.file`, or a worker that writes elsewhere): `get` names the path
+/// automon looks for instead of showing a checkpoint-less row with nothing said.
+fn mark_missing_progress(desired: &Desired, memory: &Memory, status: &mut Status) {
+    for row in &mut status.workers {
+        let id = crate::WorkerId(row.worker);
+        let runs = memory.workers.get(&id).is_some_and(|w| w.process.is_some());
+        let path = desired.progress_path(id);
+        if runs && row.phase != Phase::Completed && !path.exists() {
+            row.progress_missing = Some(path);
+        }
+    }
 }
 
 /// Prints `status` in the chosen format; `notes` follow the table.
@@ -263,6 +305,25 @@ fn print_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<u8,
             print(text)
         }
     }
+}
+
+/// Workers of this WorkerSet run, but the state directory records none of them.
+fn unrecorded_running(
+    file: &std::path::Path,
+    state_dir: &std::path::Path,
+    found: &[crate::observe::UnrecordedWorker],
+) -> String {
+    let which: Vec<String> = found
+        .iter()
+        .map(|u| format!("worker {} pid {}", u.worker, u.identity.pid))
+        .collect();
+    format!(
+        "{} worker process(es) of this WorkerSet run ({}), but {} records none of them; `automon apply {}` adopts them",
+        found.len(),
+        which.join(", "),
+        state_dir.display(),
+        file.display()
+    )
 }
 
 /// Why there is nothing to show yet, saying what will actually happen: setup runs under
@@ -349,16 +410,35 @@ pub fn build(
             params: w.params.clone(),
             differs: w.differs.clone(),
             previous_template: false,
+            progress_missing: None,
         });
     }
-    let (disk_util_percent, disk_queue_depth) = match disk {
+    let (disk_util_percent, disk_queue_depth, disk_note) = match disk {
         DiskObservation::Sample {
             util_percent,
             queue_depth,
             ..
-        } => (Some(*util_percent), Some(*queue_depth)),
-        _ => (None, None),
+        } => (Some(*util_percent), Some(*queue_depth), None),
+        DiskObservation::Warming { device } => (
+            None,
+            None,
+            Some(format!("disk {} measured from the next pass", device.name)),
+        ),
+        DiskObservation::Unavailable { why } => (
+            None,
+            None,
+            Some(format!("disk utilisation unavailable ({why})")),
+        ),
     };
+    let shards_total = desired.shards.as_ref().map_or(0, Vec::len);
+    let shards_done = plan
+        .workers
+        .values()
+        .filter(|s| s.phase == Phase::Completed)
+        .count();
+    let completed_at = (shards_total > 0 && shards_done == shards_total)
+        .then(|| memory.workers.values().filter_map(|w| w.completed_at).max())
+        .flatten();
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
     let running = plan
         .workers
@@ -378,12 +458,8 @@ pub fn build(
         name: desired.name.clone(),
         unit: desired.unit.clone(),
         overall: Overall {
-            shards_done: plan
-                .workers
-                .values()
-                .filter(|s| s.phase == Phase::Completed)
-                .count(),
-            shards_total: desired.shards.as_ref().map_or(0, Vec::len),
+            shards_done,
+            shards_total,
             keys_done,
             keys_total,
             items,
@@ -393,6 +469,8 @@ pub fn build(
             running,
             disk_util_percent,
             disk_queue_depth,
+            disk_note,
+            completed_at,
             scaling: plan.scaling.clone(),
             automon_pid,
         },
@@ -422,7 +500,7 @@ fn next_step(
             format!("restart in {}", format_duration(t.since(now.boot)))
         }),
         Phase::Paused => "waits for `automon resume`".into(),
-        Phase::Failed => "stays stopped (escalation stop_worker)".into(),
+        Phase::Failed => "stays stopped until `automon resume`".into(),
         // Nothing starts without a loop or an `apply`: say which.
         Phase::Pending | Phase::Stopped | Phase::Parked if !automon_running => {
             "starts at the next `automon apply`".into()
@@ -537,6 +615,15 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         out.push('\n');
     }
     for w in &s.workers {
+        if let Some(path) = &w.progress_missing {
+            let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+            let _ = writeln!(
+                out,
+                "worker {}{pid} runs, but its progress file {} is missing: no checkpoint is read until it appears (check spec.progress.file)",
+                w.worker,
+                path.display()
+            );
+        }
         if !w.differs.is_empty() {
             let pid = w
                 .pid
@@ -563,9 +650,29 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         || "unknown".to_string(),
         |e| format_duration(Duration::from_secs(e)),
     );
-    let disk = match (o.disk_util_percent, o.disk_queue_depth) {
-        (Some(u), Some(q)) => format!("disk {u:.0}% busy, queue {q:.1}"),
+    let disk = match (o.disk_util_percent, o.disk_queue_depth, &o.disk_note) {
+        (Some(u), Some(q), _) if o.automon_pid.is_none() => format!(
+            "disk {u:.0}% busy, queue {q:.1} (a {} sample)",
+            format_duration(super::ONE_SHOT_DISK_WINDOW)
+        ),
+        (Some(u), Some(q), _) => format!("disk {u:.0}% busy, queue {q:.1}"),
+        (_, _, Some(note)) => note.clone(),
         _ => "disk utilisation unknown".into(),
+    };
+    // Every shard complete: no rate or ETA to give, but when it finished.
+    let pace = if o.shards_total > 0 && o.shards_done == o.shards_total {
+        o.completed_at.map_or_else(
+            || "done".to_string(),
+            |t| {
+                format!(
+                    "done, completed at {}",
+                    t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                        .strftime("%Y-%m-%d %H:%M:%S")
+                )
+            },
+        )
+    } else {
+        format!("{}/min · ETA {eta}", count(o.rate_per_min.round() as u64))
     };
     let automon = o.automon_pid.map_or_else(
         || "no loop running (read from files)".to_string(),
@@ -573,14 +680,13 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{}: shards {}/{} complete · {} ids {}/{} ({pct:.1}%){items} · {}/min · ETA {eta} · workers {}/{} running · {disk} · {automon}",
+        "\n{}: shards {}/{} complete · {} ids {}/{} ({pct:.1}%){items} · {pace} · workers {}/{} running · {disk} · {automon}",
         s.name,
         o.shards_done,
         o.shards_total,
         s.unit,
         count(o.keys_done),
         count(o.keys_total),
-        count(o.rate_per_min.round() as u64),
         o.running,
         o.desired,
     );
@@ -614,6 +720,7 @@ mod tests {
             params: BTreeMap::new(),
             previous_template: false,
             differs: Vec::new(),
+            progress_missing: None,
         }
     }
 
@@ -639,6 +746,8 @@ mod tests {
                 running: 4,
                 disk_util_percent: Some(12.0),
                 disk_queue_depth: Some(0.1),
+                disk_note: None,
+                completed_at: None,
                 scaling: "holding at 4".into(),
                 automon_pid: Some(4000),
             },
@@ -653,6 +762,50 @@ mod tests {
     fn fixes_show_attempts_used_and_the_last_outcome_in_the_manifests_unit() {
         insta::assert_snapshot!(render(&status(), false, false));
         insta::assert_snapshot!(render(&status(), true, false));
+    }
+
+    /// Regression (fresh-clone test): at 100 % the overall line said "0/min · ETA unknown".
+    #[test]
+    fn a_finished_migration_says_done_and_when_not_a_zero_rate_and_an_unknown_eta() {
+        let mut s = status();
+        for w in &mut s.workers {
+            w.phase = Phase::Completed;
+            w.rate_per_min = None;
+            w.eta_seconds = None;
+        }
+        s.overall.shards_done = 4;
+        s.overall.keys_done = 400;
+        s.overall.rate_per_min = 0.0;
+        s.overall.eta_seconds = None;
+        s.overall.completed_at = Some(jiff::Timestamp::from_second(1_800_000_000).expect("valid"));
+        let text = render(&s, false, false);
+        assert!(text.contains(" · done, completed at 20"), "{text}");
+        assert!(
+            !text.contains("ETA unknown") && !text.contains("0/min"),
+            "{text}"
+        );
+        // Not all complete: the rate and ETA as before.
+        s.overall.shards_done = 3;
+        assert!(render(&s, false, false).contains(" · 0/min · ETA unknown"));
+    }
+
+    /// Without a figure the overall line says why, not "unknown"; a one-shot figure says how
+    /// long it was measured over.
+    #[test]
+    fn the_disk_figure_says_why_it_is_missing_and_how_a_one_shot_figure_was_taken() {
+        let mut s = status();
+        s.overall.disk_util_percent = None;
+        s.overall.disk_queue_depth = None;
+        s.overall.disk_note = Some("disk vda measured from the next pass".into());
+        assert!(render(&s, false, false).contains(" · disk vda measured from the next pass · "));
+        s.overall.disk_util_percent = Some(40.0);
+        s.overall.disk_queue_depth = Some(1.0);
+        s.overall.automon_pid = None;
+        let text = render(&s, false, false);
+        assert!(
+            text.contains(" · disk 40% busy, queue 1.0 (a 500ms sample) · "),
+            "{text}"
+        );
     }
 
     /// Each case says what will actually happen (regression: during setup `get` said to run

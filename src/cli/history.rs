@@ -1,6 +1,8 @@
 //! `automon history FILE [--worker N] [-o json]`: the fix history — every fix, its verification,
-//! code-fix outcomes and escalations. `-o json` prints one JSON array (for jq). A torn last line
-//! left by a crash is skipped with a warning on stderr.
+//! code-fix outcomes and escalations. `-o json` prints one JSON array (for jq). While a loop
+//! runs, the history comes from it over the control socket (with any records a failed save
+//! keeps off disk); with none, from the history file, and the output says which. A torn last
+//! line left by a crash is skipped with a warning on stderr.
 
 use std::path::PathBuf;
 
@@ -37,12 +39,35 @@ pub enum HistoryFormat {
 pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
     let manifest = super::load_manifest(&args.file)?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    let (records, warnings) = crate::state::read_history(&state_dir).map_err(|e| {
-        CliError::runtime(format!(
-            "{}: {e}",
-            state_dir.join(crate::state::HISTORY_FILE).display()
-        ))
-    })?;
+    let file = state_dir.join(crate::state::HISTORY_FILE);
+    // While a loop runs, its history (with what a failed save keeps off disk); else the file.
+    let (records, warnings, source) = match crate::control::client::history(&state_dir) {
+        Ok(Some(h)) => {
+            let unsaved = if h.unsaved > 0 {
+                format!(
+                    "; the last {} record(s) are not on disk yet (its last save failed)",
+                    h.unsaved
+                )
+            } else {
+                String::new()
+            };
+            let source = format!("from the running loop (pid {}){unsaved}", h.pid);
+            (h.records, h.warnings, source)
+        }
+        answer => {
+            let why = match answer {
+                Err(e) => format!("the running loop did not answer ({e})"),
+                _ => "no loop running".into(),
+            };
+            let (records, warnings) = crate::state::read_history(&state_dir)
+                .map_err(|e| CliError::runtime(format!("{}: {e}", file.display())))?;
+            (
+                records,
+                warnings,
+                format!("{why}: read from {}", file.display()),
+            )
+        }
+    };
     for w in &warnings {
         crate::errln!("automon: warning: {w}");
     }
@@ -53,7 +78,9 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
     use std::fmt::Write;
     let mut out = String::new();
     match args.output {
+        // JSON stays one array for jq; where it came from goes to stderr.
         HistoryFormat::Json => {
+            crate::errln!("automon: history {source}");
             let _ = writeln!(
                 out,
                 "{}",
@@ -92,6 +119,7 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
                     r.worker, r.record, r.detail
                 );
             }
+            let _ = writeln!(out, "({source})");
         }
     }
     super::emit(&out)

@@ -324,24 +324,71 @@ pub(crate) fn resolve(manifest: &Manifest) -> Result<Desired, CliError> {
 
 /// Observes the WorkerSet once from `memory`, acting on nothing (the read-only commands'
 /// look); `scan_unrecorded` adds the `/proc` scan for workers memory does not record.
+///
+/// A one-shot command has no previous pass to measure the disk from: it reads diskstats
+/// twice, [`ONE_SHOT_DISK_WINDOW`] apart (the observation runs in between), so `get` and
+/// `diff` show a figure instead of "disk utilisation unknown".
 pub(crate) fn observe_once(
     desired: &Desired,
     memory: &crate::plan::Memory,
     state_dir: &Path,
     scan_unrecorded: bool,
 ) -> (crate::observe::Observed, crate::clock::Now) {
-    let now = crate::clock::Now::read();
-    let observed = crate::observe::Observer::new(desired, crate::observe::Roots::default())
-        .observe(
-            desired,
-            memory,
-            state_dir,
-            crate::observe::Children::default(),
-            scan_unrecorded,
-            now.boot,
-        );
-    (observed, now)
+    observe_once_with(desired, memory, state_dir, scan_unrecorded, None)
 }
+
+/// [`observe_once`], with the running loop's disk figure when there is one (its view is the
+/// one view: no second measurement beside it).
+pub(crate) fn observe_once_with(
+    desired: &Desired,
+    memory: &crate::plan::Memory,
+    state_dir: &Path,
+    scan_unrecorded: bool,
+    loop_disk: Option<crate::observe::disk::DiskObservation>,
+) -> (crate::observe::Observed, crate::clock::Now) {
+    if let Some(disk) = loop_disk {
+        let now = crate::clock::Now::read();
+        let mut observed = crate::observe::Observer::new(desired, crate::observe::Roots::default())
+            .observe(
+                desired,
+                memory,
+                state_dir,
+                crate::observe::Children::default(),
+                scan_unrecorded,
+                now.boot,
+            );
+        observed.disk = disk;
+        return (observed, now);
+    }
+    let roots = crate::observe::Roots::default();
+    let mut disk =
+        crate::observe::disk::DiskSampler::new(&desired.disk_path, &roots.proc, &roots.sys);
+    let first = crate::clock::Now::read();
+    let warming = disk.sample(first.boot);
+    let mut observed = crate::observe::Observer::new(desired, roots).observe(
+        desired,
+        memory,
+        state_dir,
+        crate::observe::Children::default(),
+        scan_unrecorded,
+        first.boot,
+    );
+    if matches!(
+        warming,
+        crate::observe::disk::DiskObservation::Warming { .. }
+    ) {
+        let spent = crate::clock::Now::read().boot.since(first.boot);
+        std::thread::sleep(ONE_SHOT_DISK_WINDOW.saturating_sub(spent));
+        observed.disk = disk.sample(crate::clock::Now::read().boot);
+    } else {
+        observed.disk = warming;
+    }
+    // The pass is judged at the time of the observation, as the loop judges its passes.
+    (observed, first)
+}
+
+/// How long a one-shot command measures disk utilisation over.
+pub(crate) const ONE_SHOT_DISK_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Plans once from a copy of `memory`, for a command that only shows the plan. Refused, as
 /// `apply` refuses it, when the shard layout changed since the state was written (see

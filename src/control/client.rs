@@ -183,3 +183,22 @@ pub fn view(state_dir: &Path) -> Result<Option<super::View>, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// The running loop's [`super::HistoryView`], `Ok(None)` when no loop runs.
+///
+/// # Errors
+/// In words: the loop is in setup (no pass yet), or the socket failed.
+pub fn history(state_dir: &Path) -> Result<Option<super::HistoryView>, String> {
+    match call(state_dir, "GET", "/v1/history", None) {
+        Ok(a) if a.status == 200 => serde_json::from_slice(&a.body)
+            .map(Some)
+            .map_err(|e| format!("the control loop's history cannot be read: {e}")),
+        Ok(a) => Err(format!(
+            "the control loop answered {}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body).trim()
+        )),
+        Err(ClientError::NoLoop) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

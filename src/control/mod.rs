@@ -5,7 +5,7 @@
 //! routes never leave the socket).
 //!
 //! The loop owns the channel: operator requests (`pause`, `resume`, `reset-params`, `apply`) and
-//! views (`get`, `status`, `diff`) reach it as typed [`Request`]s on a channel the daemon reads;
+//! views (`get`, `status`, `diff`, `history`) reach it as typed [`Request`]s on a channel the daemon reads;
 //! SIGHUP arrives on the same channel as [`Request::Reload`]. Nothing is signalled.
 //!
 //! # Routes (socket)
@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | `GET /metrics` | — | 200, Prometheus text (also on TCP) |
 //! | `GET /v1/view` | — | 200 [`View`]; 503 while `spec.setup` runs |
+//! | `GET /v1/history` | — | 200 [`HistoryView`]; 503 while `spec.setup` runs |
 //! | `POST /v1/operator` | [`OperatorBody`] | [`Outcome`]: 200 done, 202 queued (setup runs) |
 //! | `POST /v1/apply` | [`ApplyBody`] | [`Outcome`]: 200 taken, 202 queued, 409 refused, 422 invalid |
 //!
@@ -170,6 +171,20 @@ pub struct View {
     pub status: Option<DaemonStatus>,
 }
 
+/// `GET /v1/history`: the fix history as the running loop knows it — its history file, and
+/// the records a failed save still keeps off disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// The loop's pid.
+    pub pid: u32,
+    /// Every record, oldest first.
+    pub records: Vec<crate::state::HistoryRecord>,
+    /// Lines of the file that did not parse (a torn last line), in words.
+    pub warnings: Vec<String>,
+    /// How many of the records (the last ones) are not on disk yet: the last save failed.
+    pub unsaved: usize,
+}
+
 /// What the loop receives on its channel.
 #[derive(Debug)]
 pub enum Request {
@@ -194,6 +209,11 @@ pub enum Request {
     View {
         /// Where the view goes.
         reply: oneshot::Sender<Box<View>>,
+    },
+    /// The fix history as the loop knows it, answered at once.
+    History {
+        /// Where the history goes.
+        reply: oneshot::Sender<HistoryView>,
     },
 }
 

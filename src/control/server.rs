@@ -328,6 +328,19 @@ async fn route(
                 Err(_) => unavailable(ENDING),
             }
         }
+        (Method::GET, "/v1/history") if control => {
+            if !*shared.ready.borrow() {
+                return unavailable("the control loop is running spec.setup; no pass yet");
+            }
+            let (reply, rx) = oneshot::channel();
+            if shared.tx.send(Request::History { reply }).is_err() {
+                return unavailable(ENDING);
+            }
+            match rx.await {
+                Ok(history) => json(200, &history),
+                Err(_) => unavailable(ENDING),
+            }
+        }
         (Method::POST, "/v1/operator" | "/v1/apply") if control => {
             let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -349,7 +362,7 @@ async fn route(
         _ if control => text(
             StatusCode::NOT_FOUND,
             plain,
-            "not found: /metrics, GET /v1/view, POST /v1/operator, POST /v1/apply\n".into(),
+            "not found: /metrics, GET /v1/view, GET /v1/history, POST /v1/operator, POST /v1/apply\n".into(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,

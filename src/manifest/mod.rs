@@ -462,4 +462,68 @@ mod tests {
             "refused, not truncated"
         );
     }
+
+    fn manifest_with(spec: &str, dir: &Path) -> PathBuf {
+        let file = dir.join("m.yaml");
+        let text = format!(
+            "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {{name: m}}\nspec:\n{spec}  progress: {{file: \"p{{id}}.json\", checkpoint: /c}}\n  logs: {{file: \"w{{id}}.log\"}}\n"
+        );
+        std::fs::write(&file, text).expect("write");
+        file
+    }
+
+    /// Regression (fresh-clone test): `shards: "4"` (a string) was accepted silently, and
+    /// `shards: eight` was refused asking for "a whole number ≥ 0" although 0 is refused too.
+    #[test]
+    fn a_quoted_shard_count_is_refused_and_the_expected_count_says_at_least_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = |shards: &str| {
+            format!(
+                "  work: {{range: {{start: 1, end: 100}}, shards: {shards}}}\n  template: {{command: [sleep, \"1\"]}}\n"
+            )
+        };
+        let quoted = refusal(&manifest_with(&spec("\"4\""), dir.path()));
+        assert!(
+            quoted.contains("m.yaml:5:")
+                && quoted.contains("spec.work.shards: wrong type: found string \"4\"")
+                && quoted.contains("(expected a whole number ≥ 1, unquoted)"),
+            "{quoted}"
+        );
+        let word = refusal(&manifest_with(&spec("eight"), dir.path()));
+        assert!(
+            word.contains("spec.work.shards") && word.contains("a whole number ≥ 1"),
+            "{word}"
+        );
+        assert!(!word.contains("≥ 0"), "{word}");
+        let zero = refusal(&manifest_with(&spec("0"), dir.path()));
+        assert!(zero.contains("expected at least 1"), "{zero}");
+        // Unquoted numbers still load; a quoted worker count is refused like a quoted shard count.
+        load(&manifest_with(&spec("4"), dir.path())).expect("shards: 4 loads");
+        let target = refusal(&manifest_with(
+            "  workers: {target: \"2\"}\n  template: {command: [sleep, \"1\"]}\n",
+            dir.path(),
+        ));
+        assert!(
+            target.contains("spec.workers.target: wrong type"),
+            "{target}"
+        );
+    }
+
+    /// Regression (fresh-clone test): `validate` passed a manifest whose workdir does not
+    /// exist (only `apply` refused it, without a line number).
+    #[test]
+    fn validate_names_file_line_and_field_of_a_workdir_that_does_not_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = manifest_with(
+            "  template:\n    command: [sleep, \"1\"]\n    workdir: no/such/dir\n",
+            dir.path(),
+        );
+        let e = refusal(&file);
+        assert!(
+            e.contains("m.yaml:7:")
+                && e.contains("spec.template.workdir: ")
+                && e.contains("no/such/dir is not a directory"),
+            "{e}"
+        );
+    }
 }

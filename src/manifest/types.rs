@@ -357,18 +357,90 @@ pub struct Adoption {
     pub match_command: bool,
 }
 
+/// Whole numbers as the manifest must write them: unquoted. serde-saphyr reads a quoted
+/// `"4"` into an integer field as 4, so `shards: "4"` passed silently where `shards: eight`
+/// was refused; these read the scalar as YAML types it (`deserialize_any`) and refuse a
+/// string, quoted or not, with what is expected.
+mod whole {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+    struct Whole<T> {
+        expected: &'static str,
+        ty: PhantomData<T>,
+    }
+
+    impl<T: TryFrom<u64>> Visitor<'_> for Whole<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expected)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+            }
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            Err(E::invalid_type(Unexpected::Float(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Err(E::invalid_type(Unexpected::Str(v), &self))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+            Err(E::invalid_type(Unexpected::Bool(v), &self))
+        }
+    }
+
+    fn read<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+        expected: &'static str,
+    ) -> Result<T, D::Error> {
+        d.deserialize_any(Whole {
+            expected,
+            ty: PhantomData,
+        })
+    }
+
+    /// A worker count.
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        read(d, "a whole number ≥ 0, unquoted")
+    }
+
+    /// `spec.work.shards`.
+    pub fn shards<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        read(d, "a whole number ≥ 1, unquoted")
+    }
+
+    /// A key.
+    pub fn key<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d, "a whole number ≥ 0, unquoted")
+    }
+}
+
 /// Worker counts: automon runs `target` workers, never fewer than `min` nor more than `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerCounts {
     /// Workers to run normally (default 4).
-    #[serde(default = "defaults::target")]
+    #[serde(default = "defaults::target", deserialize_with = "whole::count")]
     pub target: u32,
     /// Never scale below this (default 1).
-    #[serde(default = "defaults::min")]
+    #[serde(default = "defaults::min", deserialize_with = "whole::count")]
     pub min: u32,
     /// Never run more than this (default 8).
-    #[serde(default = "defaults::max")]
+    #[serde(default = "defaults::max", deserialize_with = "whole::count")]
     pub max: u32,
 }
 
@@ -389,7 +461,7 @@ pub struct Work {
     /// The key range.
     pub range: KeyRange,
     /// How many shards to split the range into (default 1).
-    #[serde(default = "defaults::shards")]
+    #[serde(default = "defaults::shards", deserialize_with = "whole::shards")]
     #[schemars(range(min = 1))]
     pub shards: u32,
     /// The noun for one key in messages, singular (default "item"; e.g. "book").
@@ -402,6 +474,7 @@ pub struct Work {
 #[serde(deny_unknown_fields)]
 pub struct KeyRange {
     /// First key of the range (inclusive).
+    #[serde(deserialize_with = "whole::key")]
     pub start: u64,
     /// One past the last key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

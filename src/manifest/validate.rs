@@ -312,6 +312,16 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
             "spec.template.workdir",
             "empty workdir (expected a directory, e.g. \".\")",
         );
+    } else if dir.is_dir() && !normalize(&dir.join(&t.workdir)).is_dir() {
+        // (`dir` is the manifest's own directory; it is not there only for a manifest that
+        // was never a file, as in the planner's tests.)
+        c.fail(
+            "spec.template.workdir",
+            format!(
+                "{} is not a directory (it is resolved against the manifest's directory)",
+                normalize(&dir.join(&t.workdir)).display()
+            ),
+        );
     }
     for (name, p) in &t.parameters {
         let field = format!("spec.template.parameters.{name}");

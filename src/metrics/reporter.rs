@@ -39,6 +39,10 @@ pub struct Reporter {
     last_problem: Option<String>,
     /// The last pass's status, as written to `status.json` (the loop's view serves it).
     last_status: Option<DaemonStatus>,
+    /// Where `status.json` is written; `None`: at once, by the caller.
+    writer: Option<state::StateWriter>,
+    /// The last `status.json` failure the writer thread reported (said once while it lasts).
+    status_problem: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Reporter {
@@ -59,7 +63,15 @@ impl Reporter {
             passes: 0,
             last_problem: None,
             last_status: None,
+            writer: None,
+            status_problem: std::sync::Arc::default(),
         }
+    }
+
+    /// From now on `status.json` is written on `writer`'s thread (a hung state directory
+    /// does not hold the pass, nor the metrics published after it).
+    pub fn write_through(&mut self, writer: state::StateWriter) {
+        self.writer = Some(writer);
     }
 
     /// The last pass's status, `None` before the first.
@@ -118,14 +130,28 @@ impl Reporter {
             running: snap.running,
         };
         let mut problems = Vec::new();
-        let written = state::write_status(&self.state_dir, &status);
-        self.last_status = Some(status);
-        if let Err(e) = written {
+        if let Some(w) = &self.writer {
+            let (dir, copy) = (self.state_dir.clone(), status.clone());
+            let last = self.status_problem.clone();
+            w.submit("writing status.json", move || {
+                let problem = state::write_status(&dir, &copy)
+                    .err()
+                    .map(|e| format!("cannot write {}: {e}", state::status_file(&dir).display()));
+                let mut last = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if problem.is_some() && *last != problem {
+                    tracing::warn!("{}", problem.as_deref().unwrap_or_default());
+                }
+                *last = problem;
+            });
+        } else if let Err(e) = state::write_status(&self.state_dir, &status) {
             problems.push(format!(
                 "cannot write {}: {e}",
                 state::status_file(&self.state_dir).display()
             ));
         }
+        self.last_status = Some(status);
         if self.textfile.is_some() || self.served.is_some() {
             let text = render_metrics(&snap);
             if let Some(path) = &self.textfile

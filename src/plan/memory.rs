@@ -186,8 +186,9 @@ pub struct WorkerMemory {
     /// True once the current process has uploaded (or advanced its checkpoint).
     #[serde(default)]
     pub left_discovery: bool,
-    /// Consecutive starts that failed (the program could not be executed: ENOENT, EACCES…);
-    /// at [`super::MAX_START_FAILURES`] the worker is Failed.
+    /// Consecutive starts that failed (the program could not be executed: ENOENT, EACCES…),
+    /// and runs that exited 127/126 without progress (a program behind `env` or `sh` is
+    /// missing); at [`super::MAX_START_FAILURES`] the worker is Failed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub start_failures: u32,
     /// Consecutive exits 0 short of the shard's end while its progress file never appeared;

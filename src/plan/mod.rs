@@ -324,12 +324,26 @@ pub struct Plan {
 /// meaningful only inside its own shard: re-cut shards would put old checkpoints into other
 /// shards (a checkpoint past a new, smaller shard's end reads as that shard being complete),
 /// so a run with another layout must be refused, not planned. `state_file` names the file in
-/// the message. State written before the layout was recorded has nothing to compare.
+/// the message. State written before the layout was recorded has nothing to compare. State
+/// written for another WorkerSet (another `metadata.name`: two manifests in one directory
+/// share `.automon/` by default) is refused first.
 pub fn layout_change(
     desired: &Desired,
     memory: &Memory,
     state_file: &std::path::Path,
 ) -> Option<String> {
+    if let Some(other) = memory
+        .last_applied
+        .as_deref()
+        .and_then(applied_name)
+        .filter(|n| *n != desired.name)
+    {
+        return Some(format!(
+            "{} belongs to WorkerSet {other:?}, not {:?} (metadata.name): two WorkerSets cannot share a state directory (their workers, checkpoints and lock would mix); give this one its own with --state-dir DIR",
+            state_file.parent().unwrap_or(state_file).display(),
+            desired.name
+        ));
+    }
     let (range, n) = shard_layout(desired)?;
     let advice = "shard boundaries would move under the workers' checkpoints (use another state directory to start a new migration)";
     if let Some(old) = memory.range
@@ -351,6 +365,22 @@ pub fn layout_change(
         )),
         _ => None,
     }
+}
+
+/// `metadata.name` of a normalised manifest ([`Memory::last_applied`]); `None` when it does
+/// not parse.
+pub fn applied_name(applied: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        metadata: Meta,
+    }
+    serde_saphyr::from_str::<Head>(applied)
+        .ok()
+        .map(|h| h.metadata.name)
 }
 
 /// The manifest's shard layout: the key range `[start, end)` and the shard count; `None` for
@@ -804,7 +834,8 @@ pub fn record_start(
             w.left_discovery = false;
             w.stuck_passes = 0;
             w.completed_at = None;
-            w.start_failures = 0;
+            // (A streak of failed starts ends with progress or another kind of exit: a
+            // command whose program is missing behind `env` or `sh` starts, then exits 127.)
             None
         }
         Err(why) => {

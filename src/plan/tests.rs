@@ -360,6 +360,51 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     assert!(!starts(&during).contains(&0));
 }
 
+/// Regression (fresh-clone user test): a fix was decided, automon was SIGKILLed before the fix
+/// was saved, and the attempt was lost. The loop now sends a fix's stop only once the memory
+/// that records the attempt (number, stage, the stop) is on disk (`daemon::launch_deferred`);
+/// this is what the next automon makes of that memory when the kill came between the save and
+/// the stop: the same attempt, counted once, and its stop resumed.
+#[test]
+fn a_fix_saved_but_not_acted_on_before_a_kill_is_resumed_and_counted_once() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.left_discovery = true;
+    w.last_progress_at = Some(at(60).boot);
+    m.workers.insert(WorkerId(0), w);
+    let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
+    let first = plan(&d, &o, m, at(60 + 372));
+    let decided = plan(&d, &o, first.memory.clone(), at(60 + 380));
+    assert_eq!(stops(&decided), [0]);
+    let w0 = &decided.memory.workers[&WorkerId(0)];
+    assert_eq!(
+        w0.fixes.attempts.len(),
+        1,
+        "the attempt is in the saved memory"
+    );
+    assert_eq!(w0.fixes.stage, Some(memory::FixStage::Verifying { n: 1 }));
+    assert!(w0.stopping.as_ref().is_some_and(|s| s.restart));
+    // What state.json holds when the kill comes before the stop is sent.
+    let json = serde_json::to_vec(&decided.memory).expect("serialize");
+    let loaded: Memory = serde_json::from_slice(&json).expect("load");
+    // The next automon: the stuck process still runs, no stop task of its own.
+    let next = plan(&d, &o, loaded, at(60 + 390));
+    assert_eq!(stops(&next), [0]);
+    let reason = next
+        .actions
+        .iter()
+        .find(|a| a.worker() == WorkerId(0))
+        .map(Action::reason)
+        .unwrap_or_default();
+    assert!(reason.contains("resuming the stop"), "{reason}");
+    assert!(reason.contains("fix attempt 1/"), "{reason}");
+    let w0 = &next.memory.workers[&WorkerId(0)];
+    assert_eq!(w0.fixes.attempts.len(), 1, "counted once");
+    assert_eq!(w0.fixes.attempts[0].n, 1);
+    assert_eq!(next.memory.totals.fixes.values().sum::<u64>(), 1);
+}
+
 #[test]
 fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() {
     let d = desired();
@@ -602,6 +647,91 @@ fn a_start_that_cannot_execute_the_program_counts_as_a_crash_and_fails_the_worke
 /// Regression (issue 14.6): a mistyped `progress.file` made the worker redo its whole shard
 /// forever ("checkpoint short … restarting from checkpoint its range start"), never naming the
 /// file automon looked for.
+/// Regression (fresh-clone test): a command whose program is missing behind `env` or `sh`
+/// (`[/usr/bin/env, nothere]`) starts, exits 127 at once, and was retried at `backoff_max`
+/// forever, never Failed. Exits 127/126 without progress count like starts that failed: the
+/// worker is Failed after the limit, with the command and its log named.
+#[test]
+fn a_command_whose_program_is_missing_behind_env_exits_127_and_fails_after_the_start_limit_instead_of_retrying_forever()
+ {
+    let d = desired();
+    let mut m = mem();
+    let mut now = 0;
+    let mut alerts = Vec::new();
+    for attempt in 1..=MAX_START_FAILURES {
+        let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(now));
+        let start = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("attempt {attempt}: worker 0 started: {:?}", p.actions));
+        m = p.memory;
+        let pid = 100 + attempt as i32;
+        assert_eq!(
+            record_start(
+                &mut m,
+                &d,
+                &start,
+                Ok((identity(pid), at(now).boot)),
+                at(now)
+            ),
+            None
+        );
+        now += 1;
+        let exited = observed(
+            [(WorkerId(0), obs(Some(ProcessStatus::Exited), None))].into(),
+            vec![ExitEvent {
+                worker: WorkerId(0),
+                pid,
+                code: Some(127),
+                signal: None,
+            }],
+        );
+        let p = plan(&d, &exited, m, at(now));
+        alerts.extend(p.events.iter().filter(|e| e.starts_with("ALERT")).cloned());
+        if attempt < MAX_START_FAILURES {
+            assert_ne!(
+                p.workers[&WorkerId(0)].phase,
+                Phase::Failed,
+                "attempt {attempt}"
+            );
+        }
+        m = p.memory;
+        now += 600; // past any backoff
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].starts_with("ALERT: worker 0: exited with status 127 (command not found) 3 times in a row without progress")
+            && alerts[0].contains("(command: w ")
+            && alerts[0].contains("/tmp/t/w0.log"),
+        "{alerts:?}"
+    );
+    let p = plan(&d, &observed(BTreeMap::new(), vec![]), m.clone(), at(now));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Failed);
+    assert!(!starts(&p).contains(&0), "{:?}", p.actions);
+    // An exit 127 after progress is an ordinary crash: restarted, not counted.
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+        w.start_failures = MAX_START_FAILURES - 1;
+    }
+    let exited = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![ExitEvent {
+            worker: WorkerId(0),
+            pid: 10,
+            code: Some(127),
+            signal: None,
+        }],
+    );
+    let p = plan(&d, &exited, m, at(30));
+    assert!(starts(&p).contains(&0), "{:?}", p.actions);
+    assert_eq!(p.memory.workers[&WorkerId(0)].start_failures, 0);
+}
+
 #[test]
 fn a_progress_file_that_never_appears_is_named_and_the_worker_held_after_two_clean_exits() {
     let d = desired();

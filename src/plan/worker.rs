@@ -297,6 +297,8 @@ impl Planner<'_> {
         if let Some(at) = signal_at {
             w.last_progress_at = Some(w.last_progress_at.map_or(at, |l| l.max(at)));
             w.stuck_passes = 0;
+            // It runs and works: a streak of starts that failed is over.
+            w.start_failures = 0;
         }
         if let Some(stopping) = w.stopping.clone() {
             if let Some(process) = w.process.clone() {
@@ -460,7 +462,8 @@ impl Planner<'_> {
         let how = match (exit, &obs.process) {
             _ if stopping.is_some() => "stopped".to_string(),
             (Some(e), _) if e.code.is_some() => {
-                format!("exited with status {}", e.code.unwrap_or_default())
+                let code = e.code.unwrap_or_default();
+                format!("exited with status {code}{}", exec_status_words(code))
             }
             (Some(e), _) => format!(
                 "was killed by signal {}",
@@ -552,6 +555,9 @@ impl Planner<'_> {
             self.memory.totals.crash_restarts += 1;
             return;
         }
+        if self.exec_failure(id, w, process, &how, exit) {
+            return;
+        }
         let suspicious = if exit_zero || claimed.is_some() {
             let end = shard.map_or_else(String::new, |s| {
                 format!(" short of the shard's last key {}", count(s.last_key()))
@@ -594,6 +600,51 @@ impl Planner<'_> {
                 fmt_dur(delay)
             ));
         }
+    }
+
+    /// An exit with status 127 or 126 from a run that made no progress: the command started,
+    /// but a program it runs could not be found or executed (the status `sh` and `env` give).
+    /// Counted with the starts that failed outright; at [`super::MAX_START_FAILURES`] in a row
+    /// the worker is Failed naming the command, instead of retried at `backoff_max` forever.
+    /// Returns true when it failed the worker (nothing more to decide this pass). Any other
+    /// exit ends the streak.
+    fn exec_failure(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        process: &RunningProcess,
+        how: &str,
+        exit: Option<&crate::observe::ExitEvent>,
+    ) -> bool {
+        let code = exit.and_then(|e| e.code);
+        let progressed = w.checkpoint != process.resume_from
+            || w.last_progress_at.is_some_and(|t| t >= process.started_at);
+        if !matches!(code, Some(126 | 127)) || progressed {
+            w.start_failures = 0;
+            return false;
+        }
+        w.start_failures += 1;
+        if w.start_failures < super::MAX_START_FAILURES {
+            return false;
+        }
+        let reason = format!(
+            "{how} {} times in a row without progress: a program its command runs is missing or not executable (command: {}; its log {} names it)",
+            w.start_failures,
+            crate::text::shell_words(&self.desired.command),
+            self.desired.log_path(id).display()
+        );
+        w.backoff_until = None;
+        w.restart_reason = None;
+        w.failures += 1;
+        self.events.push(format!(
+            "ALERT: worker {id}: {reason}; Failed (fix the template's command, then `automon resume`)"
+        ));
+        w.failed = Some(memory::Hold {
+            reason,
+            at: self.now.wall,
+            by_operator: false,
+        });
+        true
     }
 
     /// A worker that would be started now but whose progress file exists without parsing, and
@@ -705,5 +756,15 @@ impl Planner<'_> {
             w.rate_samples.pop_front();
         }
         w.rate_samples.push_back((self.now.boot, checkpoint));
+    }
+}
+
+/// What exit statuses 127 and 126 mean by the convention of `sh` and `env`: ` (command not
+/// found)`, ` (command not executable)`; nothing for other statuses.
+fn exec_status_words(code: i32) -> &'static str {
+    match code {
+        127 => " (command not found)",
+        126 => " (command not executable)",
+        _ => "",
     }
 }

@@ -12,6 +12,7 @@
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The structured facts of one event, for `--log-format json`, so that
 /// `jq 'select(.worker==3)'` finds a worker's events. Absent facts are left out of the record.
@@ -46,17 +47,33 @@ pub fn mentioned_worker(message: &str) -> Option<u32> {
 }
 
 /// An append-only events log that also echoes each line to stderr.
+///
+/// With a [`super::StateWriter`] ([`EventLog::write_through`]) the file is written on the
+/// writer thread, in order with the state saves; the caller never waits for the disk.
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    /// The open file and whether lines were written since the last sync; locked only by the
+    /// thread that writes (held across the I/O).
+    file: Arc<Mutex<OpenFile>>,
     echo: bool,
     /// Lines recorded since [`EventLog::capture`], for an operator waiting on a pass.
     captured: Option<Vec<String>>,
-    /// Why the last write failed, until one succeeds.
-    failure: Option<String>,
+    /// Why the last write failed, until one succeeds (locked only briefly, never across I/O).
+    failure: Arc<Mutex<Option<String>>>,
+    /// Where the file writes go; `None`: written at once by the caller.
+    writer: Option<super::StateWriter>,
+}
+
+#[derive(Debug, Default)]
+struct OpenFile {
+    file: Option<std::fs::File>,
     /// Lines written since the last [`EventLog::sync`].
     dirty: bool,
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Opens `path` for appending (creating it) and closes a torn last line.
@@ -90,11 +107,24 @@ impl EventLog {
         };
         Self {
             path,
-            file,
+            file: Arc::new(Mutex::new(OpenFile { file, dirty: false })),
             echo,
-            failure,
+            failure: Arc::new(Mutex::new(failure)),
             captured: None,
-            dirty: false,
+            writer: None,
+        }
+    }
+
+    /// From now on the file is written on `writer`'s thread (see the type's doc).
+    pub fn write_through(&mut self, writer: super::StateWriter) {
+        self.writer = Some(writer);
+    }
+
+    /// Runs `job` on the writer thread, or here without one.
+    fn io(&self, what: &'static str, job: impl FnOnce() + Send + 'static) {
+        match &self.writer {
+            Some(w) => w.submit(what, job),
+            None => job(),
         }
     }
 
@@ -115,23 +145,25 @@ impl EventLog {
     }
 
     /// Why the file cannot be written now, if it cannot (the last write or open failed).
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
+    pub fn failure(&self) -> Option<String> {
+        guard(&self.failure).clone()
     }
 
     /// Opens the file again by path when the open one was deleted or replaced (compares the
     /// inode the path names with the open file's).
     pub fn reopen_if_replaced(&mut self) {
-        let Some(f) = &self.file else {
-            return;
-        };
-        let held = f.metadata().map(|m| (m.dev(), m.ino())).ok();
-        let named = std::fs::metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()))
-            .ok();
-        if held != named {
-            self.file = None;
-        }
+        let (file, path) = (self.file.clone(), self.path.clone());
+        self.io("checking events.log", move || {
+            let mut open = guard(&file);
+            let Some(f) = &open.file else {
+                return;
+            };
+            let held = f.metadata().map(|m| (m.dev(), m.ino())).ok();
+            let named = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+            if held != named {
+                open.file = None;
+            }
+        });
     }
 
     /// Records one event at `now`: in the file, on stderr when echoing, and as a `tracing` event
@@ -166,29 +198,35 @@ impl EventLog {
             crate::stdio::err(&format!("{local}  {message}\n"));
         }
         let line = format!("{}  {message}\n", record_time(now));
-        let result = match self.file.take() {
-            Some(f) => Ok(f),
-            None => open_for_append(&self.path),
-        }
-        .and_then(|mut f| {
-            f.write_all(line.as_bytes())?;
-            self.file = Some(f);
-            self.dirty = true;
-            Ok(())
-        });
-        match result {
-            Ok(()) => self.failure = None,
-            Err(e) => {
-                if self.failure.is_none() {
-                    crate::errln!(
-                        "automon: cannot write {}: {e}; later events try again",
-                        self.path.display()
-                    );
-                }
-                self.failure = Some(e.to_string());
-                // A partial line may be in the file: the next open closes it.
+        let (file, failure, path) = (self.file.clone(), self.failure.clone(), self.path.clone());
+        self.io("appending to events.log", move || {
+            let mut open = guard(&file);
+            let result = match open.file.take() {
+                Some(f) => Ok(f),
+                None => open_for_append(&path),
             }
-        }
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                open.file = Some(f);
+                open.dirty = true;
+                Ok(())
+            });
+            drop(open);
+            let mut failure = guard(&failure);
+            match result {
+                Ok(()) => *failure = None,
+                Err(e) => {
+                    if failure.is_none() {
+                        crate::errln!(
+                            "automon: cannot write {}: {e}; later events try again",
+                            path.display()
+                        );
+                    }
+                    *failure = Some(e.to_string());
+                    // A partial line may be in the file: the next open closes it.
+                }
+            }
+        });
     }
 }
 
@@ -196,18 +234,24 @@ impl EventLog {
     /// Flushes the lines written since the last call to disk (`sync_data`), as the fix history
     /// does; the loop calls it once per pass (not per line), and dropping the log calls it.
     pub fn sync(&mut self) {
-        if !std::mem::take(&mut self.dirty) {
-            return;
-        }
-        if let Some(f) = &self.file
-            && let Err(e) = f.sync_data()
-        {
-            if self.failure.is_none() {
-                crate::errln!("automon: cannot flush {}: {e}", self.path.display());
+        let (file, failure, path) = (self.file.clone(), self.failure.clone(), self.path.clone());
+        self.io("flushing events.log", move || {
+            let mut open = guard(&file);
+            if !std::mem::take(&mut open.dirty) {
+                return;
             }
-            self.failure = Some(e.to_string());
-            self.file = None;
-        }
+            if let Some(f) = &open.file
+                && let Err(e) = f.sync_data()
+            {
+                open.file = None;
+                drop(open);
+                let mut failure = guard(&failure);
+                if failure.is_none() {
+                    crate::errln!("automon: cannot flush {}: {e}", path.display());
+                }
+                *failure = Some(e.to_string());
+            }
+        });
     }
 }
 

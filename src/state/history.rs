@@ -49,7 +49,7 @@ pub struct HistoryRecord {
 }
 
 /// Appends records to the history file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FixHistory {
     path: PathBuf,
 }
@@ -87,6 +87,18 @@ impl FixHistory {
     /// Appends records for what changed since `old` (the basis of an earlier memory, see
     /// [`HistoryBasis::of`]): new fix attempts, new verifications, new pauses and failures.
     pub fn record_changes(&self, old: &HistoryBasis, new: &Memory, desired: &Desired) {
+        for record in changes(old, new, desired) {
+            self.append(&record);
+        }
+    }
+}
+
+/// The records of what changed since `old` ([`FixHistory::record_changes`] appends them; the
+/// running loop also shows them to `automon history` while a failed save keeps them off
+/// disk).
+pub fn changes(old: &HistoryBasis, new: &Memory, desired: &Desired) -> Vec<HistoryRecord> {
+    let mut out = Vec::new();
+    {
         let max = desired.fixes.max_attempts;
         for (id, w) in &new.workers {
             let before = old.workers.get(id);
@@ -99,7 +111,7 @@ impl FixHistory {
                         .as_ref()
                         .filter(|d| d.used)
                         .and_then(|d| serde_json::to_value(d).ok());
-                    self.append(&HistoryRecord {
+                    out.push(HistoryRecord {
                         record: "fix".into(),
                         at: a.at_wall,
                         worker: *id,
@@ -114,7 +126,7 @@ impl FixHistory {
                 if let Some(v) = &a.result
                     && previous.is_none_or(|p| !p.verified)
                 {
-                    self.append(&HistoryRecord {
+                    out.push(HistoryRecord {
                         record: "verification".into(),
                         at: v.at,
                         worker: *id,
@@ -134,7 +146,7 @@ impl FixHistory {
                 if let Some(h) = hold
                     && !was
                 {
-                    self.append(&HistoryRecord {
+                    out.push(HistoryRecord {
                         record: "escalation".into(),
                         at: h.at,
                         worker: *id,
@@ -149,6 +161,7 @@ impl FixHistory {
             }
         }
     }
+    out
 }
 
 /// What [`FixHistory::record_changes`] compares a pass's memory with: per worker, its fix

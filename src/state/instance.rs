@@ -47,6 +47,11 @@ fn alive_with(pid: i32, start_ticks: u64) -> bool {
 /// started at the recorded time in this boot, be an automon (`/proc/PID/exe`), and hold the
 /// `flock` on that very file (`/proc/locks`). Only then may `stop` signal it.
 pub fn running_instance(state_dir: &Path) -> Option<Instance> {
+    lock_owner(state_dir).or_else(|| status_writer(state_dir))
+}
+
+/// The lock file's recorded owner, when it is alive, an automon, and holds that file's flock.
+fn lock_owner(state_dir: &Path) -> Option<Instance> {
     let owner = super::lock::recorded_owner(state_dir)?;
     let pid = owner.pid;
     if !owner.boot_id.is_empty() && owner.boot_id != proc::boot_id(Path::new("/proc")) {
@@ -58,6 +63,43 @@ pub fn running_instance(state_dir: &Path) -> Option<Instance> {
     if !is_automon(pid) || !holds_lock(pid, &state_dir.join("lock")) {
         return None;
     }
+    instance_of(pid)
+}
+
+/// The control loop that wrote `state_dir/status.json`, when it still runs there although the
+/// lock file does not name it (the file was deleted under it; the loop locks a new one on its
+/// next pass): a live automon other than this process, running `--watch`, with the state
+/// directory's `events.log` open (the same inode, so a stranger with a reused pid, or an
+/// automon on another directory, is not taken for it).
+pub fn status_writer(state_dir: &Path) -> Option<Instance> {
+    let status = super::read_status(state_dir).ok()??;
+    let pid = i32::try_from(status.pid).ok()?;
+    if !status.watch || status.pid == std::process::id() || !alive_with(pid, 0) {
+        return None;
+    }
+    if !is_automon(pid) || !has_open(pid, &state_dir.join("events.log")) {
+        return None;
+    }
+    instance_of(pid)
+}
+
+/// True when one of `pid`'s open descriptors is the file `path` names (same device and inode).
+fn has_open(pid: i32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(path) else {
+        return false;
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::metadata(fd.path())
+            .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+    })
+}
+
+/// `pid` as an [`Instance`] with its start time.
+fn instance_of(pid: i32) -> Option<Instance> {
     let start_ticks = proc::read_stat(Path::new("/proc"), pid)?.start_ticks;
     let since = proc::boot_time(Path::new("/proc"))
         .and_then(|boot| proc::start_time(boot, start_ticks, proc::clock_ticks_per_second()));

@@ -97,7 +97,18 @@ impl InstanceLock {
             .open(&path)
             .map_err(io)?;
         super::private::tighten(&file).map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock);
+        // A loop whose lock file was deleted still runs here (it writes status.json and holds
+        // events.log open): the new file's lock is not a free WorkerSet.
+        if locked.is_ok()
+            && let Some(other) = super::instance::status_writer(state_dir)
+        {
+            return Err(LockError::Held {
+                pid: other.pid.to_string(),
+                path,
+            });
+        }
+        match locked {
             Ok(lock) => {
                 let pid = std::process::id();
                 let ticks = i32::try_from(pid)
@@ -129,15 +140,21 @@ impl InstanceLock {
     /// Writes the owner line and the condition in place (never truncated to empty first, so a
     /// reader never sees an empty owner).
     fn write(&mut self) -> std::io::Result<()> {
+        let text = self.text();
+        self.lock.write_all_at(text.as_bytes(), 0)?;
+        self.lock.set_len(text.len() as u64)?;
+        Ok(())
+    }
+
+    /// The file's text: the owner line and the condition line.
+    fn text(&self) -> String {
         let mut text = format!("{}\n", self.owner);
         if let Some(c) = &self.condition {
             text.push_str("condition: ");
             text.push_str(c);
             text.push('\n');
         }
-        self.lock.write_all_at(text.as_bytes(), 0)?;
-        self.lock.set_len(text.len() as u64)?;
-        Ok(())
+        text
     }
 
     /// Sets (or clears, with `None`) the condition `automon status` shows; one line, cut to
@@ -146,6 +163,22 @@ impl InstanceLock {
     /// # Errors
     /// The I/O error writing the lock file.
     pub fn set_condition(&mut self, condition: Option<&str>) -> std::io::Result<()> {
+        match self.condition_write(condition)? {
+            Some(write) => write(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`InstanceLock::set_condition`] for the writer thread: takes the new condition and
+    /// returns the write that puts it in the file (through a duplicate of the held descriptor),
+    /// `None` when it is unchanged.
+    ///
+    /// # Errors
+    /// The error of duplicating the descriptor.
+    pub fn condition_write(
+        &mut self,
+        condition: Option<&str>,
+    ) -> std::io::Result<Option<impl FnOnce() -> std::io::Result<()> + Send + 'static>> {
         let condition = condition.map(|c| {
             let mut line = c.replace('\n', " ");
             if line.len() > MAX_CONDITION {
@@ -159,10 +192,15 @@ impl InstanceLock {
             line
         });
         if condition == self.condition {
-            return Ok(());
+            return Ok(None);
         }
+        let file = self.lock.try_clone()?;
         self.condition = condition;
-        self.write()
+        let text = self.text();
+        Ok(Some(move || {
+            file.write_all_at(text.as_bytes(), 0)?;
+            file.set_len(text.len() as u64)
+        }))
     }
 
     /// Checks that the lock path still names the file this lock holds. When the state directory

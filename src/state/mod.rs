@@ -5,7 +5,8 @@
 //! holds the owner's pid, start time and boot id, and a `condition:` line when something in
 //! automon's own house is wrong), `events.log` (one line per decision, appended), `auto_fix_history.jsonl` (one record per
 //! fix and verification, appended), `status.json` (the loop's last pass, for `automon status`),
-//! `automon.pid` (pid and start ticks of an automon started by `automon start`), `automon.log`
+//! `automon.pid` (pid and start ticks of an automon started by `automon start`), `setup.json`
+//! (the setup being run, see [`crate::act::setup`]), `automon.log`
 //! (its stdout and stderr), `control.sock` (the running loop's control socket, see
 //! [`crate::control`]). The directory is 0700 and every file in it 0600 ([`private`]).
 
@@ -18,10 +19,13 @@ pub mod private;
 pub mod requests;
 mod status;
 mod store;
+mod writer;
 
 pub use events::{EventFields, EventLog, mentioned_worker};
 pub use fleet_lock::{FleetFiles, FleetLock};
-pub use history::{FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, read_history};
+pub use history::{
+    FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, changes as history_changes, read_history,
+};
 pub use instance::{
     Instance, PID_FILE, pid_file, read_pid_file, remove_pid_file, running_instance, write_pid_file,
 };
@@ -35,6 +39,7 @@ pub fn lock_holder(state_dir: &std::path::Path) -> Option<i32> {
 }
 pub use status::{DaemonStatus, STATUS_FILE, read_status, status_file, write_status};
 pub use store::{StateError, load_memory, move_aside, remove_stale_temp_files, save_memory};
+pub use writer::{SaveDone, StateWriter};
 
 use std::path::{Path, PathBuf};
 

@@ -37,25 +37,28 @@ fn fixture(name: &str) -> String {
 
 /// A migration whose worker script is a copy inside the temp dir (the fix edits the copy), with
 /// the loop bug armed on every run for one shard and the LLM pointed at `base_url`.
-fn looping_migration(base_url: &str) -> (Migration, u64) {
+/// `verify_after`: how long the fixed worker has to show progress (a fix that helps completes
+/// its shard sooner, and is verified then: a long span costs nothing when the fix works).
+fn looping_migration(base_url: &str, verify_after: &str) -> (Migration, u64) {
     let probe = Migration::new(&Knobs::default());
     let (a, b) = probe.shard(2);
     let book = a + (b - a) * 2 / 3;
     let fault: &'static str = Box::leak(format!("loop:{book}:always").into_boxed_str());
     let extra: &'static str = Box::leak(
         format!(
-            "  fixes:\n    cooldown: 1s\n    verify_after: 20s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
+            "  fixes:\n    cooldown: 1s\n    verify_after: {verify_after}\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
         )
         .into_boxed_str(),
     );
-    // Thresholds with room for a loaded machine: a healthy worker slow to start must not be
-    // found stuck (the stand-in proposes its code fix for whichever worker asks).
+    // Thresholds with room for a loaded machine: a healthy worker slow to start or starved of
+    // CPU for seconds must not be found stuck (the stand-in proposes its code fix for whichever
+    // worker asks, so a healthy worker found stuck would take the looping one's fix). The
+    // looping worker has uploaded before it loops: it is found on stuck_after, not on
+    // discovery_grace.
     let m = Migration::new(&Knobs {
         fault,
-        // Thresholds a loaded machine cannot trip for a healthy worker (the looping one is found
-        // after 10 s); the fixed worker has 20 s to show progress (its restart included).
-        stuck_after: "10s",
-        discovery_grace: "20s",
+        stuck_after: "20s",
+        discovery_grace: "60s",
         stop_grace: "1s",
         extra_spec: extra,
         ..Knobs::default()
@@ -98,7 +101,8 @@ async fn a_canned_code_fix_from_the_llm_is_applied_verified_and_the_migration_co
         .respond_with(answer(&fixture("fix_loop_bug.txt")))
         .mount(&server)
         .await;
-    let (m, book) = looping_migration(&format!("{}/v1", server.uri()));
+    // A minute for the fixed worker's restart and first batch on a loaded machine.
+    let (m, book) = looping_migration(&format!("{}/v1", server.uri()), "60s");
     let owner = m.owner(book);
     let (code, stderr) = tokio::time::timeout(super::support::PATIENCE, run_watch(&m))
         .await
@@ -150,7 +154,9 @@ async fn a_code_fix_that_does_not_help_is_rolled_back_and_the_worker_paused_afte
         .respond_with(answer(&fixture("useless_fix.txt")))
         .mount(&server)
         .await;
-    let (m, book) = looping_migration(&format!("{}/v1", server.uri()));
+    // The useless fix fails verification however loaded the machine is (no load makes a loop
+    // advance): a short span keeps three attempts quick.
+    let (m, book) = looping_migration(&format!("{}/v1", server.uri()), "20s");
     let owner = m.owner(book);
     let (code, stderr) = tokio::time::timeout(super::support::PATIENCE, run_watch(&m))
         .await
@@ -194,24 +200,24 @@ fn two_workers_one_script(base_url: &str) -> (Migration, (u64, u64), (u64, u64))
     let fault: &'static str = Box::leak(format!("loop:{book}:always").into_boxed_str());
     let extra: &'static str = Box::leak(
         format!(
-            "  fixes:\n    cooldown: 1s\n    verify_after: 20s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
+            "  fixes:\n    cooldown: 1s\n    verify_after: 5s\n    max_attempts: 3\n    escalation: alert_and_pause\n    code: {{enabled: true, files: [examples/calibre-migration/migrate_worker.py]}}\n  llm: {{enabled: true, base_url: \"{base_url}\", model: stand-in-model, timeout: 10s}}\n"
         )
         .into_boxed_str(),
     );
-    // The healthy worker takes ~120 s (200 books at 0.6 s): it is still running when the
-    // looping one's fix is rolled back (~12 s of books, then stuck detection after 20 s and one
-    // verification 20 s after the fix). Thresholds with room for a loaded machine: the healthy
-    // worker shows a batch every 3 s, so it is never found stuck (the stand-in would propose
-    // its useless fix for it too) unless starved of CPU for 17 s.
+    // The healthy worker takes ~80 s (200 books at 0.4 s, sleep-bound: load makes it slower,
+    // never faster): it is still running when the looping one's fix is rolled back (~8 s of
+    // books, then stuck detection and one verify, ~30 s). stuck_after leaves the healthy
+    // worker (a line every 0.4 s) 15 s of CPU starvation before it could be found stuck;
+    // discovery_grace a minute to start.
     let m = Migration::new(&Knobs {
         books: 400,
         fault,
-        upload_delay: "0.6",
-        batch_size: 5,
-        stuck_after: "20s",
-        discovery_grace: "40s",
+        upload_delay: "0.4",
+        stuck_after: "15s",
+        discovery_grace: "60s",
         stop_grace: "1s",
         extra_spec: extra,
+        ..Knobs::default()
     });
     let copy = m.path().join("examples/calibre-migration");
     std::fs::create_dir_all(&copy).expect("mkdir");

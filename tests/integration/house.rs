@@ -208,6 +208,263 @@ fn a_full_state_disk_does_not_end_the_loop_and_starts_wait_for_a_save() {
     assert_eq!(wait_exit(&mut automon).code(), Some(130));
 }
 
+/// Thaws a frozen file system when dropped (before [`Cleanup`] kills and unmounts: a process
+/// blocked on a frozen file system cannot die until it thaws).
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// A small ext4 file system on a loop device at `mnt`; why not, when it cannot be made here.
+fn mount_ext4(dir: &Path, mnt: &Path) -> Result<(), String> {
+    let img = dir.join("state.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(32 << 20))
+        .map_err(|e| format!("cannot create {}: {e}", img.display()))?;
+    std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+    let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+    if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)) {
+        return Err("mkfs.ext4 is missing or failed".into());
+    }
+    if !ok(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(mnt))
+    {
+        return Err("mounting a loop device failed (no loop devices in this container?)".into());
+    }
+    Ok(())
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`: the status line and body, or why not.
+fn get_metrics(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Regression (issue 26, item 13): with the state directory's file system frozen (`fsfreeze`)
+/// the whole loop stalled: no restarts, metrics timed out, SIGTERM waited for the thaw. State
+/// writes now go through one writer thread: during the freeze a crashed worker is restarted,
+/// metrics answer, the pending write is said, and SIGTERM ends the loop at once, saying what
+/// it could not save; the next automon adopts the worker started during the freeze (one per
+/// id). Needs root, `mkfs.ext4`, loop devices and `fsfreeze`; skipped with the reason without.
+#[test]
+fn a_frozen_state_file_system_holds_only_the_state_writes() {
+    if !is_root() {
+        println!("skipped: mounting and freezing a file system needs root (CI runs as root)");
+        return;
+    }
+    // Shards that outlast the freeze: 100 books each at 1 s a book.
+    let m = Migration::new(&Knobs {
+        books: 800,
+        upload_delay: "1",
+        batch_size: 5,
+        stuck_after: "10m",
+        discovery_grace: "10m",
+        ..Knobs::default()
+    });
+    let mnt = m.path().join("statefs");
+    if let Err(why) = mount_ext4(m.path(), &mnt) {
+        println!("skipped: {why}");
+        return;
+    }
+    let state_dir = mnt.join("state");
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![mnt.clone()],
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let state = state_dir.to_str().expect("utf-8").to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let mut automon = watch(
+        &m,
+        &["--state-dir", &state, "--metrics-addr", &addr],
+        "automon",
+    );
+    cleanup.loops.push(child_pid(&automon));
+    wait_for("four workers and metrics", || {
+        live_workers(&state_dir).len() == 4 && get_metrics(port).is_ok_and(|t| t.contains("200 OK"))
+    });
+    let frozen = Command::new("fsfreeze").arg("-f").arg(&mnt).status();
+    if !frozen.is_ok_and(|s| s.success()) {
+        println!("skipped: fsfreeze -f failed on this kernel");
+        let _ = automon.kill();
+        let _ = automon.wait();
+        return;
+    }
+    let thaw = Thaw(mnt.clone());
+    // A worker crashes during the freeze: it is restarted.
+    let (&victim, pids) = live_workers(&state_dir)
+        .iter()
+        .next()
+        .map(|(id, p)| (id, p.clone()))
+        .expect("a worker");
+    killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
+    wait_for("the crashed worker restarted during the freeze", || {
+        live_workers(&state_dir)
+            .get(&victim)
+            .is_some_and(|p| !p.contains(&pids[0]))
+    });
+    assert!(max_live_per_id(&state_dir) <= 1);
+    // Metrics answer during the freeze.
+    let metrics = get_metrics(port).expect("metrics during the freeze");
+    assert!(metrics.contains("200 OK"), "{metrics}");
+    wait_for("the pending state write said", || {
+        log_of(&m, "automon").contains("state write pending for")
+    });
+    // SIGTERM is answered while the file system is still frozen.
+    kill(Pid::from_raw(child_pid(&automon)), Signal::SIGTERM).expect("SIGTERM");
+    wait_for("the loop to stop and say what it could not save", || {
+        let log = log_of(&m, "automon");
+        log.contains("automon interrupted") && log.contains("exiting without waiting for it")
+    });
+    let log = log_of(&m, "automon");
+    assert!(
+        log.contains("Not saved: the memory since the last save"),
+        "{log}"
+    );
+    // What it said, for the README (`cargo test … -- --nocapture`).
+    println!("{log}");
+    // Its last thread ends when the file system thaws.
+    drop(thaw);
+    assert_eq!(wait_exit(&mut automon).code(), Some(130), "{log}");
+    // The next automon adopts the worker started during the freeze: never two per id.
+    let mut next = watch(&m, &["--state-dir", &state], "next");
+    cleanup.loops.push(child_pid(&next));
+    let deadline = Instant::now() + LIMIT;
+    while !log_of(&m, "next").contains(&format!("worker {victim}: adopted pid")) {
+        assert!(
+            Instant::now() < deadline,
+            "the next automon did not adopt worker {victim}:\n{}",
+            log_of(&m, "next")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let next_pid = next.id();
+    let mut ended = None;
+    wait_for("three passes of the next automon (or its end)", || {
+        ended = next.try_wait().expect("try_wait");
+        ended.is_some()
+            || automon::state::read_status(&state_dir)
+                .is_ok_and(|s| s.is_some_and(|s| s.passes >= 3 && s.pid == next_pid))
+    });
+    assert!(max_live_per_id(&state_dir) <= 1, "{}", log_of(&m, "next"));
+    match ended {
+        // The shards may all be done by now.
+        Some(status) => assert_eq!(status.code(), Some(0), "{}", log_of(&m, "next")),
+        None => {
+            kill(Pid::from_raw(child_pid(&next)), Signal::SIGTERM).expect("SIGTERM");
+            assert_eq!(wait_exit(&mut next).code(), Some(130));
+        }
+    }
+}
+
+/// Regression (fresh-clone user test): a fix was decided and automon was SIGKILLed before the
+/// fix was saved: the worker had been stopped and the attempt was lost. A fix's stop is now
+/// sent only after the memory recording the attempt is on disk: with the state file system
+/// frozen, the decided stop waits (the stuck worker still runs), automon is killed, and the
+/// next automon carries the fix out with the attempt counted once. Needs root (as above).
+#[test]
+fn a_fix_is_not_acted_on_before_its_attempt_is_on_disk() {
+    if !is_root() {
+        println!("skipped: mounting and freezing a file system needs root (CI runs as root)");
+        return;
+    }
+    // Worker 0 hangs at book 10 (once); the others progress.
+    let m = Migration::new(&Knobs {
+        books: 800,
+        fault: "hang:10",
+        upload_delay: "0.3",
+        batch_size: 5,
+        stuck_after: "20s",
+        discovery_grace: "60s",
+        ..Knobs::default()
+    });
+    let mnt = m.path().join("statefs");
+    if let Err(why) = mount_ext4(m.path(), &mnt) {
+        println!("skipped: {why}");
+        return;
+    }
+    let state_dir = mnt.join("state");
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![mnt.clone()],
+    };
+    let state = state_dir.to_str().expect("utf-8").to_string();
+    let mut automon = watch(&m, &["--state-dir", &state], "automon");
+    cleanup.loops.push(child_pid(&automon));
+    wait_for("four workers", || live_workers(&state_dir).len() == 4);
+    let stuck = live_workers(&state_dir)[&0][0];
+    if !Command::new("fsfreeze")
+        .arg("-f")
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("skipped: fsfreeze -f failed on this kernel");
+        let _ = automon.kill();
+        let _ = automon.wait();
+        return;
+    }
+    let thaw = Thaw(mnt.clone());
+    wait_for("the fix decided for worker 0", || {
+        let log = log_of(&m, "automon");
+        log.lines()
+            .any(|l| l.contains("worker 0:") && l.contains("fix attempt 1/"))
+    });
+    wait_for("the pending state write said", || {
+        log_of(&m, "automon").contains("state write pending for")
+    });
+    let alive = || {
+        automon::observe::proc::read_stat(Path::new("/proc"), stuck).is_some_and(|s| s.state != 'Z')
+    };
+    assert!(
+        alive(),
+        "the stop was sent before the attempt was on disk\n{}",
+        log_of(&m, "automon")
+    );
+    kill(Pid::from_raw(child_pid(&automon)), Signal::SIGKILL).expect("SIGKILL");
+    drop(thaw);
+    let _ = wait_exit(&mut automon);
+    let mut next = watch(&m, &["--state-dir", &state], "next");
+    cleanup.loops.push(child_pid(&next));
+    wait_for("the next automon to carry out the fix", || !alive());
+    wait_for("the attempt on disk", || {
+        automon::state::load_memory(&state_dir).is_ok_and(|mem| {
+            mem.workers
+                .get(&automon::WorkerId(0))
+                .is_some_and(|w| !w.fixes.attempts.is_empty())
+        })
+    });
+    let memory = automon::state::load_memory(&state_dir).expect("state");
+    let attempts = &memory.workers[&automon::WorkerId(0)].fixes.attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:?}\n{}", log_of(&m, "next"));
+    assert_eq!(attempts[0].n, 1);
+    assert!(max_live_per_id(&state_dir) <= 1);
+    match next.try_wait().expect("try_wait") {
+        Some(status) => assert_eq!(status.code(), Some(0), "{}", log_of(&m, "next")),
+        None => {
+            kill(Pid::from_raw(child_pid(&next)), Signal::SIGTERM).expect("SIGTERM");
+            assert_eq!(wait_exit(&mut next).code(), Some(130));
+        }
+    }
+}
+
 /// Regression (issue 26, item 3): after `rm -rf` of the state directory `status` said "not
 /// running" and a second `apply --watch` ran beside the first. Now the loop locks the recreated
 /// directory on its next pass: `status` finds it, a second loop is refused.
@@ -248,6 +505,60 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
     wait_for("the state written anew in the new directory", || {
         state_dir.join("state.json").exists()
     });
+    kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut first).code(), Some(130));
+}
+
+/// Regression (issue 26, item 3, second half): with its lock file deleted, a running loop was
+/// "not running" to `status`, and `start` or a second `apply --watch` took the WorkerSet beside
+/// it until the loop's next pass locked a new file. The loop's live `status.json` (its writer
+/// holds `events.log` open) now counts as running. The interval is long, so no pass re-locks
+/// in between.
+#[test]
+fn a_loop_whose_lock_file_was_deleted_is_still_running_to_status_start_and_apply() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    let manifest = m.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("interval: 1s", "interval: 1h")).expect("write");
+    let state_dir = m.state_dir();
+    let mut cleanup = Cleanup {
+        loops: vec![],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let mut first = watch(&m, &[], "first");
+    let first_pid = child_pid(&first);
+    cleanup.loops.push(first_pid);
+    wait_for("four workers and the loop's status.json", || {
+        live_workers(&state_dir).len() == 4
+            && automon::state::read_status(&state_dir)
+                .is_ok_and(|s| s.is_some_and(|s| s.pid.to_string() == first_pid.to_string()))
+    });
+    std::fs::remove_file(state_dir.join("lock")).expect("rm lock");
+    let (code, out, err) = run(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("pid {first_pid}")), "{out}");
+    let (code, _, err) = run(&m, &["apply", "workerset.yaml", "--watch"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another automon (pid {first_pid})")),
+        "{err}"
+    );
+    let (code, _, err) = run(&m, &["start", "workerset.yaml"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    assert!(max_live_per_id(&state_dir) <= 1);
+    assert_eq!(
+        automon::state::running_instance(&state_dir).map(|i| i.pid),
+        Some(first_pid)
+    );
     kill(Pid::from_raw(first_pid), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(wait_exit(&mut first).code(), Some(130));
 }
@@ -324,6 +635,79 @@ fn stopping_automon_during_setup_stops_the_setup() {
         "setup (pid {setup}) outlived automon"
     );
     assert!(live_workers(&m.state_dir()).is_empty(), "nothing started");
+}
+
+/// Regression (fresh-clone user test): automon SIGKILLed while `spec.setup` ran left the setup
+/// running (its own process group), and the next `apply` ran a second setup beside it. The
+/// setup is recorded before it is spawned (`setup.json`, then its pid) and marked in its
+/// environment; the next automon waits for it to end and starts no second one.
+#[test]
+fn a_setup_left_by_a_killed_automon_is_waited_for_not_run_twice() {
+    let m = slow_migration(
+        "  setup: {command: [sh, -c, 'echo $$ >> setup.pids; while [ ! -e go ]; do sleep 0.1; done; touch setup.done'], creates: setup.done}\n",
+    );
+    let state_dir = m.state_dir();
+    let mut first = watch(&m, &[], "first");
+    let first_pid = child_pid(&first);
+    let mut cleanup = Cleanup {
+        loops: vec![first_pid],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    let pids = m.path().join("setup.pids");
+    let setups = || {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .collect::<Vec<_>>()
+    };
+    wait_for("the first setup to run", || setups().len() == 1);
+    let setup = setups()[0];
+    let record =
+        automon::act::setup::read_record(&state_dir).expect("setup.json before the setup ran");
+    kill(Pid::from_raw(first_pid), Signal::SIGKILL).expect("SIGKILL");
+    let _ = wait_exit(&mut first);
+    assert!(
+        automon::observe::proc::read_stat(Path::new("/proc"), setup)
+            .is_some_and(|s| s.state != 'Z'),
+        "the setup (pid {setup}) survives a SIGKILL of automon"
+    );
+    let mut second = watch(&m, &[], "second");
+    cleanup.loops.push(child_pid(&second));
+    wait_for("the second automon to wait for the first setup", || {
+        log_of(&m, "second").contains("is still running")
+    });
+    let log = log_of(&m, "second");
+    println!("{log}");
+    assert!(
+        log.contains(&format!("pid {setup}")),
+        "{log}\nrecord: {record:?}"
+    );
+    assert_eq!(
+        setups(),
+        [setup],
+        "a second setup ran beside the first\n{log}"
+    );
+    assert!(
+        live_workers(&state_dir).is_empty(),
+        "workers started before setup ended"
+    );
+    std::fs::write(m.path().join("go"), b"").expect("go");
+    wait_for("workers after the first setup ended", || {
+        !live_workers(&state_dir).is_empty()
+    });
+    assert_eq!(
+        setups(),
+        [setup],
+        "setup ran again\n{}",
+        log_of(&m, "second")
+    );
+    wait_for("the setup record removed", || {
+        automon::act::setup::read_record(&state_dir).is_none()
+    });
+    kill(Pid::from_raw(child_pid(&second)), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(wait_exit(&mut second).code(), Some(130));
 }
 
 /// Regression (issue 26, item 10): `start`, `stop`, `pause`, `resume`, `reset-params`,

@@ -285,3 +285,325 @@ spec:
         "{v}"
     );
 }
+
+/// A manifest `m.yaml` in a fresh directory, and a command runner there.
+fn scratch(manifest: &str) -> (tempfile::TempDir, impl Fn() -> assert_cmd::Command + use<>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("m.yaml"), manifest).expect("write manifest");
+    let path = dir.path().to_path_buf();
+    let automon = move || {
+        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"));
+        c.current_dir(&path).timeout(PATIENCE);
+        c
+    };
+    (dir, automon)
+}
+
+/// Regression (fresh-clone test): a command whose program is missing behind `env` starts,
+/// exits 127 at once, and was retried at `backoff_max` forever, never Failed. It fails after
+/// the start limit, the alert naming the command and its log.
+#[test]
+fn a_command_whose_program_is_missing_behind_env_fails_after_the_start_limit_instead_of_retrying_forever()
+ {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: missing-behind-env}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [/usr/bin/env, automon-test-no-such-program-5, "{id}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  restart: {backoff_initial: 1s, backoff_max: 2s}
+"#,
+    );
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon()
+        .args(["apply", "m.yaml", "--watch"])
+        .output()
+        .expect("apply");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(3), "{}\n{events}", text(&out));
+    assert_eq!(
+        events.matches("worker 0: started pid").count(),
+        3,
+        "three starts, then Failed:\n{events}"
+    );
+    let alert = events
+        .lines()
+        .find(|l| l.contains("ALERT: worker 0: exited with status 127 (command not found) 3 times in a row without progress"))
+        .unwrap_or_else(|| panic!("no alert:\n{events}"));
+    assert!(
+        alert.contains("/usr/bin/env automon-test-no-such-program-5")
+            && alert.contains(&dir.path().join("w0.log").display().to_string()),
+        "{alert}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("w0.log")).unwrap_or_default();
+    assert!(
+        log.contains("automon-test-no-such-program-5"),
+        "the log it points at names the program: {log}"
+    );
+}
+
+/// Regression (issue 14.2, 14.6): with no loop running, `get` printed "disk utilisation
+/// unknown" (one diskstats reading has no interval), and a running worker whose progress file
+/// is missing showed a row with no checkpoint and nothing said.
+#[test]
+fn get_without_a_loop_measures_the_disk_and_names_the_missing_progress_file_of_a_running_worker() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: no-progress-file}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#,
+    );
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = automon().args(["get", "m.yaml"]).output().expect("get");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let missing = format!(
+        "runs, but its progress file {} is missing",
+        dir.path().join("p0.json").display()
+    );
+    assert!(
+        stdout.contains("worker 0 (pid ") && stdout.contains(&missing),
+        "{stdout}"
+    );
+    // A figure, or the reason there is none (a directory on tmpfs has no block device).
+    assert!(!stdout.contains("disk utilisation unknown"), "{stdout}");
+    assert!(
+        stdout.contains("% busy") || stdout.contains("disk utilisation unavailable ("),
+        "{stdout}"
+    );
+    let out = automon()
+        .args(["get", "m.yaml", "-o", "json"])
+        .output()
+        .expect("get");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["workers"][0]["progress_missing"],
+        dir.path().join("p0.json").display().to_string(),
+        "{v}"
+    );
+}
+
+/// Regression (fresh-clone test): two manifests with different `metadata.name` in one
+/// directory shared `.automon/` silently (the second one's `apply` planned from the first
+/// one's workers and checkpoints). It is refused, naming both and the way out.
+#[test]
+fn a_second_workerset_in_the_same_directory_is_refused_not_mixed_into_the_first_ones_state() {
+    let manifest = |name: &str| {
+        format!(
+            r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {{name: {name}}}
+spec:
+  workers: {{target: 1, min: 1, max: 1}}
+  work: {{range: {{start: 1, end: 11}}, shards: 1}}
+  template: {{command: [sleep, "600"]}}
+  progress: {{file: "{name}{{id}}.json", checkpoint: /c}}
+  logs: {{file: "{name}{{id}}.log"}}
+"#
+        )
+    };
+    let (dir, automon) = scratch(&manifest("alpha"));
+    std::fs::write(dir.path().join("b.yaml"), manifest("beta")).expect("write b.yaml");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: dir.path().join(".automon"),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = std::fs::read_to_string(dir.path().join(".automon/state.json")).expect("state");
+    for args in [
+        &["apply", "b.yaml"][..],
+        &["diff", "b.yaml"],
+        &["get", "b.yaml"],
+    ] {
+        let out = automon().args(args).output().expect("run");
+        let all = text(&out);
+        assert!(
+            matches!(out.status.code(), Some(c) if c != 0),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains("belongs to WorkerSet \"alpha\", not \"beta\"")
+                && all.contains("--state-dir DIR"),
+            "{args:?}: {all}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".automon/state.json")).expect("state"),
+        state,
+        "the refused commands changed nothing"
+    );
+    assert!(
+        !dir.path().join("beta0.log").exists(),
+        "beta started nothing"
+    );
+}
+
+/// Issue 15 ("one view"): while a loop runs, `history` comes from it over the control socket
+/// and says so; with no loop, from the file, and says that.
+#[test]
+fn history_comes_from_the_running_loop_and_says_so_and_from_the_file_when_none_runs() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: history-view}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  # A silent worker is stuck at once: its restart is fix attempt 1, a history record.
+  health: {stuck_after: 1s, discovery_grace: 1s}
+"#,
+    );
+    let events =
+        || std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    let daemon = std::process::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml", "--watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the loop");
+    let pid = daemon.id();
+    let mut cleanup = Cleanup {
+        daemon: Some(daemon),
+        state_dir: dir.path().join(".automon"),
+    };
+    super::support::wait_until(
+        "worker 0 started",
+        || events().contains("worker 0: started pid"),
+        events,
+    );
+    // The pass that applies the fix records it; polled, not assumed.
+    let history = || {
+        let out = automon()
+            .args(["history", "m.yaml"])
+            .output()
+            .expect("history");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    super::support::wait_until(
+        "the fix in the history",
+        || history().contains("restart 1/3"),
+        history,
+    );
+    let stdout = history();
+    assert!(
+        stdout.ends_with(&format!("(from the running loop (pid {pid}))\n")),
+        "{stdout}"
+    );
+    let out = automon()
+        .args(["history", "m.yaml", "-o", "json"])
+        .output()
+        .expect("history json");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("one JSON array");
+    assert!(records.iter().any(|r| r["record"] == "fix"), "{records:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("history from the running loop"),
+        "{}",
+        text(&out)
+    );
+    // The loop is killed (its socket left behind, stale): the file, and the output says so.
+    if let Some(d) = cleanup.daemon.as_mut() {
+        d.kill().expect("kill the loop");
+        d.wait().expect("reap the loop");
+    }
+    let out = automon()
+        .args(["history", "m.yaml"])
+        .output()
+        .expect("history");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout.contains("restart 1/3"), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "(no loop running: read from {})\n",
+            dir.path().join(".automon/auto_fix_history.jsonl").display()
+        )),
+        "{stdout}"
+    );
+}
+
+/// Regression (fresh-clone test): `get` said "not started yet: setup has not run" while
+/// workers ran (the state recorded none of them). Running workers of this WorkerSet are
+/// named instead, whatever the state says.
+#[test]
+fn get_never_says_not_started_while_workers_of_the_workerset_run_unrecorded() {
+    let (dir, automon) = scratch(
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: unrecorded}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  setup: {command: ["true"], creates: never-created}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template: {command: [sleep, "600"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#,
+    );
+    let state_dir = dir.path().join(".automon");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: state_dir.clone(),
+    };
+    let out = automon().args(["apply", "m.yaml"]).output().expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pids: Vec<i32> = super::migration::live_workers(&state_dir)
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(pids.len(), 1, "one worker runs");
+    // The state is lost; the worker runs on. (It is killed at the end by its recorded pid.)
+    let kill = scopeguard_kill(pids[0]);
+    std::fs::remove_file(state_dir.join("state.json")).expect("remove state");
+    let out = automon().args(["get", "m.yaml"]).output().expect("get");
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("not started"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "1 worker process(es) of this WorkerSet run (worker 0 pid {})",
+            pids[0]
+        )) && all.contains("`automon apply m.yaml` adopts them"),
+        "{all}"
+    );
+    drop(kill);
+}
+
+/// Kills process group `pid` when dropped (also after a failed assertion).
+fn scopeguard_kill(pid: i32) -> impl Drop {
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Kill(pid)
+}
