@@ -204,7 +204,10 @@ fn a_refused_or_invalid_manifest_leaves_the_running_loop_unchanged() {
         );
     }
     wait_agreed(&m, (2, 2));
-    assert!(m.events().contains("not taken; the loop runs on unchanged"));
+    // (events.log is written by the state writer thread, after the reply: waited for.)
+    wait_for("the refusals in the events log", LIMIT, || {
+        m.events().contains("not taken; the loop runs on unchanged")
+    });
 }
 
 #[test]
@@ -217,7 +220,12 @@ fn sighup_takes_an_edited_manifest_and_ignores_a_broken_one() {
     edit(&m, "target: 2,", "target: 3,");
     kill(pid, Signal::SIGHUP).expect("SIGHUP");
     wait_agreed(&m, (3, 3));
-    assert!(m.events().contains("SIGHUP: re-read"), "{}", m.events());
+    // (events.log is written by the state writer thread: waited for, not read once.)
+    super::support::wait_until(
+        "the SIGHUP reload in the events log",
+        || m.events().contains("SIGHUP: re-read"),
+        || m.events(),
+    );
     // A broken file: logged, ignored; the loop runs on with what it had.
     let text = std::fs::read_to_string(manifest(&m)).expect("manifest");
     std::fs::write(manifest(&m), format!("{text}garbage: [\n")).expect("break");
@@ -342,6 +350,13 @@ fn twenty_concurrent_operator_commands_all_take_effect_with_and_without_a_loop()
     wait_for("workers 0-3 paused, the others not", LIMIT, || {
         paused_ids() == vec![0, 1, 2, 3]
     });
+    // (events.log is written by the state writer thread: waited for, not read once; more than
+    // 24 would be a failure the wait cannot hide, checked after it.)
+    super::support::wait_until(
+        "one event per request",
+        || m.events().matches("operator `automon ").count() >= 24,
+        || m.events(),
+    );
     let events = m.events();
     assert_eq!(
         events.matches("operator `automon ").count(),
