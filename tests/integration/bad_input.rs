@@ -142,7 +142,7 @@ metadata: {name: setup-once}
 spec:
   workers: {target: 1, min: 1, max: 1}
   setup:
-    command: [sh, -c, "echo run >> setup_runs; sleep 2; touch made"]
+    command: [sh, -c, "echo run >> setup_runs; until [ -e go ]; do sleep 0.1; done; touch made"]
     creates: made
   template: {command: [sleep, "30"]}
   progress: {file: "p{id}.json", checkpoint: /c}
@@ -165,6 +165,10 @@ spec:
         .args(["apply", "m.yaml"])
         .output()
         .unwrap();
+    // The setup runs until the second apply has been handed over (a gate file, not a sleep: on
+    // a loaded machine the second apply may take seconds to get there). Opened before any
+    // assertion, so that a failed one leaves no setup waiting.
+    std::fs::write(dir.path().join("go"), "").unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}{stderr}");

@@ -388,7 +388,9 @@ fn a_stop_cut_short_by_automons_restart_is_resumed_for_a_leaderless_group() {
         mode: "deaf-child",
         shards: 1,
         target: 1,
-        stop_grace: "8s",
+        // Room for the test to see the leader exit and kill automon before the grace period
+        // ends (and SIGKILL ends the deaf child), however slowly it gets there.
+        stop_grace: "30s",
         ..Spec::default()
     });
     let state_dir = fleet.state_dir();

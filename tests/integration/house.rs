@@ -161,11 +161,18 @@ fn a_full_state_disk_does_not_end_the_loop_and_starts_wait_for_a_save() {
         .map(|(id, p)| (id, p.clone()))
         .expect("a worker");
     killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
-    let (_, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
-    assert!(out.contains("No space left on device"), "{out}");
-    assert!(
-        out.contains("no worker is started until a save succeeds"),
-        "{out}"
+    // The status file is the loop's, written by its next pass: waited for, not raced.
+    let last = std::cell::RefCell::new(String::new());
+    super::support::wait_until(
+        "status to name the full disk and the held starts",
+        || {
+            let (_, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
+            let ok = out.contains("No space left on device")
+                && out.contains("no worker is started until a save succeeds");
+            *last.borrow_mut() = out;
+            ok
+        },
+        || last.borrow().clone(),
     );
     // Several passes with the disk full: alive, and the dead worker not restarted.
     std::thread::sleep(Duration::from_secs(4));
@@ -185,10 +192,18 @@ fn a_full_state_disk_does_not_end_the_loop_and_starts_wait_for_a_save() {
         let (_, out, _) = run(&m, &["status", "workerset.yaml", "--state-dir", state]);
         !out.contains("condition:")
     });
-    let events = std::fs::read_to_string(mnt.join("events.log")).unwrap_or_default()
-        + &log_of(&m, "automon");
-    assert!(events.contains("STATE NOT SAVED"), "{events}");
-    assert!(events.contains("state saved again after"), "{events}");
+    // The events log is appended by the loop as it goes: waited for, not raced.
+    let events = || {
+        std::fs::read_to_string(mnt.join("events.log")).unwrap_or_default() + &log_of(&m, "automon")
+    };
+    super::support::wait_until(
+        "the lost and regained saves in the events",
+        || {
+            let events = events();
+            events.contains("STATE NOT SAVED") && events.contains("state saved again after")
+        },
+        events,
+    );
     kill(Pid::from_raw(child_pid(&automon)), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(wait_exit(&mut automon).code(), Some(130));
 }

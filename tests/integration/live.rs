@@ -204,7 +204,10 @@ fn a_refused_or_invalid_manifest_leaves_the_running_loop_unchanged() {
         );
     }
     wait_agreed(&m, (2, 2));
-    assert!(m.events().contains("not taken; the loop runs on unchanged"));
+    // (events.log is written by the state writer thread, after the reply: waited for.)
+    wait_for("the refusals in the events log", LIMIT, || {
+        m.events().contains("not taken; the loop runs on unchanged")
+    });
 }
 
 #[test]
@@ -217,7 +220,12 @@ fn sighup_takes_an_edited_manifest_and_ignores_a_broken_one() {
     edit(&m, "target: 2,", "target: 3,");
     kill(pid, Signal::SIGHUP).expect("SIGHUP");
     wait_agreed(&m, (3, 3));
-    assert!(m.events().contains("SIGHUP: re-read"), "{}", m.events());
+    // (events.log is written by the state writer thread: waited for, not read once.)
+    super::support::wait_until(
+        "the SIGHUP reload in the events log",
+        || m.events().contains("SIGHUP: re-read"),
+        || m.events(),
+    );
     // A broken file: logged, ignored; the loop runs on with what it had.
     let text = std::fs::read_to_string(manifest(&m)).expect("manifest");
     std::fs::write(manifest(&m), format!("{text}garbage: [\n")).expect("break");
@@ -232,11 +240,18 @@ fn sighup_takes_an_edited_manifest_and_ignores_a_broken_one() {
     );
     // (`get` and `status` read the broken file to find the state directory: the metrics.)
     let state_dir = m.state_dir();
+    // (A worker that finishes its shard is replaced by the loop a pass later: the live count is
+    // waited for with the metrics, not read once after them.)
     wait_for("the loop to run on with target 3", LIMIT, || {
+        let live = live_workers(&state_dir);
+        assert!(
+            live.values().all(|p| p.len() == 1),
+            "two processes for one id: {live:?}"
+        );
         socket_metric(&state_dir, "automon_workers_desired") == Some(3.0)
             && socket_metric(&state_dir, "automon_workers_running") == Some(3.0)
+            && live.len() == 3
     });
-    assert_eq!(live_workers(&state_dir).len(), 3);
 }
 
 /// The state directory holds nothing but automon's own files: no request or temp files.
@@ -335,6 +350,13 @@ fn twenty_concurrent_operator_commands_all_take_effect_with_and_without_a_loop()
     wait_for("workers 0-3 paused, the others not", LIMIT, || {
         paused_ids() == vec![0, 1, 2, 3]
     });
+    // (events.log is written by the state writer thread: waited for, not read once; more than
+    // 24 would be a failure the wait cannot hide, checked after it.)
+    super::support::wait_until(
+        "one event per request",
+        || m.events().matches("operator `automon ").count() >= 24,
+        || m.events(),
+    );
     let events = m.events();
     assert_eq!(
         events.matches("operator `automon ").count(),
@@ -354,7 +376,7 @@ fn twenty_concurrent_operator_commands_all_take_effect_with_and_without_a_loop()
 fn pause_and_apply_during_a_slow_setup_are_applied_after_it() {
     let m = slow(
         2,
-        "  setup: {command: [sleep, \"10\"], creates: setup-done}\n",
+        "  setup: {command: [sh, -c, \"until [ -e go ]; do sleep 0.1; done\"], creates: setup-done}\n",
     );
     let _cleanup = Cleanup(&m);
     let mut lp = watch(&m);
@@ -372,6 +394,9 @@ fn pause_and_apply_during_a_slow_setup_are_applied_after_it() {
         lp.try_wait().expect("try_wait").is_none(),
         "the loop survives requests during setup"
     );
+    // The setup ends when the test says so (a gate file, not a sleep: on a loaded machine the
+    // two requests may take seconds to arrive).
+    std::fs::write(m.path().join("go"), "").expect("open the setup's gate");
     // After setup: worker 1 paused (never started), three others run.
     wait_agreed(&m, (3, 3));
     let (_, out, _) = run(&m, &["get", "workerset.yaml", "-o", "json"]);

@@ -114,10 +114,12 @@ pub(super) fn live_workers(state_dir: &Path) -> BTreeMap<u32, Vec<i32>> {
 
 #[test]
 fn automon_sigkilled_mid_run_is_restarted_and_adopts_without_duplicates() {
-    // Not about stuck detection: thresholds a loaded machine cannot trip.
+    // Not about stuck detection: thresholds a loaded machine cannot trip. Shards of 25 books at
+    // 0.3 s each (about 8 s): workers are still alive when automon is killed, however slowly
+    // the test gets from its wait to the kill.
     let m = Migration::new(&Knobs {
         books: 200,
-        upload_delay: "0.08",
+        upload_delay: "0.3",
         batch_size: 5,
         stuck_after: "60s",
         discovery_grace: "60s",
@@ -297,11 +299,12 @@ fn automon_killed_between_a_fix_and_its_verification_still_verifies_and_escalate
     let m = Migration::new(&Knobs {
         fault,
         // The other workers must never look stuck on a loaded machine (every verification of
-        // this run is asserted failed): the hung one is found after 10 s, three times.
-        stuck_after: "10s",
-        discovery_grace: "20s",
+        // this run is asserted failed): the hung one is found after 20 s, three times. The
+        // verification comes 30 s after a fix: room for the test to kill automon in between.
+        stuck_after: "20s",
+        discovery_grace: "40s",
         stop_grace: "1s",
-        extra_spec: "  fixes: {cooldown: 1s, verify_after: 8s, max_attempts: 3, escalation: alert_and_pause}\n",
+        extra_spec: "  fixes: {cooldown: 1s, verify_after: 30s, max_attempts: 3, escalation: alert_and_pause}\n",
         ..Knobs::default()
     });
     let owner = m.owner(book);
@@ -316,7 +319,7 @@ fn automon_killed_between_a_fix_and_its_verification_still_verifies_and_escalate
         || history(&m).iter().any(|r| r["record"] == "fix"),
         || m.events(),
     );
-    // Killed right after fix attempt 1, before its verification (8 s later).
+    // Killed right after fix attempt 1, before its verification (30 s later).
     first.kill().expect("SIGKILL automon");
     first.wait().expect("reap");
     assert!(

@@ -187,10 +187,11 @@ fn a_pause_reaches_a_running_loop_which_stops_the_worker() {
         || m.events().contains("worker 1: pid"),
         || m.events(),
     );
-    assert!(
-        m.events().contains("worker 1: paused by an operator"),
-        "{}",
-        m.events()
+    // (events.log is written by the state writer thread: waited for, not read once.)
+    wait_until(
+        "the pause in the events log",
+        || m.events().contains("worker 1: paused by an operator"),
+        || m.events(),
     );
 }
 
