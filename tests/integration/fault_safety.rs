@@ -762,11 +762,15 @@ fn a_start_that_fails_for_want_of_descriptors_leaves_no_untracked_process() {
         .collect();
     // A normal automon now takes the fleet over: it must adopt, never duplicate.
     let mut normal = fleet.watch();
-    wait_for("every worker to run", MINUTES, || {
-        live_workers(&state_dir).len() == 48
-    });
+    // Every worker runs once the limit is normal (waited for; a re-count a moment later raced
+    // a worker ending or being replaced: CI saw 47 of 48 once).
+    wait_for(
+        "every worker to run once the limit is normal",
+        MINUTES,
+        || live_workers(&state_dir).len() == 48,
+    );
+    // Not a timing assertion: a moment for a wrongly started duplicate to reach the sampler.
     std::thread::sleep(Duration::from_secs(1));
-    let after = live_workers(&state_dir);
     cleanup(&state_dir, Some(&mut normal));
     sampler.assert_never_two();
     assert!(
@@ -776,11 +780,6 @@ fn a_start_that_fails_for_want_of_descriptors_leaves_no_untracked_process() {
     assert!(
         stderr.contains("could not start") || live.len() < 48,
         "the limit was low enough to make starts fail:\n{stderr}"
-    );
-    assert_eq!(
-        after.len(),
-        48,
-        "every worker runs once the limit is normal"
     );
 }
 
