@@ -481,8 +481,19 @@ fn a_replaced_state_directory_does_not_let_a_second_loop_take_the_workerset() {
     let first_pid = child_pid(&first);
     cleanup.loops.push(first_pid);
     wait_for("four workers", || live_workers(&state_dir).len() == 4);
-    std::fs::remove_dir_all(&state_dir).expect("rm -rf");
-    std::fs::create_dir(&state_dir).expect("mkdir");
+    // `rm -rf` races the loop's writer creating files in the directory (ENOTEMPTY, seen in
+    // CI), as an operator's would: retried until the directory is gone. The loop may recreate
+    // it at once, hence `create_dir_all`.
+    wait_for(
+        "rm -rf of the state directory",
+        || match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => false,
+            Err(e) => panic!("rm -rf: {e}"),
+        },
+    );
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
     wait_for("the first loop to lock the new directory", || {
         automon::state::running_instance(&state_dir).is_some_and(|i| i.pid == first_pid)
     });
