@@ -198,12 +198,13 @@ pub fn rollback_code(code: &AppliedCode) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// Regression (fresh-clone user test): automon killed after the engine wrote a code fix and
-    /// before the outcome (with the backup's path) was saved lost the attempt, and the changed
-    /// file stayed with no record to roll it back by. The next automon finds the change and
-    /// the backup and reports the fix as applied, so the attempt counts and can be rolled back.
-    #[test]
-    fn a_code_fix_applied_by_a_killed_automon_is_found_with_its_backup() {
+    /// A temp dir with `w.py` (`def f(): return 1`) and a policy that may fix it.
+    fn one_file_policy() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        &'static str,
+        CodeFixPolicy,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("w.py");
         let original = "def f():\n    return 1\n";
@@ -217,6 +218,16 @@ mod tests {
             env: None,
             redactor: crate::secrets::Redactor::default(),
         };
+        (dir, file, original, policy)
+    }
+
+    /// Regression (fresh-clone user test): automon killed after the engine wrote a code fix and
+    /// before the outcome (with the backup's path) was saved lost the attempt, and the changed
+    /// file stayed with no record to roll it back by. The next automon finds the change and
+    /// the backup and reports the fix as applied, so the attempt counts and can be rolled back.
+    #[test]
+    fn a_code_fix_applied_by_a_killed_automon_is_found_with_its_backup() {
+        let (dir, file, original, policy) = one_file_policy();
         let proposal =
             "# file: w.py\n<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";
         let state = dir.path().join("state");
@@ -245,19 +256,7 @@ mod tests {
 
     #[test]
     fn a_huge_proposal_is_refused_before_matching_and_the_file_is_untouched() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("w.py");
-        let original = "def f():\n    return 1\n";
-        std::fs::write(&file, original).expect("write");
-        let policy = CodeFixPolicy {
-            files: vec![file.clone()],
-            workdir: dir.path().to_path_buf(),
-            interpreter: "python3".into(),
-            test_command: None,
-            max_changed_lines: 50,
-            env: None,
-            redactor: crate::secrets::Redactor::default(),
-        };
+        let (dir, file, original, policy) = one_file_policy();
         // 2.8 MB of plausible edit blocks: once matched and diffed for 16.7 s.
         let block = "<<<<<<< SEARCH\n    return 1\n=======\n    return 2\n>>>>>>> REPLACE\n";
         let huge = format!("# file: w.py\n{}", block.repeat(2_800_000 / block.len()));
