@@ -388,7 +388,8 @@ impl Daemon<'_> {
 
     /// Starts the stops and engine runs this pass decided, each once the memory generation
     /// handed over by this pass (which records its intent: the stop's reason, the fix attempt,
-    /// the code fix in `applying`) is on disk. Waiting holds only that action.
+    /// the code fix in `applying`) is on disk. Waiting holds only that action. A stop that
+    /// carries no intent of its own ([`plan::StopAction::awaits_save`] false) starts at once.
     fn launch_deferred(&mut self) {
         let need = self.generation;
         for action in std::mem::take(&mut self.deferred) {
@@ -401,7 +402,9 @@ impl Daemon<'_> {
                 Action::Stop(a) => {
                     let signal = self.desired.stop_signal;
                     tokio::spawn(async move {
-                        durable.await;
+                        if a.awaits_save {
+                            durable.await;
+                        }
                         let outcome =
                             stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
                         let _ = tx.send(Wake::StopDone {

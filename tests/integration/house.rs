@@ -277,8 +277,12 @@ fn get_metrics(port: u16) -> Result<String, String> {
 /// metrics answer, the pending write is said, and SIGTERM ends the loop at once, saying what
 /// it could not save; the next automon adopts the worker started during the freeze (one per
 /// id). Needs root, `mkfs.ext4`, loop devices and `fsfreeze`; skipped with the reason without.
+///
+/// Regression (a load-harness run): when the killed worker's process group still had members
+/// as the loop saw its leader gone, the stop of those members waited for a save that the freeze
+/// held, and the worker was not restarted for ten minutes; that stop no longer waits for the
+/// save (`plan::tests::a_crashed_workers_leftover_group_is_stopped_without_waiting_for_a_save_and_a_stuck_stop_waits`).
 #[test]
-#[ignore = "intermittent (issue 26, item 13 still open): in one CI run of 60aa19b the killed worker was not restarted within 10 minutes of the freeze, so some path of the loop still blocks on the frozen state file system; run with `cargo test --test tests a_frozen_state -- --ignored`"]
 fn a_frozen_state_file_system_holds_only_the_state_writes() {
     if !is_root() {
         println!("skipped: mounting and freezing a file system needs root (CI runs as root)");
