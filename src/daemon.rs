@@ -528,6 +528,12 @@ impl Daemon<'_> {
                 took.as_secs()
             ));
         }
+        if let Some(took) = crate::stdio::stderr_pending().filter(|t| *t >= SLOW_WRITE) {
+            parts.push(format!(
+                "automon's own log (stderr) write pending for {}s: its file does not answer; lines beyond the queue are dropped and counted",
+                took.as_secs()
+            ));
+        }
         let condition = (!parts.is_empty()).then(|| parts.join("; "));
         let path = self.lock.path().to_path_buf();
         match self.lock.condition_write(condition.as_deref()) {
@@ -754,6 +760,10 @@ pub async fn run(
     metrics: Option<tokio::sync::watch::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
+    // A log on a hung file system must not hold the loop (see `stdio`).
+    if opts.watch {
+        crate::stdio::detach_stderr();
+    }
     // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
     // re-checked every pass.
     if opts.reset_state
@@ -1196,20 +1206,20 @@ impl Daemon<'_> {
     /// manifest in force, and the event says why.
     fn reload(&mut self, now: jiff::Timestamp) {
         if let Some(path) = &self.log_file {
-            let reopened = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|f| {
-                    nix::unistd::dup2_stdout(&f)?;
-                    nix::unistd::dup2_stderr(&f)?;
-                    Ok(())
-                });
-            if let Err(e) = reopened {
-                self.events.record(
+            // On the stderr thread: opening a file on a hung file system blocks.
+            match crate::stdio::reopen_stderr(path.clone(), Duration::from_secs(1)) {
+                Ok(true) => {}
+                Ok(false) => self.events.record(
+                    now,
+                    &format!(
+                        "SIGHUP: reopening {} is pending (its file system does not answer); the loop goes on and the log is reopened when it does",
+                        path.display()
+                    ),
+                ),
+                Err(e) => self.events.record(
                     now,
                     &format!("SIGHUP: cannot reopen {}: {e}", path.display()),
-                );
+                ),
             }
         }
         let file = self.desired.manifest_file.clone();
