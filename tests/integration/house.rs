@@ -457,6 +457,8 @@ fn a_log_on_a_frozen_file_system_does_not_hold_the_loop() {
     let frozen = Command::new("fsfreeze").arg("-f").arg(&mnt).status();
     if !frozen.is_ok_and(|s| s.success()) {
         println!("skipped: fsfreeze -f failed on this kernel");
+        let _ = automon.kill();
+        let _ = automon.wait();
         return;
     }
     let thaw = Thaw(mnt.clone());
