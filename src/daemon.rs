@@ -156,6 +156,8 @@ struct Daemon<'a> {
     waiting: Vec<(oneshot::Sender<Outcome>, String, Option<WorkerId>)>,
     /// Set when stderr is `STATE_DIR/automon.log` (`automon start`): SIGHUP reopens it.
     log_file: Option<PathBuf>,
+    /// What is wrong in automon's own house now (see [`Daemon::show_condition`]).
+    condition: Option<String>,
     /// The state directory's lock, re-checked every pass; it also carries the condition
     /// `automon status` shows.
     lock: InstanceLock,
@@ -330,7 +332,7 @@ impl Daemon<'_> {
                         &format!(
                             "state saved again after {} failed save(s) since {}; workers start again",
                             u.failures,
-                            u.since.round(jiff::Unit::Second).unwrap_or(u.since)
+                            whole_seconds(u.since)
                         ),
                     );
                 }
@@ -354,7 +356,7 @@ impl Daemon<'_> {
                 let message = format!(
                     "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
                     u.failures,
-                    u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                    whole_seconds(u.since),
                     at_risk(&self.saved_pids, &self.memory),
                     UNSAVED_RETRY.as_secs()
                 );
@@ -504,7 +506,7 @@ impl Daemon<'_> {
         if let Some(u) = &self.unsaved {
             parts.push(format!(
                 "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
-                u.since.round(jiff::Unit::Second).unwrap_or(u.since),
+                whole_seconds(u.since),
                 u.failures,
                 u.why,
                 at_risk(&self.saved_pids, &self.memory)
@@ -535,6 +537,9 @@ impl Daemon<'_> {
             ));
         }
         let condition = (!parts.is_empty()).then(|| parts.join("; "));
+        // Also answered over the control socket (`status`): a hung state directory keeps the
+        // lock file's copy from being written.
+        self.condition.clone_from(&condition);
         let path = self.lock.path().to_path_buf();
         match self.lock.condition_write(condition.as_deref()) {
             Ok(None) => {}
@@ -830,6 +835,7 @@ pub async fn run(
         queued: Vec::new(),
         waiting: Vec::new(),
         log_file: stderr_is_log(&opts.state_dir),
+        condition: None,
         lock,
         unsaved: None,
         unsaved_basis: None,
@@ -1059,6 +1065,16 @@ fn llm_for(desired: &Desired) -> (Option<crate::act::llm::LlmClient>, Option<Str
             Some(format!("the LLM client could not be built: {e}")),
         ),
     }
+}
+
+/// `t` to the second below (never later than a line written at `t`, as rounding could be).
+fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    t.round(
+        jiff::TimestampRound::new()
+            .smallest(jiff::Unit::Second)
+            .mode(jiff::RoundMode::Trunc),
+    )
+    .unwrap_or(t)
 }
 
 /// `STATE_DIR/automon.log` when stderr is that file (the loop `automon start` runs): SIGHUP
@@ -1322,6 +1338,7 @@ impl Daemon<'_> {
             plan: self.last_plan.clone(),
             disk: self.last_disk.clone(),
             status: self.reporter.last_status().cloned(),
+            condition: self.condition.clone(),
         }
     }
 }

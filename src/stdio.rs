@@ -115,15 +115,11 @@ fn stderr_thread(rx: &Receiver<ToStderr>) {
                 write_stderr(&text);
             }
             ToStderr::Reopen(path, reply) => {
-                let reopened = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|f| {
-                        nix::unistd::dup2_stdout(&f)?;
-                        nix::unistd::dup2_stderr(&f)?;
-                        Ok(())
-                    });
+                let reopened = open_log(&path).and_then(|f| {
+                    nix::unistd::dup2_stdout(&f)?;
+                    nix::unistd::dup2_stderr(&f)?;
+                    Ok(())
+                });
                 let _ = reply.send(reopened);
             }
             ToStderr::Flush(reply) => {
@@ -132,6 +128,17 @@ fn stderr_thread(rx: &Receiver<ToStderr>) {
         }
         WRITING_SINCE_MS.store(0, Ordering::Relaxed);
     }
+}
+
+/// Opens automon's log for appending; a new one is private (0600, as every file of the state
+/// directory), whatever the umask.
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// How long the stderr thread has been in one write (or reopen), if it is in one.
@@ -152,10 +159,7 @@ pub fn reopen_stderr(path: PathBuf, wait: Duration) -> std::io::Result<bool> {
             }
         }
         None => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let f = open_log(&path)?;
             nix::unistd::dup2_stdout(&f)?;
             nix::unistd::dup2_stderr(&f)?;
             return Ok(true);

@@ -77,6 +77,12 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
         Err(why) => return Err(CliError::runtime(why)),
     };
     let from_loop = view.as_ref().is_some_and(|v| v.status.is_some());
+    // The loop's own word when it answers (the lock file's copy may be stale: a hung state
+    // directory keeps it from being written).
+    let condition = match &view {
+        Some(v) => v.condition.clone(),
+        None => condition,
+    };
     let last = match view.and_then(|v| v.status) {
         Some(s) => Some(s),
         None => state::read_status(&state_dir).map_err(CliError::runtime)?,

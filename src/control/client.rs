@@ -14,6 +14,10 @@ use crate::state::{InstanceLock, LockError};
 /// How long a request may wait for its answer (an `apply` waits for the pass that takes it).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long a read-only view (`status`, `get`, `history`) waits for the loop's answer: a loop
+/// that is stopped (SIGSTOP) or stuck in the kernel on a hung file system must not hang them.
+pub const VIEW_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long [`reach_or_lock`] keeps trying while the lock is held but no loop answers (a loop
 /// starting up, or another command applying its request under the lock).
 pub const REACH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,19 +56,33 @@ pub fn call(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Answer, ClientError> {
+    call_within(state_dir, method, path, body, ANSWER_TIMEOUT)
+}
+
+/// [`call`], waiting at most `timeout` for the answer.
+///
+/// # Errors
+/// As [`call`]; no answer in time is [`ClientError::Io`] saying so.
+pub fn call_within(
+    state_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ClientError::Io(format!("cannot start the runtime: {e}")))?;
     let socket = super::socket_path(state_dir);
     let answer = runtime.block_on(async {
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange(&socket, method, path, body))
+        tokio::time::timeout(timeout, exchange(&socket, method, path, body))
             .await
             .unwrap_or_else(|_| {
                 Err(ClientError::Io(format!(
-                    "{}: no answer within {}s",
+                    "the control loop did not answer on {} within {}s (stopped, or hung on its file system?)",
                     socket.display(),
-                    ANSWER_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 )))
             })
     })?;
@@ -170,7 +188,7 @@ pub fn reach_or_lock(
 /// # Errors
 /// In words: the loop is in setup (no pass yet), or the socket failed.
 pub fn view(state_dir: &Path) -> Result<Option<super::View>, String> {
-    match call(state_dir, "GET", "/v1/view", None) {
+    match call_within(state_dir, "GET", "/v1/view", None, VIEW_TIMEOUT) {
         Ok(a) if a.status == 200 => serde_json::from_slice(&a.body)
             .map(Some)
             .map_err(|e| format!("the control loop's view cannot be read: {e}")),
@@ -189,7 +207,7 @@ pub fn view(state_dir: &Path) -> Result<Option<super::View>, String> {
 /// # Errors
 /// In words: the loop is in setup (no pass yet), or the socket failed.
 pub fn history(state_dir: &Path) -> Result<Option<super::HistoryView>, String> {
-    match call(state_dir, "GET", "/v1/history", None) {
+    match call_within(state_dir, "GET", "/v1/history", None, VIEW_TIMEOUT) {
         Ok(a) if a.status == 200 => serde_json::from_slice(&a.body)
             .map(Some)
             .map_err(|e| format!("the control loop's history cannot be read: {e}")),

@@ -169,6 +169,10 @@ pub struct View {
     pub disk: Option<DiskObservation>,
     /// Its last pass, as `status.json` holds it.
     pub status: Option<DaemonStatus>,
+    /// What it finds wrong in its own house now (unsaved state, pending writes, unwritable
+    /// logs): the lock file's condition, which a hung state directory keeps from being written.
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 /// `GET /v1/history`: the fix history as the running loop knows it — its history file, and

@@ -197,7 +197,26 @@ impl EventLog {
                 .to_string();
             crate::stdio::err(&format!("{local}  {message}\n"));
         }
-        let line = format!("{}  {message}\n", record_time(now));
+        // One line per event, so the file sorts as text: a message of several lines (a
+        // refused manifest's errors) is joined with "; " (a space after a colon).
+        let flat;
+        let one_line = if message.contains('\n') {
+            flat = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .fold(String::new(), |mut acc, l| {
+                    if !acc.is_empty() {
+                        acc.push_str(if acc.ends_with(':') { " " } else { "; " });
+                    }
+                    acc.push_str(l);
+                    acc
+                });
+            flat.as_str()
+        } else {
+            message
+        };
+        let line = format!("{}  {one_line}\n", record_time(now));
         let (file, failure, path) = (self.file.clone(), self.failure.clone(), self.path.clone());
         self.io("appending to events.log", move || {
             let mut open = guard(&file);
@@ -309,6 +328,31 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Regression (fresh-clone user test): a SIGHUP refusing a manifest with three errors
+    /// wrote three lines, the last two without a time, so the file no longer sorted as text.
+    #[test]
+    fn a_message_of_several_lines_is_one_timed_line_in_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = EventLog::open(dir.path(), false);
+        let t: jiff::Timestamp = "2026-12-02T06:00:09.5Z".parse().expect("timestamp");
+        log.record(
+            t,
+            "SIGHUP: not taken:\nw.yaml:3:5: a: bad\n\nw.yaml:4:5: b: bad\n",
+        );
+        log.record(t, "next");
+        log.sync();
+        let text = std::fs::read_to_string(log.path()).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "2026-12-02T06:00:09.500Z  SIGHUP: not taken: w.yaml:3:5: a: bad; w.yaml:4:5: b: bad",
+                "2026-12-02T06:00:09.500Z  next"
+            ],
+            "{text}"
+        );
     }
 
     #[test]

@@ -356,6 +356,12 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
     wait_for("the pending state write said", || {
         log_of(&m, "automon").contains("state write pending for")
     });
+    // Regression (fresh-clone user test): `status` showed no condition during the freeze (the
+    // lock file's copy cannot be written); it takes the loop's own word now.
+    wait_for("status to name the pending write", || {
+        let (code, out, err) = run(&m, &["status", "workerset.yaml", "--state-dir", &state]);
+        code == Some(0) && out.contains("state write pending for") || err.contains("panicked")
+    });
     // SIGTERM is answered while the file system is still frozen.
     kill(Pid::from_raw(child_pid(&automon)), Signal::SIGTERM).expect("SIGTERM");
     wait_for("the loop to stop and say what it could not save", || {
@@ -492,6 +498,43 @@ fn a_log_on_a_frozen_file_system_does_not_hold_the_loop() {
     assert!(read_log().contains("automon interrupted"), "{}", read_log());
 }
 
+/// Regression (fresh-clone user test): with the loop stopped (SIGSTOP; the same holds for a
+/// loop stuck in the kernel on a hung file system) `status` and `get` waited for its answer
+/// forever. A view now waits at most `VIEW_TIMEOUT` (15 s) and says why it has no answer.
+#[test]
+fn status_and_get_of_a_loop_that_does_not_answer_end_and_say_why() {
+    let m = slow_migration("");
+    let state_dir = m.path().join("state");
+    let state = state_dir.to_str().expect("utf-8").to_string();
+    let mut automon = watch(&m, &["--state-dir", &state], "automon");
+    let mut cleanup = Cleanup {
+        loops: vec![child_pid(&automon)],
+        state_dir: state_dir.clone(),
+        mounts: vec![],
+    };
+    wait_for("a pass and its workers", || {
+        automon::state::read_status(&state_dir).is_ok_and(|s| s.is_some())
+            && !live_workers(&state_dir).is_empty()
+    });
+    let pid = Pid::from_raw(child_pid(&automon));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let (code, out, err) = run(&m, &["status", "workerset.yaml", "--state-dir", &state]);
+    assert_eq!(code, Some(0), "running: {out}{err}");
+    assert!(out.contains("did not answer"), "{out}{err}");
+    let (code, out, err) = run(&m, &["get", "workerset.yaml", "--state-dir", &state]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("did not answer"), "{out}{err}");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(
+        wait_exit(&mut automon).code(),
+        Some(130),
+        "{}",
+        log_of(&m, "automon")
+    );
+    cleanup.loops.clear();
+}
+
 /// Regression (fresh-clone user test): a fix was decided and automon was SIGKILLed before the
 /// fix was saved: the worker had been stopped and the attempt was lost. A fix's stop is now
 /// sent only after the memory recording the attempt is on disk: with the state file system
@@ -548,6 +591,12 @@ fn a_fix_is_not_acted_on_before_its_attempt_is_on_disk() {
     });
     wait_for("the pending state write said", || {
         log_of(&m, "automon").contains("state write pending for")
+    });
+    // Regression (fresh-clone user test): `status` showed no condition during the freeze (the
+    // lock file's copy cannot be written); it takes the loop's own word now.
+    wait_for("status to name the pending write", || {
+        let (code, out, err) = run(&m, &["status", "workerset.yaml", "--state-dir", &state]);
+        code == Some(0) && out.contains("state write pending for") || err.contains("panicked")
     });
     let alive = || {
         automon::observe::proc::read_stat(Path::new("/proc"), stuck).is_some_and(|s| s.state != 'Z')

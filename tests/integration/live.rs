@@ -438,6 +438,12 @@ fn sighup_reopens_the_log_of_a_started_loop_and_a_public_metrics_address_is_warn
     wait_for("the reopened log to receive the reload", LIMIT, || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP: re-read"))
     });
+    // Regression (fresh-clone user test): the reopened log was created 0644 (umask 022); it is
+    // private like every file of the state directory.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&log).expect("log").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     assert!(automon::state::running_instance(&m.state_dir()).is_some_and(|i| i.pid == pid));
     let (code, out, err) = run(&m, &["stop", "workerset.yaml"]);
     assert_eq!(code, Some(0), "{out}{err}");
