@@ -558,7 +558,7 @@ mod tests {
             "  template: {command: [sleep, \"1\"]}\n  runtime: {kind: slurm, partition: batch, time_limit: 48h, mem_per_worker: 2G, extra_args: [\"--qos=long\"]}\n",
             dir.path(),
         );
-        let (m, _) = load(&good).expect("a valid Slurm runtime loads");
+        let m = load(&good).expect("a valid Slurm runtime loads");
         assert_eq!(m.workerset.spec.runtime.kind, RuntimeKind::Slurm);
     }
 }

@@ -249,8 +249,30 @@ mod tests {
     }
 
     #[test]
+    fn a_job_cancelled_and_killed_after_killwait_reports_sigkill() {
+        let job = one("squeue-cancelled-killed.json");
+        assert_eq!(job.state, "CANCELLED");
+        assert_eq!(job.status(), ProcessStatus::Exited);
+        assert_eq!(job.exit(), Some((None, Some(9))), "{job:?}");
+    }
+
+    /// Slurm 22.05's `squeue --json` ignores `--name` and `--jobs`: it lists every job the
+    /// controller still knows, and a job past `MinJobAge` is simply absent.
+    #[test]
     fn a_job_gone_from_squeue_is_not_listed() {
-        assert!(fixture("squeue-gone.json").is_empty());
+        let jobs = fixture("squeue-all-after-stops.json");
+        let states: Vec<(u64, &str)> = jobs.iter().map(|j| (j.id, j.state.as_str())).collect();
+        assert_eq!(
+            states,
+            [
+                (1, "CANCELLED"),
+                (2, "RUNNING"),
+                (3, "FAILED"),
+                (4, "FAILED"),
+                (5, "CANCELLED")
+            ]
+        );
+        assert!(!jobs.iter().any(|j| j.id == 99));
     }
 
     #[test]
