@@ -588,7 +588,21 @@ impl Daemon<'_> {
                     );
                 }
                 let job = started.as_ref().ok().and_then(|s| s.job.clone());
-                let outcome = started.map(|s| (s.identity, s.started_at));
+                let outcome = match started {
+                    Ok(s) => Ok((s.identity, s.started_at)),
+                    Err(crate::runtime::StartError::Unavailable(why)) => {
+                        let msg = plan::record_start_unavailable(
+                            &mut self.memory,
+                            &self.desired,
+                            a,
+                            &why,
+                            now,
+                        );
+                        self.events.record(now.wall, &msg);
+                        return;
+                    }
+                    Err(crate::runtime::StartError::Failed(why)) => Err(why),
+                };
                 let msg = plan::record_start(&mut self.memory, &self.desired, a, outcome, now);
                 if let Some(w) = self.memory.workers.get_mut(&a.worker) {
                     w.job = job;

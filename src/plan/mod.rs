@@ -888,6 +888,31 @@ pub fn record_start(
     }
 }
 
+/// Records a start the engine could not take because it did not answer (the Slurm
+/// controller is unreachable): unlike a failed start, nothing is counted against the worker
+/// (no failure, no backoff streak, never Failed for it); the start is tried again after
+/// `restart.backoff_initial`. Returns the event to log.
+pub fn record_start_unavailable(
+    memory: &mut Memory,
+    desired: &Desired,
+    action: &StartAction,
+    why: &str,
+    now: Now,
+) -> String {
+    let w = memory.workers.entry(action.worker).or_default();
+    let delay = desired.restart.backoff_initial.get();
+    w.backoff_until = Some(now.boot.plus(delay));
+    w.restart_reason = Some(format!(
+        "worker {}: submitting again now that the scheduler may answer",
+        action.worker
+    ));
+    format!(
+        "worker {}: not started: {why}; nothing counted against the worker, trying again in {}",
+        action.worker,
+        fmt_dur(delay)
+    )
+}
+
 /// Records an LLM answer (or failure) for `worker` at `now`; returns the event to log. The
 /// fix pipeline moves from asked to answered or failed, and the next pass acts on it; an
 /// outcome that arrives after the planner stopped waiting is logged and not used.

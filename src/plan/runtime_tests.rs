@@ -226,3 +226,42 @@ fn a_reboot_of_automons_host_keeps_the_jobs_that_run_elsewhere() {
     assert!(p.memory.workers[&WorkerId(0)].process.is_some());
     assert!(acts_on(&p, 0).is_empty(), "{:?}", p.actions);
 }
+
+/// Regression: with `slurmctld` down, every `sbatch` failed and counted as a failed start;
+/// after three, each worker was Failed ("fix the template's command") and the run stopped,
+/// though nothing was wrong with any worker.
+#[test]
+fn a_submission_the_scheduler_did_not_answer_is_retried_and_never_fails_the_worker() {
+    let d = desired();
+    let mut m = Memory {
+        boot_id: "b".into(),
+        ..Memory::default()
+    };
+    let mut now = at(0);
+    let no_process = || -> Observed {
+        let mut o = observed(0, ProcessStatus::Exited, 0, vec![], None);
+        let w = o.workers.get_mut(&WorkerId(0)).expect("worker 0");
+        (w.process, w.progress) = (None, ProgressObservation::Missing);
+        o
+    };
+    for attempt in 0..5 {
+        let p = plan(&d, &no_process(), m, now);
+        let Some(Action::Start(start)) = p.actions.iter().find(|a| a.worker() == WorkerId(0))
+        else {
+            panic!("attempt {attempt}: a start: {:?}", p.actions)
+        };
+        m = p.memory;
+        let event = record_start_unavailable(
+            &mut m,
+            &d,
+            start,
+            "the Slurm scheduler does not answer: sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+            now,
+        );
+        assert!(event.contains("nothing counted against the worker"), "{event}");
+        let w = &m.workers[&WorkerId(0)];
+        assert_eq!((w.failures, w.start_failures), (0, 0));
+        assert!(w.failed.is_none());
+        now = at(60 * (attempt + 1));
+    }
+}

@@ -39,6 +39,27 @@ pub use local::stop::StopOutcome;
 /// What stands where a boot id would in a job's handle.
 pub const JOB_REALM: &str = "slurm";
 
+/// Why a start failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The worker could not be started (a command that cannot run, a log that cannot be
+    /// opened, a refused submission): counts towards the worker's failed starts.
+    Failed(String),
+    /// The engine itself did not answer (the Slurm controller is unreachable): nothing about
+    /// the worker is wrong, so nothing is counted against it; the start is tried again when
+    /// the engine answers. (A submission that timed out may still have created its job: the
+    /// next pass finds it by name and adopts it.)
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(why) | Self::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A worker started by a runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
@@ -127,13 +148,13 @@ pub trait Runtime: Send {
     /// left running untracked).
     ///
     /// # Errors
-    /// A sentence saying what failed.
+    /// What failed, in a sentence, and whether the worker or the engine is to blame.
     fn start(
         &mut self,
         desired: &Desired,
         action: &StartAction,
         state_dir: &Path,
-    ) -> Result<Started, String>;
+    ) -> Result<Started, StartError>;
 
     /// Adds what the engine knows to one pass's observation: each recorded worker's
     /// execution, exits, workers it runs that memory does not record (adoption), and — when

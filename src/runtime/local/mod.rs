@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Runtime, Started, StopTask};
+use super::{Runtime, StartError, Started, StopTask};
 use crate::clock::Now;
 use crate::manifest::{Desired, RuntimeKind};
 use crate::observe::{ExitEvent, Observed};
@@ -40,9 +40,10 @@ impl Runtime for Local {
         desired: &Desired,
         action: &StartAction,
         state_dir: &Path,
-    ) -> Result<Started, String> {
+    ) -> Result<Started, StartError> {
         let (identity, started_at) =
-            spawn::spawn_worker(desired, action, state_dir, self.exits.clone())?;
+            spawn::spawn_worker(desired, action, state_dir, self.exits.clone())
+                .map_err(StartError::Failed)?;
         Ok(Started {
             identity,
             started_at,

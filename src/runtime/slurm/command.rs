@@ -10,9 +10,25 @@ fn failure(program: &str, status: std::process::ExitStatus, stderr: &[u8]) -> St
     let text = String::from_utf8_lossy(stderr);
     let first = text.lines().map(str::trim).find(|l| !l.is_empty());
     match first {
+        // Slurm's clients begin their messages with their own name.
+        Some(line) if line.starts_with(&format!("{program}:")) => line.to_string(),
         Some(line) => format!("{program}: {line}"),
         None => format!("{program} exited with {status}"),
     }
+}
+
+/// True when `why` (an error of [`run`]) says the controller did not answer, rather than that
+/// it refused the request: the words Slurm 22.05's clients print then, or a time limit.
+pub fn unavailable(why: &str) -> bool {
+    [
+        "Unable to contact slurm controller",
+        "Socket timed out",
+        "Zero Bytes were transmitted",
+        "Connection refused",
+        "did not answer within",
+    ]
+    .iter()
+    .any(|w| why.contains(w))
 }
 
 /// Runs `cmd` (its program a Slurm client), feeding it `stdin`, and returns its standard

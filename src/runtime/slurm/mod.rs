@@ -17,7 +17,7 @@ pub mod submit;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Handle, JobRecord, Runtime, Started, StopOutcome, StopTask};
+use super::{Handle, JobRecord, Runtime, StartError, Started, StopOutcome, StopTask};
 use crate::WorkerId;
 use crate::clock::Now;
 use crate::manifest::{Desired, RuntimeKind, RuntimeSpec};
@@ -102,21 +102,27 @@ impl Runtime for Slurm {
         desired: &Desired,
         action: &StartAction,
         state_dir: &Path,
-    ) -> Result<Started, String> {
+    ) -> Result<Started, StartError> {
         let log = desired.log_path(action.worker);
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                .map_err(|e| StartError::Failed(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let script = submit::script(&desired.name, action)?;
+        let script = submit::script(&desired.name, action).map_err(StartError::Failed)?;
         let args = submit::sbatch_args(desired, &self.spec, action.worker, &self.comment, &log);
         let mut cmd = std::process::Command::new("sbatch");
         cmd.args(&args)
             .current_dir(&desired.workdir)
             .env_clear()
             .envs(submit::job_env(desired, action.worker, state_dir));
-        let out = command::run(&mut cmd, Some(&script), SUBMIT_TIMEOUT)?;
-        let id = submit::parse_job_id(&out)?;
+        let out = command::run(&mut cmd, Some(&script), SUBMIT_TIMEOUT).map_err(|why| {
+            if command::unavailable(&why) {
+                StartError::Unavailable(format!("the Slurm scheduler does not answer: {why}"))
+            } else {
+                StartError::Failed(why)
+            }
+        })?;
+        let id = submit::parse_job_id(&out).map_err(StartError::Failed)?;
         Ok(Started {
             identity: Handle::job_identity(id),
             started_at: crate::clock::BootTime::read(),

@@ -50,9 +50,29 @@ pub enum Phase {
 /// Parses `squeue --json` output.
 ///
 /// # Errors
-/// Why the text is not `squeue --json` output.
+/// Why the text is not `squeue --json` output, or the errors it lists: with the controller
+/// unreachable, 22.05's `squeue --json` exits 0 with an empty `jobs` list and the failure only
+/// in `errors` — an empty list that must never be read as "every job is gone".
 pub fn parse(text: &str) -> Result<Vec<Job>, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(errors) = v.get("errors").and_then(Value::as_array)
+        && !errors.is_empty()
+    {
+        let words: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
+                let mut w = field("description").to_string();
+                for extra in [field("error"), field("source")] {
+                    if !extra.is_empty() {
+                        w = if w.is_empty() { extra.to_string() } else { format!("{w} ({extra})") };
+                    }
+                }
+                w
+            })
+            .collect();
+        return Err(format!("squeue reports: {}", words.join("; ")));
+    }
     let jobs = v
         .get("jobs")
         .and_then(Value::as_array)
@@ -273,6 +293,23 @@ mod tests {
             ]
         );
         assert!(!jobs.iter().any(|j| j.id == 99));
+    }
+
+    /// Regression: with `slurmctld` stopped, `squeue --json` exits 0 listing no jobs and the
+    /// failure in `errors`; read as a list, every running job looked gone and was restarted
+    /// (a duplicate of each once the controller came back).
+    #[test]
+    fn an_unreachable_controllers_empty_listing_is_an_error_not_every_job_gone() {
+        let path = format!(
+            "{}/tests/fixtures/slurm/squeue-controller-down.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let err = parse(&text).expect_err("an error, not an empty list");
+        assert_eq!(
+            err,
+            "squeue reports: Failed while looking for jobs (Unspecified error) (slurm_load_jobs)"
+        );
     }
 
     #[test]
