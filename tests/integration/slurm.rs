@@ -129,17 +129,61 @@ struct SlurmCleanup {
     name: String,
 }
 
+impl SlurmCleanup {
+    /// Cancels what an earlier run of the same test may have left (its cleanup could not reach
+    /// a stopped controller), and waits until none of it lives: the duplicate watch counts
+    /// every live job of the name.
+    fn new(name: &str) -> Self {
+        let cleanup = Self {
+            daemon: None,
+            name: name.into(),
+        };
+        cleanup.cancel_all();
+        wait_until(
+            "no live job left by an earlier run",
+            || live_jobs(name).is_some_and(|j| j.is_empty()),
+            || format!("{:?}", live_jobs(name)),
+        );
+        cleanup
+    }
+
+    fn cancel_all(&self) {
+        for id in 0..8 {
+            let _ = Command::new("scancel")
+                .arg(format!("--name=automon/{}/{id}", self.name))
+                .output();
+        }
+    }
+}
+
 impl Drop for SlurmCleanup {
     fn drop(&mut self) {
         if let Some(d) = self.daemon.as_mut() {
             let _ = d.kill();
             let _ = d.wait();
         }
-        for id in 0..8 {
-            let _ = Command::new("scancel")
-                .arg(format!("--name=automon/{}/{id}", self.name))
-                .output();
-        }
+        self.cancel_all();
+    }
+}
+
+/// `scripts/slurm-dev-cluster.sh up` (idempotent: starts only what is not running).
+fn cluster_up() -> std::process::ExitStatus {
+    Command::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev-cluster.sh"))
+        .arg("up")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run scripts/slurm-dev-cluster.sh up")
+}
+
+/// On drop (also after a failed assertion), the controller a test stopped runs again, so the
+/// tests after it find a cluster. Declare it after the [`SlurmCleanup`]: it then drops first
+/// (reverse order of declaration), and the cleanup's `scancel` finds a controller.
+struct ControllerBack;
+
+impl Drop for ControllerBack {
+    fn drop(&mut self) {
+        let _ = cluster_up();
     }
 }
 
@@ -200,10 +244,7 @@ fn slurm_runtime_migrates_with_a_crash_and_a_hang_and_every_book_arrives_once() 
             ..Knobs::default()
         },
     );
-    let mut cleanup = SlurmCleanup {
-        daemon: None,
-        name: name.into(),
-    };
+    let mut cleanup = SlurmCleanup::new(name);
     let duplicates = DuplicateWatch::start(name);
     cleanup.daemon = Some(watch(&m));
     let stderr = wait_done(&m, cleanup.daemon.take().expect("daemon"));
@@ -259,10 +300,7 @@ fn automon_sigkilled_under_slurm_adopts_its_running_jobs_without_submitting_dupl
             ..Knobs::default()
         },
     );
-    let mut cleanup = SlurmCleanup {
-        daemon: None,
-        name: name.into(),
-    };
+    let mut cleanup = SlurmCleanup::new(name);
     let duplicates = DuplicateWatch::start(name);
     cleanup.daemon = Some(watch(&m));
     wait_until(
@@ -332,10 +370,7 @@ fn a_sigterm_deaf_job_is_killed_after_stop_grace_and_not_replaced_before_it_is_t
             ..Knobs::default()
         },
     );
-    let mut cleanup = SlurmCleanup {
-        daemon: None,
-        name: name.into(),
-    };
+    let mut cleanup = SlurmCleanup::new(name);
     // The watch is the point: a replacement submitted while the deaf job still lives (RUNNING
     // or COMPLETING) would be a second live job of the worker.
     let duplicates = DuplicateWatch::start(name);
@@ -391,10 +426,7 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
             ..Knobs::default()
         },
     );
-    let mut cleanup = SlurmCleanup {
-        daemon: None,
-        name: name.into(),
-    };
+    let mut cleanup = SlurmCleanup::new(name);
     let duplicates = DuplicateWatch::start(name);
     cleanup.daemon = Some(watch(&m));
     wait_until(
@@ -403,13 +435,9 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
         || m.events(),
     );
     // The controller goes away (its jobs keep running on the nodes) ...
+    let _back = ControllerBack;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM slurmctld");
-    wait_until(
-        "automon to say the scheduler does not answer",
-        || m.events().contains("the Slurm scheduler does not answer"),
-        || m.events(),
-    );
     wait_until(
         "slurmctld to exit",
         || {
@@ -418,15 +446,21 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
         },
         || format!("slurmctld pid {pid} still runs"),
     );
-    // ... and comes back: the run carries on to the end.
-    let up = Command::new(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev-cluster.sh"),
-    )
-    .arg("up")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .status()
-    .expect("restart the cluster");
+    // ... automon's pass finds no answer and holds, saying why (the hold, not merely a failed
+    // submission: a pass whose squeue failed) ...
+    let hold = "could not look for running workers (the Slurm scheduler does not answer";
+    wait_until(
+        "automon to hold because the scheduler does not answer",
+        || m.events().contains(hold),
+        || m.events(),
+    );
+    // ... having judged no job gone and failed no worker while it could not see them ...
+    let during = m.events();
+    assert!(!during.contains("left the queue"), "a job was judged gone blind:
+{during}");
+    assert!(!during.contains("ALERT"), "{during}");
+    // ... and the controller comes back: the run carries on to the end.
+    let up = cluster_up();
     assert!(up.success(), "scripts/slurm-dev-cluster.sh up: {up}");
     let stderr = wait_done(&m, cleanup.daemon.take().expect("daemon"));
     assert!(duplicates.finish().is_empty(), "a worker had two live jobs");
