@@ -705,9 +705,7 @@ fn colour_phase(phase: Phase, text: &str, colour: bool) -> String {
     let code = match phase {
         Phase::Progressing | Phase::Completed => "32",
         Phase::Discovering | Phase::Starting | Phase::Pending | Phase::Queued => "36",
-        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked | Phase::Unknown => {
-            "33"
-        }
+        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked | Phase::Unknown => "33",
         Phase::Paused | Phase::Failed | Phase::Conflict => "31",
         Phase::Stopped => "0",
     };
@@ -728,7 +726,12 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
     };
     let jobs = s.workers.iter().any(|w| w.job.is_some());
     let (id_head, id_width) = if jobs {
-        let widest = s.workers.iter().filter_map(&job_cell).map(|c| c.len()).max();
+        let widest = s
+            .workers
+            .iter()
+            .filter_map(&job_cell)
+            .map(|c| c.len())
+            .max();
         ("JOB@NODE", widest.unwrap_or(0).max(8))
     } else {
         ("PID", 7)

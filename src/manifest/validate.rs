@@ -519,9 +519,9 @@ fn runtime(c: &mut Checker<'_>, ws: &WorkerSet) {
     }
     for (i, arg) in r.extra_args.iter().enumerate() {
         let name = arg.split('=').next().unwrap_or(arg);
-        let own = SBATCH_OWN_OPTIONS
-            .iter()
-            .any(|o| name == *o || (o.len() == 2 && name.starts_with(o) && !name.starts_with("--")));
+        let own = SBATCH_OWN_OPTIONS.iter().any(|o| {
+            name == *o || (o.len() == 2 && name.starts_with(o) && !name.starts_with("--"))
+        });
         if own {
             c.fail(
                 &format!("spec.runtime.extra_args.{i}"),

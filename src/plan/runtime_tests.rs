@@ -131,15 +131,30 @@ fn a_queued_job_is_never_judged_and_its_clocks_start_when_it_runs() {
     // It runs: 10 minutes later it is still discovering (the clock began when it ran), where a
     // clock started at submission would have it stuck long ago.
     let running = ProcessStatus::Alive { state: 'R' };
-    let p = plan(&d, &observed(0, running.clone(), 50, vec![], None), p.memory, at(7200 + 600));
+    let p = plan(
+        &d,
+        &observed(0, running.clone(), 50, vec![], None),
+        p.memory,
+        at(7200 + 600),
+    );
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Discovering);
     let reason = p.workers[&WorkerId(0)].reason.to_string();
     assert!(reason.starts_with("job 17 on n2"), "{reason}");
     // Past the grace measured from when it ran: stuck (confirmed on the next pass), and the
     // stop names the job.
-    let p = plan(&d, &observed(0, running.clone(), 50, vec![], None), p.memory, at(7200 + 1201));
+    let p = plan(
+        &d,
+        &observed(0, running.clone(), 50, vec![], None),
+        p.memory,
+        at(7200 + 1201),
+    );
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stuck);
-    let p = plan(&d, &observed(0, running, 50, vec![], None), p.memory, at(7200 + 1210));
+    let p = plan(
+        &d,
+        &observed(0, running, 50, vec![], None),
+        p.memory,
+        at(7200 + 1210),
+    );
     assert_eq!(acts_on(&p, 0), ["stop"]);
     let Some(Action::Stop(stop)) = p.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
         panic!("a stop")
@@ -151,7 +166,12 @@ fn a_queued_job_is_never_judged_and_its_clocks_start_when_it_runs() {
 fn a_completing_job_blocks_its_replacement_until_it_is_terminal() {
     let d = desired();
     let m = with_job(0, 17, at(0), 50);
-    let p = plan(&d, &observed(0, ProcessStatus::Completing, 50, vec![], None), m, at(60));
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Completing, 50, vec![], None),
+        m,
+        at(60),
+    );
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stopping);
     assert!(acts_on(&p, 0).is_empty(), "{:?}", p.actions);
     assert!(p.memory.workers[&WorkerId(0)].process.is_some());
@@ -166,55 +186,108 @@ fn a_completing_job_blocks_its_replacement_until_it_is_terminal() {
     };
     // Terminal with exit 3 (its wait status from squeue): restarted from its checkpoint at
     // once (a first failure has no backoff), the reason saying how it ended.
-    let p = plan(&d, &observed(0, ProcessStatus::Exited, 50, vec![exit], None), p.memory, at(62));
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Exited, 50, vec![exit], None),
+        p.memory,
+        at(62),
+    );
     let Some(Action::Start(start)) = p.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
         panic!("a restart: {:?}", p.actions)
     };
     assert_eq!(start.resume_from, Some(50));
-    assert!(start.reason.contains("worker 0 exited with status 3"), "{}", start.reason);
+    assert!(
+        start.reason.contains("worker 0 exited with status 3"),
+        "{}",
+        start.reason
+    );
 }
 
 #[test]
 fn a_job_gone_from_squeue_is_decided_by_the_progress_file() {
     let d = desired();
     // Its shard [1, 101) is done: complete, not restarted.
-    let p = plan(&d, &observed(0, ProcessStatus::Exited, 100, vec![], None), with_job(0, 17, at(0), 60), at(60));
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Exited, 100, vec![], None),
+        with_job(0, 17, at(0), 60),
+        at(60),
+    );
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Completed);
     assert!(acts_on(&p, 0).is_empty());
     // Mid-shard: it ended without a word; restarted from its checkpoint.
-    let p = plan(&d, &observed(0, ProcessStatus::Exited, 60, vec![], None), with_job(0, 17, at(0), 60), at(60));
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Exited, 60, vec![], None),
+        with_job(0, 17, at(0), 60),
+        at(60),
+    );
     let Some(Action::Start(start)) = p.actions.iter().find(|a| a.worker() == WorkerId(0)) else {
         panic!("a restart: {:?}", p.actions)
     };
     assert_eq!(start.resume_from, Some(60));
-    assert!(start.reason.contains("job 17 left the queue"), "{}", start.reason);
+    assert!(
+        start.reason.contains("job 17 left the queue"),
+        "{}",
+        start.reason
+    );
 }
 
 #[test]
 fn an_unanswering_scheduler_holds_every_decision_and_says_why() {
     let d = desired();
-    let why = "the Slurm scheduler does not answer: squeue: error: Unable to contact slurm controller";
+    let why =
+        "the Slurm scheduler does not answer: squeue: error: Unable to contact slurm controller";
     // Silent for an hour: a running job would be stuck; unseen, it is held.
     let m = with_job(0, 17, at(0), 50);
     let unknown = ProcessStatus::Unknown { why: why.into() };
-    let p = plan(&d, &observed(0, unknown.clone(), 50, vec![], Some(why)), m, at(3600));
+    let p = plan(
+        &d,
+        &observed(0, unknown.clone(), 50, vec![], Some(why)),
+        m,
+        at(3600),
+    );
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Unknown);
-    assert!(p.actions.is_empty(), "nothing is started or stopped: {:?}", p.actions);
     assert!(
-        p.events.iter().any(|e| e.contains("Unable to contact slurm controller") && e.contains("starting nothing")),
+        p.actions.is_empty(),
+        "nothing is started or stopped: {:?}",
+        p.actions
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.contains("Unable to contact slurm controller")
+                && e.contains("starting nothing")),
         "{:?}",
         p.events
     );
-    let p = plan(&d, &observed(0, unknown, 50, vec![], Some(why)), p.memory, at(3610));
+    let p = plan(
+        &d,
+        &observed(0, unknown, 50, vec![], Some(why)),
+        p.memory,
+        at(3610),
+    );
     assert!(p.actions.is_empty());
-    assert!(p.memory.workers[&WorkerId(0)].process.is_some(), "the job stays recorded");
+    assert!(
+        p.memory.workers[&WorkerId(0)].process.is_some(),
+        "the job stays recorded"
+    );
 }
 
 #[test]
 fn disk_scaling_says_it_does_not_apply_to_a_slurm_fleet() {
     let d = desired();
-    let p = plan(&d, &observed(0, ProcessStatus::Alive { state: 'R' }, 50, vec![], None), with_job(0, 17, at(0), 50), at(10));
-    assert!(p.scaling.contains("does not apply to a Slurm fleet"), "{}", p.scaling);
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Alive { state: 'R' }, 50, vec![], None),
+        with_job(0, 17, at(0), 50),
+        at(10),
+    );
+    assert!(
+        p.scaling.contains("does not apply to a Slurm fleet"),
+        "{}",
+        p.scaling
+    );
 }
 
 #[test]
@@ -222,7 +295,12 @@ fn a_reboot_of_automons_host_keeps_the_jobs_that_run_elsewhere() {
     let d = desired();
     let mut m = with_job(0, 17, at(0), 50);
     m.boot_id = "an earlier boot".into();
-    let p = plan(&d, &observed(0, ProcessStatus::Alive { state: 'R' }, 50, vec![], None), m, at(10));
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Alive { state: 'R' }, 50, vec![], None),
+        m,
+        at(10),
+    );
     assert!(p.memory.workers[&WorkerId(0)].process.is_some());
     assert!(acts_on(&p, 0).is_empty(), "{:?}", p.actions);
 }
@@ -258,7 +336,10 @@ fn a_submission_the_scheduler_did_not_answer_is_retried_and_never_fails_the_work
             "the Slurm scheduler does not answer: sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
             now,
         );
-        assert!(event.contains("nothing counted against the worker"), "{event}");
+        assert!(
+            event.contains("nothing counted against the worker"),
+            "{event}"
+        );
         let w = &m.workers[&WorkerId(0)];
         assert_eq!((w.failures, w.start_failures), (0, 0));
         assert!(w.failed.is_none());

@@ -43,7 +43,10 @@ impl Planner<'_> {
                         format!("stop requested: {}", stopping.reason),
                     );
                 } else if let Some(hold) = w.paused.as_ref().or(w.failed.as_ref()) {
-                    let reason = format!("worker {id}: {}; cancelling its queued {handle}", hold.reason);
+                    let reason = format!(
+                        "worker {id}: {}; cancelling its queued {handle}",
+                        hold.reason
+                    );
                     self.stop_if_running(id, w, reason.clone());
                     self.set(id, Phase::Stopping, reason);
                 } else {

@@ -441,10 +441,23 @@ impl Planner<'_> {
             idle,
             since_start: reference == started_at,
         };
-        let reason = match (&w.job, w.process.as_ref().map(|p| crate::runtime::Handle::of(&p.identity))) {
+        let reason = match (
+            &w.job,
+            w.process
+                .as_ref()
+                .map(|p| crate::runtime::Handle::of(&p.identity)),
+        ) {
             (Some(job), Some(handle @ crate::runtime::Handle::Job(_))) => {
-                let on = job.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default();
-                Reason::Text(reason.to_string().replacen(&format!("pid {pid}"), &format!("{handle}{on}"), 1))
+                let on = job
+                    .node
+                    .as_deref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default();
+                Reason::Text(reason.to_string().replacen(
+                    &format!("pid {pid}"),
+                    &format!("{handle}{on}"),
+                    1,
+                ))
             }
             _ => reason,
         };

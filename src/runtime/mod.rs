@@ -161,7 +161,13 @@ pub trait Runtime: Send {
     /// it cannot look — why not (`scan_incomplete`, which holds every start). Also refreshes
     /// each worker's [`JobRecord`] facts in `memory` (node, state) for people. The local
     /// runtime adds nothing: the observers read `/proc` themselves.
-    fn observe(&mut self, desired: &Desired, memory: &mut Memory, observed: &mut Observed, now: Now);
+    fn observe(
+        &mut self,
+        desired: &Desired,
+        memory: &mut Memory,
+        observed: &mut Observed,
+        now: Now,
+    );
 
     /// True when the observers' `/proc` scan for unrecorded workers applies (local only:
     /// a Slurm job's processes are found through the scheduler).
@@ -211,8 +217,11 @@ mod tests {
         assert_eq!(Handle::of(&job), Handle::Job(17));
         assert_eq!(Handle::of(&job).to_string(), "job 17");
         // No kernel has this boot id: a /proc check finds the handle is not a live process.
-        let status =
-            crate::observe::proc::check(Path::new("/proc"), &crate::observe::proc::boot_id(Path::new("/proc")), &job);
+        let status = crate::observe::proc::check(
+            Path::new("/proc"),
+            &crate::observe::proc::boot_id(Path::new("/proc")),
+            &job,
+        );
         assert_eq!(status, crate::observe::ProcessStatus::Reused);
         let process = ProcessIdentity {
             pid: 4242,

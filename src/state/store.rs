@@ -163,7 +163,10 @@ mod tests {
     #[test]
     fn a_version_1_state_file_loads_with_process_handles_and_no_jobs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fixture = format!("{}/tests/fixtures/state/state-v1.json", env!("CARGO_MANIFEST_DIR"));
+        let fixture = format!(
+            "{}/tests/fixtures/state/state-v1.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::copy(&fixture, dir.path().join(STATE_FILE)).expect("copy fixture");
         let m = load_memory(dir.path()).expect("a version 1 file loads");
         assert_eq!(m.version, 1);

@@ -24,8 +24,11 @@ fn slurm_migration(name: &str, knobs: Knobs) -> Migration {
     });
     let file = m.path().join("workerset.yaml");
     let text = std::fs::read_to_string(&file).expect("manifest");
-    std::fs::write(&file, text.replace("name: test-migration", &format!("name: {name}")))
-        .expect("rename");
+    std::fs::write(
+        &file,
+        text.replace("name: test-migration", &format!("name: {name}")),
+    )
+    .expect("rename");
     m
 }
 
@@ -78,10 +81,13 @@ fn live_jobs(name: &str) -> Option<BTreeMap<String, Vec<String>>> {
     Some(by_name)
 }
 
+/// Each time a worker had two live jobs: its job name and the jobs (`id STATE`).
+type Duplicates = Vec<(String, Vec<String>)>;
+
 /// Watches, until dropped, that no worker of WorkerSet `name` ever has two live jobs.
 struct DuplicateWatch {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(String, Vec<String>)>>>,
+    thread: Option<std::thread::JoinHandle<Duplicates>>,
 }
 
 impl DuplicateWatch {
@@ -107,7 +113,7 @@ impl DuplicateWatch {
     }
 
     /// Stops watching; the times a worker had two live jobs.
-    fn finish(mut self) -> Vec<(String, Vec<String>)> {
+    fn finish(mut self) -> Duplicates {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()
@@ -168,12 +174,14 @@ impl Drop for SlurmCleanup {
 
 /// `scripts/slurm-dev-cluster.sh up` (idempotent: starts only what is not running).
 fn cluster_up() -> std::process::ExitStatus {
-    Command::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev-cluster.sh"))
-        .arg("up")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run scripts/slurm-dev-cluster.sh up")
+    Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-dev-cluster.sh"),
+    )
+    .arg("up")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .status()
+    .expect("run scripts/slurm-dev-cluster.sh up")
 }
 
 /// On drop (also after a failed assertion), the controller a test stopped runs again, so the
@@ -213,7 +221,10 @@ fn wait_done(m: &Migration, mut child: std::process::Child) -> String {
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("automon did not finish within {PATIENCE:?}:\n{}", m.events());
+            panic!(
+                "automon did not finish within {PATIENCE:?}:\n{}",
+                m.events()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -281,7 +292,8 @@ fn slurm_runtime_migrates_with_a_crash_and_a_hang_and_every_book_arrives_once() 
 
 #[test]
 fn automon_sigkilled_under_slurm_adopts_its_running_jobs_without_submitting_duplicates() {
-    let test = "automon_sigkilled_under_slurm_adopts_its_running_jobs_without_submitting_duplicates";
+    let test =
+        "automon_sigkilled_under_slurm_adopts_its_running_jobs_without_submitting_duplicates";
     let _one = super::support::slurm_lock();
     if !slurm_available(test) {
         return;
@@ -350,7 +362,8 @@ fn automon_sigkilled_under_slurm_adopts_its_running_jobs_without_submitting_dupl
 
 #[test]
 fn a_sigterm_deaf_job_is_killed_after_stop_grace_and_not_replaced_before_it_is_terminal() {
-    let test = "a_sigterm_deaf_job_is_killed_after_stop_grace_and_not_replaced_before_it_is_terminal";
+    let test =
+        "a_sigterm_deaf_job_is_killed_after_stop_grace_and_not_replaced_before_it_is_terminal";
     let _one = super::support::slurm_lock();
     if !slurm_available(test) {
         return;
@@ -436,8 +449,11 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
     );
     // The controller goes away (its jobs keep running on the nodes) ...
     let _back = ControllerBack;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-        .expect("SIGTERM slurmctld");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM slurmctld");
     wait_until(
         "slurmctld to exit",
         || {
@@ -456,8 +472,11 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
     );
     // ... having judged no job gone and failed no worker while it could not see them ...
     let during = m.events();
-    assert!(!during.contains("left the queue"), "a job was judged gone blind:
-{during}");
+    assert!(
+        !during.contains("left the queue"),
+        "a job was judged gone blind:
+{during}"
+    );
     assert!(!during.contains("ALERT"), "{during}");
     // ... and the controller comes back: the run carries on to the end.
     let up = cluster_up();

@@ -62,7 +62,9 @@ pub fn slurm_available(test: &str) -> bool {
 /// and one test stops its controller for a while).
 pub fn slurm_lock() -> std::sync::MutexGuard<'static, ()> {
     static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SLURM.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SLURM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Knobs of a test migration.

@@ -118,7 +118,10 @@ mod tests {
             Ok("job 17\n")
         );
         let mut fail = std::process::Command::new("sh");
-        fail.args(["-c", "echo 'sbatch: error: Invalid partition name' >&2; exit 1"]);
+        fail.args([
+            "-c",
+            "echo 'sbatch: error: Invalid partition name' >&2; exit 1",
+        ]);
         assert_eq!(
             run(&mut fail, None, Duration::from_secs(60)),
             Err("sh: sbatch: error: Invalid partition name".into())

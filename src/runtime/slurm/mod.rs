@@ -69,7 +69,10 @@ pub fn owner(comment: &str, ours: &str) -> Owner {
     if comment == ours {
         return Owner::Ours;
     }
-    let fleet = |c: &str| c.split_once(STATE_DIR_MARK).map(|(f, d)| (f.to_string(), d.to_string()));
+    let fleet = |c: &str| {
+        c.split_once(STATE_DIR_MARK)
+            .map(|(f, d)| (f.to_string(), d.to_string()))
+    };
     match (fleet(comment), fleet(ours)) {
         (Some((theirs, dir)), Some((mine, _))) if theirs == mine => Owner::OtherAutomon(dir),
         _ => Owner::Stranger,
@@ -105,8 +108,9 @@ impl Runtime for Slurm {
     ) -> Result<Started, StartError> {
         let log = desired.log_path(action.worker);
         if let Some(parent) = log.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StartError::Failed(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StartError::Failed(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         let script = submit::script(&desired.name, action).map_err(StartError::Failed)?;
         let args = submit::sbatch_args(desired, &self.spec, action.worker, &self.comment, &log);
@@ -138,7 +142,13 @@ impl Runtime for Slurm {
     /// One `squeue --json` for all the WorkerSet's jobs. When it fails, every recorded job is
     /// `Unknown` and `scan_incomplete` says why, so the planner starts nothing and judges no
     /// job until the scheduler answers again.
-    fn observe(&mut self, desired: &Desired, memory: &mut Memory, observed: &mut Observed, now: Now) {
+    fn observe(
+        &mut self,
+        desired: &Desired,
+        memory: &mut Memory,
+        observed: &mut Observed,
+        now: Now,
+    ) {
         let names: Vec<String> = desired
             .worker_ids()
             .into_iter()
@@ -302,7 +312,11 @@ fn scheduler_unreachable(why: &str, memory: &Memory, observed: &mut Observed) {
 async fn job_state(id: u64) -> Result<Option<squeue::Job>, String> {
     let text = command::run_async(
         "squeue",
-        &["--json".into(), "--states=all".into(), format!("--jobs={id}")],
+        &[
+            "--json".into(),
+            "--states=all".into(),
+            format!("--jobs={id}"),
+        ],
         QUERY_TIMEOUT,
     )
     .await;
@@ -420,9 +434,17 @@ mod tests {
             id,
             name: format!("automon/ws/{worker}"),
             state: state.into(),
-            reason: if state == "PENDING" { "Resources".into() } else { "None".into() },
+            reason: if state == "PENDING" {
+                "Resources".into()
+            } else {
+                "None".into()
+            },
             exit_status: exit,
-            nodes: if state == "PENDING" { String::new() } else { "n1".into() },
+            nodes: if state == "PENDING" {
+                String::new()
+            } else {
+                "n1".into()
+            },
             comment: comment.into(),
             cluster: "dev".into(),
             start_time: (state != "PENDING").then_some(1_800_000_000),
@@ -508,9 +530,15 @@ mod tests {
         // The running job's clocks start when it began to run (100 s before now), not at
         // submission; its node and state are recorded for people.
         let w0 = &memory.workers[&WorkerId(0)];
-        assert_eq!(w0.process.as_ref().map(|p| p.started_at), Some(BootTime(400_000)));
+        assert_eq!(
+            w0.process.as_ref().map(|p| p.started_at),
+            Some(BootTime(400_000))
+        );
         let record = w0.job.clone().expect("job record");
-        assert_eq!((record.id, record.node.as_deref(), record.state.as_str()), (10, Some("n1"), "RUNNING"));
+        assert_eq!(
+            (record.id, record.node.as_deref(), record.state.as_str()),
+            (10, Some("n1"), "RUNNING")
+        );
         assert_eq!(record.cluster, "dev");
         // Unrecorded live jobs of this WorkerSet: ours to adopt, another automon's on the same
         // files reported as such; another fleet's and ended ones are not listed.
@@ -521,7 +549,10 @@ mod tests {
             .collect();
         assert_eq!(
             found,
-            [(3, 13, None), (4, 14, Some("/elsewhere/.automon".to_string()))]
+            [
+                (3, 13, None),
+                (4, 14, Some("/elsewhere/.automon".to_string()))
+            ]
         );
     }
 
@@ -530,13 +561,21 @@ mod tests {
         let mut memory = Memory::default();
         memory.workers.insert(WorkerId(0), recorded(10));
         let mut obs = observed(2);
-        scheduler_unreachable("squeue: error: Unable to contact slurm controller", &memory, &mut obs);
+        scheduler_unreachable(
+            "squeue: error: Unable to contact slurm controller",
+            &memory,
+            &mut obs,
+        );
         assert!(matches!(
             &obs.workers[&WorkerId(0)].process,
             Some(ProcessStatus::Unknown { why }) if why.contains("does not answer")
         ));
         assert_eq!(obs.workers[&WorkerId(1)].process, None);
-        assert!(obs.scan_incomplete.as_deref().is_some_and(|w| w.contains("Unable to contact")));
+        assert!(
+            obs.scan_incomplete
+                .as_deref()
+                .is_some_and(|w| w.contains("Unable to contact"))
+        );
     }
 
     #[test]
@@ -546,7 +585,10 @@ mod tests {
             owner("automon fleet=00ff state_dir=/b c/.automon", OURS),
             Owner::OtherAutomon("/b c/.automon".into())
         );
-        assert_eq!(owner("automon fleet=0a0a state_dir=/srv/.automon", OURS), Owner::Stranger);
+        assert_eq!(
+            owner("automon fleet=0a0a state_dir=/srv/.automon", OURS),
+            Owner::Stranger
+        );
         assert_eq!(owner("", OURS), Owner::Stranger);
     }
 }

@@ -65,7 +65,11 @@ pub fn parse(text: &str) -> Result<Vec<Job>, String> {
                 let mut w = field("description").to_string();
                 for extra in [field("error"), field("source")] {
                     if !extra.is_empty() {
-                        w = if w.is_empty() { extra.to_string() } else { format!("{w} ({extra})") };
+                        w = if w.is_empty() {
+                            extra.to_string()
+                        } else {
+                            format!("{w} ({extra})")
+                        };
                     }
                 }
                 w
@@ -188,7 +192,10 @@ impl Job {
             Phase::Completing => ProcessStatus::Completing,
             Phase::Ended => ProcessStatus::Exited,
             Phase::Other => ProcessStatus::Unknown {
-                why: format!("job {} is in state {} (unknown to automon)", self.id, self.state),
+                why: format!(
+                    "job {} is in state {} (unknown to automon)",
+                    self.id, self.state
+                ),
             },
         }
     }
@@ -204,10 +211,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<Job> {
-        let path = format!(
-            "{}/tests/fixtures/slurm/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/tests/fixtures/slurm/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect("fixture");
         parse(&text).expect("parses")
     }

@@ -205,7 +205,10 @@ spec:
     fn the_job_gets_the_markers_and_never_the_llm_key() {
         let d = desired("{kind: slurm}");
         let env = job_env(&d, WorkerId(5), Path::new("/srv/.automon"));
-        let get = |k: &str| env.get(std::ffi::OsStr::new(k)).map(|v| v.to_string_lossy().into_owned());
+        let get = |k: &str| {
+            env.get(std::ffi::OsStr::new(k))
+                .map(|v| v.to_string_lossy().into_owned())
+        };
         assert_eq!(get(ENV_WORKERSET).as_deref(), Some("mig"));
         assert_eq!(get(ENV_WORKER_ID).as_deref(), Some("5"));
         assert_eq!(get(ENV_STATE_DIR).as_deref(), Some("/srv/.automon"));
