@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::WorkerId;
-use crate::act::{spawn, stop};
+use crate::act::stop;
 use crate::control::{Outcome, Request, Verdict};
 use crate::manifest::Desired;
 use crate::observe::{self, ExitEvent, Roots};
@@ -93,6 +93,8 @@ enum Wake {
     StopDone {
         worker: WorkerId,
         pid: i32,
+        /// The handle was a Slurm job's (`pid` is its id).
+        job: bool,
         outcome: stop::StopOutcome,
     },
     Diagnosis {
@@ -125,6 +127,8 @@ struct Daemon<'a> {
     events: EventLog,
     history: crate::state::FixHistory,
     observer: observe::Observer,
+    /// Where the workers run (`spec.runtime`): starts, stops, and what the engine observes.
+    runtime: Box<dyn crate::runtime::Runtime>,
     /// The LLM client, when `llm.enabled` and it could be built.
     llm: Option<crate::act::llm::LlmClient>,
     /// Why there is no LLM client, when the manifest enables it.
@@ -205,9 +209,11 @@ impl Daemon<'_> {
             &self.memory,
             &self.opts.state_dir,
             children,
-            self.first,
+            self.first && self.runtime.scans_processes(),
             now.boot,
         );
+        self.runtime
+            .observe(&self.desired, &mut self.memory, &mut observed, now);
         observed.unsaved_state = self.unsaved.as_ref().map(|u| u.why.clone());
         self.last_disk = Some(observed.disk.clone());
         // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
@@ -242,8 +248,8 @@ impl Daemon<'_> {
                     self.events.record(
                         now.wall,
                         &format!(
-                            "worker {id}: adopted pid {} (recorded by an earlier automon)",
-                            old.pid
+                            "worker {id}: adopted {} (recorded by an earlier automon)",
+                            crate::runtime::Handle::of(old)
                         ),
                     );
                 }
@@ -402,16 +408,16 @@ impl Daemon<'_> {
             let tx = self.wake_tx.clone();
             match action {
                 Action::Stop(a) => {
-                    let signal = self.desired.stop_signal;
+                    let stopping = self.runtime.stop(&a, self.desired.stop_signal);
                     tokio::spawn(async move {
                         if a.awaits_save {
                             durable.await;
                         }
-                        let outcome =
-                            stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
+                        let outcome = stopping.await;
                         let _ = tx.send(Wake::StopDone {
                             worker: a.worker,
                             pid: a.identity.pid,
+                            job: crate::runtime::Handle::of(&a.identity).is_job(),
                             outcome,
                         });
                     });
@@ -569,20 +575,21 @@ impl Daemon<'_> {
                 self.deferred.push(action.clone());
             }
             Action::Start(a) => {
-                let outcome = spawn::spawn_worker(
-                    &self.desired,
-                    a,
-                    &self.opts.state_dir,
-                    self.exit_tx.clone(),
-                );
-                if let Ok((id, _)) = &outcome {
-                    self.unreaped.insert(id.pid, id.start_ticks);
+                let started = self.runtime.start(&self.desired, a, &self.opts.state_dir);
+                if let Ok(s) = &started {
+                    let id = &s.identity;
+                    if s.reaped_here {
+                        self.unreaped.insert(id.pid, id.start_ticks);
+                    }
+                    let how = match crate::runtime::Handle::of(id) {
+                        h @ crate::runtime::Handle::Job(_) => format!("submitted {h}"),
+                        h => format!("started {h}"),
+                    };
                     self.events.record_with(
                         now.wall,
                         &format!(
-                            "worker {}: started pid {}: {}",
+                            "worker {}: {how}: {}",
                             a.worker,
-                            id.pid,
                             crate::text::shell_words(&a.argv)
                         ),
                         &state::EventFields {
@@ -594,9 +601,27 @@ impl Daemon<'_> {
                         },
                     );
                 }
-                if let Some(msg) =
-                    plan::record_start(&mut self.memory, &self.desired, a, outcome, now)
-                {
+                let job = started.as_ref().ok().and_then(|s| s.job.clone());
+                let outcome = match started {
+                    Ok(s) => Ok((s.identity, s.started_at)),
+                    Err(crate::runtime::StartError::Unavailable(why)) => {
+                        let msg = plan::record_start_unavailable(
+                            &mut self.memory,
+                            &self.desired,
+                            a,
+                            &why,
+                            now,
+                        );
+                        self.events.record(now.wall, &msg);
+                        return;
+                    }
+                    Err(crate::runtime::StartError::Failed(why)) => Err(why),
+                };
+                let msg = plan::record_start(&mut self.memory, &self.desired, a, outcome, now);
+                if let Some(w) = self.memory.workers.get_mut(&a.worker) {
+                    w.job = job;
+                }
+                if let Some(msg) = msg {
                     self.events.record(now.wall, &msg);
                 }
             }
@@ -660,6 +685,7 @@ impl Daemon<'_> {
             Wake::StopDone {
                 worker,
                 pid,
+                job,
                 outcome,
             } => {
                 if let Some(n) = self.stops_in_flight.get_mut(&worker) {
@@ -671,7 +697,7 @@ impl Daemon<'_> {
                 if outcome == stop::StopOutcome::Survived {
                     plan::record_unkillable(&mut self.memory, worker, pid, now);
                 }
-                let message = stop_message(worker, pid, &outcome);
+                let message = stop_message(worker, pid, job, &outcome);
                 self.events.record_with(
                     now.wall,
                     &message,
@@ -817,6 +843,7 @@ pub async fn run(
         events,
         history: crate::state::FixHistory::open(&opts.state_dir),
         observer: observe::Observer::new(desired, Roots::default()),
+        runtime: crate::runtime::for_desired(desired, &opts.state_dir, exit_tx.clone()),
         llm,
         llm_error,
         exit_tx,
@@ -1291,8 +1318,19 @@ impl Daemon<'_> {
                 }
             }
         }
+        if new.runtime.kind != self.desired.runtime.kind {
+            return Err((
+                Verdict::Refused,
+                format!(
+                    "spec.runtime.kind is now {:?} but this loop runs its workers with {:?}: stop automon (the workers keep running) before moving the WorkerSet to another runtime",
+                    new.runtime.kind, self.desired.runtime.kind
+                ),
+            ));
+        }
         let _ = check_range(&new, &mut self.memory, &self.opts.state_dir);
         self.observer = observe::Observer::new(&new, Roots::default());
+        self.runtime =
+            crate::runtime::for_desired(&new, &self.opts.state_dir, self.exit_tx.clone());
         (self.llm, self.llm_error) = llm_for(&new);
         self.desired = new;
         Ok(changes)
@@ -1431,7 +1469,10 @@ fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -
     }
 }
 
-fn stop_message(worker: WorkerId, pid: i32, outcome: &stop::StopOutcome) -> String {
+fn stop_message(worker: WorkerId, pid: i32, job: bool, outcome: &stop::StopOutcome) -> String {
+    if job {
+        return crate::runtime::slurm::stop_message(worker, pid, outcome);
+    }
     let how = match outcome {
         stop::StopOutcome::Graceful => "exited after the stop signal",
         stop::StopOutcome::Killed => "did not exit within the grace period; killed with SIGKILL",

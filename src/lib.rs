@@ -6,7 +6,8 @@
 //! - [`manifest`]: the WorkerSet manifest — types, defaults, validation, the resolved [`manifest::Desired`].
 //! - [`observe`]: the world as plain data — processes, progress files, log tails.
 //! - [`plan`]: the pure planner, `plan(desired, observed, memory, now) -> Plan`.
-//! - [`act`]: actuators — spawn, stop, setup, code fixes (`act::fix`).
+//! - [`act`]: actuators — setup, code fixes (`act::fix`), the LLM client.
+//! - [`runtime`]: where workers run, behind one trait: [`runtime::local`] (process groups on this machine), [`runtime::slurm`] (Slurm batch jobs).
 //! - [`secrets`]: redaction of worker output, the workers' environment, masked secrets in the manifest.
 //! - [`state`]: persisted memory, the single-instance lock, the events log.
 //! - [`daemon`]: the control loop.
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod runtime;
 pub mod secrets;
 pub mod state;
 pub mod stdio;

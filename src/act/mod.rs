@@ -6,5 +6,6 @@ pub mod fix;
 pub mod llm;
 pub mod remedy;
 pub mod setup;
-pub mod spawn;
-pub mod stop;
+
+// Spawning and stopping processes is the local runtime's (see [`crate::runtime::local`]).
+pub use crate::runtime::local::{spawn, stop};

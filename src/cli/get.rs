@@ -62,8 +62,11 @@ pub struct WorkerRow {
     pub phase: Phase,
     /// Why it is in that phase.
     pub reason: String,
-    /// Its process, when it has one.
+    /// Its process, when it has one (with `runtime: slurm`, its job id).
     pub pid: Option<i32>,
+    /// Its Slurm job — id, node, state as `squeue` last gave them — with `runtime: slurm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::runtime::JobRecord>,
     /// Its shard `[start, end)`.
     pub shard: Option<(u64, u64)>,
     /// The last good checkpoint.
@@ -544,6 +547,7 @@ pub fn build(
             phase: s.phase,
             reason: s.reason.to_string(),
             pid: w.process.as_ref().map(|p| p.identity.pid),
+            job: w.job.clone().filter(|_| w.process.is_some()),
             shard: shard.map(|sh| (sh.start, sh.end)),
             checkpoint: w.checkpoint,
             percent: shard
@@ -700,8 +704,8 @@ fn colour_phase(phase: Phase, text: &str, colour: bool) -> String {
     }
     let code = match phase {
         Phase::Progressing | Phase::Completed => "32",
-        Phase::Discovering | Phase::Starting | Phase::Pending => "36",
-        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked => "33",
+        Phase::Discovering | Phase::Starting | Phase::Pending | Phase::Queued => "36",
+        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked | Phase::Unknown => "33",
         Phase::Paused | Phase::Failed | Phase::Conflict => "31",
         Phase::Stopped => "0",
     };
@@ -713,13 +717,32 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
     use std::fmt::Write;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let fixes_width = if wide { 26 } else { 13 };
+    // A Slurm fleet's workers are jobs: `17@n2` (job id, node) where a local one has its pid.
+    let job_cell = |w: &WorkerRow| {
+        w.job.as_ref().map(|j| match &j.node {
+            Some(node) => format!("{}@{node}", j.id),
+            None => j.id.to_string(),
+        })
+    };
+    let jobs = s.workers.iter().any(|w| w.job.is_some());
+    let (id_head, id_width) = if jobs {
+        let widest = s
+            .workers
+            .iter()
+            .filter_map(&job_cell)
+            .map(|c| c.len())
+            .max();
+        ("JOB@NODE", widest.unwrap_or(0).max(8))
+    } else {
+        ("PID", 7)
+    };
     let mut out = String::new();
     let _ = write!(
         out,
-        "{:<6} {:<12} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} NEXT",
+        "{:<6} {:<12} {:>id_width$}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} NEXT",
         "WORKER",
         "PHASE",
-        "PID",
+        id_head,
         "SHARD",
         "CHECKPOINT",
         "DONE",
@@ -737,10 +760,10 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         let phase = format!("{:<12}", format!("{:?}", w.phase));
         let _ = write!(
             out,
-            "{:<6} {} {:>7}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} {}",
+            "{:<6} {} {:>id_width$}  {:<18} {:>10} {:>6} {:>9} {:>8} {:>9}  {:<fixes_width$} {}",
             w.worker,
             colour_phase(w.phase, &phase, colour),
-            opt(w.pid.map(|p| p.to_string())),
+            opt(job_cell(w).or_else(|| w.pid.map(|p| p.to_string()))),
             span(w.shard),
             // A cursor before the shard's first key (`start - 1`, a fresh worker's) is no key
             // of it: shown as none, like a missing checkpoint.
@@ -871,6 +894,7 @@ mod tests {
             previous_template: false,
             differs: Vec::new(),
             progress_missing: None,
+            job: None,
         }
     }
 

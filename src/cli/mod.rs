@@ -356,6 +356,9 @@ pub(crate) fn observe_once_with(
     scan_unrecorded: bool,
     loop_disk: Option<crate::observe::disk::DiskObservation>,
 ) -> (crate::observe::Observed, crate::clock::Now) {
+    // A Slurm job's processes are found through the scheduler, never by a /proc scan.
+    let scan_unrecorded =
+        scan_unrecorded && desired.runtime.kind == crate::manifest::RuntimeKind::Local;
     if let Some(disk) = loop_disk {
         let now = crate::clock::Now::read();
         let mut observed = crate::observe::Observer::new(desired, crate::observe::Roots::default())
@@ -368,6 +371,7 @@ pub(crate) fn observe_once_with(
                 now.boot,
             );
         observed.disk = disk;
+        crate::runtime::observe_read_only(desired, memory, state_dir, &mut observed, now);
         return (observed, now);
     }
     let roots = crate::observe::Roots::default();
@@ -393,6 +397,7 @@ pub(crate) fn observe_once_with(
     } else {
         observed.disk = warming;
     }
+    crate::runtime::observe_read_only(desired, memory, state_dir, &mut observed, first);
     // The pass is judged at the time of the observation, as the loop judges its passes.
     (observed, first)
 }

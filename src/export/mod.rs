@@ -109,6 +109,14 @@ pub fn not_carried_over(m: &Manifest, engine: Engine) -> Vec<String> {
             );
         }
     }
+    if spec.runtime.kind == crate::manifest::RuntimeKind::Slurm
+        && matches!(engine, Engine::Kubernetes)
+    {
+        out.push(
+            "spec.runtime (slurm): the Job runs on Kubernetes; its partition, account, time limit, CPUs and memory are not carried over"
+                .to_string(),
+        );
+    }
     if spec.template.stop_signal != "SIGTERM" {
         out.push(format!(
             "spec.template.stop_signal {}: the engine stops workers with SIGTERM",

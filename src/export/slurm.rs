@@ -62,6 +62,10 @@ pub fn script(src: &Source<'_>, automon: &Path) -> Result<String, String> {
     s.push_str(&format!("#SBATCH --job-name={}\n", option(&name)));
     s.push_str(&format!("#SBATCH --array=0-{}%{at_once}\n", workers - 1));
     s.push_str("#SBATCH --ntasks=1\n");
+    // `spec.runtime: slurm`'s resources, as automon's own submissions ask for them.
+    for arg in crate::runtime::slurm::submit::resource_args(&d.runtime) {
+        s.push_str(&format!("#SBATCH {}\n", option(&arg)));
+    }
     // A second submission waits until every element of the first has ended: never two
     // processes for one shard.
     s.push_str("#SBATCH --dependency=singleton\n");

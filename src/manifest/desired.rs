@@ -139,6 +139,8 @@ pub struct Desired {
     pub llm: Llm,
     /// Adoption of processes automon did not start.
     pub adoption: Adoption,
+    /// Where the workers run (`spec.runtime`).
+    pub runtime: super::types::RuntimeSpec,
     /// The WorkerSet as applied (defaults filled, overrides applied), as YAML, with secret
     /// `template.env` values masked (`[REDACTED] sha256:…`, see
     /// [`crate::secrets::env::mask_workerset`]); what `automon diff` compares with the next
@@ -241,6 +243,7 @@ impl Desired {
                 .collect(),
             llm: spec.llm.clone(),
             adoption: spec.adoption,
+            runtime: spec.runtime.clone(),
             normalized: crate::secrets::env::normalized_yaml(&manifest.workerset),
             workdir,
         })

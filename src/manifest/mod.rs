@@ -526,4 +526,39 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_bad_slurm_runtime_names_file_line_and_field_of_every_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = manifest_with(
+            "  template: {command: [sleep, \"1\"]}\n  runtime:\n    kind: slurm\n    partition: \"two words\"\n    mem_per_worker: lots\n    cpus_per_worker: 0\n    extra_args: [\"--job-name=x\", \"qos\"]\n",
+            dir.path(),
+        );
+        let e = refusal(&file);
+        for expected in [
+            "m.yaml:8:",
+            "spec.runtime.partition: \"two words\" is not a Slurm partition name",
+            "m.yaml:9:",
+            "spec.runtime.mem_per_worker: \"lots\" is not a memory size",
+            "spec.runtime.cpus_per_worker: 0 CPUs",
+            "spec.runtime.extra_args.0: \"--job-name=x\" sets an option automon sets itself",
+            "spec.runtime.extra_args.1: \"qos\" is not an sbatch option",
+        ] {
+            assert!(e.contains(expected), "{expected:?} in:\n{e}");
+        }
+        let local = refusal(&manifest_with(
+            "  template: {command: [sleep, \"1\"]}\n  runtime: {partition: batch}\n",
+            dir.path(),
+        ));
+        assert!(
+            local.contains("spec.runtime.partition: applies only to `kind: slurm`"),
+            "{local}"
+        );
+        let good = manifest_with(
+            "  template: {command: [sleep, \"1\"]}\n  runtime: {kind: slurm, partition: batch, time_limit: 48h, mem_per_worker: 2G, extra_args: [\"--qos=long\"]}\n",
+            dir.path(),
+        );
+        let m = load(&good).expect("a valid Slurm runtime loads");
+        assert_eq!(m.workerset.spec.runtime.kind, RuntimeKind::Slurm);
+    }
 }

@@ -85,6 +85,64 @@ pub struct Spec {
     /// Taking over worker processes that this automon did not start.
     #[serde(default)]
     pub adoption: Adoption,
+    /// Where the workers run: on this machine (`kind: local`, the default) or as Slurm batch
+    /// jobs (`kind: slurm`), one job per worker start.
+    #[serde(default, skip_serializing_if = "RuntimeSpec::is_local")]
+    pub runtime: RuntimeSpec,
+}
+
+/// The engine that runs the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// Processes on this machine, each in its own process group (the default).
+    #[default]
+    Local,
+    /// Slurm batch jobs: one `sbatch` per worker start, observed with `squeue`, stopped with
+    /// `scancel`. automon runs on one host; the workers run anywhere in the cluster, on a
+    /// file system that every node shares with it.
+    Slurm,
+}
+
+/// `spec.runtime`: where the workers run. The Slurm fields are refused with `kind: local`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// `local` (default) or `slurm`.
+    #[serde(default)]
+    pub kind: RuntimeKind,
+    /// Slurm partition (`sbatch --partition`); the cluster's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Slurm account (`sbatch --account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Wall-time limit of one job (`sbatch --time`, in whole minutes, rounded up), e.g. "48h".
+    /// A job that reaches it is ended by Slurm and restarted by automon from its checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<HumanDuration>,
+    /// CPUs for each worker's job (`sbatch --cpus-per-task`, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub cpus_per_worker: Option<u32>,
+    /// Memory for each worker's job (`sbatch --mem`): a whole number with an optional unit
+    /// K, M, G or T, e.g. "2G".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[KMGT]?$"))]
+    pub mem_per_worker: Option<String>,
+    /// More `sbatch` options, one argument each (e.g. `["--qos=long", "--nice=10"]`); the
+    /// options automon sets itself (job name, comment, output, working directory, exported
+    /// environment) are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+impl RuntimeSpec {
+    /// True for the default, `kind: local` (not written into the normalised manifest, so a
+    /// manifest without `spec.runtime` normalises as it always did).
+    pub fn is_local(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Scaling on the utilisation of the disk that backs `disk.path`.
@@ -1128,6 +1186,7 @@ mod tests {
                             fixes: fx,
                             llm,
                             secrets: Secrets::default(),
+                            runtime: RuntimeSpec::default(),
                             adoption: Adoption {
                                 match_command: adopt,
                             },

@@ -439,7 +439,101 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
     fixes(&mut c, ws, dir);
     llm(&mut c, ws);
     secrets(&mut c, ws);
+    runtime(&mut c, ws);
     c.problems
+}
+
+/// `sbatch` options automon sets itself for every worker's job: `extra_args` may not set them.
+pub const SBATCH_OWN_OPTIONS: [&str; 12] = [
+    "--job-name",
+    "-J",
+    "--comment",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--chdir",
+    "-D",
+    "--export",
+    "--open-mode",
+    "--array",
+];
+
+fn runtime(c: &mut Checker<'_>, ws: &WorkerSet) {
+    use super::types::RuntimeKind;
+    let r = &ws.spec.runtime;
+    if r.kind == RuntimeKind::Local {
+        for (field, given) in [
+            ("partition", r.partition.is_some()),
+            ("account", r.account.is_some()),
+            ("time_limit", r.time_limit.is_some()),
+            ("cpus_per_worker", r.cpus_per_worker.is_some()),
+            ("mem_per_worker", r.mem_per_worker.is_some()),
+            ("extra_args", !r.extra_args.is_empty()),
+        ] {
+            if given {
+                c.fail(
+                    &format!("spec.runtime.{field}"),
+                    "applies only to `kind: slurm` (this runtime is `kind: local`)",
+                );
+            }
+        }
+        return;
+    }
+    if ws.spec.adoption.match_command {
+        c.fail(
+            "spec.adoption.match_command",
+            "does not apply to `runtime: slurm` (automon adopts only the Slurm jobs it submitted, found by job name)",
+        );
+    }
+    for (field, value) in [("partition", &r.partition), ("account", &r.account)] {
+        if let Some(v) = value
+            && (v.is_empty() || v.chars().any(|ch| ch.is_whitespace() || ch == ','))
+        {
+            c.fail(
+                &format!("spec.runtime.{field}"),
+                format!("{v:?} is not a Slurm {field} name (expected one word)"),
+            );
+        }
+    }
+    if let Some(t) = r.time_limit {
+        c.positive("spec.runtime.time_limit", t);
+    }
+    if r.cpus_per_worker == Some(0) {
+        c.fail(
+            "spec.runtime.cpus_per_worker",
+            "0 CPUs (expected a whole number ≥ 1)",
+        );
+    }
+    if let Some(m) = &r.mem_per_worker {
+        let digits = m.trim_end_matches(['K', 'M', 'G', 'T']);
+        let ok = !digits.is_empty()
+            && digits.chars().all(|ch| ch.is_ascii_digit())
+            && m.len() - digits.len() <= 1;
+        if !ok {
+            c.fail(
+                "spec.runtime.mem_per_worker",
+                format!("{m:?} is not a memory size (expected a whole number with an optional unit K, M, G or T, e.g. \"2G\")"),
+            );
+        }
+    }
+    for (i, arg) in r.extra_args.iter().enumerate() {
+        let name = arg.split('=').next().unwrap_or(arg);
+        let own = SBATCH_OWN_OPTIONS.iter().any(|o| {
+            name == *o || (o.len() == 2 && name.starts_with(o) && !name.starts_with("--"))
+        });
+        if own {
+            c.fail(
+                &format!("spec.runtime.extra_args.{i}"),
+                format!("{arg:?} sets an option automon sets itself for every job (job name, comment, log, working directory, environment)"),
+            );
+        } else if !arg.starts_with('-') {
+            c.fail(
+                &format!("spec.runtime.extra_args.{i}"),
+                format!("{arg:?} is not an sbatch option (expected one option per item, e.g. \"--qos=long\")"),
+            );
+        }
+    }
 }
 
 fn secrets(c: &mut Checker<'_>, ws: &WorkerSet) {

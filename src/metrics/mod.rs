@@ -42,6 +42,21 @@ pub const ALL_PHASES: [Phase; 13] = [
     Phase::Completed,
 ];
 
+/// Phases only a batch engine has (`runtime: slurm`): listed where a worker is in one, so a
+/// local fleet's metrics read as they always did.
+pub const ENGINE_PHASES: [Phase; 2] = [Phase::Queued, Phase::Unknown];
+
+/// [`ALL_PHASES`], then the [`ENGINE_PHASES`] some worker is in (`counts` by phase).
+pub fn listed_phases(
+    counts: &std::collections::BTreeMap<Phase, usize>,
+) -> impl Iterator<Item = Phase> + '_ {
+    ALL_PHASES.into_iter().chain(
+        ENGINE_PHASES
+            .into_iter()
+            .filter(|p| counts.get(p).is_some_and(|n| *n > 0)),
+    )
+}
+
 /// The snake_case name of a phase, as metrics labels and `status.json` use it.
 pub fn phase_name(phase: Phase) -> &'static str {
     match phase {
@@ -58,6 +73,8 @@ pub fn phase_name(phase: Phase) -> &'static str {
         Phase::Paused => "paused",
         Phase::Failed => "failed",
         Phase::Completed => "completed",
+        Phase::Queued => "queued",
+        Phase::Unknown => "unknown",
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{ALL_PHASES, MetricsSnapshot, phase_name};
+use super::{MetricsSnapshot, phase_name};
 
 /// Appends one family's HELP and TYPE lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -33,7 +33,7 @@ pub fn render_metrics(s: &MetricsSnapshot) -> String {
     let mut out = String::new();
     let o = &mut out;
     family(o, "automon_workers", "gauge", "Workers by phase.");
-    for phase in ALL_PHASES {
+    for phase in super::listed_phases(&s.phases) {
         let n = s.phases.get(&phase).copied().unwrap_or(0);
         let _ = writeln!(o, "automon_workers{{phase=\"{}\"}} {n}", phase_name(phase));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{ALL_PHASES, MetricsSnapshot, phase_name, render_metrics};
+use super::{MetricsSnapshot, phase_name, render_metrics};
 use crate::manifest::Desired;
 use crate::observe::disk::DiskObservation;
 use crate::plan::{Memory, Plan};
@@ -117,12 +117,11 @@ impl Reporter {
             last_pass_at: now,
             last_pass_ms: took_ms,
             passes: self.passes,
-            phases: ALL_PHASES
-                .iter()
+            phases: super::listed_phases(&snap.phases)
                 .map(|p| {
                     (
-                        phase_name(*p).to_string(),
-                        snap.phases.get(p).copied().unwrap_or(0),
+                        phase_name(p).to_string(),
+                        snap.phases.get(&p).copied().unwrap_or(0),
                     )
                 })
                 .collect(),

@@ -54,6 +54,21 @@ pub enum ProcessStatus {
     /// The pid now belongs to another process (different start time or boot): the recorded one
     /// is gone, and the stranger must not be touched.
     Reused,
+    /// A batch job waiting in its scheduler's queue, not running yet (`spec.runtime: slurm`):
+    /// its stuck and discovery clocks have not started.
+    Queued {
+        /// The scheduler's reason, e.g. `Resources`, `Priority`.
+        why: String,
+    },
+    /// A batch job that ended while its processes are still being ended (Slurm's
+    /// COMPLETING): like a process group that still has members, it blocks a replacement.
+    Completing,
+    /// The engine cannot say (its scheduler does not answer): every decision about the worker
+    /// that needs the engine waits until it answers again.
+    Unknown {
+        /// Why, in words.
+        why: String,
+    },
 }
 
 /// Parses the content of `/proc/PID/stat`. The command name (field 2) may contain spaces and

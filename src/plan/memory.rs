@@ -12,7 +12,13 @@ use crate::WorkerId;
 use crate::observe::{LogCursor, ProcessIdentity};
 
 /// Version of the persisted memory format; bumped on incompatible changes.
-pub const MEMORY_VERSION: u32 = 1;
+///
+/// - 1: processes only.
+/// - 2: a worker's handle may be a Slurm job ([`crate::runtime::Handle`]), with its
+///   [`WorkerMemory::job`] record. Version 1 files load as they are (nothing in them is a job);
+///   an automon that knows only version 1 refuses a version 2 file rather than take a job's
+///   handle for a process that is gone (and start a duplicate).
+pub const MEMORY_VERSION: u32 = 2;
 
 /// How many distinct progress-line fingerprints are remembered per worker: a line repeated
 /// within this many distinct lines is not new progress (a loop that logs the same batch).
@@ -155,9 +161,14 @@ pub struct Stopping {
 /// What automon remembers about one worker id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerMemory {
-    /// The live process, if any.
+    /// The live process, if any: its handle is a process identity, or a Slurm job's (see
+    /// [`crate::runtime`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<RunningProcess>,
+    /// With `spec.runtime: slurm`: the job that runs the worker — id, cluster, node and state as
+    /// `squeue` last gave them. `None` for a local worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::runtime::JobRecord>,
     /// When (wall clock) the worker's shard was found complete; completed workers are never
     /// restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,6 +8,7 @@ pub(crate) use worker::without_leading_time;
 pub mod memory;
 pub mod rate;
 mod scaling;
+mod unsettled;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ pub enum Phase {
     Pending,
     /// Started this pass.
     Starting,
+    /// Its batch job waits in the scheduler's queue (`runtime: slurm`); its stuck and
+    /// discovery clocks start when it runs.
+    Queued,
     /// Running, no upload since it started.
     Discovering,
     /// Running and making progress.
@@ -81,6 +85,9 @@ pub enum Phase {
     Failed,
     /// Its shard is done; never restarted.
     Completed,
+    /// Its engine cannot say what runs (the Slurm scheduler does not answer): nothing about it
+    /// that needs the engine is decided until it answers.
+    Unknown,
 }
 
 impl Phase {
@@ -529,7 +536,14 @@ impl Planner<'_> {
     fn forget_previous_boot(&mut self, boot_id: &str) {
         let had_boot = !self.memory.boot_id.is_empty();
         for (id, w) in &mut self.memory.workers {
-            if had_boot && w.process.take().is_some() {
+            // A Slurm job runs elsewhere and outlives this machine's reboot; its clock restarts.
+            if let Some(p) = w
+                .process
+                .as_mut()
+                .filter(|p| crate::runtime::Handle::of(&p.identity).is_job())
+            {
+                p.started_at = self.now.boot;
+            } else if had_boot && w.process.take().is_some() {
                 self.events.push(format!(
                     "worker {id}: the machine rebooted; its process is gone"
                 ));
@@ -632,8 +646,8 @@ impl Planner<'_> {
             format!("SIGKILL in {} if it is still there", fmt_dur(grace))
         };
         let reason = format!(
-            "worker {id}: resuming the stop of pid {} requested {} ago ({}); {kill_at}",
-            process.identity.pid,
+            "worker {id}: resuming the stop of {} requested {} ago ({}); {kill_at}",
+            crate::runtime::Handle::of(&process.identity),
             fmt_dur(self.since(stopping.requested_at)),
             stopping.reason
         );
@@ -765,8 +779,8 @@ impl Planner<'_> {
                         w.stopping = None;
                         w.restart_reason = None;
                         format!(
-                            " in place of the recorded pid {}, which is gone",
-                            p.identity.pid
+                            " in place of the recorded {}, which is gone",
+                            crate::runtime::Handle::of(&p.identity)
                         )
                     });
                     self.adopted_now.insert(id);
@@ -780,8 +794,8 @@ impl Planner<'_> {
                         )
                     };
                     self.events.push(format!(
-                        "worker {id}: adopted pid {}{instead} ({how}){differs}",
-                        u.identity.pid
+                        "worker {id}: adopted {}{instead} ({how}){differs}",
+                        crate::runtime::Handle::of(&u.identity)
                     ));
                 }
                 (None, many) => {
@@ -811,8 +825,9 @@ impl Planner<'_> {
                             whole_group: u.own_group,
                             grace: self.desired.stop_grace,
                             reason: format!(
-                                "worker {id}: two live processes (pid {} recorded, pid {} not); stopping the unrecorded duplicate",
-                                p.identity.pid, u.identity.pid
+                                "worker {id}: two live processes ({} recorded, {} not); stopping the unrecorded duplicate",
+                                crate::runtime::Handle::of(&p.identity),
+                                crate::runtime::Handle::of(&u.identity)
                             ),
                             awaits_save: true,
                         }));
@@ -896,6 +911,31 @@ pub fn record_start(
             ))
         }
     }
+}
+
+/// Records a start the engine could not take because it did not answer (the Slurm
+/// controller is unreachable): unlike a failed start, nothing is counted against the worker
+/// (no failure, no backoff streak, never Failed for it); the start is tried again after
+/// `restart.backoff_initial`. Returns the event to log.
+pub fn record_start_unavailable(
+    memory: &mut Memory,
+    desired: &Desired,
+    action: &StartAction,
+    why: &str,
+    now: Now,
+) -> String {
+    let w = memory.workers.entry(action.worker).or_default();
+    let delay = desired.restart.backoff_initial.get();
+    w.backoff_until = Some(now.boot.plus(delay));
+    w.restart_reason = Some(format!(
+        "worker {}: submitting again now that the scheduler may answer",
+        action.worker
+    ));
+    format!(
+        "worker {}: not started: {why}; nothing counted against the worker, trying again in {}",
+        action.worker,
+        fmt_dur(delay)
+    )
 }
 
 /// Records an LLM answer (or failure) for `worker` at `now`; returns the event to log. The
@@ -1211,3 +1251,6 @@ mod pipeline_tests;
 
 #[cfg(test)]
 mod fault_tests;
+
+#[cfg(test)]
+mod runtime_tests;

@@ -18,6 +18,8 @@ fn occupies_slot(phase: Phase) -> bool {
     matches!(
         phase,
         Phase::Starting
+            | Phase::Queued
+            | Phase::Unknown
             | Phase::Discovering
             | Phase::Progressing
             | Phase::Stuck
@@ -71,6 +73,12 @@ impl Planner<'_> {
         };
         // (the words; a key that names the kind of hold: each kind is logged once when it begins)
         let (text, hold): (String, Option<&'static str>) = match &observed.disk {
+            _ if self.desired.runtime.kind == crate::manifest::RuntimeKind::Slurm => (
+                format!(
+                    "holding at {wanted}: disk scaling does not apply to a Slurm fleet (its busy disk is the shared file system's server, not this host's); change workers.target to change the count"
+                ),
+                Some("slurm"),
+            ),
             DiskObservation::Unavailable { why } => (
                 format!("holding at {wanted}: disk utilisation unavailable ({why})"),
                 Some("unavailable"),

@@ -77,6 +77,10 @@ impl Planner<'_> {
         let shard = self.desired.shard(id);
         let signal_at = self.read_progress(id, w, obs);
         self.verify_fix(id, w);
+        // A queued, completing or unseen job: neither running nor gone.
+        if exit.is_none() && self.step_unsettled(id, w, obs) {
+            return;
+        }
         let alive = w.process.is_some()
             && exit.is_none()
             // Adopted this pass: seen alive by the scan (the observation is of the process
@@ -442,6 +446,26 @@ impl Planner<'_> {
             idle,
             since_start: reference == started_at,
         };
+        let reason = match (
+            &w.job,
+            w.process
+                .as_ref()
+                .map(|p| crate::runtime::Handle::of(&p.identity)),
+        ) {
+            (Some(job), Some(handle @ crate::runtime::Handle::Job(_))) => {
+                let on = job
+                    .node
+                    .as_deref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default();
+                Reason::Text(reason.to_string().replacen(
+                    &format!("pid {pid}"),
+                    &format!("{handle}{on}"),
+                    1,
+                ))
+            }
+            _ => reason,
+        };
         self.set(id, phase, reason);
     }
 
@@ -477,6 +501,10 @@ impl Planner<'_> {
             (None, Some(ProcessStatus::Reused)) => format!(
                 "is gone (pid {} now belongs to another process)",
                 process.identity.pid
+            ),
+            (None, _) if crate::runtime::Handle::of(&process.identity).is_job() => format!(
+                "ended: {} left the queue with its exit status unknown to squeue (the progress file decides)",
+                crate::runtime::Handle::of(&process.identity)
             ),
             (None, _) => "exited (status unknown: not automon's child)".to_string(),
         };

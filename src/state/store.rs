@@ -157,6 +157,38 @@ mod tests {
         assert!(dir.path().join("requests").exists());
     }
 
+    /// A state file written by automon before Slurm jobs (format version 1, by the build of
+    /// main at 2026-12-07, from a run of the demo migration killed mid-run) loads: its workers'
+    /// handles are processes, none has a job record, and the planner's next save is version 2.
+    #[test]
+    fn a_version_1_state_file_loads_with_process_handles_and_no_jobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = format!(
+            "{}/tests/fixtures/state/state-v1.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::copy(&fixture, dir.path().join(STATE_FILE)).expect("copy fixture");
+        let m = load_memory(dir.path()).expect("a version 1 file loads");
+        assert_eq!(m.version, 1);
+        let handles: Vec<crate::runtime::Handle> = m
+            .workers
+            .values()
+            .filter_map(|w| w.process.as_ref())
+            .map(|p| crate::runtime::Handle::of(&p.identity))
+            .collect();
+        assert!(!handles.is_empty(), "the fixture records running workers");
+        assert!(handles.iter().all(|h| !h.is_job()), "{handles:?}");
+        assert!(m.workers.values().all(|w| w.job.is_none()));
+        // Saved again (as the planner stamps it), it reads back the same at version 2.
+        let m = Memory {
+            version: MEMORY_VERSION,
+            ..m
+        };
+        assert_eq!(MEMORY_VERSION, 2);
+        save_memory(dir.path(), &m).expect("save");
+        assert_eq!(load_memory(dir.path()).expect("load"), m);
+    }
+
     #[test]
     fn corrupt_state_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");

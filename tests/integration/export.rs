@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use super::support::{Knobs, Migration, wait_until};
+use super::support::{Knobs, Migration, slurm_available, wait_until};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -425,30 +425,6 @@ fn run_worker_execs_the_worker_in_its_place_so_signals_and_the_probe_see_the_wor
 
 // --- the Slurm array on the one-host cluster ---------------------------------------------
 
-/// True when Slurm's client commands are here and a cluster answers; else prints why the
-/// calling test is skipped.
-fn slurm_available(test: &str) -> bool {
-    // On PATH, not `sbatch --version`: that fails without a cluster configuration too.
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("sbatch").is_file()));
-    if !found {
-        eprintln!(
-            "SKIPPED {test}: sbatch not found (scripts/slurm-dev-cluster.sh up installs and starts a one-host cluster; .ci/run does)"
-        );
-        return false;
-    }
-    let answers = Command::new("sinfo")
-        .args(["-h", "-N"])
-        .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-    if !answers {
-        eprintln!(
-            "SKIPPED {test}: sbatch is here but no cluster answers sinfo (eval \"$(scripts/slurm-dev-cluster.sh up)\" to start one and set SLURM_CONF)"
-        );
-    }
-    answers
-}
-
 fn sbatch(dir: &Path, script: &Path) -> String {
     let out = Command::new("sbatch")
         .arg("--parsable")
@@ -488,6 +464,7 @@ fn wait_array_done(job: &str) {
 fn exported_slurm_array_runs_the_demo_migration_to_completion_and_a_resubmission_resumes_the_crashed_shard()
  {
     let test = "exported_slurm_array_runs_the_demo_migration_to_completion_and_a_resubmission_resumes_the_crashed_shard";
+    let _one = super::support::slurm_lock();
     if !slurm_available(test) {
         return;
     }

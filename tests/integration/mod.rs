@@ -18,5 +18,6 @@ mod scale;
 mod secrets;
 mod service;
 mod sigstop;
+mod slurm;
 mod support;
 mod top;

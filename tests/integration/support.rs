@@ -34,6 +34,39 @@ pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool, detail: impl Fn() ->
     }
 }
 
+/// True when Slurm's client commands are here and a cluster answers; else prints why the
+/// calling test is skipped (never silently).
+pub fn slurm_available(test: &str) -> bool {
+    // On PATH, not `sbatch --version`: that fails without a cluster configuration too.
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("sbatch").is_file()));
+    if !found {
+        eprintln!(
+            "SKIPPED {test}: sbatch not found (scripts/slurm-dev-cluster.sh up installs and starts a one-host cluster; .ci/run does)"
+        );
+        return false;
+    }
+    let answers = Command::new("sinfo")
+        .args(["-h", "-N"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !answers {
+        eprintln!(
+            "SKIPPED {test}: sbatch is here but no cluster answers sinfo (eval \"$(scripts/slurm-dev-cluster.sh up)\" to start one and set SLURM_CONF)"
+        );
+    }
+    answers
+}
+
+/// Held by every test that uses the one-host Slurm cluster: one at a time (it has four CPUs,
+/// and one test stops its controller for a while).
+pub fn slurm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SLURM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Knobs of a test migration.
 pub struct Knobs {
     pub books: u32,

@@ -145,7 +145,8 @@ pub fn collect_diagnostics(
         .and_then(|w| w.process.as_ref())
         .is_some_and(|p| matches!(p, ProcessStatus::Alive { .. }));
     let (rss_bytes, cpu_time) = match process {
-        Some(p) if alive => {
+        // (A Slurm job runs on another node: nothing of it is in this /proc.)
+        Some(p) if alive && !crate::runtime::Handle::of(&p.identity).is_job() => {
             let dir = Path::new("/proc").join(p.identity.pid.to_string());
             let rss = std::fs::read_to_string(dir.join("status"))
                 .ok()

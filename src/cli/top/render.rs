@@ -51,8 +51,10 @@ fn phase_style(phase: Phase, colour: bool) -> Style {
     }
     let c = match phase {
         Phase::Progressing | Phase::Completed => Color::Green,
-        Phase::Discovering | Phase::Starting | Phase::Pending => Color::Cyan,
-        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked => Color::Yellow,
+        Phase::Discovering | Phase::Starting | Phase::Pending | Phase::Queued => Color::Cyan,
+        Phase::Stuck | Phase::BackingOff | Phase::Stopping | Phase::Parked | Phase::Unknown => {
+            Color::Yellow
+        }
         Phase::Paused | Phase::Failed | Phase::Conflict => Color::Red,
         Phase::Stopped => Color::Reset,
     };

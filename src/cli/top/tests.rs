@@ -39,6 +39,7 @@ fn row(worker: u32, phase: Phase, done: u64) -> WorkerRow {
             ),
         },
         pid: running.then_some(pid),
+        job: None,
         shard: Some((start, start + SHARD)),
         checkpoint: (done > 0).then_some(start + done - 1),
         percent: Some(done as f64 * 100.0 / SHARD as f64),

@@ -68,6 +68,10 @@ pub async fn stop_group(
     signal: Signal,
     grace: Duration,
 ) -> StopOutcome {
+    // A Slurm job's handle is no process: never signalled as a pid (see crate::runtime).
+    if crate::runtime::Handle::of(identity).is_job() {
+        return StopOutcome::NotOurs;
+    }
     let root = Path::new("/proc");
     let boot = proc::boot_id(root);
     let target = if whole_group {
