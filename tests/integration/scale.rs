@@ -219,13 +219,31 @@ fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
     let at = passes();
     wait_for_passes(at + 4);
     let after = inode();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert!(settled.is_some(), "state.json was written");
     assert_eq!(
         settled, after,
         "four passes over an unchanged fleet rewrote state.json"
     );
+    // One worker's checkpoint moves: the memory changed, so a pass writes it (issue 25: the
+    // unchanged check is a fingerprint of the memory, not a copy of it).
+    let progress = dir.path().join("progress/w1.json");
+    std::fs::write(progress.with_extension("tmp"), "{\"checkpoint\": 7}\n").expect("progress");
+    std::fs::rename(progress.with_extension("tmp"), &progress).expect("rename");
+    let checkpoint_1 = || {
+        let text = std::fs::read_to_string(state_dir.join("state.json")).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        value
+            .pointer("/workers/1/checkpoint")
+            .and_then(serde_json::Value::as_u64)
+    };
+    super::support::wait_until(
+        "state.json to record worker 1's new checkpoint",
+        || checkpoint_1() == Some(7),
+        || format!("recorded checkpoint of worker 1: {:?}", checkpoint_1()),
+    );
+    assert_ne!(inode(), after, "the changed memory was written anew");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
     let live: BTreeSet<u32> = live_workers(&state_dir).keys().copied().collect();
     assert_eq!(live, BTreeSet::from([0, 1, 2]), "the fleet kept running");
 }
