@@ -218,6 +218,25 @@ impl Drop for Thaw {
     }
 }
 
+/// Each thread of `pid`: its name, where it waits (`wchan`) and its kernel stack (root only).
+fn threads_of(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone");
+    };
+    let mut out = String::new();
+    for task in tasks.flatten() {
+        let read = |name: &str| std::fs::read_to_string(task.path().join(name)).unwrap_or_default();
+        out += &format!(
+            "thread {} ({}), waiting in {}:\n{}\n",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    out
+}
+
 /// A small ext4 file system on a loop device at `mnt`; why not, when it cannot be made here.
 fn mount_ext4(dir: &Path, mnt: &Path) -> Result<(), String> {
     let img = dir.join("state.img");
@@ -315,11 +334,17 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
         .map(|(id, p)| (id, p.clone()))
         .expect("a worker");
     killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
-    wait_for("the crashed worker restarted during the freeze", || {
-        live_workers(&state_dir)
-            .get(&victim)
-            .is_some_and(|p| !p.contains(&pids[0]))
-    });
+    let loop_pid = child_pid(&automon);
+    super::support::wait_until(
+        "the crashed worker restarted during the freeze",
+        || {
+            live_workers(&state_dir)
+                .get(&victim)
+                .is_some_and(|p| !p.contains(&pids[0]))
+        },
+        // Where each thread of the loop waits, should it not restart the worker.
+        || format!("{}\n{}", threads_of(loop_pid), log_of(&m, "automon")),
+    );
     assert!(max_live_per_id(&state_dir) <= 1);
     // Metrics answer during the freeze.
     let metrics = get_metrics(port).expect("metrics during the freeze");
