@@ -390,7 +390,8 @@ impl Daemon<'_> {
 
     /// Starts the stops and engine runs this pass decided, each once the memory generation
     /// handed over by this pass (which records its intent: the stop's reason, the fix attempt,
-    /// the code fix in `applying`) is on disk. Waiting holds only that action.
+    /// the code fix in `applying`) is on disk. Waiting holds only that action. A stop that
+    /// carries no intent of its own ([`plan::StopAction::awaits_save`] false) starts at once.
     fn launch_deferred(&mut self) {
         let need = self.generation;
         for action in std::mem::take(&mut self.deferred) {
@@ -403,7 +404,9 @@ impl Daemon<'_> {
                 Action::Stop(a) => {
                     let signal = self.desired.stop_signal;
                     tokio::spawn(async move {
-                        durable.await;
+                        if a.awaits_save {
+                            durable.await;
+                        }
                         let outcome =
                             stop::stop_group(&a.identity, a.whole_group, signal, a.grace).await;
                         let _ = tx.send(Wake::StopDone {
@@ -524,6 +527,12 @@ impl Daemon<'_> {
         if let Some((what, took)) = self.writer.slow(SLOW_WRITE) {
             parts.push(format!(
                 "state write pending for {}s ({what}): the state directory does not answer",
+                took.as_secs()
+            ));
+        }
+        if let Some(took) = crate::stdio::stderr_pending().filter(|t| *t >= SLOW_WRITE) {
+            parts.push(format!(
+                "automon's own log (stderr) write pending for {}s: its file does not answer; lines beyond the queue are dropped and counted",
                 took.as_secs()
             ));
         }
@@ -753,6 +762,10 @@ pub async fn run(
     metrics: Option<tokio::sync::watch::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunEnd, RunError> {
+    // A log on a hung file system must not hold the loop (see `stdio`).
+    if opts.watch {
+        crate::stdio::detach_stderr();
+    }
     // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
     // re-checked every pass.
     if opts.reset_state
@@ -1195,20 +1208,20 @@ impl Daemon<'_> {
     /// manifest in force, and the event says why.
     fn reload(&mut self, now: jiff::Timestamp) {
         if let Some(path) = &self.log_file {
-            let reopened = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|f| {
-                    nix::unistd::dup2_stdout(&f)?;
-                    nix::unistd::dup2_stderr(&f)?;
-                    Ok(())
-                });
-            if let Err(e) = reopened {
-                self.events.record(
+            // On the stderr thread: opening a file on a hung file system blocks.
+            match crate::stdio::reopen_stderr(path.clone(), Duration::from_secs(1)) {
+                Ok(true) => {}
+                Ok(false) => self.events.record(
+                    now,
+                    &format!(
+                        "SIGHUP: reopening {} is pending (its file system does not answer); the loop goes on and the log is reopened when it does",
+                        path.display()
+                    ),
+                ),
+                Err(e) => self.events.record(
                     now,
                     &format!("SIGHUP: cannot reopen {}: {e}", path.display()),
-                );
+                ),
             }
         }
         let file = self.desired.manifest_file.clone();

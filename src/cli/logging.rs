@@ -34,7 +34,8 @@ pub fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through `stdio`: once the loop detaches stderr, a hung log file never holds it.
+        .with_writer(crate::stdio::ErrWriter::default)
         // Colour only for a terminal: redirected logs (automon.log, a file, a pipe) stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {

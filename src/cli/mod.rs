@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
         Command::Probe(args) => probe::run(&args),
         Command::RunWorker(args) => run_worker::run(&args),
     };
-    match result {
+    let code = match result {
         // The work is done; a closed stdout is fine (see `stdio`), a failed one is not.
         Ok(0) if let Some(why) = crate::stdio::stdout_failure() => {
             crate::errln!("automon: cannot write to stdout: {why}");
@@ -165,7 +165,11 @@ pub fn main() -> ExitCode {
             crate::errln!("automon: {}", e.message);
             ExitCode::from(e.code)
         }
-    }
+    };
+    // The control loop's last lines, if its stderr thread still holds them; a log on a hung
+    // file system does not hold the exit.
+    crate::stdio::finish(std::time::Duration::from_secs(2));
+    code
 }
 
 fn validate(files: &[PathBuf]) -> Result<u8, CliError> {

@@ -216,6 +216,14 @@ pub struct StopAction {
     pub grace: Duration,
     /// Why, in words.
     pub reason: String,
+    /// Whether the stop must wait until the memory of the pass that decided it is on disk.
+    /// True when the stop carries intent that exists only in memory (a restart counted, a fix
+    /// attempt, a pause, a scale-down). False when it follows from the recorded process and
+    /// what is observed alone — the leader of the worker's process group has exited and
+    /// members remain — so an automon killed before the save decides the same stop again;
+    /// such a stop runs at once even while the state file system does not answer, and the
+    /// crashed worker is replaced.
+    pub awaits_save: bool,
 }
 
 /// Ask the LLM what is wrong with a stuck worker (runs in the background; the answer is
@@ -582,6 +590,20 @@ impl Planner<'_> {
         reason: String,
         restart: bool,
     ) {
+        self.request_stop_as(id, w, process, reason, restart, true);
+    }
+
+    /// [`Self::request_stop`], saying whether the stop must wait for the save
+    /// ([`StopAction::awaits_save`]).
+    pub(super) fn request_stop_as(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        process: &RunningProcess,
+        reason: String,
+        restart: bool,
+        awaits_save: bool,
+    ) {
         w.stopping = Some(Stopping {
             requested_at: self.now.boot,
             reason: reason.clone(),
@@ -594,6 +616,7 @@ impl Planner<'_> {
             whole_group: process.own_group,
             grace: self.desired.stop_grace,
             reason,
+            awaits_save,
         }));
     }
 
@@ -627,6 +650,7 @@ impl Planner<'_> {
             whole_group: process.own_group,
             grace,
             reason,
+            awaits_save: true,
         }));
     }
 
@@ -797,6 +821,7 @@ impl Planner<'_> {
                                 "worker {id}: two live processes (pid {} recorded, pid {} not); stopping the unrecorded duplicate",
                                 p.identity.pid, u.identity.pid
                             ),
+                            awaits_save: true,
                         }));
                     }
                 }

@@ -360,6 +360,62 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     assert!(!starts(&during).contains(&0));
 }
 
+/// Regression (issue 26.13, seen in a load-harness run): a worker crashed during a frozen state
+/// file system while a member of its process group lingered. The stop of that leftover group
+/// was held until its pass was on disk, which never came while the freeze lasted, so the
+/// crashed worker was not replaced for ten minutes. The leftover-group stop carries no intent of
+/// its own (a restarted automon decides it again from the recorded process), so it does not
+/// await the save; a stop that does carry intent (stuck → restart, counted) still does.
+#[test]
+fn a_crashed_workers_leftover_group_is_stopped_without_waiting_for_a_save_and_a_stuck_stop_waits() {
+    let d = desired();
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    let mut leftover = obs(None, Some(40));
+    leftover.group_alive = true;
+    let o = observed([(WorkerId(0), leftover)].into(), vec![]);
+    let p = plan(&d, &o, m, at(30));
+    let stop = p
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Stop(s) if s.worker == WorkerId(0) => Some(s),
+            _ => None,
+        })
+        .expect("the leftover group is stopped");
+    assert!(stop.whole_group, "{stop:?}");
+    assert!(!stop.awaits_save, "{stop:?}");
+    assert!(stop.reason.contains("still has members"), "{}", stop.reason);
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stopping);
+    // Once the group is gone, the worker is replaced from its checkpoint.
+    let gone = observed([(WorkerId(0), obs(None, Some(40)))].into(), vec![]);
+    let next = plan(&d, &gone, p.memory.clone(), at(31));
+    assert!(
+        resumes(&next).contains(&(0, Some(40))),
+        "{:?}",
+        resumes(&next)
+    );
+
+    // A stuck worker's stop records a restart in memory: it waits for the save.
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.left_discovery = true;
+    w.last_progress_at = Some(at(60).boot);
+    m.workers.insert(WorkerId(0), w);
+    let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
+    let first = plan(&d, &o, m, at(60 + 372));
+    let second = plan(&d, &o, first.memory.clone(), at(60 + 380));
+    let stuck_stop = second
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Stop(s) => Some(s),
+            _ => None,
+        })
+        .expect("the stuck worker is stopped");
+    assert!(stuck_stop.awaits_save, "{stuck_stop:?}");
+}
+
 /// Regression (fresh-clone user test): a fix was decided, automon was SIGKILLed before the fix
 /// was saved, and the attempt was lost. The loop now sends a fix's stop only once the memory
 /// that records the attempt (number, stage, the stop) is on disk (`daemon::launch_deferred`);

@@ -112,7 +112,12 @@ impl Planner<'_> {
                         "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
                         process.identity.pid
                     );
-                    self.request_stop(id, w, &process, reason.clone(), true);
+                    // The stop carries no intent of its own: a restarted automon would see the
+                    // same leader gone and stop the same group (or, had the start not reached
+                    // the disk, find fewer of our processes left untracked). So it does not
+                    // wait for the save: a hung state file system must not hold the crashed
+                    // worker's replacement (issue 26.13).
+                    self.request_stop_as(id, w, &process, reason.clone(), true, false);
                 } else {
                     self.resume_stop(id, w, &process);
                 }
