@@ -765,6 +765,8 @@ pub async fn run(
     // A log on a hung file system must not hold the loop (see `stdio`).
     if opts.watch {
         crate::stdio::detach_stderr();
+        // Large freed blocks (state.json's serialisation) go back to the kernel (see `footprint`).
+        crate::footprint::return_large_blocks();
     }
     // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
     // re-checked every pass.
