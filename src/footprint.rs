@@ -126,25 +126,59 @@ mod tests {
         inode: 5_713_094,
     };
 
+    /// Run alone in a child process by the test below (a fresh thread, a fresh malloc arena):
+    /// with `FIXED` set it fixes the threshold first. A 512 KB block (above the threshold) is
+    /// mapped on its own and freed; then a block of the same size again: with a fixed threshold
+    /// it is mapped again (page boundary + malloc's 16-byte header), otherwise glibc raised the
+    /// threshold at the free and the block comes from the arena's heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    #[ignore = "run by a_freed_large_block_does_not_make_the_next_one_stay_on_the_heap"]
+    fn large_block_probe() {
+        if std::env::var_os("FOOTPRINT_PROBE_FIXED").is_some() {
+            assert!(return_large_blocks(), "mallopt(M_MMAP_THRESHOLD) accepted");
+        }
+        let size = 4 * LARGE_BLOCK;
+        drop(std::hint::black_box(vec![1u8; size]));
+        let block = std::hint::black_box(vec![2u8; size]);
+        println!("OFFSET={}", block.as_ptr() as usize % 4096);
+    }
+
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn a_freed_large_block_does_not_make_the_next_one_stay_on_the_heap() {
-        assert!(return_large_blocks(), "mallopt(M_MMAP_THRESHOLD) accepted");
-        let size = 4 * LARGE_BLOCK;
-        // Without the fixed threshold, freeing this block raised it above `size`.
-        drop(std::hint::black_box(vec![1u8; size]));
-        // A block with a mapping of its own starts right after malloc's 16-byte header on a
-        // page boundary, every time; a heap block of that size that is reused (alloc, free,
-        // alloc) sits wherever the heap put it. (Other tests' threads allocate meanwhile: the
-        // address is the evidence, not malloc's statistics.)
-        for _ in 0..5 {
-            let block = std::hint::black_box(vec![2u8; size]);
-            let offset = block.as_ptr() as usize % 4096;
-            assert_eq!(
-                offset, 16,
-                "a {size}-byte block after a freed one has a mapping of its own"
-            );
-        }
+        let probe = |fixed: bool| {
+            let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+            cmd.args([
+                "footprint::tests::large_block_probe",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ]);
+            if fixed {
+                cmd.env("FOOTPRINT_PROBE_FIXED", "1");
+            }
+            let out = cmd.output().expect("run the probe");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "probe failed: {text}");
+            text.lines()
+                .find_map(|l| l.split_once("OFFSET=").map(|(_, v)| v))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no OFFSET line in: {text}"))
+        };
+        assert_eq!(
+            probe(true),
+            16,
+            "with the threshold fixed, the block has a mapping of its own"
+        );
+        // The control: glibc's default behaviour, which the fix exists to stop, is still what
+        // this probe detects (else the assertion above would prove nothing).
+        assert_ne!(
+            probe(false),
+            16,
+            "without the fix, the freed block raised the threshold and the next one is on the heap"
+        );
     }
 
     #[test]
