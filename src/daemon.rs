@@ -138,8 +138,9 @@ struct Daemon<'a> {
     pending_exits: Vec<ExitEvent>,
     /// Children started and not reaped yet: pid → start ticks.
     unreaped: std::collections::BTreeMap<i32, u64>,
-    /// The memory as last saved: a pass that changed nothing writes nothing.
-    saved: Option<Memory>,
+    /// The fingerprint ([`Memory::fingerprint`]) of the memory last handed to the writer: a
+    /// pass that changed nothing writes nothing. `None` forces the next pass to write.
+    saved: Option<u128>,
     /// Stop tasks running, per worker (the planner starts none of these workers meanwhile).
     stops_in_flight: std::collections::BTreeMap<WorkerId, usize>,
     in_flight: usize,
@@ -297,11 +298,12 @@ impl Daemon<'_> {
             );
             self.act(action, &plan, &observed, now);
         }
-        // A pass that changed nothing (memory equal to the copy last handed over) writes
-        // nothing. The save is made on the writer thread; its outcome comes back as a
+        // A pass that changed nothing (memory with the fingerprint of the one last handed over)
+        // writes nothing. The save is made on the writer thread; its outcome comes back as a
         // [`state::SaveDone`] (see [`Daemon::on_saved`]), and the stops and engine runs this pass
         // decided start once it is on disk.
-        let unchanged = self.unsaved.is_none() && self.saved.as_ref() == Some(&self.memory);
+        let fingerprint = self.memory.fingerprint();
+        let unchanged = self.unsaved.is_none() && self.saved == Some(fingerprint);
         if !unchanged {
             self.generation += 1;
             // The history records of what is not on disk yet (`automon history` shows them).
@@ -314,7 +316,7 @@ impl Daemon<'_> {
                 history_basis,
                 self.desired.clone(),
             );
-            self.saved = Some(self.memory.clone());
+            self.saved = Some(fingerprint);
         }
         self.launch_deferred();
         self.events.sync();
@@ -794,6 +796,8 @@ pub async fn run(
     // A log on a hung file system must not hold the loop (see `stdio`).
     if opts.watch {
         crate::stdio::detach_stderr();
+        // Large freed blocks (state.json's serialisation) go back to the kernel (see `footprint`).
+        crate::footprint::return_large_blocks();
     }
     // Held for the whole run (taken by the caller before setup, so setup never runs twice), and
     // re-checked every pass.

@@ -585,7 +585,7 @@ pub struct Template {
 }
 
 /// A bounded integer parameter of the template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Parameter {
     /// Value used unless a fix changes it.

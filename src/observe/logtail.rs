@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::Patterns;
 
 /// Where the previous pass stopped reading a log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LogCursor {
     /// Device of the file.
     pub dev: u64,
@@ -88,7 +88,7 @@ pub enum LogObservation {
 }
 
 /// A cursor value that activity lines repeat, e.g. `book.id > 61,000` in consecutive batches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RepeatedCursor {
     /// The repeated phrase as written, e.g. `book.id > 61,000`.
     pub what: String,

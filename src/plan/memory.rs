@@ -25,7 +25,7 @@ pub const MEMORY_VERSION: u32 = 2;
 pub const RECENT_SIGNALS: usize = 64;
 
 /// Everything automon remembers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Hash, Serialize, Deserialize)]
 pub struct Memory {
     /// Format version ([`MEMORY_VERSION`]).
     pub version: u32,
@@ -78,8 +78,21 @@ pub struct Memory {
     pub restart_for_code: Vec<WorkerId>,
 }
 
+impl Memory {
+    /// A 128-bit XXH3 fingerprint of everything in the memory (its `Hash`, field by field):
+    /// equal memories give equal fingerprints, so the loop tells whether a pass changed
+    /// anything without keeping a copy of the memory (`daemon`'s unchanged-pass check). Only
+    /// meaningful within one process (`Hash` of a collection includes its length, not its
+    /// layout; nothing here is persisted).
+    pub fn fingerprint(&self) -> u128 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        std::hash::Hash::hash(self, &mut hasher);
+        hasher.digest128()
+    }
+}
+
 /// Counters kept for summaries and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Totals {
     /// Restarts after a crash (any unexpected exit).
     pub crash_restarts: u64,
@@ -112,7 +125,7 @@ pub struct Totals {
 }
 
 /// A process automon started or adopted for a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RunningProcess {
     /// Identity (pid, start ticks, boot id); the pid is also the process group id.
     pub identity: ProcessIdentity,
@@ -143,7 +156,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// A stop that automon asked for and is waiting on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stopping {
     /// When the stop was issued.
     pub requested_at: BootTime,
@@ -159,7 +172,7 @@ pub struct Stopping {
 }
 
 /// What automon remembers about one worker id.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Hash, Serialize, Deserialize)]
 pub struct WorkerMemory {
     /// The live process, if any: its handle is a process identity, or a Slurm job's (see
     /// [`crate::runtime`]).
@@ -276,7 +289,7 @@ pub struct WorkerMemory {
 }
 
 /// Why a worker is held (paused or failed), and by whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Hold {
     /// In words.
     pub reason: String,
@@ -310,7 +323,7 @@ impl FixKind {
 }
 
 /// One applied fix and, once known, its verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attempt {
     /// 1 for the first attempt after the last success.
     pub n: u32,
@@ -334,7 +347,7 @@ pub struct Attempt {
 }
 
 /// A code fix as applied, enough to roll it back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AppliedCode {
     /// The changed file.
     pub file: std::path::PathBuf,
@@ -345,7 +358,7 @@ pub struct AppliedCode {
 }
 
 /// The verdict on one attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Verification {
     /// True when a progress signal followed the fix.
     pub succeeded: bool,
@@ -356,7 +369,7 @@ pub struct Verification {
 }
 
 /// Fix attempts of one worker.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FixState {
     /// Recent attempts, oldest first (the last [`MAX_ATTEMPT_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -385,7 +398,7 @@ pub struct FixState {
 /// worker stuck in one of them applies the built-in fix (restart from checkpoint) at once,
 /// whatever the cooldown. A fix without an LLM goes straight to `verifying`. Every move is
 /// logged with the rule that made it and the next action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum FixStage {
     /// The LLM was asked at `at` (boot clock); without an outcome by `deadline`
@@ -523,4 +536,25 @@ pub struct DiagnosisNote {
     /// Whether it has been acted on.
     #[serde(default)]
     pub used: bool,
+}
+
+/// Field by field, the confidence by its bits (so a memory with a NaN confidence hashes the
+/// same twice, where `==` would call it changed on every pass).
+impl std::hash::Hash for DiagnosisNote {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let Self {
+            at,
+            root_cause,
+            fix,
+            scale_down,
+            params,
+            code_changes,
+            confidence,
+            notes,
+            used,
+        } = self;
+        (at, root_cause, fix, scale_down, params, code_changes).hash(state);
+        confidence.to_bits().hash(state);
+        (notes, used).hash(state);
+    }
 }

@@ -47,11 +47,18 @@ pub const MAX_START_FAILURES: u32 = 3;
 /// worker is held (rerunning it would redo its whole shard again).
 pub const MAX_EXITS_WITHOUT_PROGRESS_FILE: u32 = 2;
 
-/// Most (time, checkpoint) samples kept per worker.
-pub const MAX_RATE_SAMPLES: usize = 64;
-
 /// How far back rate samples reach (items/min and ETAs use this window).
 pub const RATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The least time between two kept rate samples older than the newest: a rate needs only the
+/// first sample inside [`RATE_WINDOW`] and the newest, so a worker keeps at most
+/// [`MAX_RATE_SAMPLES`] however often its checkpoint moves.
+pub const RATE_SAMPLE_SPACING: Duration = Duration::from_secs(RATE_WINDOW.as_secs() / 15);
+
+/// Most (time, checkpoint) samples a worker keeps: one per [`RATE_SAMPLE_SPACING`] inside
+/// [`RATE_WINDOW`], one at its start, and the newest.
+pub const MAX_RATE_SAMPLES: usize =
+    (RATE_WINDOW.as_secs() / RATE_SAMPLE_SPACING.as_secs()) as usize + 2;
 
 /// Where a worker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1471,3 +1471,62 @@ fn unsaved_state_holds_every_start_and_a_crash_restart_resumes_after_a_save() {
     assert_eq!(s.argv[4], "40", "restarted from its checkpoint");
     assert!(s.reason.contains("exited with status 1"), "{}", s.reason);
 }
+
+/// Issue 25: a worker whose checkpoint moved every pass kept 64 rate samples (about 2 KB of
+/// state.json and 1 KB of memory per worker, written on every save). It now keeps anchors at
+/// least [`RATE_SAMPLE_SPACING`] apart and the newest — at most [`MAX_RATE_SAMPLES`] (17)
+/// whatever the pass interval — and its rate is still exact.
+#[test]
+fn rate_samples_stay_bounded_by_the_spacing_at_any_pass_interval_and_the_rate_stays_exact() {
+    assert_eq!(MAX_RATE_SAMPLES, 17);
+    let d = desired();
+    for step_ms in [250u64, 1_000, 7_000] {
+        let mut m = mem();
+        m.workers.insert(WorkerId(0), running(10, t0(), 0));
+        let mut most = 0;
+        let mut elapsed_ms = 0;
+        // An hour of passes: the checkpoint moves by one key per second of boot time.
+        while elapsed_ms <= 3_600_000 {
+            elapsed_ms += step_ms;
+            let now = Now {
+                wall: t0()
+                    .wall
+                    .checked_add(Duration::from_millis(elapsed_ms))
+                    .expect("valid"),
+                boot: t0().boot.plus(Duration::from_millis(elapsed_ms)),
+            };
+            let checkpoint = elapsed_ms / 1_000;
+            let o = observed(
+                [(WorkerId(0), obs(alive(), Some(checkpoint)))].into(),
+                vec![],
+            );
+            m = plan(&d, &o, m, now).memory;
+            let samples = &m.workers[&WorkerId(0)].rate_samples;
+            most = most.max(samples.len());
+            assert!(
+                samples.len() <= MAX_RATE_SAMPLES,
+                "{step_ms} ms passes: {} samples after {elapsed_ms} ms",
+                samples.len()
+            );
+            if elapsed_ms >= RATE_WINDOW.as_millis() as u64 + 60_000 {
+                let rate = rate::per_minute(samples, Phase::Progressing, now.boot)
+                    .expect("a moving worker has a rate");
+                // Whole seconds of checkpoint over a span measured in ms: within one key.
+                assert!((rate - 60.0).abs() < 0.2, "{step_ms} ms passes: {rate}/min");
+            }
+        }
+        assert!(
+            most >= 14,
+            "{step_ms} ms passes: the window is covered ({most})"
+        );
+        // Anchors (all but the newest) lie at least the spacing apart.
+        let samples = &m.workers[&WorkerId(0)].rate_samples;
+        let anchors: Vec<_> = samples.iter().take(samples.len() - 1).collect();
+        for pair in anchors.windows(2) {
+            assert!(
+                pair[1].0.since(pair[0].0) >= RATE_SAMPLE_SPACING,
+                "{pair:?}"
+            );
+        }
+    }
+}

@@ -772,23 +772,33 @@ impl Planner<'_> {
         }
     }
 
-    /// Keeps (time, checkpoint) samples of the last [`RATE_WINDOW`] for rates and ETAs.
+    /// Keeps (time, checkpoint) samples of the last [`RATE_WINDOW`] for rates and ETAs: anchors
+    /// at least [`RATE_SAMPLE_SPACING`] apart and the newest (a sample that comes sooner than
+    /// that after the anchor before it replaces the newest instead of adding one), so a worker
+    /// holds at most [`MAX_RATE_SAMPLES`] whatever the pass interval.
     fn sample_rate(&self, w: &mut WorkerMemory, checkpoint: u64) {
-        if w.rate_samples.back().is_some_and(|(_, c)| *c > checkpoint) {
-            w.rate_samples.clear(); // went backwards: the old samples say nothing now
+        let samples = &mut w.rate_samples;
+        if samples.back().is_some_and(|(_, c)| *c > checkpoint) {
+            samples.clear(); // went backwards: the old samples say nothing now
         }
-        // Trim before pushing (no regrowth of a full, freshly cloned queue).
-        while w.rate_samples.len() >= 2
-            && w.rate_samples
+        while samples.len() >= 2
+            && samples
                 .front()
                 .is_some_and(|(t, _)| self.since(*t) > RATE_WINDOW)
         {
-            w.rate_samples.pop_front();
+            samples.pop_front();
         }
-        while w.rate_samples.len() >= MAX_RATE_SAMPLES {
-            w.rate_samples.pop_front();
+        let n = samples.len();
+        let close = n >= 2 && samples[n - 1].0.since(samples[n - 2].0) < RATE_SAMPLE_SPACING;
+        if close && let Some(newest) = samples.back_mut() {
+            *newest = (self.now.boot, checkpoint);
+            return;
         }
-        w.rate_samples.push_back((self.now.boot, checkpoint));
+        // The bound holds by the spacing; this only guards memory loaded from an older automon.
+        while samples.len() >= MAX_RATE_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((self.now.boot, checkpoint));
     }
 }
 

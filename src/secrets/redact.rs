@@ -150,13 +150,72 @@ impl Redactor {
         redact_shapes(&out)
     }
 
-    /// Redacts `text` in place, allocating only when something changed.
+    /// Redacts `text` in place, allocating only when something changed (a line that holds no
+    /// literal, matches no extra pattern and cannot hold a shape — most log lines — costs a
+    /// few substring searches and no allocation).
     pub fn redact_in_place(&self, text: &mut String) {
+        let clean = !may_hold_shape(text)
+            && !self.literals.iter().any(|v| text.contains(v.as_str()))
+            && !self.patterns.iter().any(|re| re.is_match(text));
+        if clean {
+            return;
+        }
         let red = self.redact(text);
         if red != *text {
             *text = red;
         }
     }
+}
+
+/// Literals of which every secret shape (see [`shapes`]) holds at least one, in lower case:
+/// ASCII text that holds none of them, in any case, cannot match a shape. (Each shape's
+/// literal: a PEM block `-----BEGIN`; a URL password `://`; `bearer`; `authorization`; a
+/// `key=value` pair's key `pass`(word/wd), `pwd`, `secret`(_key), `token` or `key` (api_key,
+/// apikey, api-key, access_key, private_key); an environment NAME `PASS`, `SECRET`, `TOKEN`,
+/// `KEY`; a JWT `eyJ`; `sk-`; `ghp_` `gho_` `ghu_` `ghs_` `ghr_`; `github_pat_`; `AKIA`,
+/// `ASIA`; `xox`; `AIza`.)
+const SHAPE_LITERALS: [&str; 21] = [
+    "-----begin",
+    "://",
+    "bearer",
+    "authorization",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "eyj",
+    "sk-",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "akia",
+    "asia",
+    "xox",
+    "aiza",
+];
+
+/// Whether `text` may match a secret shape: false only for ASCII text without any of
+/// [`SHAPE_LITERALS`] (ASCII case-insensitively), so the shapes' regexes are neither compiled
+/// nor run for it. Text with any non-ASCII character may (the shapes' `(?i)` folds Unicode
+/// case: the Kelvin sign is a `k` to them).
+fn may_hold_shape(text: &str) -> bool {
+    static LITERALS: OnceLock<Option<aho_corasick::AhoCorasick>> = OnceLock::new();
+    if !text.is_ascii() {
+        return true;
+    }
+    LITERALS
+        .get_or_init(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(SHAPE_LITERALS)
+                .ok()
+        })
+        .as_ref()
+        .is_none_or(|ac| ac.is_match(text))
 }
 
 struct Shape {
@@ -226,6 +285,9 @@ fn shapes() -> &'static [Shape] {
 /// `text` with every secret shape replaced (no literal values).
 pub fn redact_shapes(text: &str) -> String {
     let mut out = text.to_string();
+    if !may_hold_shape(text) {
+        return out;
+    }
     for s in shapes() {
         if s.re.is_match(&out) {
             out = s.re.replace_all(&out, s.replacement).into_owned();
@@ -303,6 +365,59 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(redact_shapes(input), want, "input: {input}");
         }
+    }
+
+    /// Issue 25: the shapes' 13 regexes ran on every new log line (and their compilation,
+    /// 1 MB of heap and megabytes of code, came with a fleet's first restart). A line is now
+    /// looked at by them only when it holds one of the shapes' literals; every shape in the
+    /// table above holds one, in any case, and lines without one are returned as they are.
+    #[test]
+    fn only_text_holding_a_shape_literal_is_looked_at_by_the_shapes() {
+        for secret in [
+            "sk-test-abc1234567890XYZ",
+            "ghp_0123456789abcdefABCDEF0123",
+            "GHO_0123456789abcdefABCDEF0123",
+            "github_pat_11ABCDEFG0123456789_abcdef",
+            "AKIAIOSFODNN7EXAMPLE",
+            "ASIAIOSFODNN7EXAMPLE",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+            "xoxb-1234567890-abcdef",
+            "AIzaSyA-1234567890abcdefghijklmnopqrstu",
+            "BEARER abc.def",
+            "AUTHORIZATION: basic dXNlcjpwYXNz",
+            "-----begin RSA PRIVATE KEY-----",
+            "postgres://u:p@h",
+            "PassWord=x",
+            "PWD=x",
+            "client_Secret=x",
+            "ToKeN=x",
+            "API-KEY=x",
+            "DB_PASS=x",
+        ] {
+            assert!(may_hold_shape(secret), "{secret}");
+        }
+        for line in [
+            "2024-05-01 10:00:00,123 - INFO - Processed batch: book.id > 61,000",
+            "Successfully uploaded: War and Peace (id 4411)",
+            "tick 12",
+        ] {
+            assert!(!may_hold_shape(line), "{line}");
+            let mut text = line.to_string();
+            Redactor::new(["hunter2"]).redact_in_place(&mut text);
+            assert_eq!(text, line);
+        }
+        // Non-ASCII text is always looked at: `(?i)` folds the Kelvin sign (U+212A) to `k`.
+        assert!(may_hold_shape("to\u{212a}en=hunter2"));
+        assert_eq!(
+            redact_shapes("to\u{212a}en=hunter2"),
+            "to\u{212a}en=[REDACTED]"
+        );
+        // A literal or an extra pattern is still redacted in a line without a shape literal.
+        let mut r = Redactor::new(["hunter2"]);
+        r.add_patterns(["batch [0-9]+"]);
+        let mut text = "uploaded hunter2 in batch 12".to_string();
+        r.redact_in_place(&mut text);
+        assert_eq!(text, "uploaded [REDACTED] in [REDACTED]");
     }
 
     #[test]

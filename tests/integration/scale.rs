@@ -145,6 +145,91 @@ fn a_fleet_over_the_soft_open_files_limit_runs_exactly_one_process_per_worker() 
     );
 }
 
+/// A one-worker fleet whose command is `command` (YAML), with `PATH` set to its `bin/` first and
+/// `script` (name, text) written there as an executable; not started yet.
+fn one_worker_on_path(command: &str, script: Option<(&str, &str)>) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fleet(1, "1s");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    if let Some((name, text)) = script {
+        std::fs::write(bin.join(name), text).expect("script");
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let manifest = dir.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .expect("manifest")
+        .replace(
+            "    command: [sleep, \"1000000\"]\n",
+            &format!(
+                "    command: {command}\n    env: {{PATH: \"{}:/usr/local/bin:/usr/bin:/bin\"}}\n",
+                bin.display()
+            ),
+        );
+    std::fs::write(&manifest, text).expect("manifest");
+    dir
+}
+
+/// Applies `dir`'s manifest in one pass and waits (minutes at most) until worker 0's command
+/// line is `want`; returns the command line last seen, for the assertion.
+fn apply_and_wait_for_cmdline(dir: &Path, want: &[u8]) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_automon"))
+        .args(["apply", "workerset.yaml"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run automon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "apply failed:\n{stderr}");
+    let state_dir = dir.join(".automon");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(pid) = live_workers(&state_dir).get(&0).and_then(|p| p.first()) {
+            seen = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if seen == want {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+#[test]
+fn a_worker_found_on_path_keeps_the_manifests_argv0_and_a_script_without_shebang_still_runs() {
+    // automon looks the program up on the worker's PATH itself (so that the standard library
+    // can start it with posix_spawn, without copying automon's page tables per start); the
+    // worker must not see the difference.
+    let dir = one_worker_on_path("[sleep, \"1000000\"]", None);
+    let state_dir = dir.path().join(".automon");
+    let _kill = KillFleet(&state_dir);
+    let want = b"sleep\x001000000\x00";
+    let seen = apply_and_wait_for_cmdline(dir.path(), want);
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        String::from_utf8_lossy(want),
+        "argv[0] is the manifest's word"
+    );
+
+    // A script without `#!`, found only on the PATH the manifest gives the worker: execvp runs
+    // it with /bin/sh, and so must automon's start.
+    let script_dir = one_worker_on_path(
+        "[plainworker]",
+        Some(("plainworker", "exec sleep 1000001\n")),
+    );
+    let script_state = script_dir.path().join(".automon");
+    let _kill_script = KillFleet(&script_state);
+    let want = b"sleep\x001000001\x00";
+    let seen = apply_and_wait_for_cmdline(script_dir.path(), want);
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        String::from_utf8_lossy(want),
+        "the script ran (through /bin/sh) and exec'd sleep"
+    );
+}
+
 #[test]
 fn a_fleet_that_cannot_fit_under_the_hard_limit_is_refused_before_anything_starts() {
     const FLEET: u32 = 1_100;
@@ -219,13 +304,31 @@ fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
     let at = passes();
     wait_for_passes(at + 4);
     let after = inode();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert!(settled.is_some(), "state.json was written");
     assert_eq!(
         settled, after,
         "four passes over an unchanged fleet rewrote state.json"
     );
+    // One worker's checkpoint moves: the memory changed, so a pass writes it (issue 25: the
+    // unchanged check is a fingerprint of the memory, not a copy of it).
+    let progress = dir.path().join("progress/w1.json");
+    std::fs::write(progress.with_extension("tmp"), "{\"checkpoint\": 7}\n").expect("progress");
+    std::fs::rename(progress.with_extension("tmp"), &progress).expect("rename");
+    let checkpoint_1 = || {
+        let text = std::fs::read_to_string(state_dir.join("state.json")).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        value
+            .pointer("/workers/1/checkpoint")
+            .and_then(serde_json::Value::as_u64)
+    };
+    super::support::wait_until(
+        "state.json to record worker 1's new checkpoint",
+        || checkpoint_1() == Some(7),
+        || format!("recorded checkpoint of worker 1: {:?}", checkpoint_1()),
+    );
+    assert_ne!(inode(), after, "the changed memory was written anew");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
     let live: BTreeSet<u32> = live_workers(&state_dir).keys().copied().collect();
     assert_eq!(live, BTreeSet::from([0, 1, 2]), "the fleet kept running");
 }

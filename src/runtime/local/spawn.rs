@@ -40,16 +40,32 @@ pub fn spawn_worker(
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
-    let mut cmd = tokio::process::Command::new(program);
+    let env = crate::secrets::env::child_env(
+        std::env::vars_os(),
+        &desired.env,
+        desired.inherit_env,
+        &desired.llm.api_key_env,
+    );
+    // The program found on the child's PATH here, as `execvp` would find it, lets the standard
+    // library start it with `posix_spawn` (no copy of automon's page tables per start); argv[0]
+    // stays the manifest's word. Not found here: the child's own `execvp` looks, as before.
+    let resolved = resolve_program(
+        program,
+        env.get(std::ffi::OsStr::new("PATH")).map(|p| p.as_os_str()),
+        &desired.workdir,
+    );
+    let mut cmd = match &resolved {
+        Some(path) => {
+            let mut cmd = tokio::process::Command::new(path);
+            cmd.arg0(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    };
     cmd.args(args)
         .current_dir(&desired.workdir)
         .env_clear()
-        .envs(crate::secrets::env::child_env(
-            std::env::vars_os(),
-            &desired.env,
-            desired.inherit_env,
-            &desired.llm.api_key_env,
-        ))
+        .envs(env)
         .env(ENV_WORKERSET, &desired.name)
         .env(ENV_WORKER_ID, action.worker.to_string())
         .env(ENV_STATE_DIR, state_dir)
@@ -113,6 +129,46 @@ pub fn spawn_worker(
     Ok((identity, started_at))
 }
 
+/// The file `execvp` would run for `program` with the child's `path` (`PATH`) from `workdir`:
+/// the first regular, executable file named `program` in a `PATH` directory (an empty or
+/// relative directory counts from `workdir`, where the child execs). `None` — the child then
+/// searches itself — for a program named by a path, without a `PATH`, when nothing is found,
+/// and for a file that is neither an ELF binary nor a `#!` script (`execvp` runs such a file
+/// with `/bin/sh`; `posix_spawn` would not).
+pub fn resolve_program(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+    workdir: &Path,
+) -> Option<std::path::PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    for dir in std::env::split_paths(path?) {
+        let candidate = if dir.as_os_str().is_empty() {
+            workdir.join(program)
+        } else {
+            workdir.join(dir).join(program)
+        };
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_err() {
+            continue;
+        }
+        let mut magic = [0u8; 4];
+        let runs_directly = std::fs::File::open(&candidate)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok_and(|()| magic.starts_with(b"#!") || magic == *b"\x7fELF");
+        return runs_directly.then_some(candidate);
+    }
+    None
+}
+
 /// Undoes a start whose process could not be identified: SIGKILL to its process group (it
 /// leads one: `process_group(0)` ran before `exec`), then reaps it, so that no process automon
 /// started runs untracked. Says what became of it, for the error message.
@@ -132,4 +188,50 @@ fn abort_child(child: &mut tokio::process::Child, pid: i32) -> String {
     format!(
         "the spawned process group {pid} was sent SIGKILL but has not exited yet (uninterruptible I/O?); it is reaped when it does"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::resolve_program;
+
+    fn file(path: &Path, text: &str, mode: u32) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_program_is_found_on_the_childs_path_as_execvp_would() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // Not executable in the first directory: skipped, as execvp skips it (EACCES).
+        file(&a.join("work"), "#!/bin/sh\nexit 0\n", 0o644);
+        file(&b.join("work"), "#!/bin/sh\nexit 0\n", 0o755);
+        let path = std::env::join_paths([&a, &b]).expect("PATH");
+        assert_eq!(
+            resolve_program("work", Some(&path), dir.path()),
+            Some(b.join("work"))
+        );
+        // A relative PATH directory counts from the working directory the child execs in.
+        assert_eq!(
+            resolve_program("work", Some("b".as_ref()), dir.path()),
+            Some(dir.path().join("b").join("work"))
+        );
+    }
+
+    #[test]
+    fn a_program_the_child_must_look_up_itself_is_not_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        // No `#!` and not ELF: execvp runs it with /bin/sh, posix_spawn would fail with ENOEXEC.
+        file(&bin.join("plain"), "exit 0\n", 0o755);
+        let path = bin.as_os_str();
+        assert_eq!(resolve_program("plain", Some(path), dir.path()), None);
+        assert_eq!(resolve_program("missing", Some(path), dir.path()), None);
+        assert_eq!(resolve_program("./plain", Some(path), dir.path()), None);
+        assert_eq!(resolve_program("plain", None, dir.path()), None);
+    }
 }
