@@ -75,7 +75,7 @@ pub struct Started {
 }
 
 /// A Slurm job as memory keeps it, for `automon get` and the events.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobRecord {
     /// The job id.
     pub id: u64,
