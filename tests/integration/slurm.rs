@@ -277,10 +277,7 @@ fn slurm_runtime_migrates_with_a_crash_and_a_hang_and_every_book_arrives_once() 
     // The hung one was stopped with the grace (scancel) and resubmitted from its checkpoint.
     let owner = m.owner(hang);
     let (start, _) = m.shard(owner);
-    assert!(
-        events.contains(&format!("worker {owner}: no progress for")),
-        "{events}"
-    );
+    assert!(super::support::found_stuck(&events, owner), "{events}");
     let subs = submissions(&events, owner);
     assert!(subs.len() >= 2, "{events}");
     assert!(subs[1..].iter().all(|(_, r)| *r > start - 1), "{subs:?}");

@@ -267,3 +267,15 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Whether `worker` was found stuck and stopped: by the stuck rule (`worker N: no progress for
+/// …`, a restart), or, when the disk was saturated meanwhile (as under `bench/under-load.sh`'s
+/// disk writer), by the disk rule, which parks the longest-stuck worker (`worker N stuck (…);
+/// parking worker N`) and resumes it later from its checkpoint. Both are the product working;
+/// a test that asserted only the first failed under load (the SIGSTOP test, run 4 of an
+/// under-load run).
+pub fn found_stuck(events: &str, worker: impl std::fmt::Display) -> bool {
+    events.contains(&format!("worker {worker}: no progress for"))
+        || (events.contains(&format!("worker {worker} stuck ("))
+            && events.contains(&format!("parking worker {worker} ")))
+}
