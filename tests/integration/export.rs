@@ -241,6 +241,25 @@ fn probe_exits_1_with_the_reason_when_the_progress_signal_is_older_than_stuck_af
     );
 }
 
+/// Regression (fresh-clone user test): the probe of a worker whose shard was complete said
+/// "stuck: no progress for 16m12s" (exit 1); a finished shard is not a hung worker.
+#[test]
+fn probe_exits_0_for_a_worker_whose_checkpoint_reached_its_shards_end() {
+    let dir = probe_dir();
+    // Worker 1's shard is [101, 201): its last key is 200.
+    write_at(
+        &dir.path().join("progress/w1.json"),
+        r#"{"last": 200}"#,
+        ago(16),
+    );
+    let (code, stdout, stderr) = probe(dir.path(), "1", ago(30));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("worker 1: shard complete (checkpoint 200"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn probe_measures_discovery_grace_from_the_start_before_the_first_progress() {
     let dir = probe_dir();
