@@ -237,6 +237,40 @@ fn threads_of(pid: i32) -> String {
     out
 }
 
+/// Freezes the file system at `mnt` (thawed when the guard drops); `None` when this kernel
+/// cannot.
+fn freeze(mnt: &Path) -> Option<Thaw> {
+    let frozen = Command::new("fsfreeze").arg("-f").arg(mnt).status();
+    frozen
+        .is_ok_and(|s| s.success())
+        .then(|| Thaw(mnt.to_path_buf()))
+}
+
+/// SIGKILLs the process group of one live worker of `state_dir` and waits until another process
+/// runs that worker; `diagnose` says why not on timeout. Returns the worker's id.
+fn crash_one_worker_and_wait_for_its_restart(
+    state_dir: &Path,
+    what: &str,
+    diagnose: impl Fn() -> String,
+) -> u32 {
+    let (&victim, pids) = live_workers(state_dir)
+        .iter()
+        .next()
+        .map(|(id, p)| (id, p.clone()))
+        .expect("a worker");
+    killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
+    super::support::wait_until(
+        what,
+        || {
+            live_workers(state_dir)
+                .get(&victim)
+                .is_some_and(|p| !p.contains(&pids[0]))
+        },
+        diagnose,
+    );
+    victim
+}
+
 /// A small ext4 file system on a loop device at `mnt`; why not, when it cannot be made here.
 fn mount_ext4(dir: &Path, mnt: &Path) -> Result<(), String> {
     let img = dir.join("state.img");
@@ -323,29 +357,17 @@ fn a_frozen_state_file_system_holds_only_the_state_writes() {
     wait_for("four workers and metrics", || {
         live_workers(&state_dir).len() == 4 && get_metrics(port).is_ok_and(|t| t.contains("200 OK"))
     });
-    let frozen = Command::new("fsfreeze").arg("-f").arg(&mnt).status();
-    if !frozen.is_ok_and(|s| s.success()) {
+    let Some(thaw) = freeze(&mnt) else {
         println!("skipped: fsfreeze -f failed on this kernel");
         let _ = automon.kill();
         let _ = automon.wait();
         return;
-    }
-    let thaw = Thaw(mnt.clone());
+    };
     // A worker crashes during the freeze: it is restarted.
-    let (&victim, pids) = live_workers(&state_dir)
-        .iter()
-        .next()
-        .map(|(id, p)| (id, p.clone()))
-        .expect("a worker");
-    killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
     let loop_pid = child_pid(&automon);
-    super::support::wait_until(
+    let victim = crash_one_worker_and_wait_for_its_restart(
+        &state_dir,
         "the crashed worker restarted during the freeze",
-        || {
-            live_workers(&state_dir)
-                .get(&victim)
-                .is_some_and(|p| !p.contains(&pids[0]))
-        },
         // Where each thread of the loop waits, should it not restart the worker.
         || format!("{}\n{}", threads_of(loop_pid), log_of(&m, "automon")),
     );
@@ -460,28 +482,16 @@ fn a_log_on_a_frozen_file_system_does_not_hold_the_loop() {
     wait_for("four workers and metrics", || {
         live_workers(&state_dir).len() == 4 && get_metrics(port).is_ok_and(|t| t.contains("200 OK"))
     });
-    let frozen = Command::new("fsfreeze").arg("-f").arg(&mnt).status();
-    if !frozen.is_ok_and(|s| s.success()) {
+    let Some(thaw) = freeze(&mnt) else {
         println!("skipped: fsfreeze -f failed on this kernel");
         let _ = automon.kill();
         let _ = automon.wait();
         return;
-    }
-    let thaw = Thaw(mnt.clone());
-    let (&victim, pids) = live_workers(&state_dir)
-        .iter()
-        .next()
-        .map(|(id, p)| (id, p.clone()))
-        .expect("a worker");
-    killpg(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill worker");
+    };
     let loop_pid = child_pid(&automon);
-    super::support::wait_until(
+    let victim = crash_one_worker_and_wait_for_its_restart(
+        &state_dir,
         "the crashed worker restarted while the log's file system is frozen",
-        || {
-            live_workers(&state_dir)
-                .get(&victim)
-                .is_some_and(|p| !p.contains(&pids[0]))
-        },
         || threads_of(loop_pid),
     );
     let restarted = live_workers(&state_dir)[&victim][0];
