@@ -58,25 +58,16 @@ pub fn run(args: &ProbeArgs) -> Result<u8, CliError> {
         Some(t) => t,
         None => process_start(args.pid)?,
     };
-    let evidence = gather(&desired, args.worker, started);
+    let mut evidence = gather(&desired, args.worker, started);
     // A worker whose checkpoint reached its shard's end has finished its work: not stuck,
     // however long ago it last wrote (regression: a fresh-clone user's probe of a completed
-    // demo worker said "stuck: no progress for 16m12s").
-    let shard = desired.shards.as_ref().and_then(|s| {
+    // demo worker said "stuck: no progress for 16m12s"); the verdict says so.
+    evidence.shard_last_key = desired.shards.as_ref().and_then(|s| {
         usize::try_from(args.worker.0)
             .ok()
-            .and_then(|i| s.get(i).copied())
+            .and_then(|i| s.get(i))
+            .map(|shard| shard.last_key())
     });
-    if let (Some(shard), Some(c)) = (shard, evidence.checkpoint)
-        && c >= shard.last_key()
-    {
-        crate::outln!(
-            "worker {}: shard complete (checkpoint {c}, the shard's last key {})",
-            args.worker,
-            shard.last_key()
-        );
-        return Ok(0);
-    }
     match probe_verdict(&desired.health, &evidence, jiff::Timestamp::now()) {
         Ok(words) => {
             crate::outln!("worker {}: {words}", args.worker);

@@ -65,6 +65,9 @@ pub struct ProbeEvidence {
     pub looping: bool,
     /// The checkpoint in its progress file, for the message.
     pub checkpoint: Option<u64>,
+    /// The last key of its shard, when the range is known: a checkpoint there is a finished
+    /// shard, never a hung worker.
+    pub shard_last_key: Option<u64>,
 }
 
 /// The probe's answer: progressing (`Ok`) or stuck (`Err`), each with a sentence for people.
@@ -77,6 +80,13 @@ pub fn probe_verdict(
     evidence: &ProbeEvidence,
     now: jiff::Timestamp,
 ) -> Result<String, String> {
+    if let (Some(c), Some(last)) = (evidence.checkpoint, evidence.shard_last_key)
+        && c >= last
+    {
+        return Ok(format!(
+            "shard complete (checkpoint {c}, the shard's last key {last})"
+        ));
+    }
     let rule = StuckThreshold::for_stage(health, evidence.left_discovery, evidence.looping);
     let reference = evidence
         .last_signal
