@@ -9,6 +9,8 @@
 # threads). automon's latency is also given as a ratio to the floor's, measured in the same run.
 #
 # Usage: bench/compare.sh [--quick] [--only NAME]
+#   AUTOMON_BIN=PATH: that automon binary instead of this checkout's release build (to compare
+#   two commits on the same machine in the same hour)
 #   --quick: 3 kills, 10 s idle window; --only NAME[,NAME…] (floor, automon, supervisord, pm2):
 #   those alone (automon's ratio to the floor needs both: --only floor,automon)
 # Needs: python3 (venv, pip), npm/node, network access to PyPI and npm; builds automon with
@@ -121,8 +123,13 @@ fi
 
 # --- automon -------------------------------------------------------------------------------
 if wanted automon; then  # (body not indented: it holds here-documents)
-say "building automon (cargo build --release)"
-(cd "$ROOT" && cargo build --release --locked --quiet)
+if [[ -n "${AUTOMON_BIN:-}" ]]; then
+    say "automon: $AUTOMON_BIN (AUTOMON_BIN; not built)"
+else
+    say "building automon (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    AUTOMON_BIN="$ROOT/target/release/automon"
+fi
 mkdir -p "$TMP/automon"
 cat > "$TMP/automon/compare.yaml" <<YAML
 apiVersion: automon/v1
@@ -139,7 +146,7 @@ spec:
   health: {stuck_after: 1h, discovery_grace: 1h}
   restart: {backoff_reset_after: 1s}
 YAML
-"$ROOT/target/release/automon" apply "$TMP/automon/compare.yaml" --watch 2>"$TMP/automon/stderr.log" &
+"$AUTOMON_BIN" apply "$TMP/automon/compare.yaml" --watch 2>"$TMP/automon/stderr.log" &
 DAEMON=$!
 measure automon "$DAEMON"
 kill -INT "$DAEMON"; wait "$DAEMON" || true; DAEMON=""

@@ -67,6 +67,11 @@ pub struct Memory {
     /// The kinds of scaling hold logged since the last scale change (each is logged once).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub scaling_holds: std::collections::BTreeSet<String>,
+    /// Since when every start is held because the look for running workers (the `/proc` scan,
+    /// the scheduler's queue) was incomplete, and why: said once when it begins and once when
+    /// it ends, not every pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_held: Option<ScanHold>,
     /// The manifest as last applied, normalised YAML, for `automon diff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied: Option<String>,
@@ -557,4 +562,13 @@ impl std::hash::Hash for DiagnosisNote {
         confidence.to_bits().hash(state);
         (notes, used).hash(state);
     }
+}
+
+/// A hold of every start while automon cannot see every running worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScanHold {
+    /// Why the look was incomplete when the hold began.
+    pub why: String,
+    /// When the hold began (boot clock).
+    pub since: BootTime,
 }

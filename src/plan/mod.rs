@@ -473,11 +473,25 @@ pub fn plan(desired: &Desired, observed: &Observed, memory: Memory, now: Now) ->
     planner.scale(observed);
     if let Some(why) = &observed.scan_incomplete {
         // A worker the scan missed would be started twice: start nothing until it is whole.
-        planner.events.push(format!(
-            "could not look for running workers ({why}); starting nothing until automon can"
-        ));
+        // Said when the hold begins; `status` shows it while it lasts.
+        if planner.memory.scan_held.is_none() {
+            planner.events.push(format!(
+                "could not look for running workers ({why}); starting nothing until automon can"
+            ));
+            planner.memory.scan_held = Some(memory::ScanHold {
+                why: why.clone(),
+                since: now.boot,
+            });
+        }
         planner.wake_in(Duration::from_secs(1));
     } else {
+        if let Some(held) = planner.memory.scan_held.take() {
+            planner.events.push(format!(
+                "running workers can be looked for again after {} ({}); carrying on",
+                fmt_dur(now.boot.since(held.since)),
+                held.why
+            ));
+        }
         planner.schedule_starts(observed.unsaved_state.as_deref());
     }
     let blocked = planner.blocked();
@@ -859,6 +873,19 @@ pub fn record_unkillable(memory: &mut Memory, worker: WorkerId, pid: i32, now: N
     }
 }
 
+/// What the operator fixes when starts keep failing: on this machine the program is missing
+/// or not executable; on Slurm `sbatch` refused the job, mostly for `spec.runtime` (a partition
+/// or account that does not exist, limits the partition does not allow), sometimes for the
+/// template (a working directory the job cannot use).
+fn start_failure_advice(desired: &Desired) -> &'static str {
+    match desired.runtime.kind {
+        crate::manifest::types::RuntimeKind::Local => "fix the template's command",
+        crate::manifest::types::RuntimeKind::Slurm => {
+            "fix spec.runtime (partition, account, time_limit, cpus_per_worker, mem_per_worker, extra_args) or the template, as the error says"
+        }
+    }
+}
+
 /// Records the outcome of a start in memory: the new process, or a failure with backoff.
 pub fn record_start(
     memory: &mut Memory,
@@ -900,8 +927,9 @@ pub fn record_start(
                     by_operator: false,
                 });
                 return Some(format!(
-                    "ALERT: worker {}: {reason}; Failed (fix the template's command, then `automon resume`)",
-                    action.worker
+                    "ALERT: worker {}: {reason}; Failed ({}, then `automon resume`)",
+                    action.worker,
+                    start_failure_advice(desired)
                 ));
             }
             let delay = backoff::delay(w.failures, &desired.restart)

@@ -272,6 +272,58 @@ fn an_unanswering_scheduler_holds_every_decision_and_says_why() {
         p.memory.workers[&WorkerId(0)].process.is_some(),
         "the job stays recorded"
     );
+    // Regression: the hold was said again on every pass (once a second while the controller
+    // was down); it is said when it begins and when it ends.
+    assert!(
+        !p.events.iter().any(|e| e.contains("starting nothing")),
+        "said once, not every pass: {:?}",
+        p.events
+    );
+    let p = plan(
+        &d,
+        &observed(0, ProcessStatus::Alive { state: 'R' }, 50, vec![], None),
+        p.memory,
+        at(3640),
+    );
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.contains("after 40s") && e.contains("carrying on")),
+        "{:?}",
+        p.events
+    );
+    assert!(p.memory.scan_held.is_none());
+}
+
+/// Regression: a job `sbatch` refused three times (an unknown partition) Failed the worker
+/// with "fix the template's command", which sent the operator to the wrong place.
+#[test]
+fn a_worker_whose_submissions_are_refused_is_failed_with_advice_about_spec_runtime() {
+    let d = desired();
+    let mut m = Memory {
+        boot_id: "b".into(),
+        ..Memory::default()
+    };
+    let start = StartAction {
+        worker: WorkerId(0),
+        argv: vec!["w".into(), "0".into()],
+        resume_from: None,
+        reason: "worker 0: starting".into(),
+    };
+    let mut last = None;
+    for attempt in 0..MAX_START_FAILURES {
+        last = record_start(
+            &mut m,
+            &d,
+            &start,
+            Err("sbatch: error: invalid partition specified: nosuch".into()),
+            at(60 * u64::from(attempt)),
+        );
+    }
+    let alert = last.expect("an alert");
+    assert!(alert.contains("Failed (fix spec.runtime"), "{alert}");
+    assert!(alert.contains("invalid partition"), "{alert}");
+    assert!(m.workers[&WorkerId(0)].failed.is_some());
 }
 
 #[test]

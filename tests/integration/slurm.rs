@@ -486,5 +486,15 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
         events.contains("starting nothing until automon can"),
         "the hold says what it holds:\n{events}"
     );
+    // Regression: the hold was said again on every pass while the controller was down. Now
+    // each hold is said when it begins and when it ends.
+    let (begun, ended) = (
+        events.matches("starting nothing until automon can").count(),
+        events.matches("; carrying on").count(),
+    );
+    assert!(
+        begun == ended && begun <= 3,
+        "{begun} hold(s) begun, {ended} ended:\n{events}"
+    );
     assert!(stderr.contains("all 8 shards complete"), "{stderr}");
 }

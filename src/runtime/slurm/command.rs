@@ -32,8 +32,12 @@ pub fn unavailable(why: &str) -> bool {
 }
 
 /// Runs `cmd` (its program a Slurm client), feeding it `stdin`, and returns its standard
-/// output; gives up after `limit` (the command is then killed: it is this automon's child
-/// and not reaped yet, so its pid is still its own).
+/// output; gives up after `limit` and then kills it.
+///
+/// Its input and output are memory files, not pipes, so nothing has to feed or drain them
+/// while it runs. The one place that reaps it is this function's `try_wait`, on this thread,
+/// so the kill after the time limit can only reach this child, never a process that took over
+/// its pid (a waiting thread that reaped it just as the time ran out once made that possible).
 ///
 /// # Errors
 /// A sentence: the program could not be run, exited non-zero (with its first line of
@@ -44,41 +48,62 @@ pub fn run(
     limit: Duration,
 ) -> Result<String, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let capture = |what: &str| -> Result<std::fs::File, String> {
+        nix::sys::memfd::memfd_create(c"automon-slurm", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map(std::fs::File::from)
+            .map_err(|e| format!("cannot run {program}: no memory file for its {what}: {e}"))
+    };
+    let (out, err) = (capture("output")?, capture("errors")?);
+    let to_child = |f: &std::fs::File| {
+        f.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| format!("cannot run {program}: {e}"))
+    };
+    let input = match stdin {
+        // A memory file too, rewound: however long, writing it can never wait for the reader.
+        Some(text) => {
+            use std::io::Seek;
+            let mut f = capture("input")?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.rewind())
+                .map_err(|e| format!("cannot run {program}: {e}"))?;
+            Stdio::from(f)
+        }
+        None => Stdio::null(),
+    };
+    cmd.stdin(input)
+        .stdout(to_child(&out)?)
+        .stderr(to_child(&err)?);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A program that exits without reading its input is reported by its status below.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into()),
-        Ok(Ok(out)) => Err(failure(&program, out.status, &out.stderr)),
-        Ok(Err(e)) => Err(format!("{program}: {e}")),
-        Err(_) => {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                // Not reaped (only `try_wait` above reaps it): the pid is still this child's.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} did not answer within {}",
+                    crate::manifest::duration::format_duration(limit)
+                ));
             }
-            Err(format!(
-                "{program} did not answer within {}",
-                crate::manifest::duration::format_duration(limit)
-            ))
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("{program}: {e}")),
         }
+    };
+    let read = |mut f: std::fs::File| -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        let _ = f.rewind().and_then(|()| f.read_to_end(&mut bytes));
+        bytes
+    };
+    if status.success() {
+        Ok(String::from_utf8_lossy(&read(out)).into())
+    } else {
+        Err(failure(&program, status, &read(err)))
     }
 }
 
@@ -130,6 +155,22 @@ mod tests {
         hang.arg("600");
         let err = run(&mut hang, None, Duration::from_millis(200)).expect_err("times out");
         assert!(err.contains("did not answer within"), "{err}");
+        // A script longer than a pipe holds, to a program that never reads it: with a pipe the
+        // write would wait for a reader forever, before any time limit applied.
+        let long = "#\n".repeat(200_000);
+        let mut deaf = std::process::Command::new("true");
+        assert_eq!(
+            run(&mut deaf, Some(&long), Duration::from_secs(60)).as_deref(),
+            Ok("")
+        );
+        let mut wc = std::process::Command::new("wc");
+        wc.arg("-c");
+        assert_eq!(
+            run(&mut wc, Some(&long), Duration::from_secs(60))
+                .map(|out| out.trim().to_string())
+                .as_deref(),
+            Ok("400000")
+        );
         let mut missing = std::process::Command::new("automon-no-such-program");
         assert!(
             run(&mut missing, None, Duration::from_secs(60))
