@@ -304,6 +304,12 @@ fn bench_save(n: u32, iters: usize) {
             panic!("save: {e}");
         }
     });
+    // The CPU part of a save alone (the rest is the write and two fsyncs).
+    let serialise = common::Timings::measure(2, iters, || {
+        std::hint::black_box(serde_json::to_vec(std::hint::black_box(&memory)).map(|v| v.len()))
+            .ok();
+    });
+    common::report(&format!("state serialise, {n} workers"), &serialise, None);
     let bytes = std::fs::metadata(state.path().join("state.json")).map_or(0, |m| m.len());
     let target = (n == 2000).then_some(Duration::from_millis(10));
     common::report(&format!("state save, {n} workers"), &save, target);

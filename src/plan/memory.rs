@@ -18,7 +18,11 @@ use crate::observe::{LogCursor, ProcessIdentity};
 ///   [`WorkerMemory::job`] record. Version 1 files load as they are (nothing in them is a job);
 ///   an automon that knows only version 1 refuses a version 2 file rather than take a job's
 ///   handle for a process that is gone (and start a duplicate).
-pub const MEMORY_VERSION: u32 = 2;
+/// - 3: a worker's [`WorkerMemory::recent_signals`] are one string of 16 hex digits per
+///   fingerprint instead of a list of numbers (a third of the bytes of a 2,000-worker state
+///   file, which is written whenever a pass changed something). Versions 1 and 2 load as they
+///   are; an automon that knows only version 2 refuses a version 3 file with a clear error.
+pub const MEMORY_VERSION: u32 = 3;
 
 /// How many distinct progress-line fingerprints are remembered per worker: a line repeated
 /// within this many distinct lines is not new progress (a loop that logs the same batch).
@@ -251,7 +255,11 @@ pub struct WorkerMemory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_cursor: Option<LogCursor>,
     /// Fingerprints of recent progress lines (see [`RECENT_SIGNALS`]).
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "VecDeque::is_empty",
+        with = "signals_as_hex"
+    )]
     pub recent_signals: VecDeque<u64>,
     /// A cursor phrase the log keeps repeating without the checkpoint moving (a discovery loop),
     /// with the running count.
@@ -571,4 +579,65 @@ pub struct ScanHold {
     pub why: String,
     /// When the hold began (boot clock).
     pub since: BootTime,
+}
+
+/// [`WorkerMemory::recent_signals`] as persisted: one string, 16 lowercase hex digits per
+/// fingerprint, oldest first (version 3); read also as a list of numbers (versions 1 and 2).
+mod signals_as_hex {
+    use std::collections::VecDeque;
+    use std::fmt::Write as _;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(signals: &VecDeque<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(signals.len() * 16);
+        for fp in signals {
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{fp:016x}");
+        }
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<u64>, D::Error> {
+        struct Signals;
+        impl<'de> Visitor<'de> for Signals {
+            type Value = VecDeque<u64>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("fingerprints: a string of 16 hex digits each, or a list of numbers")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if !text.len().is_multiple_of(16) {
+                    return Err(E::custom(format!(
+                        "recent_signals: {} hex digits is not a whole number of 16-digit fingerprints",
+                        text.len()
+                    )));
+                }
+                (0..text.len())
+                    .step_by(16)
+                    .map(|i| {
+                        text.get(i..i + 16)
+                            .and_then(|h| u64::from_str_radix(h, 16).ok())
+                            .ok_or_else(|| {
+                                E::custom(format!(
+                                    "recent_signals: fingerprint {} is not 16 hex digits",
+                                    i / 16 + 1
+                                ))
+                            })
+                    })
+                    .collect()
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = VecDeque::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(fp) = seq.next_element::<u64>()? {
+                    out.push_back(fp);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Signals)
+    }
 }

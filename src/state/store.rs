@@ -78,7 +78,9 @@ pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> 
         source,
     };
     super::private::ensure_dir(state_dir).map_err(io)?;
-    let json = serde_json::to_vec_pretty(memory).map_err(|e| io(std::io::Error::other(e)))?;
+    // Compact, not pretty: at 2,000 workers the indentation alone was a third of the file,
+    // written and fsynced whenever a pass changed something (`jq . state.json` reads it).
+    let json = serde_json::to_vec(memory).map_err(|e| io(std::io::Error::other(e)))?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(io)?;
     tmp.write_all(&json).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
@@ -179,14 +181,52 @@ mod tests {
         assert!(!handles.is_empty(), "the fixture records running workers");
         assert!(handles.iter().all(|h| !h.is_job()), "{handles:?}");
         assert!(m.workers.values().all(|w| w.job.is_none()));
-        // Saved again (as the planner stamps it), it reads back the same at version 2.
+        let signals: usize = m.workers.values().map(|w| w.recent_signals.len()).sum();
+        assert!(
+            signals > 0,
+            "the fixture remembers progress lines as numbers"
+        );
+        // Saved again (as the planner stamps it), it reads back the same at the current
+        // version, its fingerprints now one hex string per worker.
         let m = Memory {
             version: MEMORY_VERSION,
             ..m
         };
-        assert_eq!(MEMORY_VERSION, 2);
+        assert_eq!(MEMORY_VERSION, 3);
         save_memory(dir.path(), &m).expect("save");
         assert_eq!(load_memory(dir.path()).expect("load"), m);
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).expect("read");
+        assert!(text.contains("\"recent_signals\":\""), "hex strings");
+    }
+
+    /// Fingerprints are kept as hex (version 3) and still read as numbers (versions 1 and
+    /// 2); a damaged hex string is an error naming the file, never a silent empty list (an
+    /// empty list would count every remembered line as new progress).
+    #[test]
+    fn recent_signals_read_as_numbers_or_hex_and_damaged_hex_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(STATE_FILE);
+        let with = |signals: &str| {
+            format!("{{\"version\": 2, \"workers\": {{\"0\": {{\"recent_signals\": {signals}}}}}}}")
+        };
+        std::fs::write(&file, with("[1, 18446744073709551615]")).expect("write");
+        let old = load_memory(dir.path()).expect("numbers load");
+        std::fs::write(&file, with("\"0000000000000001ffffffffffffffff\"")).expect("write");
+        let new = load_memory(dir.path()).expect("hex loads");
+        assert_eq!(old, new);
+        assert_eq!(
+            Vec::from(new.workers[&crate::WorkerId(0)].recent_signals.clone()),
+            [1, u64::MAX]
+        );
+        for damaged in ["\"00000000000000\"", "\"000000000000000g\""] {
+            std::fs::write(&file, with(damaged)).expect("write");
+            let err = load_memory(dir.path()).expect_err(damaged);
+            assert!(
+                err.to_string().contains("state.json")
+                    && err.to_string().contains("recent_signals"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
