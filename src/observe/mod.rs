@@ -245,7 +245,9 @@ impl ProgressReader {
         }
         let obs = progress::read(path, pointers);
         // Only a stable version is kept: a file rewritten during the read is read again.
-        *parsed = (progress::version(path) == Some(version)).then(|| (version, obs.clone()));
+        if progress::version(path) == Some(version) {
+            *parsed = Some((version, obs.clone()));
+        }
         (obs, true)
     }
 }
