@@ -8,10 +8,11 @@
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors automon needs besides one per worker: standard streams, the lock, the events
-/// and history logs, the runtime's epoll and signal pipes, and those a start holds for an
-/// instant (the log twice, the exec-error pipe), with room for the metrics listener and an
-/// LLM connection.
-pub const BASE_DESCRIPTORS: u64 = 30;
+/// and history logs, the runtime's epoll and signal pipes, the observer's inotify descriptor
+/// (and the handles on the fleet's few directories it holds during a pass), and those a start
+/// holds for an instant (the log twice, the exec-error pipe), with room for the metrics
+/// listener and an LLM connection.
+pub const BASE_DESCRIPTORS: u64 = 31;
 
 /// The limits automon runs with, and the soft limit it was started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub fn needed(max_workers: u32) -> u64 {
 /// Refuses a fleet that cannot fit under the soft limit, with what to do about it.
 ///
 /// # Errors
-/// A sentence such as "2,000 workers need about 2,030 open files; the limit is 1,024 (hard
+/// A sentence such as "2,000 workers need about 2,031 open files; the limit is 1,024 (hard
 /// 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit".
 pub fn check_fleet(max_workers: u32, limits: &FdLimits) -> Result<(), String> {
     let need = needed(max_workers);
@@ -111,10 +112,10 @@ mod tests {
         };
         assert_eq!(
             check_fleet(2000, &limits),
-            Err("2,000 workers need about 2,030 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit".into())
+            Err("2,000 workers need about 2,031 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit".into())
         );
-        assert_eq!(check_fleet(994, &limits), Ok(()));
-        assert!(check_fleet(995, &limits).is_err());
+        assert_eq!(check_fleet(993, &limits), Ok(()));
+        assert!(check_fleet(994, &limits).is_err());
     }
 
     #[test]

@@ -168,14 +168,22 @@ pub struct Observer {
     redactor: crate::secrets::Redactor,
 }
 
-/// A worker's progress file and log: their paths, and each as a name in an open directory.
+/// A worker's progress file and log: their paths, each as a name in an open directory, and the
+/// last parse of the progress file.
 #[derive(Debug)]
 struct WorkerFiles {
     progress: PathBuf,
     log: PathBuf,
     progress_at: Option<dirs::FileAt>,
     log_at: Option<dirs::FileAt>,
+    /// The last parse of the progress file, with the version it was read at (kept here, not
+    /// in a map keyed by the path: no hashing of the path per worker per pass).
+    parsed: ParsedProgress,
 }
+
+/// A progress file's last parse and the (stable) version it was read at; `None` when it was
+/// never read, or was missing.
+type ParsedProgress = Option<(progress::FileVersion, ProgressObservation)>;
 
 /// Re-reads of a progress file that exists but does not parse, within one pass.
 const TORN_RETRIES: u32 = 3;
@@ -186,21 +194,27 @@ const TORN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(2
 #[derive(Debug)]
 struct ProgressReader {
     pointers: progress::Pointers,
-    cache: std::collections::HashMap<PathBuf, (progress::FileVersion, ProgressObservation)>,
+    /// The last parses of files not among the observer's own (a worker of another `desired`).
+    others: std::collections::HashMap<PathBuf, ParsedProgress>,
 }
 
 impl ProgressReader {
-    /// Reads a progress file, or reuses the last parse when the file is unchanged. A file that
-    /// exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`] apart: a
-    /// non-atomic writer (truncate, then write) is often caught mid-write, and the next read a
-    /// moment later parses.
-    fn read(&mut self, path: &Path, seen: Option<progress::FileVersion>) -> ProgressObservation {
+    /// Reads a progress file, or reuses its last parse (`parsed`) when the file is unchanged. A
+    /// file that exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`]
+    /// apart: a non-atomic writer (truncate, then write) is often caught mid-write, and the
+    /// next read a moment later parses.
+    fn read(
+        pointers: &progress::Pointers,
+        path: &Path,
+        seen: Option<progress::FileVersion>,
+        parsed: &mut ParsedProgress,
+    ) -> ProgressObservation {
         let mut tries = 0;
         let mut seen = Some(seen);
         loop {
             // The first look uses the version the pass's `stat` found; a re-read stats again.
             let version = seen.take().unwrap_or_else(|| progress::version(path));
-            let (obs, fresh) = self.read_once(path, version);
+            let (obs, fresh) = Self::read_once(pointers, path, version, parsed);
             // (An unchanged file that did not parse last time is not read again.)
             if !matches!(obs, ProgressObservation::Unreadable { .. })
                 || !fresh
@@ -213,26 +227,26 @@ impl ProgressReader {
         }
     }
 
-    /// One read; `true` when the file was read now, not taken from the cache.
+    /// One read; `true` when the file was read now, not taken from `parsed`.
     fn read_once(
-        &mut self,
+        pointers: &progress::Pointers,
         path: &Path,
         version: Option<progress::FileVersion>,
+        parsed: &mut ParsedProgress,
     ) -> (ProgressObservation, bool) {
         let Some(version) = version else {
-            self.cache.remove(path);
-            return (progress::read(path, &self.pointers), true);
+            *parsed = None;
+            return (progress::read(path, pointers), true);
         };
-        if let Some((v, obs)) = self.cache.get(path)
+        if let Some((v, obs)) = parsed
             && *v == version
         {
             return (obs.clone(), false);
         }
-        let obs = progress::read(path, &self.pointers);
-        // Only a stable version is cached: a file rewritten during the read is read again.
+        let obs = progress::read(path, pointers);
+        // Only a stable version is kept: a file rewritten during the read is read again.
         if progress::version(path) == Some(version) {
-            self.cache
-                .insert(path.to_path_buf(), (version, obs.clone()));
+            *parsed = Some((version, obs.clone()));
         }
         (obs, true)
     }
@@ -249,7 +263,7 @@ impl Observer {
                 items: desired.items_pointer.clone(),
                 completion: desired.completion_pointer.clone(),
             },
-            cache: std::collections::HashMap::new(),
+            others: std::collections::HashMap::new(),
         };
         let format =
             logtail::LineFormat::new(&desired.timestamp_format, jiff::tz::TimeZone::system());
@@ -264,6 +278,7 @@ impl Observer {
                     log_at: dirs.locate(&log),
                     progress,
                     log,
+                    parsed: None,
                 };
                 (id, files)
             })
@@ -302,7 +317,7 @@ impl Observer {
             redactor,
         } = self;
         let boot = proc::boot_id(&roots.proc);
-        let open_dirs = dirs.open();
+        let mut open_dirs = dirs.open();
         let workers = desired
             .worker_ids()
             .into_iter()
@@ -326,21 +341,30 @@ impl Observer {
                         && process == Some(ProcessStatus::Exited)
                         && proc::group_exists(p.identity.pid)
                 });
-                let rendered;
-                let files = match paths.get(&id) {
+                // A worker not among the observer's own (another `desired`): its paths rendered
+                // now, its last parse kept in `others`.
+                let mut other = None;
+                let files = match paths.get_mut(&id) {
                     Some(f) => f,
                     None => {
-                        rendered = WorkerFiles {
-                            progress: desired.progress_path(id),
+                        let path = desired.progress_path(id);
+                        let parsed = progress.others.remove(&path).flatten();
+                        other.insert(WorkerFiles {
+                            progress: path,
                             log: desired.log_path(id),
                             progress_at: None,
                             log_at: None,
-                        };
-                        &rendered
+                            parsed,
+                        })
                     }
                 };
                 let seen = open_dirs.version(files.progress_at.as_ref(), &files.progress);
-                let mut progress = progress.read(&files.progress, seen);
+                let mut progress_seen = ProgressReader::read(
+                    &progress.pointers,
+                    &files.progress,
+                    seen,
+                    &mut files.parsed,
+                );
                 let seen = mem
                     .and_then(|m| m.log_cursor.as_ref())
                     .and_then(|_| open_dirs.version(files.log_at.as_ref(), &files.log));
@@ -352,13 +376,16 @@ impl Observer {
                     &desired.patterns,
                     format,
                 );
-                redact_worker_text(redactor, &mut progress, &mut log);
+                if let Some(f) = other {
+                    progress.others.insert(f.progress, f.parsed);
+                }
+                redact_worker_text(redactor, &mut progress_seen, &mut log);
                 (
                     id,
                     WorkerObservation {
                         process,
                         group_alive,
-                        progress,
+                        progress: progress_seen,
                         log,
                     },
                 )

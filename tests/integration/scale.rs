@@ -245,7 +245,7 @@ fn a_fleet_that_cannot_fit_under_the_hard_limit_is_refused_before_anything_start
     );
     assert!(
         stderr.contains(
-            "1,100 workers need about 1,130 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit"
+            "1,100 workers need about 1,131 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit"
         ),
         "the refusal says what to do:\n{stderr}"
     );
