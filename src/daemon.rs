@@ -910,11 +910,6 @@ pub async fn run(
         d.answer_waiting();
         let end = d.after(&plan);
         let requeue = plan.requeue_after;
-        let starts = plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a, Action::Start(_)))
-            .count();
         d.last_plan = Some(plan);
         if let After::End(end) = end {
             return Ok(end);
@@ -924,9 +919,6 @@ pub async fn run(
             trimmed = true;
             let bytes = crate::footprint::release_startup_code();
             tracing::debug!(bytes, "released the startup code's pages");
-            crate::footprint::trim_heap();
-        } else if opts.watch && starts >= crate::footprint::TRIM_AFTER_STARTS {
-            crate::footprint::trim_heap();
         }
         if !opts.watch {
             one_shot_passes += 1;

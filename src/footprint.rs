@@ -65,28 +65,6 @@ pub fn return_large_blocks() -> bool {
     }
 }
 
-/// Passes that started at least this many workers end with [`trim_heap`].
-pub const TRIM_AFTER_STARTS: usize = 16;
-
-/// Gives the heap's free pages back to the kernel (`malloc_trim(0)`, which also releases whole
-/// free pages in the middle of the heap, not only at its top). Called after the first pass and
-/// after a pass that started many workers: each start leaves short-lived blocks (argv, the
-/// child's environment, the event line) between the long-lived ones it creates (the reaper's
-/// task, the process record), so the freed ones stay resident as holes. With 1,000 idle
-/// workers it gave back about 1.9 MB of 9.5 MB of anonymous memory (`RssAnon`). A walk of the
-/// heap's free lists: well under a millisecond at these sizes, and only on such passes.
-#[allow(unsafe_code)]
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: `malloc_trim` only returns free memory to the kernel; it takes each arena's
-        // lock, so any thread may call it at any time.
-        unsafe {
-            nix::libc::malloc_trim(0);
-        }
-    }
-}
-
 /// A file as `/proc/PID/maps` names it: device major and minor (hex there) and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MappedFile {
@@ -200,73 +178,6 @@ mod tests {
             probe(false),
             16,
             "without the fix, the freed block raised the threshold and the next one is on the heap"
-        );
-    }
-
-    /// `RssAnon` of this process, in KB.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn rss_anon_kb() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("RssAnon line")
-    }
-
-    /// Run alone in a child process by the test below (one thread, nothing else allocating):
-    /// the heap after many starts, as a pattern — a long-lived block, then a short-lived 8 KB
-    /// one (a start's argv and environment), 2,000 times; the short ones freed. Prints
-    /// `RssAnon` after the frees and after [`trim_heap`].
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    #[ignore = "run by holes_left_by_freed_blocks_between_live_ones_go_back_to_the_kernel"]
-    fn heap_holes_probe() {
-        let mut keep = Vec::with_capacity(2_000);
-        let mut transient = Vec::with_capacity(2_000);
-        for i in 0..2_000u32 {
-            keep.push(std::hint::black_box(vec![i as u8; 64]));
-            transient.push(std::hint::black_box(vec![i as u8; 8 * 1024]));
-        }
-        drop(transient);
-        let freed = rss_anon_kb();
-        trim_heap();
-        let trimmed = rss_anon_kb();
-        std::hint::black_box(&keep);
-        println!("FREED={freed} TRIMMED={trimmed}");
-    }
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn holes_left_by_freed_blocks_between_live_ones_go_back_to_the_kernel() {
-        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "footprint::tests::heap_holes_probe",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .output()
-            .expect("run the probe");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "probe failed: {text}");
-        let figure = |key: &str| -> u64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in: {text}"))
-        };
-        let (freed, trimmed) = (figure("FREED="), figure("TRIMMED="));
-        // About 16 MB of holes: free() alone keeps them resident (the control) ...
-        assert!(
-            freed >= 12 * 1024,
-            "the holes stay resident after free: {text}"
-        );
-        // ... and the trim gives back at least the whole pages inside them (two per hole).
-        assert!(
-            freed.saturating_sub(trimmed) >= 6 * 1024,
-            "the trim gave back whole free pages: {text}"
         );
     }
 
