@@ -21,7 +21,10 @@ use crate::observe::{LogCursor, ProcessIdentity};
 /// - 3: a worker's [`WorkerMemory::recent_signals`] are one string of 16 hex digits per
 ///   fingerprint instead of a list of numbers (a third of the bytes of a 2,000-worker state
 ///   file, which is written whenever a pass changed something). Versions 1 and 2 load as they
-///   are; an automon that knows only version 2 refuses a version 3 file with a clear error.
+///   are. An automon that knows only version 2 cannot read a version 3 file and calls it
+///   corrupt (it parsed the whole file before looking at the version; from version 3 on the
+///   version is read first, so a newer file is always called newer): going back to an older
+///   build needs the state directory of that build, never `--reset-state`.
 pub const MEMORY_VERSION: u32 = 3;
 
 /// How many distinct progress-line fingerprints are remembered per worker: a line repeated
@@ -619,6 +622,8 @@ mod signals_as_hex {
                     .step_by(16)
                     .map(|i| {
                         text.get(i..i + 16)
+                            // Digits only: `from_str_radix` would take a leading `+`.
+                            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                             .and_then(|h| u64::from_str_radix(h, 16).ok())
                             .ok_or_else(|| {
                                 E::custom(format!(

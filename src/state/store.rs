@@ -54,17 +54,25 @@ pub fn load_memory(state_dir: &Path) -> Result<Memory, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Memory::default()),
         Err(source) => return Err(StateError::Io { path, source }),
     };
-    let memory: Memory = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+    // The version first, alone: a file from a newer automon may not parse as this one's
+    // memory at all, and must be called newer, never "corrupt" (whose advice, `--reset-state`,
+    // would throw its memory away).
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        #[serde(default)]
+        version: u32,
+    }
+    let corrupt = |e: serde_json::Error| StateError::Corrupt {
         path: path.clone(),
         why: e.to_string(),
-    })?;
-    if memory.version > MEMORY_VERSION {
-        return Err(StateError::Version {
-            path,
-            found: memory.version,
-        });
+    };
+    let found = serde_json::from_slice::<VersionOnly>(&bytes)
+        .map_err(corrupt)?
+        .version;
+    if found > MEMORY_VERSION {
+        return Err(StateError::Version { path, found });
     }
-    Ok(memory)
+    serde_json::from_slice(&bytes).map_err(corrupt)
 }
 
 /// Writes the memory atomically to `state_dir/state.json`, creating the directory.
@@ -218,7 +226,11 @@ mod tests {
             Vec::from(new.workers[&crate::WorkerId(0)].recent_signals.clone()),
             [1, u64::MAX]
         );
-        for damaged in ["\"00000000000000\"", "\"000000000000000g\""] {
+        for damaged in [
+            "\"00000000000000\"",
+            "\"000000000000000g\"",
+            "\"+000000000000001\"",
+        ] {
             std::fs::write(&file, with(damaged)).expect("write");
             let err = load_memory(dir.path()).expect_err(damaged);
             assert!(
@@ -227,6 +239,28 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Regression: a file of a newer format whose fields this automon cannot parse was called
+    /// "corrupt" (and the advice was `--reset-state`), because the version was checked only
+    /// after a full parse.
+    #[test]
+    fn a_newer_format_is_called_newer_even_when_its_fields_do_not_parse_here() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let newer = MEMORY_VERSION + 1;
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            format!(
+                "{{\"workers\": {{\"0\": {{\"checkpoint\": {{\"at\": 5}}}}}}, \"version\": {newer}}}"
+            ),
+        )
+        .expect("write");
+        let err = load_memory(dir.path()).expect_err("newer");
+        assert!(
+            matches!(err, StateError::Version { found, .. } if found == newer),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this automon"), "{err}");
     }
 
     #[test]
