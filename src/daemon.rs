@@ -168,8 +168,13 @@ struct Daemon<'a> {
     lock: InstanceLock,
     /// Set while the memory is not on disk (the last save failed).
     unsaved: Option<Unsaved>,
-    /// The history basis of the oldest memory handed to the writer and not yet on disk.
-    unsaved_basis: Option<crate::state::HistoryBasis>,
+    /// The history basis of the memory whose fix-history records were last taken (handed to
+    /// the writer with a snapshot, or appended for a code fix): the next records are what
+    /// changed since.
+    history_basis: crate::state::HistoryBasis,
+    /// Fix-history records handed to the writer with a snapshot not yet on disk, with that
+    /// snapshot's generation (`automon history` shows them).
+    unsaved_records: Vec<(u64, crate::state::HistoryRecord)>,
     /// Writes into the state directory, off this thread (see [`state::StateWriter`]).
     writer: state::StateWriter,
     /// The generation of the last memory snapshot handed to the writer.
@@ -203,7 +208,6 @@ impl Daemon<'_> {
             stopping: self.stops_in_flight.keys().copied().collect(),
         };
         let now = crate::clock::Now::read();
-        let history_basis = crate::state::HistoryBasis::of(&self.memory);
         self.say_slow_writes();
         let mut observed = self.observer.observe(
             &self.desired,
@@ -306,16 +310,12 @@ impl Daemon<'_> {
         let unchanged = self.unsaved.is_none() && self.saved == Some(fingerprint);
         if !unchanged {
             self.generation += 1;
-            // The history records of what is not on disk yet (`automon history` shows them).
-            if self.unsaved_basis.is_none() {
-                self.unsaved_basis = Some(history_basis.clone());
-            }
-            self.writer.save(
-                self.generation,
-                self.memory.clone(),
-                history_basis,
-                self.desired.clone(),
-            );
+            let records = self.take_history_records();
+            // Shown by `automon history` until the save is on disk.
+            self.unsaved_records
+                .extend(records.iter().map(|r| (self.generation, r.clone())));
+            self.writer
+                .save(state::Snapshot::of(self.generation, &self.memory, records));
             self.saved = Some(fingerprint);
         }
         self.launch_deferred();
@@ -324,15 +324,21 @@ impl Daemon<'_> {
         Ok(plan)
     }
 
+    /// The fix-history records for what changed in the memory since they were last taken.
+    fn take_history_records(&mut self) -> Vec<crate::state::HistoryRecord> {
+        let records =
+            crate::state::history_changes(&self.history_basis, &self.memory, &self.desired);
+        self.history_basis = crate::state::HistoryBasis::of(&self.memory);
+        records
+    }
+
     /// What a save's outcome changes: a failure is said loudly and holds new starts (the next
     /// pass hands the memory over again); a success after failures lets them start again.
     fn on_saved(&mut self, done: state::SaveDone) {
         match done.result {
             Ok(()) => {
                 self.saved_pids = done.pids;
-                if done.generation == self.generation {
-                    self.unsaved_basis = None;
-                }
+                self.unsaved_records.retain(|(g, _)| *g > done.generation);
                 if let Some(u) = self.unsaved.take() {
                     self.saved_again = true;
                     self.events.record(
@@ -717,7 +723,6 @@ impl Daemon<'_> {
             }
             Wake::CodeFix { worker, outcome } => {
                 // An applied fix is an attempt: the history gets its `fix` record here.
-                let basis = crate::state::HistoryBasis::of(&self.memory);
                 let message =
                     plan::record_code_fix(&mut self.memory, &self.desired, worker, outcome, now);
                 let record = crate::state::HistoryRecord {
@@ -731,14 +736,13 @@ impl Daemon<'_> {
                     succeeded: None,
                     analysis: None,
                 };
-                let (history, memory, desired) = (
-                    self.history.clone(),
-                    self.memory.clone(),
-                    self.desired.clone(),
-                );
+                let mut records = self.take_history_records();
+                records.push(record);
+                let history = self.history.clone();
                 self.writer.submit("appending to the fix history", move || {
-                    history.record_changes(&basis, &memory, &desired);
-                    history.append(&record);
+                    for record in &records {
+                        history.append(record);
+                    }
                 });
                 message
             }
@@ -840,6 +844,7 @@ pub async fn run(
         crate::metrics::Reporter::new(&opts.report, &opts.state_dir, opts.watch, metrics);
     reporter.write_through(writer.clone());
     let (llm, llm_error) = llm_for(desired);
+    let history_basis = crate::state::HistoryBasis::of(&memory);
     let mut d = Daemon {
         desired: desired.clone(),
         opts,
@@ -869,7 +874,8 @@ pub async fn run(
         condition: None,
         lock,
         unsaved: None,
-        unsaved_basis: None,
+        history_basis,
+        unsaved_records: Vec::new(),
         writer,
         generation: 0,
         deferred: Vec::new(),
@@ -1356,11 +1362,8 @@ impl Daemon<'_> {
                 )],
             ),
         };
-        let unsaved = self.unsaved_basis.as_ref().map_or_else(Vec::new, |basis| {
-            crate::state::history_changes(basis, &self.memory, &self.desired)
-        });
-        let n = unsaved.len();
-        records.extend(unsaved);
+        let n = self.unsaved_records.len();
+        records.extend(self.unsaved_records.iter().map(|(_, r)| r.clone()));
         crate::control::HistoryView {
             pid: std::process::id(),
             records,

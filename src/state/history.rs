@@ -83,19 +83,11 @@ impl FixHistory {
             crate::errln!("automon: cannot append to {}: {e}", self.path.display());
         }
     }
-
-    /// Appends records for what changed since `old` (the basis of an earlier memory, see
-    /// [`HistoryBasis::of`]): new fix attempts, new verifications, new pauses and failures.
-    pub fn record_changes(&self, old: &HistoryBasis, new: &Memory, desired: &Desired) {
-        for record in changes(old, new, desired) {
-            self.append(&record);
-        }
-    }
 }
 
-/// The records of what changed since `old` ([`FixHistory::record_changes`] appends them; the
-/// running loop also shows them to `automon history` while a failed save keeps them off
-/// disk).
+/// The records of what changed since `old` (the loop hands them to the writer with the
+/// snapshot they describe, to be appended once it is on disk, and shows them to `automon
+/// history` until then).
 pub fn changes(old: &HistoryBasis, new: &Memory, desired: &Desired) -> Vec<HistoryRecord> {
     let mut out = Vec::new();
     {
@@ -164,7 +156,7 @@ pub fn changes(old: &HistoryBasis, new: &Memory, desired: &Desired) -> Vec<Histo
     out
 }
 
-/// What [`FixHistory::record_changes`] compares a pass's memory with: per worker, its fix
+/// What [`changes`] compares a memory with: per worker, its fix
 /// attempts (when, which, verified yet) and whether it was paused or failed. A few bytes per
 /// worker with fixes, where a copy of the whole memory would cost as much as planning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -39,7 +39,7 @@ pub fn lock_holder(state_dir: &std::path::Path) -> Option<i32> {
 }
 pub use status::{DaemonStatus, STATUS_FILE, read_status, status_file, write_status};
 pub use store::{StateError, load_memory, move_aside, remove_stale_temp_files, save_memory};
-pub use writer::{SaveDone, StateWriter};
+pub use writer::{SaveDone, Snapshot, StateWriter};
 
 use std::path::{Path, PathBuf};
 

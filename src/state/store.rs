@@ -80,17 +80,36 @@ pub fn load_memory(state_dir: &Path) -> Result<Memory, StateError> {
 /// # Errors
 /// [`StateError::Io`] naming the file.
 pub fn save_memory(state_dir: &Path, memory: &Memory) -> Result<(), StateError> {
+    write_state(state_dir, &serialize_memory(memory)?)
+}
+
+/// `state.json`'s bytes for `memory`. Compact, not pretty: at 2,000 workers the indentation
+/// alone was a third of the file, written and fsynced whenever a pass changed something
+/// (`jq . state.json` reads it).
+///
+/// # Errors
+/// [`StateError::Io`] naming the file, should the memory not serialise.
+pub fn serialize_memory(memory: &Memory) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(memory).map_err(|e| StateError::Io {
+        path: PathBuf::from(STATE_FILE),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// Writes `json` (from [`serialize_memory`]) as `state.json` in `state_dir`: a temp file,
+/// fsync, rename over the old one, fsync of the directory.
+///
+/// # Errors
+/// [`StateError::Io`] naming the file.
+pub fn write_state(state_dir: &Path, json: &[u8]) -> Result<(), StateError> {
     let path = state_dir.join(STATE_FILE);
     let io = |source| StateError::Io {
         path: path.clone(),
         source,
     };
     super::private::ensure_dir(state_dir).map_err(io)?;
-    // Compact, not pretty: at 2,000 workers the indentation alone was a third of the file,
-    // written and fsynced whenever a pass changed something (`jq . state.json` reads it).
-    let json = serde_json::to_vec(memory).map_err(|e| io(std::io::Error::other(e)))?;
     let mut tmp = tempfile::NamedTempFile::new_in(state_dir).map_err(io)?;
-    tmp.write_all(&json).map_err(io)?;
+    tmp.write_all(json).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(&path).map_err(|e| io(e.error))?;
     std::fs::File::open(state_dir)

@@ -16,27 +16,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::manifest::Desired;
+use crate::WorkerId;
 use crate::plan::Memory;
 
 /// A write to run on the writer thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A memory snapshot waiting to be saved.
-struct PendingSave {
+/// A memory snapshot to save: the loop serialises it (no copy of the memory crosses to the
+/// writer thread: at 2,000 workers a copy per save cost as much as the serialising, and its
+/// freed blocks stayed resident), with what the save's outcome needs.
+#[derive(Debug)]
+pub struct Snapshot {
     /// Its generation (increasing).
-    generation: u64,
-    memory: Memory,
-    /// The history basis of the oldest snapshot not yet saved: the fix history gets every
-    /// record between it and this memory once the save succeeds.
-    basis: super::HistoryBasis,
-    desired: Desired,
+    pub generation: u64,
+    /// `state.json`'s bytes, or why the memory could not be serialised.
+    pub json: Result<Vec<u8>, String>,
+    /// Each worker's pid in this memory.
+    pub pids: std::collections::BTreeMap<WorkerId, i32>,
+    /// The fix history's records for what changed since the snapshot before it, appended
+    /// once this snapshot is on disk.
+    pub records: Vec<super::HistoryRecord>,
+}
+
+impl Snapshot {
+    /// The snapshot of `memory` as generation `generation`, with `records` to append once it
+    /// is saved.
+    pub fn of(generation: u64, memory: &Memory, records: Vec<super::HistoryRecord>) -> Self {
+        Self {
+            generation,
+            json: super::store::serialize_memory(memory).map_err(|e| e.to_string()),
+            pids: memory
+                .workers
+                .iter()
+                .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.pid)))
+                .collect(),
+            records,
+        }
+    }
 }
 
 /// The save slot: the newest snapshot not written, and whether a job to write it is queued.
 #[derive(Default)]
 struct Slot {
-    pending: Option<PendingSave>,
+    pending: Option<Snapshot>,
     queued: bool,
 }
 
@@ -133,26 +155,15 @@ impl StateWriter {
         }
     }
 
-    /// Queues a save of `memory` as generation `generation`; `basis` is the history basis of
-    /// the memory before it. A snapshot still waiting is replaced (its basis kept).
-    pub fn save(
-        &self,
-        generation: u64,
-        memory: Memory,
-        basis: super::HistoryBasis,
-        desired: Desired,
-    ) {
+    /// Queues the save of `snapshot`. A snapshot still waiting is replaced (its history
+    /// records go first in the newer one's).
+    pub fn save(&self, mut snapshot: Snapshot) {
         let mut slot = lock(&self.inner.slot);
-        let basis = match slot.pending.take() {
-            Some(older) => older.basis,
-            None => basis,
-        };
-        slot.pending = Some(PendingSave {
-            generation,
-            memory,
-            basis,
-            desired,
-        });
+        if let Some(mut older) = slot.pending.take() {
+            older.records.append(&mut snapshot.records);
+            snapshot.records = older.records;
+        }
+        slot.pending = Some(snapshot);
         if slot.queued {
             return;
         }
@@ -208,28 +219,30 @@ fn write_pending(inner: &Inner) {
         return;
     };
     let began = Instant::now();
-    let result = super::save_memory(&inner.state_dir, &p.memory).map_err(|e| e.to_string());
+    let result = match &p.json {
+        Ok(json) => super::store::write_state(&inner.state_dir, json).map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
     let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
     tracing::debug!(target: "automon::state", micros, "state saved");
-    let pids = p
-        .memory
-        .workers
-        .iter()
-        .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.pid)))
-        .collect();
     let generation = p.generation;
+    let pids = p.pids.clone();
     match &result {
         Ok(()) => {
-            inner
-                .history
-                .record_changes(&p.basis, &p.memory, &p.desired);
+            for record in &p.records {
+                inner.history.append(record);
+            }
             inner.saved.send_replace(generation);
         }
         Err(_) => {
-            // Kept for the retry: a newer snapshot inherits this one's basis.
+            // Kept for the retry: a newer snapshot takes this one's records first.
             let mut slot = lock(&inner.slot);
             match &mut slot.pending {
-                Some(newer) => newer.basis = p.basis,
+                Some(newer) => {
+                    let mut records = p.records;
+                    records.append(&mut newer.records);
+                    newer.records = records;
+                }
                 None => slot.pending = Some(p),
             }
         }
