@@ -379,6 +379,7 @@ impl Observer {
                 if let Some(f) = other {
                     progress.others.insert(f.progress, f.parsed);
                 }
+                keep_what_the_planner_can_use(&mut log);
                 redact_worker_text(redactor, &mut progress_seen, &mut log);
                 (
                     id,
@@ -409,6 +410,36 @@ impl Observer {
             unsaved_state: None,
         }
     }
+}
+
+/// Bounds what one read of a log keeps to what the planner can use: the last
+/// [`RECENT_SIGNALS`](crate::plan::memory::RECENT_SIGNALS) records (it remembers no more lines
+/// than that), and, from the records before them, the last of each class (the last completion
+/// claim, error and upload line each count on their own). A first look at a long log, or a
+/// worker writing thousands of lines a second, would otherwise hold every line of its 64 KiB
+/// window until the pass is planned: 2,000 such workers held 190 MB, and the heap kept it.
+fn keep_what_the_planner_can_use(log: &mut LogObservation) {
+    let LogObservation::Read { records, .. } = log else {
+        return;
+    };
+    let keep = crate::plan::memory::RECENT_SIGNALS;
+    if records.len() <= keep {
+        return;
+    }
+    let cut = records.len() - keep;
+    let mut last_of_class: Vec<usize> = Vec::new();
+    for (i, r) in records[..cut].iter().enumerate().rev() {
+        if !last_of_class.iter().any(|&j| records[j].class == r.class) {
+            last_of_class.push(i);
+        }
+    }
+    let mut i = 0;
+    records.retain(|_| {
+        let kept = i >= cut || last_of_class.contains(&i);
+        i += 1;
+        kept
+    });
+    records.shrink_to_fit();
 }
 
 /// Redacts, in place, every text of one worker's observation that came from its files: log
@@ -691,6 +722,76 @@ spec:
             started: [(4242, start_ticks)].into(),
             stopping: Default::default(),
         }
+    }
+
+    /// Regression (issue 25): a read of a long log kept every line of its 64 KiB window until
+    /// the pass was planned; 2,000 workers whose logs held 51 KB each made automon 190 MB, and
+    /// the heap kept it. A real 1,000-line log is read for the first time here.
+    #[test]
+    fn a_long_log_read_keeps_only_the_lines_the_planner_can_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proc_root = dir.path().join("proc");
+        std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
+        std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
+        let mut log = String::new();
+        // 1,000 lines of about 50 bytes: all inside the 64 KiB window.
+        for n in 0..1000 {
+            let line = match n {
+                3 => "ERROR - could not open book 3".to_string(),
+                7 => "INFO - Migration complete".to_string(),
+                _ => format!("INFO - Processed batch {n}"),
+            };
+            log.push_str(&format!("2026-12-07 10:00:00,000 - {line}\n"));
+        }
+        std::fs::write(dir.path().join("w0.log"), log).expect("log");
+        let desired = desired(dir.path());
+        let mut observer = Observer::new(
+            &desired,
+            Roots {
+                proc: proc_root,
+                sys: dir.path().join("sys"),
+            },
+        );
+        let now = BootTime::from_duration(std::time::Duration::from_secs(2000));
+        let mut memory = memory(now);
+        memory
+            .workers
+            .get_mut(&WorkerId(0))
+            .expect("worker 0")
+            .log_cursor = None;
+        let observed = observer.observe(
+            &desired,
+            &memory,
+            dir.path(),
+            Children::default(),
+            false,
+            now,
+        );
+        let LogObservation::Read { records, .. } = &observed.workers[&WorkerId(0)].log else {
+            panic!("the log is read: {:?}", observed.workers[&WorkerId(0)].log);
+        };
+        let keep = crate::plan::memory::RECENT_SIGNALS;
+        // The window's last lines, then the last error and completion claim before them (and
+        // the last activity line before the cut), in the file's order.
+        assert!(records.len() <= keep + 4, "{} records kept", records.len());
+        let messages: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
+        assert!(
+            messages[0].contains("ERROR - could not open book 3"),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("Migration complete"), "{messages:?}");
+        assert!(
+            messages
+                .last()
+                .is_some_and(|m| m.contains("Processed batch 999"))
+        );
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r.class == logtail::LineClass::Activity)
+                .count(),
+            keep + 1
+        );
     }
 
     #[test]

@@ -91,16 +91,157 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// A 128-bit XXH3 fingerprint of everything in the memory (its `Hash`, field by field):
-    /// equal memories give equal fingerprints, so the loop tells whether a pass changed
-    /// anything without keeping a copy of the memory (`daemon`'s unchanged-pass check). Only
-    /// meaningful within one process (`Hash` of a collection includes its length, not its
-    /// layout; nothing here is persisted).
-    pub fn fingerprint(&self) -> u128 {
-        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
-        std::hash::Hash::hash(self, &mut hasher);
-        hasher.digest128()
+    /// Fingerprints of the memory (128-bit XXH3 of its `Hash`, field by field), in two
+    /// halves: equal memories give equal fingerprints, so the loop tells whether a pass
+    /// changed anything, and what, without keeping a copy of the memory (`daemon`'s
+    /// unchanged-pass check). Only meaningful within one process (`Hash` of a collection
+    /// includes its length, not its layout; nothing here is persisted).
+    ///
+    /// `observed` covers what each pass reads anew from the workers' files and would read
+    /// again after a restart: checkpoints and when they moved (but not whether a worker has
+    /// one at all), item counts, the log cursor, the lines remembered, rate samples, the count
+    /// of quiet passes and the repeated-cursor tally. `intent` covers everything else, fields
+    /// added later included (the destructuring below names every field: a new one does not
+    /// compile until it is put on a side).
+    pub fn fingerprints(&self) -> Fingerprints {
+        use std::hash::Hash;
+        let mut intent = xxhash_rust::xxh3::Xxh3Default::new();
+        let mut observed = xxhash_rust::xxh3::Xxh3Default::new();
+        let Self {
+            version,
+            range,
+            shard_count,
+            boot_id,
+            workers,
+            totals,
+            desired_count,
+            params_basis,
+            applied_target,
+            last_scale_down,
+            last_scale_up,
+            scaling_holds,
+            scan_held,
+            last_applied,
+            applied_patches,
+            restart_for_code,
+        } = self;
+        (
+            version,
+            range,
+            shard_count,
+            boot_id,
+            totals,
+            desired_count,
+            params_basis,
+            applied_target,
+            last_scale_down,
+            last_scale_up,
+            scaling_holds,
+            scan_held,
+        )
+            .hash(&mut intent);
+        (
+            last_applied,
+            applied_patches,
+            restart_for_code,
+            workers.len(),
+        )
+            .hash(&mut intent);
+        for (id, w) in workers {
+            let WorkerMemory {
+                process,
+                job,
+                completed_at,
+                checkpoint,
+                checkpoint_changed_at,
+                items,
+                progress_problem,
+                unreadable_since,
+                last_progress_at,
+                left_discovery,
+                start_failures,
+                exits_without_progress_file,
+                failures,
+                restarts,
+                backoff_until,
+                restart_reason,
+                stuck_passes,
+                stopping,
+                differs,
+                log_cursor,
+                recent_signals,
+                repeating,
+                claimed_complete,
+                parked,
+                paused,
+                failed,
+                params,
+                fixes,
+                diagnosis,
+                diagnosis_requested_at,
+                stuck_since,
+                rate_samples,
+                last_error,
+            } = w;
+            (id, checkpoint.is_some()).hash(&mut intent);
+            (
+                process,
+                job,
+                completed_at,
+                progress_problem,
+                unreadable_since,
+                left_discovery,
+                start_failures,
+                exits_without_progress_file,
+                failures,
+                restarts,
+                backoff_until,
+                restart_reason,
+            )
+                .hash(&mut intent);
+            (
+                stopping,
+                differs,
+                claimed_complete,
+                parked,
+                paused,
+                failed,
+                params,
+                fixes,
+                diagnosis,
+                diagnosis_requested_at,
+                stuck_since,
+                last_error,
+            )
+                .hash(&mut intent);
+            (
+                id,
+                checkpoint,
+                checkpoint_changed_at,
+                items,
+                last_progress_at,
+                stuck_passes,
+                log_cursor,
+                recent_signals,
+                repeating,
+                rate_samples,
+            )
+                .hash(&mut observed);
+        }
+        Fingerprints {
+            intent: intent.digest128(),
+            observed: observed.digest128(),
+        }
     }
+}
+
+/// A memory's fingerprints ([`Memory::fingerprints`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprints {
+    /// Everything a restart could not read again from the workers' files.
+    pub intent: u128,
+    /// What each pass reads again from the workers' files.
+    pub observed: u128,
 }
 
 /// Counters kept for summaries and metrics.
@@ -673,5 +814,59 @@ mod signals_as_hex {
                 super::deserialize(&mut serde_json::Deserializer::from_slice(&out)).expect("de");
             assert_eq!(back, signals);
         }
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    /// What the loop saves at once and what may wait (daemon's `OBSERVED_SAVE_PERIOD`): a
+    /// checkpoint that moves, item counts and remembered lines are observed progress; a
+    /// worker's first checkpoint, its process, a fix attempt and the totals are not.
+    #[test]
+    fn observed_progress_changes_one_fingerprint_and_everything_else_the_other() {
+        let mut m = Memory::default();
+        m.workers.insert(WorkerId(0), WorkerMemory::default());
+        let base = m.fingerprints();
+        fn worker(m: &mut Memory) -> &mut WorkerMemory {
+            m.workers.get_mut(&WorkerId(0)).expect("worker 0")
+        }
+
+        worker(&mut m).checkpoint = Some(10);
+        let first = m.fingerprints();
+        assert_ne!(
+            first.intent, base.intent,
+            "a first checkpoint is saved at once"
+        );
+
+        worker(&mut m).checkpoint = Some(11);
+        worker(&mut m).recent_signals.push_back(7);
+        worker(&mut m).items = Some(5);
+        worker(&mut m).stuck_passes = 3;
+        let moved = m.fingerprints();
+        assert_eq!(moved.intent, first.intent, "moved progress may wait");
+        assert_ne!(moved.observed, first.observed, "but it is a change");
+
+        worker(&mut m).restarts = 1;
+        assert_ne!(m.fingerprints().intent, moved.intent, "a restart count");
+        worker(&mut m).restarts = 0;
+        m.totals.starts = 1;
+        assert_ne!(m.fingerprints().intent, moved.intent, "the totals");
+        m.totals.starts = 0;
+        worker(&mut m).paused = Some(Hold {
+            reason: "operator".into(),
+            at: Timestamp::UNIX_EPOCH,
+            by_operator: true,
+        });
+        assert_ne!(m.fingerprints().intent, moved.intent, "a hold");
+        worker(&mut m).paused = None;
+        assert_eq!(
+            m.fingerprints(),
+            moved,
+            "the same memory, the same fingerprints"
+        );
+        m.workers.insert(WorkerId(1), WorkerMemory::default());
+        assert_ne!(m.fingerprints().intent, moved.intent, "a worker more");
     }
 }

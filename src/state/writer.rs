@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// `state.json`'s bytes, or why the memory could not be serialised.
     pub json: Result<Vec<u8>, String>,
+    /// How long serialising took (on the loop's thread; the save's debug line adds it to
+    /// the write's time).
+    pub serialize_micros: u64,
     /// Each worker's pid in this memory.
     pub pids: std::collections::BTreeMap<WorkerId, i32>,
     /// The fix history's records for what changed since the snapshot before it, appended
@@ -42,9 +45,12 @@ impl Snapshot {
     /// The snapshot of `memory` as generation `generation`, with `records` to append once it
     /// is saved.
     pub fn of(generation: u64, memory: &Memory, records: Vec<super::HistoryRecord>) -> Self {
+        let began = Instant::now();
+        let json = super::store::serialize_memory(memory).map_err(|e| e.to_string());
         Self {
             generation,
-            json: super::store::serialize_memory(memory).map_err(|e| e.to_string()),
+            json,
+            serialize_micros: micros_since(began),
             pids: memory
                 .workers
                 .iter()
@@ -223,8 +229,15 @@ fn write_pending(inner: &Inner) {
         Ok(json) => super::store::write_state(&inner.state_dir, json).map_err(|e| e.to_string()),
         Err(e) => Err(e.clone()),
     };
-    let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-    tracing::debug!(target: "automon::state", micros, "state saved");
+    let write_micros = micros_since(began);
+    // `micros` is the whole save: serialising (on the loop's thread) and writing.
+    tracing::debug!(
+        target: "automon::state",
+        micros = p.serialize_micros.saturating_add(write_micros),
+        serialize_micros = p.serialize_micros,
+        write_micros,
+        "state saved"
+    );
     let generation = p.generation;
     let pids = p.pids.clone();
     match &result {
@@ -252,4 +265,8 @@ fn write_pending(inner: &Inner) {
         result,
         pids,
     });
+}
+
+fn micros_since(began: Instant) -> u64 {
+    u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

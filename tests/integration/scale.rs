@@ -327,8 +327,23 @@ fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
         || format!("recorded checkpoint of worker 1: {:?}", checkpoint_1()),
     );
     assert_ne!(inode(), after, "the changed memory was written anew");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // A moved checkpoint alone may wait up to OBSERVED_SAVE_PERIOD for its save; a SIGTERM
+    // in that time saves it on the way out (the loop has read it once two passes went by).
+    std::fs::write(progress.with_extension("tmp"), "{\"checkpoint\": 8}\n").expect("progress");
+    std::fs::rename(progress.with_extension("tmp"), &progress).expect("rename");
+    wait_for_passes(passes() + 2);
+    nix::sys::signal::kill(
+        Pid::from_raw(i32::try_from(daemon.id()).expect("pid")),
+        Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = daemon.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "SIGTERM ends the loop as interrupted");
+    assert_eq!(
+        checkpoint_1(),
+        Some(8),
+        "the checkpoint read before SIGTERM is on disk after it"
+    );
     let live: BTreeSet<u32> = live_workers(&state_dir).keys().copied().collect();
     assert_eq!(live, BTreeSet::from([0, 1, 2]), "the fleet kept running");
 }
