@@ -682,7 +682,7 @@ impl Daemon<'_> {
                     return;
                 };
                 let empty = crate::plan::WorkerMemory::default();
-                let w = self.memory.workers.get(&worker).unwrap_or(&empty);
+                let w = self.memory.workers.get(&worker).map_or(&empty, |w| w);
                 let status = plan
                     .workers
                     .get(&worker)
@@ -1660,10 +1660,10 @@ spec:
         for id in 0..8 {
             m.workers.insert(
                 WorkerId(id),
-                plan::WorkerMemory {
+                Box::new(plan::WorkerMemory {
                     items: Some(items),
                     ..plan::WorkerMemory::default()
-                },
+                }),
             );
         }
         m

@@ -520,7 +520,7 @@ pub fn build(
     let mut workers = Vec::new();
     let (mut keys_done, mut keys_total, mut total_rate, mut remaining) = (0u64, 0u64, 0.0f64, 0u64);
     for (id, s) in &plan.workers {
-        let w = memory.workers.get(id).unwrap_or(&empty);
+        let w = memory.workers.get(id).map_or(&empty, |w| w);
         let shard = desired.shard(*id);
         let done = match (shard, w.checkpoint) {
             (Some(sh), Some(c)) => c.min(sh.last_key()).saturating_sub(sh.initial_cursor()),

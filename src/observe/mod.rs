@@ -322,7 +322,7 @@ impl Observer {
             .worker_ids()
             .into_iter()
             .map(|id| {
-                let mem = memory.workers.get(&id);
+                let mem = memory.workers.get(&id).map(|w| &**w);
                 let recorded = mem.and_then(|m| m.process.as_ref());
                 let process = recorded.map(|p| {
                     if reaper_knows_alive(&children, &boot, &p.identity)
@@ -666,7 +666,7 @@ spec:
         };
         m.workers.insert(
             WorkerId(0),
-            WorkerMemory {
+            Box::new(WorkerMemory {
                 process: Some(RunningProcess {
                     identity: ProcessIdentity {
                         pid: 4242,
@@ -681,7 +681,7 @@ spec:
                 }),
                 last_progress_at: Some(progress_at),
                 ..WorkerMemory::default()
-            },
+            }),
         );
         m
     }

@@ -71,20 +71,20 @@ fn memory_with(pid: i32, stopping: Option<Stopping>) -> Memory {
     };
     m.workers.insert(
         WorkerId(0),
-        WorkerMemory {
+        Box::new(WorkerMemory {
             process: Some(process(pid, at(0))),
             checkpoint: Some(40),
             stopping,
             ..WorkerMemory::default()
-        },
+        }),
     );
     for id in 1..4 {
         m.workers.insert(
             WorkerId(id),
-            WorkerMemory {
+            Box::new(WorkerMemory {
                 process: Some(process(100 + i32::try_from(id).expect("small"), at(0))),
                 ..WorkerMemory::default()
-            },
+            }),
         );
     }
     m

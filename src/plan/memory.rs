@@ -50,7 +50,7 @@ pub struct Memory {
     pub boot_id: String,
     /// Per worker id.
     #[serde(default)]
-    pub workers: BTreeMap<WorkerId, WorkerMemory>,
+    pub workers: BTreeMap<WorkerId, Box<WorkerMemory>>,
     /// Running totals for summaries.
     #[serde(default)]
     pub totals: Totals,
@@ -182,7 +182,7 @@ impl Memory {
                 stuck_since,
                 rate_samples,
                 last_error,
-            } = w;
+            } = &**w;
             (id, checkpoint.is_some()).hash(&mut intent);
             (
                 process,
@@ -827,7 +827,8 @@ mod fingerprint_tests {
     #[test]
     fn observed_progress_changes_one_fingerprint_and_everything_else_the_other() {
         let mut m = Memory::default();
-        m.workers.insert(WorkerId(0), WorkerMemory::default());
+        m.workers
+            .insert(WorkerId(0), Box::new(WorkerMemory::default()));
         let base = m.fingerprints();
         fn worker(m: &mut Memory) -> &mut WorkerMemory {
             m.workers.get_mut(&WorkerId(0)).expect("worker 0")
@@ -866,7 +867,8 @@ mod fingerprint_tests {
             moved,
             "the same memory, the same fingerprints"
         );
-        m.workers.insert(WorkerId(1), WorkerMemory::default());
+        m.workers
+            .insert(WorkerId(1), Box::new(WorkerMemory::default()));
         assert_ne!(m.fingerprints().intent, moved.intent, "a worker more");
     }
 }

@@ -51,7 +51,7 @@ fn with_job(w: u32, job: u64, since: Now, checkpoint: u64) -> Memory {
     };
     m.workers.insert(
         WorkerId(w),
-        WorkerMemory {
+        Box::new(WorkerMemory {
             process: Some(RunningProcess {
                 identity: Handle::job_identity(job),
                 started_at: since.boot,
@@ -67,7 +67,7 @@ fn with_job(w: u32, job: u64, since: Now, checkpoint: u64) -> Memory {
             }),
             checkpoint: Some(checkpoint),
             ..WorkerMemory::default()
-        },
+        }),
     );
     m
 }

@@ -159,15 +159,15 @@ fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
     let mut m = mem();
     m.workers.insert(
         WorkerId(0),
-        WorkerMemory {
+        Box::new(WorkerMemory {
             completed_at: Some(t0().wall),
             checkpoint: Some(100),
             ..Default::default()
-        },
+        }),
     );
     for id in 1..4 {
         m.workers
-            .insert(WorkerId(id), running(10 + id as i32, t0(), 150));
+            .insert(WorkerId(id), Box::new(running(10 + id as i32, t0(), 150)));
     }
     let o = observed(
         (1..4)
@@ -188,8 +188,10 @@ fn a_running_worker_is_never_started_twice_and_a_completed_one_never_again() {
 fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 50));
-    m.workers.insert(WorkerId(1), running(11, t0(), 150));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 50)));
+    m.workers
+        .insert(WorkerId(1), Box::new(running(11, t0(), 150)));
     let o = observed(
         [
             (WorkerId(0), obs(Some(ProcessStatus::Exited), Some(100))),
@@ -229,7 +231,8 @@ fn exit_zero_at_the_shard_end_completes_and_short_of_it_is_a_suspicious_failure(
 fn crash_loop_backoff_is_immediate_then_waits_then_restarts() {
     let d = desired(); // backoff 10s doubling
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 40)));
     let crashed = |pid| {
         observed(
             [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
@@ -280,7 +283,7 @@ fn a_crash_before_the_first_key_restarts_from_the_start_of_its_shard_in_plain_wo
         let mut m = mem();
         let mut w = running(10, t0(), 0);
         w.checkpoint = checkpoint;
-        m.workers.insert(WorkerId(1), w);
+        m.workers.insert(WorkerId(1), Box::new(w));
         let o = observed(
             [(WorkerId(1), obs(Some(ProcessStatus::Exited), checkpoint))].into(),
             vec![ExitEvent {
@@ -301,7 +304,8 @@ fn a_crash_before_the_first_key_restarts_from_the_start_of_its_shard_in_plain_wo
     }
     // A running worker at its shard's start shows no checkpoint yet.
     let mut m = mem();
-    m.workers.insert(WorkerId(1), running(10, t0(), 100));
+    m.workers
+        .insert(WorkerId(1), Box::new(running(10, t0(), 100)));
     let o = observed([(WorkerId(1), obs(alive(), Some(100)))].into(), vec![]);
     let p = plan(&d, &o, m, at(5));
     assert_eq!(
@@ -318,7 +322,7 @@ fn an_operator_pause_reads_once() {
     let mut m = mem();
     let mut w = running(10, t0(), 40);
     w.process = None;
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     apply_request(&mut m, RequestKind::Pause, WorkerId(0), at(1));
     let p = plan(&d, &observed(BTreeMap::new(), vec![]), m, at(2));
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Paused);
@@ -335,7 +339,7 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
     w.last_progress_at = Some(at(60).boot);
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
     let fine = plan(&d, &o, m.clone(), at(60 + 299));
     assert!(fine.actions.iter().all(|a| a.worker() != WorkerId(0)));
@@ -370,7 +374,8 @@ fn stuck_is_confirmed_on_a_second_pass_before_the_stop() {
 fn a_crashed_workers_leftover_group_is_stopped_without_waiting_for_a_save_and_a_stuck_stop_waits() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 40)));
     let mut leftover = obs(None, Some(40));
     leftover.group_alive = true;
     let o = observed([(WorkerId(0), leftover)].into(), vec![]);
@@ -401,7 +406,7 @@ fn a_crashed_workers_leftover_group_is_stopped_without_waiting_for_a_save_and_a_
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
     w.last_progress_at = Some(at(60).boot);
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
     let first = plan(&d, &o, m, at(60 + 372));
     let second = plan(&d, &o, first.memory.clone(), at(60 + 380));
@@ -428,7 +433,7 @@ fn a_fix_saved_but_not_acted_on_before_a_kill_is_resumed_and_counted_once() {
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
     w.last_progress_at = Some(at(60).boot);
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let o = observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
     let first = plan(&d, &o, m, at(60 + 372));
     let decided = plan(&d, &o, first.memory.clone(), at(60 + 380));
@@ -465,7 +470,8 @@ fn a_fix_saved_but_not_acted_on_before_a_kill_is_resumed_and_counted_once() {
 fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 0));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 0)));
     let o = observed([(WorkerId(0), obs(alive(), Some(0)))].into(), vec![]);
     let p = plan(&d, &o, m.clone(), at(600));
     assert_eq!(
@@ -484,7 +490,7 @@ fn a_repeated_log_line_is_not_progress() {
     let mut w = running(10, t0(), 40);
     w.left_discovery = true;
     w.last_progress_at = Some(t0().boot);
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let line = |ts| LogRecord {
         class: LineClass::Activity,
         timestamp: Some(ts),
@@ -553,7 +559,7 @@ fn a_line_repeated_with_only_its_timestamp_changed_is_not_progress_whatever_the_
         let mut w = running(10, t0(), 40);
         w.left_discovery = true;
         w.last_progress_at = Some(t0().boot);
-        m.workers.insert(WorkerId(0), w);
+        m.workers.insert(WorkerId(0), Box::new(w));
         let with_line = |text: &str| {
             let mut o = obs(alive(), Some(40));
             o.log = LogObservation::Read {
@@ -620,7 +626,7 @@ fn repeated_cursor_evidence_marks_a_worker_stuck_on_stuck_after_even_right_after
         value: 40,
         times: LOOP_EVIDENCE,
     });
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let o = || observed([(WorkerId(0), obs(alive(), Some(40)))].into(), vec![]);
     let p1 = plan(&d, &o(), m, at(301));
     assert_eq!(
@@ -770,7 +776,8 @@ fn a_command_whose_program_is_missing_behind_env_exits_127_and_fails_after_the_s
     assert!(!starts(&p).contains(&0), "{:?}", p.actions);
     // An exit 127 after progress is an ordinary crash: restarted, not counted.
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 40)));
     if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
         w.start_failures = MAX_START_FAILURES - 1;
     }
@@ -794,7 +801,7 @@ fn a_progress_file_that_never_appears_is_named_and_the_worker_held_after_two_cle
     let mut m = mem();
     let mut w = running(10, t0(), 0);
     w.checkpoint = None;
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let exit = |pid| ExitEvent {
         worker: WorkerId(0),
         pid,
@@ -846,7 +853,8 @@ fn a_progress_file_that_never_appears_is_named_and_the_worker_held_after_two_cle
 fn unreadable_progress_keeps_the_last_good_checkpoint() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 77));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 77)));
     let mut o = obs(alive(), None);
     o.progress = ProgressObservation::Unreadable {
         why: "truncated JSON".into(),
@@ -951,7 +959,7 @@ fn a_worker_exiting_while_its_progress_file_is_unparseable_and_no_checkpoint_is_
     let mut m = mem();
     let mut w = running(10, t0(), 0);
     w.checkpoint = None;
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let exit = ExitEvent {
         worker: WorkerId(0),
         pid: 10,
@@ -982,7 +990,8 @@ fn a_worker_exiting_while_its_progress_file_is_unparseable_and_no_checkpoint_is_
 fn torn_reads_of_a_non_atomic_writer_are_not_reported_and_a_persistent_problem_is_reported_once() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 10));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 10)));
     let mut events = Vec::new();
     // Ten simulated minutes, a pass every 2 s, every third read torn.
     for pass in 1..=299u64 {
@@ -1058,11 +1067,11 @@ fn all_shards_complete_completes_the_workerset() {
     for id in 0..8 {
         m.workers.insert(
             WorkerId(id),
-            WorkerMemory {
+            Box::new(WorkerMemory {
                 completed_at: Some(t0().wall),
                 checkpoint: Some(100 * u64::from(id) + 100),
                 ..Default::default()
-            },
+            }),
         );
     }
     let p = plan(&d, &observed(BTreeMap::new(), vec![]), m.clone(), at(1));
@@ -1074,7 +1083,8 @@ fn all_shards_complete_completes_the_workerset() {
 fn planning_twice_on_the_same_inputs_gives_the_same_plan() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(2), running(12, t0(), 230));
+    m.workers
+        .insert(WorkerId(2), Box::new(running(12, t0(), 230)));
     let o = observed(
         [(WorkerId(2), obs(Some(ProcessStatus::Exited), Some(240)))].into(),
         vec![],
@@ -1091,7 +1101,8 @@ fn planning_twice_on_the_same_inputs_gives_the_same_plan() {
 fn an_own_child_gone_from_proc_but_not_reaped_waits_for_its_exit_status() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 40)));
     let mut o = observed(
         [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
         vec![],
@@ -1112,7 +1123,8 @@ fn an_own_child_gone_from_proc_but_not_reaped_waits_for_its_exit_status() {
 fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
     let d = desired();
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 60));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 60)));
     let mut o = obs(Some(ProcessStatus::Exited), Some(60));
     o.log = LogObservation::Read {
         cursor: LogCursor {
@@ -1171,7 +1183,7 @@ fn after_a_code_fix_all_running_workers_restart_or_only_the_stuck_one() {
     let mut m = mem();
     for id in 0..3 {
         m.workers
-            .insert(WorkerId(id), running(10 + id as i32, t0(), 5));
+            .insert(WorkerId(id), Box::new(running(10 + id as i32, t0(), 5)));
     }
     let mut all = m.clone();
     let mut d = desired();
@@ -1195,7 +1207,7 @@ fn an_operator_can_drop_config_fix_values() {
     let mut m = mem();
     let mut w = running(10, t0(), 5);
     w.params.insert("parallel_uploads".into(), 2);
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let msg = apply_request(&mut m, RequestKind::ResetParams, WorkerId(0), at(1));
     assert!(msg.contains("parallel_uploads=2 dropped"), "{msg}");
     assert!(m.workers[&WorkerId(0)].params.is_empty());
@@ -1260,7 +1272,7 @@ fn an_alternating_disk_moves_the_count_at_most_once_per_cooldown_window() {
         let mut w = running(100 + id, t0(), 100 * id as u64 + 5);
         w.left_discovery = true;
         w.last_progress_at = Some(BootTime(0)); // stuck long ago
-        m.workers.insert(WorkerId(id as u32), w);
+        m.workers.insert(WorkerId(id as u32), Box::new(w));
     }
     let mut live: BTreeMap<WorkerId, i32> = (0..4).map(|i| (WorkerId(i), 100 + i as i32)).collect();
     let mut exits: Vec<ExitEvent> = Vec::new();
@@ -1380,7 +1392,7 @@ fn a_lowered_target_parks_the_highest_running_workers_with_the_grace_and_a_raise
     for id in 0..4u32 {
         m.workers.insert(
             WorkerId(id),
-            running(100 + id as i32, t0(), 100 * u64::from(id) + 50),
+            Box::new(running(100 + id as i32, t0(), 100 * u64::from(id) + 50)),
         );
         world.insert(WorkerId(id), obs(alive(), Some(100 * u64::from(id) + 50)));
     }
@@ -1447,7 +1459,8 @@ fn unsaved_state_holds_every_start_and_a_crash_restart_resumes_after_a_save() {
         p.workers[&WorkerId(0)].reason
     );
     let mut m = mem();
-    m.workers.insert(WorkerId(0), running(10, t0(), 40));
+    m.workers
+        .insert(WorkerId(0), Box::new(running(10, t0(), 40)));
     let crashed = observed(
         [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
         vec![ExitEvent {
@@ -1482,7 +1495,8 @@ fn rate_samples_stay_bounded_by_the_spacing_at_any_pass_interval_and_the_rate_st
     let d = desired();
     for step_ms in [250u64, 1_000, 7_000] {
         let mut m = mem();
-        m.workers.insert(WorkerId(0), running(10, t0(), 0));
+        m.workers
+            .insert(WorkerId(0), Box::new(running(10, t0(), 0)));
         let mut most = 0;
         let mut elapsed_ms = 0;
         // An hour of passes: the checkpoint moves by one key per second of boot time.

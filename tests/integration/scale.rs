@@ -338,7 +338,11 @@ fn a_pass_that_changes_nothing_does_not_rewrite_the_state_file() {
     )
     .expect("SIGTERM");
     let status = daemon.wait().expect("wait");
-    assert_eq!(status.code(), Some(130), "SIGTERM ends the loop as interrupted");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "SIGTERM ends the loop as interrupted"
+    );
     assert_eq!(
         checkpoint_1(),
         Some(8),

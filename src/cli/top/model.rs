@@ -287,7 +287,7 @@ mod tests {
                 .collect(),
             ..WorkerMemory::default()
         };
-        m.workers.insert(WorkerId(0), w);
+        m.workers.insert(WorkerId(0), Box::new(w));
         m
     }
 

@@ -131,10 +131,10 @@ fn history(status: &Status, minutes: u64) -> History {
             };
             m.workers.insert(
                 WorkerId(w.worker),
-                WorkerMemory {
+                Box::new(WorkerMemory {
                     checkpoint: Some(at.max(w.shard.map_or(0, |s| s.0))),
                     ..WorkerMemory::default()
-                },
+                }),
             );
         }
         h.record(&m, t);

@@ -499,9 +499,9 @@ mod tests {
     #[test]
     fn squeue_becomes_each_recorded_workers_execution_and_finds_unrecorded_jobs() {
         let mut memory = Memory::default();
-        memory.workers.insert(WorkerId(0), recorded(10));
-        memory.workers.insert(WorkerId(1), recorded(11));
-        memory.workers.insert(WorkerId(2), recorded(12));
+        memory.workers.insert(WorkerId(0), Box::new(recorded(10)));
+        memory.workers.insert(WorkerId(1), Box::new(recorded(11)));
+        memory.workers.insert(WorkerId(2), Box::new(recorded(12)));
         let other = "automon fleet=00ff state_dir=/elsewhere/.automon";
         let jobs = [
             job(10, 0, "RUNNING", Some(0), OURS),
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn an_unanswering_scheduler_makes_every_job_unknown_and_holds_starts() {
         let mut memory = Memory::default();
-        memory.workers.insert(WorkerId(0), recorded(10));
+        memory.workers.insert(WorkerId(0), Box::new(recorded(10)));
         let mut obs = observed(2);
         scheduler_unreachable(
             "squeue: error: Unable to contact slurm controller",
