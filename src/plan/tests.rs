@@ -495,6 +495,7 @@ fn a_repeated_log_line_is_not_progress() {
             dev: 1,
             inode: 1,
             offset: 10,
+            ..LogCursor::default()
         },
         records: vec![line(ts)],
         first_look: false,
@@ -561,6 +562,7 @@ fn a_line_repeated_with_only_its_timestamp_changed_is_not_progress_whatever_the_
                     dev: 1,
                     inode: 1,
                     offset: 10,
+                    ..LogCursor::default()
                 },
                 records: vec![LogRecord {
                     class: LineClass::Activity,
@@ -1119,6 +1121,7 @@ fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
             dev: 1,
             inode: 1,
             offset: 10,
+            ..LogCursor::default()
         },
         records: vec![LogRecord {
             class: LineClass::Completion,

@@ -236,6 +236,9 @@ impl Planner<'_> {
                 let what = match reset {
                     crate::observe::logtail::LogReset::Rotated => "was rotated",
                     crate::observe::logtail::LogReset::Truncated => "was truncated",
+                    crate::observe::logtail::LogReset::Rewritten => {
+                        "was truncated and written again"
+                    }
                 };
                 self.events.push(format!(
                     "worker {id}: log {what}; reading the new file from its tail"
