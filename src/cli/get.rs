@@ -523,7 +523,7 @@ pub fn build(
         let w = memory.workers.get(id).unwrap_or(&empty);
         let shard = desired.shard(*id);
         let done = match (shard, w.checkpoint) {
-            (Some(sh), Some(c)) => c.min(sh.last_key()).saturating_sub(sh.initial_cursor()),
+            (Some(sh), Some(c)) => sh.keys_done(c),
             _ => 0,
         };
         let done = if s.phase == Phase::Completed {

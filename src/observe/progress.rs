@@ -34,6 +34,10 @@ pub enum ProgressObservation {
         #[serde(default)]
         completed: Option<bool>,
     },
+    /// A well-formed file whose cursor is -1: no key done yet. It is the cursor before key 0,
+    /// what `{checkpoint}` renders for a shard starting at 0 and a worker writes back before
+    /// its first batch; it is no checkpoint (the last good one, if any, is kept).
+    NothingDone,
     /// The file exists but holds no usable cursor; `why` says what is wrong.
     Unreadable {
         /// A sentence naming the problem, e.g. "truncated JSON at byte 118".
@@ -229,6 +233,9 @@ pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservat
             why: format!("no value at {checkpoint}"),
         };
     };
+    if is_minus_one(&raw) {
+        return ProgressObservation::NothingDone;
+    }
     let Some(checkpoint_value) = as_count(&raw) else {
         return ProgressObservation::Unreadable {
             why: format!("value at {checkpoint} is {raw} (expected a non-negative integer)"),
@@ -255,6 +262,15 @@ pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservat
 /// Parses progress-file bytes.
 pub fn parse(bytes: &[u8], pointers: &Pointers) -> ProgressObservation {
     parse_reader(bytes, pointers)
+}
+
+/// The cursor before key 0: -1, as a number or a string.
+fn is_minus_one(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64() == Some(-1),
+        serde_json::Value::String(s) => s.trim() == "-1",
+        _ => false,
+    }
 }
 
 /// A non-negative integer, or a string of digits with `,`, `_` or space separators.
@@ -467,13 +483,28 @@ mod tests {
     #[test]
     fn negative_or_fractional_cursor_is_rejected() {
         for text in [
-            &br#"{"c": -1}"#[..],
+            &br#"{"c": -2}"#[..],
+            br#"{"c": -1.0}"#,
             br#"{"c": 1.5}"#,
             br#"{"c": "12a"}"#,
             br#"{"c": null}"#,
         ] {
             assert!(
                 unreadable(&parse(text, &Pointers::checkpoint("/c"))),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    /// A worker of a shard starting at key 0, started with `{checkpoint}` = -1, writes -1
+    /// back before its first batch: nothing done, never "unreadable" (which would hold it).
+    #[test]
+    fn minus_one_the_cursor_before_key_0_reads_as_nothing_done() {
+        for text in [&br#"{"c": -1}"#[..], br#"{"c": "-1"}"#] {
+            assert_eq!(
+                parse(text, &Pointers::checkpoint("/c")),
+                ProgressObservation::NothingDone,
                 "{}",
                 String::from_utf8_lossy(text)
             );

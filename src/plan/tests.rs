@@ -1533,3 +1533,60 @@ fn rate_samples_stay_bounded_by_the_spacing_at_any_pass_interval_and_the_rate_st
         }
     }
 }
+
+/// Regression (`work.range.start: 0`): the first start of the shard at key 0 rendered
+/// `{checkpoint}` as 0, "key 0 done". It renders -1; the -1 its worker writes back reads as
+/// nothing done (not an unreadable file that holds the worker), and a remembered checkpoint
+/// is never given up for it.
+#[test]
+fn a_shard_starting_at_key_0_starts_before_it_and_its_minus_one_cursor_is_nothing_done() {
+    let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 0, end: 800}, shards: 8}
+  template: {command: [w, "{range_start}", "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+    let manifest = Manifest {
+        file: PathBuf::from("t.yaml"),
+        dir: PathBuf::from("/tmp/t"),
+        workerset: crate::manifest::parse(text).expect("valid manifest"),
+    };
+    let d = Desired::resolve(&manifest, None).expect("resolve");
+    let start_argv = |p: &Plan| {
+        p.actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) => Some(s.argv.clone()),
+                _ => None,
+            })
+            .expect("a start")
+    };
+    let first = plan(&d, &observed(BTreeMap::new(), vec![]), mem(), t0());
+    assert_eq!(start_argv(&first), ["w", "0", "-1"]);
+    // Stopped, its file written back with -1: started again before key 0, not held.
+    let nothing_done = WorkerObservation {
+        progress: ProgressObservation::NothingDone,
+        ..obs(None, None)
+    };
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), WorkerMemory::default());
+    let o = observed([(WorkerId(0), nothing_done.clone())].into(), vec![]);
+    let again = plan(&d, &o, m, at(10));
+    assert_eq!(start_argv(&again), ["w", "0", "-1"]);
+    assert_eq!(again.memory.workers[&WorkerId(0)].checkpoint, None);
+    // A remembered checkpoint stays the resume cursor.
+    let mut m = mem();
+    m.workers.insert(
+        WorkerId(0),
+        WorkerMemory {
+            checkpoint: Some(5),
+            ..WorkerMemory::default()
+        },
+    );
+    let resumed = plan(&d, &o, m, at(10));
+    assert_eq!(start_argv(&resumed), ["w", "0", "5"]);
+}

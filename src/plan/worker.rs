@@ -221,6 +221,18 @@ impl Planner<'_> {
                     w.progress_problem = Some(why.clone());
                 }
             }
+            ProgressObservation::NothingDone => {
+                // Parses, holds no checkpoint: a remembered one stays (a restart never goes
+                // back to the shard's start while one exists).
+                w.unreadable_since = None;
+                w.exits_without_progress_file = 0;
+                if w.progress_problem.take().is_some() {
+                    self.events.push(format!(
+                        "worker {id}: progress file {} readable again (nothing done yet)",
+                        self.desired.progress_path(id).display(),
+                    ));
+                }
+            }
             ProgressObservation::Missing => w.unreadable_since = None,
         }
         if let LogObservation::Read {
