@@ -1222,7 +1222,7 @@ fn progress_line_fingerprints_are_stable_across_builds() {
 #[test]
 fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     let running = |at: Option<u64>, idle: u64, since_start: bool| Reason::Running {
-        pid: 4242,
+        handle: crate::runtime::Handle::Process(4242),
         at: at.map(|c| (std::sync::Arc::from("book"), c)),
         idle: Duration::from_secs(idle),
         since_start,
@@ -1247,6 +1247,19 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     // Read back (status files, `get -o json` consumers) it is the same sentence.
     let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
     assert_eq!(back.reason.to_string(), status.reason.to_string());
+}
+
+/// Regression: a Slurm job's running reason said `pid 360` (its job id as a pid) when no
+/// job record was at hand (a job found again after a scheduler hold).
+#[test]
+fn a_running_slurm_jobs_reason_names_the_job_not_a_pid() {
+    let reason = Reason::Running {
+        handle: crate::runtime::Handle::Job(360),
+        at: Some((std::sync::Arc::from("book"), 7)),
+        idle: Duration::from_secs(5),
+        since_start: true,
+    };
+    assert_eq!(reason.to_string(), "job 360 at book 7; 5s since start");
 }
 
 /// Regression (issue 14.2): with the disk alternating busy/idle, 6–8 scale changes in 100 s

@@ -453,28 +453,29 @@ impl Planner<'_> {
             Phase::Discovering
         };
         // Every running worker's reason, every pass: kept as facts, written when read.
+        let handle = w
+            .process
+            .as_ref()
+            .map_or(crate::runtime::Handle::Process(pid), |p| {
+                crate::runtime::Handle::of(&p.identity)
+            });
         let reason = Reason::Running {
-            pid,
+            handle,
             at: self
                 .progress_of(id, w.checkpoint)
                 .map(|c| (self.unit_name.clone(), c)),
             idle,
             since_start: reference == started_at,
         };
-        let reason = match (
-            &w.job,
-            w.process
-                .as_ref()
-                .map(|p| crate::runtime::Handle::of(&p.identity)),
-        ) {
-            (Some(job), Some(handle @ crate::runtime::Handle::Job(_))) => {
+        let reason = match (&w.job, handle) {
+            (Some(job), crate::runtime::Handle::Job(_)) => {
                 let on = job
                     .node
                     .as_deref()
                     .map(|n| format!(" on {n}"))
                     .unwrap_or_default();
                 Reason::Text(reason.to_string().replacen(
-                    &format!("pid {pid}"),
+                    &handle.to_string(),
                     &format!("{handle}{on}"),
                     1,
                 ))
