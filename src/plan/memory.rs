@@ -618,7 +618,7 @@ mod signals_as_hex {
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
                 if !text.len().is_multiple_of(16) {
                     return Err(E::custom(format!(
-                        "recent_signals: {} hex digits is not a whole number of 16-digit fingerprints",
+                        "{} hex digits is not a whole number of 16-digit fingerprints",
                         text.len()
                     )));
                 }
@@ -631,7 +631,7 @@ mod signals_as_hex {
                             .and_then(|h| u64::from_str_radix(h, 16).ok())
                             .ok_or_else(|| {
                                 E::custom(format!(
-                                    "recent_signals: fingerprint {} is not 16 hex digits",
+                                    "fingerprint {} is not 16 hex digits",
                                     i / 16 + 1
                                 ))
                             })
