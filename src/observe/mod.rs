@@ -334,8 +334,12 @@ impl Observer {
                 let mem = memory.workers.get(&id);
                 let recorded = mem.and_then(|m| m.process.as_ref());
                 let process = recorded.map(|p| {
+                    // A worker being stopped is read from /proc: its stop task may have seen it
+                    // die before the reaper's exit event arrives, and "alive" would then read
+                    // as a stop nobody is carrying on (and be resumed).
                     if reaper_knows_alive(&children, &boot, &p.identity)
                         && !might_be_stuck(desired, mem, p.started_at, now)
+                        && mem.is_none_or(|m| m.stopping.is_none())
                     {
                         ProcessStatus::Alive {
                             state: proc::STATE_NOT_READ,
@@ -665,6 +669,16 @@ spec:
     }
 
     fn process_seen(children: Children, progress_secs: u64, now_secs: u64) -> ProcessStatus {
+        process_seen_in(
+            children,
+            &memory(BootTime::from_duration(std::time::Duration::from_secs(
+                progress_secs,
+            ))),
+            now_secs,
+        )
+    }
+
+    fn process_seen_in(children: Children, memory: &Memory, now_secs: u64) -> ProcessStatus {
         let dir = tempfile::tempdir().expect("tempdir");
         // A /proc with a boot id and no processes: reading it finds pid 4242 gone.
         let proc_root = dir.path().join("proc");
@@ -681,7 +695,7 @@ spec:
         let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
         let observed = observer.observe(
             &desired,
-            &memory(secs(progress_secs)),
+            memory,
             dir.path(),
             children,
             false,
@@ -732,6 +746,29 @@ spec:
         // Not a child of this automon at all (adopted): /proc, as before.
         assert_eq!(
             process_seen(Children::default(), 1010, 1020),
+            ProcessStatus::Exited
+        );
+    }
+
+    /// Regression: `automon pause` logged "resuming the stop of pid N requested 145ms ago":
+    /// the stop task saw the worker die and reported before the reaper's exit event arrived,
+    /// and the next pass, taking the unreaped child for alive on the reaper's word, found a
+    /// stop that no task carried on and resumed it. A worker being stopped is read from /proc
+    /// (here: gone), so the planner waits for its exit status instead.
+    #[test]
+    fn a_child_being_stopped_is_read_from_proc_not_taken_for_alive() {
+        let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
+        let mut m = memory(secs(1010));
+        if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+            w.stopping = Some(crate::plan::Stopping {
+                requested_at: secs(1019),
+                reason: "paused by an operator".into(),
+                restart: false,
+                unkillable_since: None,
+            });
+        }
+        assert_eq!(
+            process_seen_in(unreaped_child(7), &m, 1020),
             ProcessStatus::Exited
         );
     }

@@ -1603,3 +1603,35 @@ spec:
     let resumed = plan(&d, &o, m, at(10));
     assert_eq!(start_argv(&resumed), ["w", "0", "5"]);
 }
+
+/// The other half of the pause race (see the observer's
+/// `a_child_being_stopped_is_read_from_proc_not_taken_for_alive`): a worker being stopped,
+/// gone from /proc, its stop task done and its exit status not yet reaped, is waited for:
+/// no "resuming the stop", no second stop.
+#[test]
+fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_again() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.stopping = Some(Stopping {
+        requested_at: at(100).boot,
+        reason: "paused by an operator".into(),
+        restart: false,
+        unkillable_since: None,
+    });
+    m.workers.insert(WorkerId(0), w);
+    let mut o = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![],
+    );
+    o.children.unreaped.insert(10);
+    let p = plan(&d, &o, m, at(101));
+    assert!(stops(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stopping);
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("collecting its exit status")
+    );
+}
