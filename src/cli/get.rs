@@ -600,15 +600,11 @@ pub fn build(
         .then(|| memory.workers.values().filter_map(|w| w.completed_at).max())
         .flatten();
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
-    // Running means a process memory holds (seen alive, or started by the loop): a start
-    // that a look without a loop only plans (phase Starting, no process) runs nothing.
+    // A start that a look without a loop only plans runs nothing (see `metrics::runs`).
     let running = plan
         .workers
         .iter()
-        .filter(|(id, s)| {
-            crate::metrics::is_running(s.phase)
-                && memory.workers.get(id).is_some_and(|w| w.process.is_some())
-        })
+        .filter(|(id, s)| crate::metrics::runs(s.phase, memory.workers.get(id)))
         .count();
     Status {
         name: desired.name.clone(),
@@ -1006,6 +1002,18 @@ spec:
         let status = build(&desired, &plan.memory, &plan, &disk, now, None);
         assert_eq!(status.overall.running, 0);
         assert!(render(&status, false, false).contains("workers 0/2 running"));
+        // The metrics (and `status`, which takes their figure) count the same way: a loop's
+        // start that failed is phase Starting without a process too.
+        let snapshot = crate::metrics::MetricsSnapshot::from_pass(
+            &plan,
+            &plan.memory,
+            2,
+            None,
+            Duration::ZERO,
+            1,
+            now.wall,
+        );
+        assert_eq!(snapshot.running, 0);
         // A process memory holds, seen alive, runs.
         let mut memory = memory;
         memory.workers.insert(
