@@ -122,6 +122,7 @@ impl Fleet {
                     dev: 1,
                     inode: u64::from(id.0) + 1,
                     offset: *off,
+                    ..LogCursor::default()
                 },
                 first_look: false,
                 reset: None,

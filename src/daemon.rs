@@ -153,6 +153,11 @@ struct Daemon<'a> {
     stops_in_flight: std::collections::BTreeMap<WorkerId, usize>,
     in_flight: usize,
     first: bool,
+    /// The workers the state file recorded when this automon started, not yet found alive:
+    /// taken at the first pass, emptied by the first pass whose look was complete. Only these
+    /// are "recorded by an earlier automon" (a look made incomplete later, by a scheduler
+    /// hold, must not call this run's own jobs that).
+    earlier: Option<Vec<(WorkerId, observe::ProcessIdentity)>>,
     started: Instant,
     before: plan::Totals,
     /// Publishes status and metrics after each pass.
@@ -231,11 +236,16 @@ impl Daemon<'_> {
         self.last_disk = Some(observed.disk.clone());
         // Workers recorded by an earlier automon, to tell which ones the first pass takes over.
         let recorded: Vec<(WorkerId, observe::ProcessIdentity)> = if self.first {
-            self.memory
-                .workers
-                .iter()
-                .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.clone())))
-                .collect()
+            let memory = &self.memory;
+            self.earlier
+                .get_or_insert_with(|| {
+                    memory
+                        .workers
+                        .iter()
+                        .filter_map(|(id, w)| Some((*id, w.process.as_ref()?.identity.clone())))
+                        .collect()
+                })
+                .clone()
         } else {
             Vec::new()
         };
@@ -265,11 +275,17 @@ impl Daemon<'_> {
                             crate::runtime::Handle::of(old)
                         ),
                     );
+                    if let Some(earlier) = &mut self.earlier {
+                        earlier.retain(|(w, _)| w != id);
+                    }
                 }
             }
         }
         // A scan that could not list /proc is made again on the next pass.
         self.first = observed.scan_incomplete.is_some();
+        if !self.first {
+            self.earlier = Some(Vec::new());
+        }
         for e in &plan.events {
             let worker = state::mentioned_worker(e).map(WorkerId);
             let (phase, checkpoint) =
@@ -897,6 +913,7 @@ pub async fn run(
         stops_in_flight: std::collections::BTreeMap::new(),
         in_flight: 0,
         first: true,
+        earlier: None,
         started: Instant::now(),
         before,
         reporter,

@@ -161,6 +161,8 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     };
     // Bad input writes nothing: the workdir is checked before the lock creates the state dir.
     super::checked_workdir(&manifest)?;
+    // What the lock is about to create, to take back if the run is refused below.
+    let fresh = Fresh::of(&state_dir);
     // A running loop takes the manifest (live apply); without one, the lock first: a second
     // automon on this WorkerSet must not even run setup.
     let lock = if args.watch || args.reset_state {
@@ -182,7 +184,15 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     };
     // And the fleet's files: a copy of the manifest with another state directory must not
     // run a second worker per shard on them.
-    let _fleet = fleet_lock(&manifest, &state_dir)?;
+    let _fleet = match fleet_lock(&manifest, &state_dir) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            // Refused before doing anything: leave no lock file (naming this process, soon
+            // gone) and no state directory behind.
+            fresh.take_back(&state_dir, lock);
+            return Err(e);
+        }
+    };
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     if args.write_pid_file {
         let ticks = crate::observe::proc::read_stat(std::path::Path::new("/proc"), me)
@@ -273,6 +283,33 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
         // Every unfinished worker is paused or failed: an operator must act.
         RunEnd::Blocked(_) => 3,
     })
+}
+
+/// Whether the state directory and its lock file existed before this run took the lock.
+struct Fresh {
+    dir: bool,
+    lock: bool,
+}
+
+impl Fresh {
+    fn of(state_dir: &std::path::Path) -> Self {
+        Self {
+            dir: !state_dir.exists(),
+            lock: !state_dir.join("lock").exists(),
+        }
+    }
+
+    /// Removes what taking `lock` created: the lock file (unlinked while still held, so no
+    /// other automon can hold the file removed) and the directory, if it is empty.
+    fn take_back(&self, state_dir: &std::path::Path, lock: crate::state::InstanceLock) {
+        if self.lock {
+            let _ = std::fs::remove_file(lock.path());
+        }
+        drop(lock);
+        if self.dir {
+            let _ = std::fs::remove_dir(state_dir);
+        }
+    }
 }
 
 /// Takes the lock on the files `manifest`'s workers write (see [`crate::state::FleetLock`]).

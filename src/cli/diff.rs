@@ -425,10 +425,10 @@ fn propose_code_fix(
 }
 
 /// `worker 3 (pid 4242, adopted) differs from the manifest: …; its next restart applies the
-/// manifest`, for `diff` and `get`.
+/// manifest` (`job 360` for a Slurm job), for `diff` and `get`.
 pub(crate) fn differs_line(id: crate::WorkerId, w: &plan::WorkerMemory) -> String {
     let pid = w.process.as_ref().map_or_else(String::new, |p| {
-        format!(" (pid {}, adopted)", p.identity.pid)
+        format!(" ({}, adopted)", crate::runtime::Handle::of(&p.identity))
     });
     format!(
         "worker {id}{pid} differs from the manifest: {}; its next restart applies the manifest",

@@ -468,7 +468,13 @@ fn unrecorded_running(
 ) -> String {
     let which: Vec<String> = found
         .iter()
-        .map(|u| format!("worker {} pid {}", u.worker, u.identity.pid))
+        .map(|u| {
+            format!(
+                "worker {} {}",
+                u.worker,
+                crate::runtime::Handle::of(&u.identity)
+            )
+        })
         .collect();
     format!(
         "{} worker process(es) of this WorkerSet run ({}), but {} records none of them; `automon apply {}` adopts them",
@@ -523,7 +529,7 @@ pub fn build(
         let w = memory.workers.get(id).map_or(&empty, |w| w);
         let shard = desired.shard(*id);
         let done = match (shard, w.checkpoint) {
-            (Some(sh), Some(c)) => c.min(sh.last_key()).saturating_sub(sh.initial_cursor()),
+            (Some(sh), Some(c)) => sh.keys_done(c),
             _ => 0,
         };
         let done = if s.phase == Phase::Completed {
@@ -594,19 +600,11 @@ pub fn build(
         .then(|| memory.workers.values().filter_map(|w| w.completed_at).max())
         .flatten();
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
+    // A start that a look without a loop only plans runs nothing (see `metrics::runs`).
     let running = plan
         .workers
-        .values()
-        .filter(|s| {
-            matches!(
-                s.phase,
-                Phase::Starting
-                    | Phase::Discovering
-                    | Phase::Progressing
-                    | Phase::Stuck
-                    | Phase::Stopping
-            )
-        })
+        .iter()
+        .filter(|(id, s)| crate::metrics::runs(s.phase, memory.workers.get(id)))
         .count();
     Status {
         name: desired.name.clone(),
@@ -787,9 +785,15 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
         }
         out.push('\n');
     }
+    // What runs a worker: `job 360` for a Slurm job, `pid 4242` for a process.
+    let handle = |w: &WorkerRow| match (&w.job, w.pid) {
+        (Some(j), _) => Some(format!("job {}", j.id)),
+        (None, Some(p)) => Some(format!("pid {p}")),
+        (None, None) => None,
+    };
     for w in &s.workers {
         if let Some(path) = &w.progress_missing {
-            let pid = w.pid.map_or_else(String::new, |p| format!(" (pid {p})"));
+            let pid = handle(w).map_or_else(String::new, |h| format!(" ({h})"));
             let _ = writeln!(
                 out,
                 "worker {}{pid} runs, but its progress file {} is missing: no checkpoint is read until it appears (check spec.progress.file)",
@@ -798,9 +802,7 @@ pub fn render(s: &Status, wide: bool, colour: bool) -> String {
             );
         }
         if !w.differs.is_empty() {
-            let pid = w
-                .pid
-                .map_or_else(String::new, |p| format!(" (pid {p}, adopted)"));
+            let pid = handle(w).map_or_else(String::new, |h| format!(" ({h}, adopted)"));
             let _ = writeln!(
                 out,
                 "worker {}{pid} differs from the manifest: {}; its next restart applies the manifest",
@@ -929,6 +931,122 @@ mod tests {
     }
 
     use std::collections::BTreeMap;
+
+    /// Regression: the notes under the table named a Slurm job by its id as a pid
+    /// ("worker 0 (pid 360) runs, but its progress file … is missing").
+    #[test]
+    fn notes_name_a_slurm_job_as_a_job_and_a_process_by_its_pid() {
+        let mut s = status();
+        s.workers.truncate(2);
+        for w in &mut s.workers {
+            w.progress_missing = Some(PathBuf::from("p.json"));
+        }
+        s.workers[0].pid = Some(360);
+        s.workers[0].job = Some(crate::runtime::JobRecord {
+            id: 360,
+            cluster: String::new(),
+            node: None,
+            state: "RUNNING".into(),
+        });
+        let text = render(&s, false, false);
+        assert!(text.contains("worker 0 (job 360) runs"), "{text}");
+        assert!(!text.contains("pid 360"), "{text}");
+        assert!(text.contains("worker 1 (pid 4243) runs"), "{text}");
+    }
+
+    /// Regression: with no loop running and no live worker, `get` said "workers 2/2
+    /// running": the starts a look without a loop only plans (phase Starting) were counted.
+    /// Running is a process memory holds.
+    #[test]
+    fn planned_starts_are_not_counted_as_running_workers() {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  workers: {target: 2, min: 1, max: 2}
+  work: {range: {start: 0, end: 20}, shards: 2}
+  template: {command: [w, "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset: crate::manifest::parse(text).expect("valid manifest"),
+        };
+        let desired = Desired::resolve(&manifest, None).expect("resolve");
+        let now = Now {
+            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+            boot: crate::clock::BootTime::from_duration(Duration::from_secs(1000)),
+        };
+        let disk = DiskObservation::Unavailable { why: "test".into() };
+        let mut observed = crate::observe::Observed {
+            disk: disk.clone(),
+            boot_id: "b".into(),
+            workers: BTreeMap::new(),
+            children: Default::default(),
+            unrecorded: Vec::new(),
+            scan_incomplete: None,
+            unsaved_state: None,
+        };
+        let memory = Memory {
+            boot_id: "b".into(),
+            ..Memory::default()
+        };
+        let plan = crate::plan::plan(&desired, &observed, memory.clone(), now);
+        assert!(
+            plan.workers.values().all(|s| s.phase == Phase::Starting),
+            "{:?}",
+            plan.workers
+        );
+        let status = build(&desired, &plan.memory, &plan, &disk, now, None);
+        assert_eq!(status.overall.running, 0);
+        assert!(render(&status, false, false).contains("workers 0/2 running"));
+        // The metrics (and `status`, which takes their figure) count the same way: a loop's
+        // start that failed is phase Starting without a process too.
+        let snapshot = crate::metrics::MetricsSnapshot::from_pass(
+            &plan,
+            &plan.memory,
+            2,
+            None,
+            Duration::ZERO,
+            1,
+            now.wall,
+        );
+        assert_eq!(snapshot.running, 0);
+        // A process memory holds, seen alive, runs.
+        let mut memory = memory;
+        memory.workers.insert(
+            crate::WorkerId(0),
+            WorkerMemory {
+                process: Some(crate::plan::RunningProcess {
+                    identity: crate::observe::ProcessIdentity {
+                        pid: 4242,
+                        start_ticks: 7,
+                        boot_id: "b".into(),
+                    },
+                    started_at: now.boot,
+                    resume_from: None,
+                    adopted: false,
+                    own_group: true,
+                    template: None,
+                }),
+                ..WorkerMemory::default()
+            },
+        );
+        observed.workers.insert(
+            crate::WorkerId(0),
+            crate::observe::WorkerObservation {
+                process: Some(crate::observe::ProcessStatus::Alive { state: 'S' }),
+                group_alive: false,
+                progress: crate::observe::ProgressObservation::Missing,
+                log: crate::observe::LogObservation::Missing,
+            },
+        );
+        let plan = crate::plan::plan(&desired, &observed, memory, now);
+        let status = build(&desired, &plan.memory, &plan, &disk, now, None);
+        assert_eq!(status.overall.running, 1);
+    }
 
     /// Regression: FIXES showed failed attempts only ("0/3" after a fix that worked), which
     /// read as "no fix done"; and the overall line said "items migrated" for any unit.

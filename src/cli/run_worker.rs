@@ -78,7 +78,7 @@ pub fn launch(desired: &Desired, id: WorkerId) -> Result<Option<WorkerLaunch>, S
     };
     let shard = desired.shard(id);
     let checkpoint = match progress::read(&path, &pointers) {
-        ProgressObservation::Missing => None,
+        ProgressObservation::Missing | ProgressObservation::NothingDone => None,
         ProgressObservation::Read {
             checkpoint,
             completed,

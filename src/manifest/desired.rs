@@ -28,9 +28,20 @@ impl Shard {
         self.end.saturating_sub(1)
     }
 
-    /// The cursor before any work: `start - 1` (every key ≤ it is done — none of the shard).
-    pub fn initial_cursor(&self) -> u64 {
-        self.start.saturating_sub(1)
+    /// The cursor before any work: `start - 1` (every key ≤ it is done — none of the shard);
+    /// `None` for a shard that starts at key 0, whose cursor before any work is -1 (rendered
+    /// as such by [`render_argv`]; 0 would say key 0 is done).
+    pub fn initial_cursor(&self) -> Option<u64> {
+        self.start.checked_sub(1)
+    }
+
+    /// Keys of the shard done at checkpoint `c` (every key ≤ `c` is done): 0 below the
+    /// shard's start, [`Self::len`] at or past its last key.
+    pub fn keys_done(&self, c: u64) -> u64 {
+        if c < self.start || self.is_empty() {
+            return 0;
+        }
+        c.min(self.last_key()) - self.start + 1
     }
 
     /// Number of keys in the shard.
@@ -297,7 +308,8 @@ impl Desired {
 /// Substitutes placeholders in the template argv for one worker.
 ///
 /// `checkpoint` is the resume cursor; `None` renders `range_start - 1` for a shard (no key
-/// done yet) or `0` for a replica. Unknown placeholders cannot occur (validation rejects them).
+/// done yet: `-1` for a shard starting at key 0) or `0` for a replica. Unknown placeholders
+/// cannot occur (validation rejects them).
 pub fn render_argv(
     command: &[String],
     id: WorkerId,
@@ -305,13 +317,17 @@ pub fn render_argv(
     checkpoint: Option<u64>,
     params: &BTreeMap<String, i64>,
 ) -> Vec<String> {
-    let cursor = checkpoint
-        .or(shard.map(|s| s.initial_cursor()))
-        .unwrap_or(0);
+    let cursor = match (checkpoint, shard) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(s)) => s
+            .initial_cursor()
+            .map_or_else(|| "-1".to_string(), |c| c.to_string()),
+        (None, None) => "0".to_string(),
+    };
     let value = |name: &str| -> Option<String> {
         match name {
             "id" => Some(id.to_string()),
-            "checkpoint" => Some(cursor.to_string()),
+            "checkpoint" => Some(cursor.clone()),
             "range_start" => shard.map(|s| s.start.to_string()),
             "range_end" => shard.map(|s| s.end.to_string()),
             _ => params.get(name).map(i64::to_string),
@@ -387,6 +403,42 @@ mod tests {
             assert_eq!(pair[0].end, pair[1].start);
         }
         assert_eq!(shards.iter().map(Shard::len).sum::<u64>(), 2000);
+    }
+
+    /// Regression: with `work.range.start: 0` a first start rendered `{checkpoint}` as 0
+    /// (`start - 1` saturated), which says key 0 is done: a worker resuming "after 0" never
+    /// processed key 0, and `get` counted it done. Before any checkpoint the cursor is -1; a
+    /// checkpoint, once there, is rendered as it is (never the shard's start again).
+    #[test]
+    fn a_shard_starting_at_key_0_starts_before_key_0_and_counts_it_done_only_once_reached() {
+        let cmd: Vec<String> = vec!["w".into(), "--resume-from={checkpoint}".into()];
+        let shard = Shard {
+            id: WorkerId(0),
+            start: 0,
+            end: 10,
+        };
+        let none = BTreeMap::new();
+        assert_eq!(
+            render_argv(&cmd, WorkerId(0), Some(shard), None, &none),
+            ["w", "--resume-from=-1"]
+        );
+        assert_eq!(
+            render_argv(&cmd, WorkerId(0), Some(shard), Some(0), &none),
+            ["w", "--resume-from=0"]
+        );
+        assert_eq!(shard.initial_cursor(), None);
+        assert_eq!(shard.keys_done(0), 1, "key 0 done");
+        assert_eq!(shard.keys_done(9), 10);
+        assert_eq!(shard.keys_done(u64::MAX), 10);
+        let later = Shard {
+            id: WorkerId(1),
+            start: 10,
+            end: 20,
+        };
+        assert_eq!(later.initial_cursor(), Some(9));
+        assert_eq!(later.keys_done(9), 0, "the cursor before the shard");
+        assert_eq!(later.keys_done(3), 0);
+        assert_eq!(later.keys_done(10), 1);
     }
 
     #[test]

@@ -558,7 +558,8 @@ pub struct Setup {
 #[serde(deny_unknown_fields)]
 pub struct Template {
     /// argv, never a shell string. Placeholders: `{id}`, `{range_start}`, `{range_end}`,
-    /// `{checkpoint}` (the resume cursor; `range_start - 1` before the first checkpoint) and
+    /// `{checkpoint}` (the resume cursor; `range_start - 1` before the first checkpoint, -1
+    /// for a range starting at 0) and
     /// `{NAME}` for each parameter.
     pub command: Vec<String>,
     /// Working directory, relative to the manifest's directory (default `.`).

@@ -86,6 +86,14 @@ pub fn is_running(phase: Phase) -> bool {
     )
 }
 
+/// True when a worker runs a process: a running phase and a process its memory holds (seen
+/// alive, or started by this pass). A start only planned (`get` without a loop) or one that
+/// failed is phase Starting with no process: it runs nothing. `get`, `status` and the metrics
+/// all count running workers by this.
+pub fn runs(phase: Phase, memory: Option<&crate::plan::WorkerMemory>) -> bool {
+    is_running(phase) && memory.is_some_and(|w| w.process.is_some())
+}
+
 /// One worker's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerMetrics {
@@ -149,8 +157,8 @@ impl MetricsSnapshot {
         }
         let running = plan
             .workers
-            .values()
-            .filter(|s| is_running(s.phase))
+            .iter()
+            .filter(|(id, s)| runs(s.phase, memory.workers.get(id)))
             .count();
         let disk = match disk {
             Some(DiskObservation::Sample {

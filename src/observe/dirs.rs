@@ -532,7 +532,8 @@ fn file_version(st: &FileStat) -> FileVersion {
         dev: st.st_dev,
         inode: st.st_ino,
         size: u64::try_from(st.st_size).unwrap_or(0),
-        mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        mtime_ns: super::progress::nanos(st.st_mtime, st.st_mtime_nsec),
+        ctime_ns: super::progress::nanos(st.st_ctime, st.st_ctime_nsec),
     }
 }
 

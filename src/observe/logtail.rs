@@ -3,8 +3,10 @@
 //!
 //! Bytes are decoded as lossy UTF-8 with NUL runs (left by copytruncate) dropped. Lines start
 //! with Python logging's `YYYY-MM-DD HH:MM:SS,mmm` timestamp; a line without one (a traceback)
-//! belongs to the record before it. Rotation (the inode changed) and truncation (the file
-//! shrank) restart reading at the new file's tail instead of looking like silence.
+//! belongs to the record before it. Rotation (the inode changed), truncation (the file shrank)
+//! and a rewrite (the bytes before the cursor changed: truncated, then written past the old
+//! size before the next pass) restart reading at the new file's tail instead of looking like
+//! silence.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -14,8 +16,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::manifest::Patterns;
 
-/// Where the previous pass stopped reading a log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where the previous pass stopped reading a log, and enough about the bytes before that point
+/// to tell whether they are still the ones read.
+///
+/// Same device, inode and a size at least `offset` do not prove the log only grew: a log
+/// truncated and written again to at least its old size between two passes looks the same. So
+/// the cursor also keeps the file's times at the read (an unchanged file is not read at all)
+/// and a hash of the last bytes consumed (checked before reading on from `offset`; a mismatch
+/// reads the file again from its tail, [`LogReset::Rewritten`]).
+///
+/// Persisted in `state.json`; the fields after `offset` are absent from state written before
+/// they were kept (read as 0 / none: that cursor's first read then skips the check and
+/// records them). An older automon ignores them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LogCursor {
     /// Device of the file.
     pub dev: u64,
@@ -23,6 +36,27 @@ pub struct LogCursor {
     pub inode: u64,
     /// Byte offset just after the last complete line consumed.
     pub offset: u64,
+    /// The file's modification time when it was read, nanoseconds since the epoch; 0 when
+    /// unknown or not settled yet (see [`super::progress::SETTLED`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtime_ns: i128,
+    /// The file's status-change time when it was read, nanoseconds since the epoch (which,
+    /// unlike the modification time, nobody can set back); 0 like `mtime_ns`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ctime_ns: i128,
+    /// XXH3-64 of the [`TAIL_HASH_BYTES`] bytes before `offset` (fewer when `offset` is
+    /// smaller); `None` when `offset` is 0 or the hash is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_hash: Option<u64>,
+}
+
+/// How many bytes before a [`LogCursor`]'s offset its hash covers: the end of the last line
+/// consumed, timestamp included, so a log written again from the start differs there.
+pub const TAIL_HASH_BYTES: u64 = 64;
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &i128) -> bool {
+    *n == 0
 }
 
 /// How a line was classified by the manifest's patterns.
@@ -57,6 +91,9 @@ pub enum LogReset {
     Rotated,
     /// The file is shorter than where the last pass stopped: it was truncated.
     Truncated,
+    /// The bytes before where the last pass stopped are not the ones it read: the file was
+    /// truncated and written again to at least its old size between two passes.
+    Rewritten,
 }
 
 /// What one read of a log found.
@@ -153,11 +190,12 @@ pub fn read_tail_seen(
     patterns: &Patterns,
     format: &LineFormat,
 ) -> LogObservation {
-    // Unchanged since the last pass (same file, same size as what was consumed): one `stat`,
-    // no open or read; what a full read would find — nothing new.
+    // Unchanged since the last pass (same file, same size as what was consumed, same times):
+    // one `stat`, no open or read; what a full read would find — nothing new.
     if let Some(c) = prev
         && let Some(m) = seen
-        && (m.dev, m.inode, m.size) == (c.dev, c.inode, c.offset)
+        && (m.dev, m.inode, m.size, m.mtime_ns, m.ctime_ns)
+            == (c.dev, c.inode, c.offset, c.mtime_ns, c.ctime_ns)
     {
         return LogObservation::Read {
             cursor: *c,
@@ -196,6 +234,11 @@ pub fn read_tail_seen(
             reset = Some(LogReset::Truncated);
             0
         }
+        // The bytes just before the cursor are not the ones consumed: written again.
+        Some(c) if c.tail_hash.is_some() && tail_hash(&file, &[], 0, c.offset) != c.tail_hash => {
+            reset = Some(LogReset::Rewritten);
+            0
+        }
         Some(c) => c.offset,
         None => 0,
     };
@@ -203,7 +246,7 @@ pub fn read_tail_seen(
     let mut buf = Vec::with_capacity(usize::try_from(size - start).unwrap_or(0));
     let read = file
         .seek(SeekFrom::Start(start))
-        .and_then(|_| file.take(size - start).read_to_end(&mut buf));
+        .and_then(|_| (&file).take(size - start).read_to_end(&mut buf));
     if let Err(e) = read {
         return LogObservation::Unreadable {
             why: format!("cannot read: {e}"),
@@ -229,11 +272,25 @@ pub fn read_tail_seen(
         .map_or(0, |nl| nl + 1);
     let records = parse_records(&body[..complete], patterns, format);
     let repeated = repeated_cursor(&records);
+    let end = offset + complete as u64;
+    // Times of a file changed a moment ago may not change again on its next write (they tick
+    // coarsely): kept only once settled, so a same-size rewrite right after this read is still
+    // checked by its bytes (git's "racily clean" rule).
+    let times =
+        super::progress::settled_times(&meta, std::time::SystemTime::now()).unwrap_or((0, 0));
+    let hash = match prev {
+        // Nothing consumed from where the last pass stopped: the same bytes end there.
+        Some(c) if reset.is_none() && end == c.offset && c.tail_hash.is_some() => c.tail_hash,
+        _ => tail_hash(&file, &buf, start, end),
+    };
     LogObservation::Read {
         cursor: LogCursor {
             dev: meta.dev(),
             inode: meta.ino(),
-            offset: offset + complete as u64,
+            offset: end,
+            mtime_ns: times.0,
+            ctime_ns: times.1,
+            tail_hash: hash,
         },
         records,
         first_look: prev.is_none() || reset.is_some(),
@@ -241,6 +298,33 @@ pub fn read_tail_seen(
         new_bytes: complete as u64,
         repeated,
     }
+}
+
+/// The hash a [`LogCursor`] at `end` keeps: XXH3-64 of the [`TAIL_HASH_BYTES`] bytes before
+/// `end` (fewer near the start), taken from `buf` (the file's bytes from `buf_start` on) when
+/// it holds them, else read from `file`; `None` at offset 0 or when they cannot be read.
+fn tail_hash(file: &std::fs::File, buf: &[u8], buf_start: u64, end: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let from = end.saturating_sub(TAIL_HASH_BYTES);
+    if end == 0 {
+        return None;
+    }
+    let in_buf = from
+        .checked_sub(buf_start)
+        .and_then(|lo| {
+            Some((
+                usize::try_from(lo).ok()?,
+                usize::try_from(end - buf_start).ok()?,
+            ))
+        })
+        .and_then(|(lo, hi)| buf.get(lo..hi));
+    if let Some(bytes) = in_buf {
+        return Some(xxhash_rust::xxh3::xxh3_64(bytes));
+    }
+    let mut bytes = [0u8; TAIL_HASH_BYTES as usize];
+    let bytes = bytes.get_mut(..usize::try_from(end - from).ok()?)?;
+    file.read_exact_at(bytes, from).ok()?;
+    Some(xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
 /// Splits complete lines into records and keeps the classified ones; timestamps are read with
@@ -587,6 +671,192 @@ mod tests {
         assert_eq!(reset, Some(LogReset::Rotated));
         assert_eq!(records.len(), 1);
         assert!(records[0].message.contains("b.epub"));
+    }
+
+    fn cursor_of(obs: &LogObservation) -> LogCursor {
+        match obs {
+            LogObservation::Read { cursor, .. } => *cursor,
+            other => panic!("expected Read, got {other:?}"),
+        }
+    }
+
+    fn reset_of(obs: &LogObservation) -> Option<LogReset> {
+        match obs {
+            LogObservation::Read { reset, .. } => *reset,
+            other => panic!("expected Read, got {other:?}"),
+        }
+    }
+
+    /// Regression: a log truncated and written again to at least its old size between two
+    /// passes kept its device, inode and a size ≥ the cursor, so the cursor looked valid and
+    /// the new lines were never read: no activity, a false stuck verdict. Both the same size
+    /// (the "unchanged" shortcut) and a larger one (read on from the old offset) are caught.
+    #[test]
+    fn a_log_truncated_and_rewritten_to_at_least_its_old_size_is_read_again_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        let old = "2025-03-02 09:14:05,002 - INFO - Uploading: a.epub\n".repeat(3);
+        for (name, new) in [
+            (
+                "same size",
+                "2025-03-02 09:20:05,002 - INFO - Uploading: b.epub\n".repeat(3),
+            ),
+            (
+                "larger",
+                "2025-03-02 09:20:05,002 - INFO - Uploading: b.epub\n".repeat(5),
+            ),
+        ] {
+            std::fs::write(&path, &old).expect("write");
+            let first = read_tail_utc(&path, 4096, None, &patterns());
+            let cursor = cursor_of(&first);
+            assert_eq!(cursor.offset, old.len() as u64);
+            // Truncated and written again in place (same inode), like a worker that reopens
+            // its log with mode "w" and logs past the old size before the next pass.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .expect("open");
+            std::io::Write::write_all(&mut f, new.as_bytes()).expect("rewrite");
+            drop(f);
+            let after = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+            assert_eq!(reset_of(&after), Some(LogReset::Rewritten), "{name}");
+            let recs = records(&after);
+            assert_eq!(recs.len(), new.lines().count(), "{name}: {recs:?}");
+            assert!(recs.iter().all(|r| r.message.contains("b.epub")), "{name}");
+            assert_eq!(cursor_of(&after).offset, new.len() as u64, "{name}");
+            // Read: nothing again.
+            let again = read_tail_utc(&path, 4096, Some(&cursor_of(&after)), &patterns());
+            assert!(records(&again).is_empty(), "{name}");
+            assert_eq!(reset_of(&again), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn appends_shorter_than_the_hashed_tail_never_look_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        std::fs::write(&path, "").expect("create");
+        let mut cursor = cursor_of(&read_tail_utc(&path, 4096, None, &patterns()));
+        assert_eq!(cursor.tail_hash, None, "nothing consumed, nothing to check");
+        for i in 0..5 {
+            // Lines of a few bytes (less than the hashed tail), one partial at first.
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            std::io::Write::write_all(&mut f, format!("x{i}").as_bytes()).expect("append");
+            let partial = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+            assert_eq!(reset_of(&partial), None);
+            assert_eq!(
+                cursor_of(&partial).offset,
+                cursor.offset,
+                "a partial line waits"
+            );
+            std::io::Write::write_all(&mut f, b"\n").expect("append");
+            let next = read_tail_utc(&path, 4096, Some(&cursor_of(&partial)), &patterns());
+            assert_eq!(reset_of(&next), None, "append {i}");
+            assert_eq!(cursor_of(&next).offset, cursor.offset + 3);
+            assert!(cursor_of(&next).tail_hash.is_some());
+            cursor = cursor_of(&next);
+        }
+    }
+
+    /// A log changed a moment ago keeps no times in its cursor (they tick coarsely and may
+    /// not change on the next write): the next pass checks its bytes. A touch is nothing new.
+    #[test]
+    fn a_just_changed_log_keeps_no_times_and_a_touch_is_nothing_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        std::fs::write(
+            &path,
+            "2025-03-02 09:14:05,002 - INFO - Uploading: a.epub\n",
+        )
+        .expect("write");
+        let cursor = cursor_of(&read_tail_utc(&path, 4096, None, &patterns()));
+        let meta = std::fs::metadata(&path).expect("stat");
+        if crate::observe::progress::settled_times(&meta, std::time::SystemTime::now()).is_none() {
+            // (Unsettled now, so unsettled at the read before.)
+            assert_eq!((cursor.mtime_ns, cursor.ctime_ns), (0, 0));
+        }
+        let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(earlier))
+            .expect("touch");
+        let touched = read_tail_utc(&path, 4096, Some(&cursor), &patterns());
+        assert_eq!(reset_of(&touched), None);
+        assert!(records(&touched).is_empty());
+        let after = cursor_of(&touched);
+        assert_eq!(
+            (after.offset, after.tail_hash),
+            (cursor.offset, cursor.tail_hash)
+        );
+    }
+
+    /// With settled times, a log whose size and times are the cursor's is answered without
+    /// opening it; another status-change time (a rewrite that set the mtime back) is not.
+    #[test]
+    fn only_a_log_with_the_cursors_size_and_both_times_is_answered_without_a_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Never created: any open would find it missing.
+        let path = dir.path().join("absent.log");
+        let cursor = LogCursor {
+            dev: 1,
+            inode: 2,
+            offset: 300,
+            mtime_ns: 1_000,
+            ctime_ns: 2_000,
+            tail_hash: Some(7),
+        };
+        let seen = |ctime_ns| crate::observe::progress::FileVersion {
+            dev: 1,
+            inode: 2,
+            size: 300,
+            mtime_ns: 1_000,
+            ctime_ns,
+        };
+        let read = |ctime_ns| {
+            read_tail_seen(
+                &path,
+                Some(seen(ctime_ns)),
+                4096,
+                Some(&cursor),
+                &patterns(),
+                &LineFormat::python(jiff::tz::TimeZone::UTC),
+            )
+        };
+        assert_eq!(cursor_of(&read(2_000)), cursor);
+        assert_eq!(read(2_001), LogObservation::Missing, "looked at again");
+    }
+
+    /// A cursor saved before the times and the hash were kept (`{dev, inode, offset}`) reads
+    /// on from its offset, with no reset, and gains them.
+    #[test]
+    fn a_cursor_from_older_state_reads_on_from_its_offset_and_gains_a_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.log");
+        let line = "2025-03-02 09:14:05,002 - INFO - Uploading: a.epub\n";
+        std::fs::write(&path, line).expect("write");
+        let now = cursor_of(&read_tail_utc(&path, 4096, None, &patterns()));
+        let old: LogCursor = serde_json::from_str(&format!(
+            "{{\"dev\": {}, \"inode\": {}, \"offset\": {}}}",
+            now.dev, now.inode, now.offset
+        ))
+        .expect("an old cursor parses");
+        assert_eq!((old.mtime_ns, old.tail_hash), (0, None));
+        std::fs::write(&path, format!("{line}{}", line.replace("a.epub", "b.epub")))
+            .expect("append");
+        let next = read_tail_utc(&path, 4096, Some(&old), &patterns());
+        assert_eq!(reset_of(&next), None);
+        assert_eq!(records(&next).len(), 1);
+        assert!(records(&next)[0].message.contains("b.epub"));
+        assert!(cursor_of(&next).tail_hash.is_some());
+        // An unchanged file is still one stat; the new fields round-trip.
+        let text = serde_json::to_string(&cursor_of(&next)).expect("json");
+        let back: LogCursor = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, cursor_of(&next));
     }
 
     #[test]

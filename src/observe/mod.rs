@@ -244,9 +244,18 @@ impl ProgressReader {
             return (obs.clone(), false);
         }
         let obs = progress::read(path, pointers);
-        // Only a stable version is kept: a file rewritten during the read is read again.
-        if progress::version(path) == Some(version) {
+        // Only a stable version is kept: a file rewritten during the read is read again, and
+        // so is one changed a moment ago (its times may not move on a rewrite in the same
+        // clock tick: see `progress::SETTLED`).
+        if progress::version(path) == Some(version)
+            && progress::settled(
+                version.mtime_ns.max(version.ctime_ns),
+                std::time::SystemTime::now(),
+            )
+        {
             *parsed = Some((version, obs.clone()));
+        } else {
+            *parsed = None;
         }
         (obs, true)
     }
@@ -325,8 +334,12 @@ impl Observer {
                 let mem = memory.workers.get(&id).map(|w| &**w);
                 let recorded = mem.and_then(|m| m.process.as_ref());
                 let process = recorded.map(|p| {
+                    // A worker being stopped is read from /proc: its stop task may have seen it
+                    // die before the reaper's exit event arrives, and "alive" would then read
+                    // as a stop nobody is carrying on (and be resumed).
                     if reaper_knows_alive(&children, &boot, &p.identity)
                         && !might_be_stuck(desired, mem, p.started_at, now)
+                        && mem.is_none_or(|m| m.stopping.is_none())
                     {
                         ProcessStatus::Alive {
                             state: proc::STATE_NOT_READ,
@@ -687,6 +700,16 @@ spec:
     }
 
     fn process_seen(children: Children, progress_secs: u64, now_secs: u64) -> ProcessStatus {
+        process_seen_in(
+            children,
+            &memory(BootTime::from_duration(std::time::Duration::from_secs(
+                progress_secs,
+            ))),
+            now_secs,
+        )
+    }
+
+    fn process_seen_in(children: Children, memory: &Memory, now_secs: u64) -> ProcessStatus {
         let dir = tempfile::tempdir().expect("tempdir");
         // A /proc with a boot id and no processes: reading it finds pid 4242 gone.
         let proc_root = dir.path().join("proc");
@@ -703,7 +726,7 @@ spec:
         let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
         let observed = observer.observe(
             &desired,
-            &memory(secs(progress_secs)),
+            memory,
             dir.path(),
             children,
             false,
@@ -825,6 +848,190 @@ spec:
         assert_eq!(
             process_seen(Children::default(), 1010, 1020),
             ProcessStatus::Exited
+        );
+    }
+
+    /// Regression: `automon pause` logged "resuming the stop of pid N requested 145ms ago":
+    /// the stop task saw the worker die and reported before the reaper's exit event arrived,
+    /// and the next pass, taking the unreaped child for alive on the reaper's word, found a
+    /// stop that no task carried on and resumed it. A worker being stopped is read from /proc
+    /// (here: gone), so the planner waits for its exit status instead.
+    #[test]
+    fn a_child_being_stopped_is_read_from_proc_not_taken_for_alive() {
+        let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
+        let mut m = memory(secs(1010));
+        if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+            w.stopping = Some(crate::plan::Stopping {
+                requested_at: secs(1019),
+                reason: "paused by an operator".into(),
+                restart: false,
+                unkillable_since: None,
+            });
+        }
+        assert_eq!(
+            process_seen_in(unreaped_child(7), &m, 1020),
+            ProcessStatus::Exited
+        );
+    }
+
+    /// An observer over a fixture `/proc` without processes, and a memory with worker 0.
+    fn idle_observer(dir: &Path) -> (Desired, Observer, Memory) {
+        let proc_root = dir.join("proc");
+        std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
+        std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
+        let desired = desired(dir);
+        let observer = Observer::new(
+            &desired,
+            Roots {
+                proc: proc_root,
+                sys: dir.join("sys"),
+            },
+        );
+        let mut memory = Memory {
+            boot_id: "b".into(),
+            ..Memory::default()
+        };
+        memory.workers.insert(WorkerId(0), WorkerMemory::default());
+        (desired, observer, memory)
+    }
+
+    /// One pass for worker 0; its log cursor is kept in `memory` as the planner keeps it.
+    fn observe_worker(
+        desired: &Desired,
+        observer: &mut Observer,
+        memory: &mut Memory,
+        dir: &Path,
+    ) -> WorkerObservation {
+        let now = BootTime::from_duration(std::time::Duration::from_secs(1000));
+        let mut observed = observer.observe(desired, memory, dir, Children::default(), false, now);
+        let w = observed
+            .workers
+            .remove(&WorkerId(0))
+            .expect("worker 0 observed");
+        if let LogObservation::Read { cursor, .. } = &w.log
+            && let Some(m) = memory.workers.get_mut(&WorkerId(0))
+        {
+            m.log_cursor = Some(*cursor);
+        }
+        w
+    }
+
+    /// Regression: a worker's log truncated and written again to at least its old size
+    /// between two passes was never read again (same inode, size ≥ the cursor): no activity,
+    /// a false stuck verdict. Through the observer, its directory watch included: the
+    /// rewritten lines are consumed at the next pass.
+    #[test]
+    fn a_log_rewritten_past_its_old_size_between_passes_has_its_new_lines_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (desired, mut observer, mut memory) = idle_observer(dir.path());
+        let log = desired.log_path(WorkerId(0));
+        let line = |n: u32| format!("2025-03-02 09:14:{n:02},002 - INFO - Processed batch {n}\n");
+        std::fs::write(&log, (0..4).map(line).collect::<String>()).expect("write");
+        let first = observe_worker(&desired, &mut observer, &mut memory, dir.path());
+        assert!(matches!(&first.log, LogObservation::Read { records, .. } if records.len() == 4));
+        let idle = observe_worker(&desired, &mut observer, &mut memory, dir.path());
+        assert!(matches!(&idle.log, LogObservation::Read { records, .. } if records.is_empty()));
+        // The worker restarts with its log opened for writing (not appending) and logs more
+        // than before.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .expect("open");
+        std::io::Write::write_all(&mut f, (10..15).map(line).collect::<String>().as_bytes())
+            .expect("rewrite");
+        drop(f);
+        let after = observe_worker(&desired, &mut observer, &mut memory, dir.path());
+        let LogObservation::Read { records, reset, .. } = &after.log else {
+            panic!("{:?}", after.log)
+        };
+        assert_eq!(*reset, Some(logtail::LogReset::Rewritten));
+        assert_eq!(records.len(), 5, "{records:?}");
+        assert!(records[0].message.contains("Processed batch 10"));
+    }
+
+    /// Regression: a progress file rewritten in place at the same size with its mtime set
+    /// back (`cp -p`, `rsync -t`) kept the last parse (same inode, size and mtime), so the
+    /// new checkpoint was never seen. Its ctime moves, and is part of the version.
+    #[test]
+    fn a_progress_file_rewritten_at_the_same_size_with_its_mtime_restored_is_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (desired, mut observer, mut memory) = idle_observer(dir.path());
+        let path = desired.progress_path(WorkerId(0));
+        std::fs::write(&path, "{\"c\": 100}").expect("write");
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let first = observe_worker(&desired, &mut observer, &mut memory, dir.path());
+        assert!(matches!(
+            first.progress,
+            ProgressObservation::Read {
+                checkpoint: 100,
+                ..
+            }
+        ));
+        // What `cp -p` does to an existing file: truncate, write, set the times back.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut f, b"{\"c\": 200}").expect("rewrite");
+        f.set_modified(mtime).expect("restore mtime");
+        drop(f);
+        let after = observe_worker(&desired, &mut observer, &mut memory, dir.path());
+        assert!(
+            matches!(
+                after.progress,
+                ProgressObservation::Read {
+                    checkpoint: 200,
+                    ..
+                }
+            ),
+            "{:?}",
+            after.progress
+        );
+    }
+
+    /// The parse of a settled file is reused while its version holds; a version that differs
+    /// only in its ctime is read again (the rule the test above needs when the first read was
+    /// long ago, which a test cannot wait for).
+    #[test]
+    fn a_kept_parse_is_dropped_when_only_the_ctime_differs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "{\"c\": 200}").expect("write");
+        let pointers = progress::Pointers::checkpoint("/c");
+        let old = progress::FileVersion {
+            dev: 1,
+            inode: 2,
+            size: 10,
+            mtime_ns: 1_000,
+            ctime_ns: 2_000,
+        };
+        let kept = ProgressObservation::Read {
+            checkpoint: 100,
+            items: None,
+            completed: None,
+        };
+        let mut parsed = Some((old, kept.clone()));
+        let (same, fresh) = ProgressReader::read_once(&pointers, &path, Some(old), &mut parsed);
+        assert_eq!((same, fresh), (kept, false));
+        let moved = progress::FileVersion {
+            ctime_ns: 3_000,
+            ..old
+        };
+        let (again, fresh) = ProgressReader::read_once(&pointers, &path, Some(moved), &mut parsed);
+        assert!(fresh);
+        assert!(
+            matches!(
+                again,
+                ProgressObservation::Read {
+                    checkpoint: 200,
+                    ..
+                }
+            ),
+            "{again:?}"
         );
     }
 }

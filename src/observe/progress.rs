@@ -34,6 +34,10 @@ pub enum ProgressObservation {
         #[serde(default)]
         completed: Option<bool>,
     },
+    /// A well-formed file whose cursor is -1: no key done yet. It is the cursor before key 0,
+    /// what `{checkpoint}` renders for a shard starting at 0 and a worker writes back before
+    /// its first batch; it is no checkpoint (the last good one, if any, is kept).
+    NothingDone,
     /// The file exists but holds no usable cursor; `why` says what is wrong.
     Unreadable {
         /// A sentence naming the problem, e.g. "truncated JSON at byte 118".
@@ -229,6 +233,9 @@ pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservat
             why: format!("no value at {checkpoint}"),
         };
     };
+    if is_minus_one(&raw) {
+        return ProgressObservation::NothingDone;
+    }
     let Some(checkpoint_value) = as_count(&raw) else {
         return ProgressObservation::Unreadable {
             why: format!("value at {checkpoint} is {raw} (expected a non-negative integer)"),
@@ -257,6 +264,15 @@ pub fn parse(bytes: &[u8], pointers: &Pointers) -> ProgressObservation {
     parse_reader(bytes, pointers)
 }
 
+/// The cursor before key 0: -1, as a number or a string.
+fn is_minus_one(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64() == Some(-1),
+        serde_json::Value::String(s) => s.trim() == "-1",
+        _ => false,
+    }
+}
+
 /// A non-negative integer, or a string of digits with `,`, `_` or space separators.
 fn as_count(v: &serde_json::Value) -> Option<u64> {
     match v {
@@ -277,6 +293,10 @@ fn as_count(v: &serde_json::Value) -> Option<u64> {
 }
 
 /// Identifies one version of a file: a change in any field means it must be read again.
+///
+/// The status-change time is there because the modification time alone can be set back: a
+/// same-size rewrite by `cp -p` or `rsync -t` restores the old mtime, but the kernel sets the
+/// ctime to now on every write and on that very `utimensat`, and userspace cannot set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileVersion {
     /// Device.
@@ -287,6 +307,40 @@ pub struct FileVersion {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Status-change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+/// Nanoseconds since the epoch of a `stat` time given as seconds and nanoseconds.
+pub fn nanos(sec: impl Into<i128>, nsec: impl Into<i128>) -> i128 {
+    sec.into() * 1_000_000_000 + nsec.into()
+}
+
+/// How long after a file's last change its times are trusted to tell a later change: a file
+/// system stamps times from a coarse clock (a few milliseconds; a second or two on some), so
+/// a write just after a look can leave them as they were. A file changed more recently than
+/// this is looked at again, whatever its times say (git's "racily clean" rule).
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The (mtime, ctime) of `meta` in nanoseconds since the epoch, when the later of them is at
+/// least [`SETTLED`] before `now` (wall clock); `None` for a file changed since then (or
+/// stamped in the future).
+pub fn settled_times(meta: &std::fs::Metadata, now: std::time::SystemTime) -> Option<(i128, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let times = (
+        nanos(meta.mtime(), meta.mtime_nsec()),
+        nanos(meta.ctime(), meta.ctime_nsec()),
+    );
+    settled(times.0.max(times.1), now).then_some(times)
+}
+
+/// True when a change at `changed_ns` (nanoseconds since the epoch) is at least [`SETTLED`]
+/// before `now`.
+pub fn settled(changed_ns: i128, now: std::time::SystemTime) -> bool {
+    let now_ns = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+    now_ns.saturating_sub(changed_ns) >= SETTLED.as_nanos() as i128
 }
 
 /// The version of the file at `path`, if it exists.
@@ -297,7 +351,8 @@ pub fn version(path: &Path) -> Option<FileVersion> {
         dev: m.dev(),
         inode: m.ino(),
         size: m.size(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        mtime_ns: nanos(m.mtime(), m.mtime_nsec()),
+        ctime_ns: nanos(m.ctime(), m.ctime_nsec()),
     })
 }
 
@@ -428,13 +483,28 @@ mod tests {
     #[test]
     fn negative_or_fractional_cursor_is_rejected() {
         for text in [
-            &br#"{"c": -1}"#[..],
+            &br#"{"c": -2}"#[..],
+            br#"{"c": -1.0}"#,
             br#"{"c": 1.5}"#,
             br#"{"c": "12a"}"#,
             br#"{"c": null}"#,
         ] {
             assert!(
                 unreadable(&parse(text, &Pointers::checkpoint("/c"))),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    /// A worker of a shard starting at key 0, started with `{checkpoint}` = -1, writes -1
+    /// back before its first batch: nothing done, never "unreadable" (which would hold it).
+    #[test]
+    fn minus_one_the_cursor_before_key_0_reads_as_nothing_done() {
+        for text in [&br#"{"c": -1}"#[..], br#"{"c": "-1"}"#] {
+            assert_eq!(
+                parse(text, &Pointers::checkpoint("/c")),
+                ProgressObservation::NothingDone,
                 "{}",
                 String::from_utf8_lossy(text)
             );

@@ -25,6 +25,10 @@ use crate::observe::{LogCursor, ProcessIdentity};
 ///   corrupt (it parsed the whole file before looking at the version; from version 3 on the
 ///   version is read first, so a newer file is always called newer): going back to an older
 ///   build needs the state directory of that build, never `--reset-state`.
+///
+/// Fields added with serde defaults that an older build may ignore without misreading the
+/// rest are no new version: a log cursor's times and tail hash ([`LogCursor`]) are read as
+/// absent from older files, and an older build drops them (its cursors then work as before).
 pub const MEMORY_VERSION: u32 = 3;
 
 /// How many distinct progress-line fingerprints are remembered per worker: a line repeated
@@ -762,7 +766,7 @@ mod signals_as_hex {
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
                 if !text.len().is_multiple_of(16) {
                     return Err(E::custom(format!(
-                        "recent_signals: {} hex digits is not a whole number of 16-digit fingerprints",
+                        "{} hex digits is not a whole number of 16-digit fingerprints",
                         text.len()
                     )));
                 }
@@ -775,7 +779,7 @@ mod signals_as_hex {
                             .and_then(|h| u64::from_str_radix(h, 16).ok())
                             .ok_or_else(|| {
                                 E::custom(format!(
-                                    "recent_signals: fingerprint {} is not 16 hex digits",
+                                    "fingerprint {} is not 16 hex digits",
                                     i / 16 + 1
                                 ))
                             })

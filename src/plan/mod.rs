@@ -135,10 +135,11 @@ pub struct WorkerStatus {
 pub enum Reason {
     /// Written out.
     Text(String),
-    /// A running worker without an alarm: `pid 4242 at book 1,234; 12s since the last progress`.
+    /// A running worker without an alarm: `pid 4242 at book 1,234; 12s since the last progress`
+    /// (`job 360 at …` for a Slurm job).
     Running {
-        /// Its process.
-        pid: i32,
+        /// Its process or job.
+        handle: crate::runtime::Handle,
         /// The unit's name (`book`) and its checkpoint, when it has one.
         at: Option<(std::sync::Arc<str>, u64)>,
         /// Time since the last progress signal (or since its start).
@@ -153,12 +154,12 @@ impl std::fmt::Display for Reason {
         match self {
             Reason::Text(text) => f.write_str(text),
             Reason::Running {
-                pid,
+                handle,
                 at,
                 idle,
                 since_start,
             } => {
-                write!(f, "pid {pid}")?;
+                write!(f, "{handle}")?;
                 if let Some((unit, checkpoint)) = at {
                     write!(f, " at {unit} {}", crate::text::Count(*checkpoint))?;
                 }

@@ -501,6 +501,7 @@ fn a_repeated_log_line_is_not_progress() {
             dev: 1,
             inode: 1,
             offset: 10,
+            ..LogCursor::default()
         },
         records: vec![line(ts)],
         first_look: false,
@@ -567,6 +568,7 @@ fn a_line_repeated_with_only_its_timestamp_changed_is_not_progress_whatever_the_
                     dev: 1,
                     inode: 1,
                     offset: 10,
+                    ..LogCursor::default()
                 },
                 records: vec![LogRecord {
                     class: LineClass::Activity,
@@ -1131,6 +1133,7 @@ fn a_completion_log_line_short_of_the_shard_end_is_reported_not_believed() {
             dev: 1,
             inode: 1,
             offset: 10,
+            ..LogCursor::default()
         },
         records: vec![LogRecord {
             class: LineClass::Completion,
@@ -1231,7 +1234,7 @@ fn progress_line_fingerprints_are_stable_across_builds() {
 #[test]
 fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     let running = |at: Option<u64>, idle: u64, since_start: bool| Reason::Running {
-        pid: 4242,
+        handle: crate::runtime::Handle::Process(4242),
         at: at.map(|c| (std::sync::Arc::from("book"), c)),
         idle: Duration::from_secs(idle),
         since_start,
@@ -1256,6 +1259,19 @@ fn a_running_workers_reason_reads_as_a_sentence_and_serializes_as_one() {
     // Read back (status files, `get -o json` consumers) it is the same sentence.
     let back: WorkerStatus = serde_json::from_str(&json).expect("parses");
     assert_eq!(back.reason.to_string(), status.reason.to_string());
+}
+
+/// Regression: a Slurm job's running reason said `pid 360` (its job id as a pid) when no
+/// job record was at hand (a job found again after a scheduler hold).
+#[test]
+fn a_running_slurm_jobs_reason_names_the_job_not_a_pid() {
+    let reason = Reason::Running {
+        handle: crate::runtime::Handle::Job(360),
+        at: Some((std::sync::Arc::from("book"), 7)),
+        idle: Duration::from_secs(5),
+        since_start: true,
+    };
+    assert_eq!(reason.to_string(), "job 360 at book 7; 5s since start");
 }
 
 /// Regression (issue 14.2): with the disk alternating busy/idle, 6–8 scale changes in 100 s
@@ -1543,4 +1559,93 @@ fn rate_samples_stay_bounded_by_the_spacing_at_any_pass_interval_and_the_rate_st
             );
         }
     }
+}
+
+/// Regression (`work.range.start: 0`): the first start of the shard at key 0 rendered
+/// `{checkpoint}` as 0, "key 0 done". It renders -1; the -1 its worker writes back reads as
+/// nothing done (not an unreadable file that holds the worker), and a remembered checkpoint
+/// is never given up for it.
+#[test]
+fn a_shard_starting_at_key_0_starts_before_it_and_its_minus_one_cursor_is_nothing_done() {
+    let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 0, end: 800}, shards: 8}
+  template: {command: [w, "{range_start}", "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+    let manifest = Manifest {
+        file: PathBuf::from("t.yaml"),
+        dir: PathBuf::from("/tmp/t"),
+        workerset: crate::manifest::parse(text).expect("valid manifest"),
+    };
+    let d = Desired::resolve(&manifest, None).expect("resolve");
+    let start_argv = |p: &Plan| {
+        p.actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) => Some(s.argv.clone()),
+                _ => None,
+            })
+            .expect("a start")
+    };
+    let first = plan(&d, &observed(BTreeMap::new(), vec![]), mem(), t0());
+    assert_eq!(start_argv(&first), ["w", "0", "-1"]);
+    // Stopped, its file written back with -1: started again before key 0, not held.
+    let nothing_done = WorkerObservation {
+        progress: ProgressObservation::NothingDone,
+        ..obs(None, None)
+    };
+    let mut m = mem();
+    m.workers.insert(WorkerId(0), WorkerMemory::default());
+    let o = observed([(WorkerId(0), nothing_done.clone())].into(), vec![]);
+    let again = plan(&d, &o, m, at(10));
+    assert_eq!(start_argv(&again), ["w", "0", "-1"]);
+    assert_eq!(again.memory.workers[&WorkerId(0)].checkpoint, None);
+    // A remembered checkpoint stays the resume cursor.
+    let mut m = mem();
+    m.workers.insert(
+        WorkerId(0),
+        WorkerMemory {
+            checkpoint: Some(5),
+            ..WorkerMemory::default()
+        },
+    );
+    let resumed = plan(&d, &o, m, at(10));
+    assert_eq!(start_argv(&resumed), ["w", "0", "5"]);
+}
+
+/// The other half of the pause race (see the observer's
+/// `a_child_being_stopped_is_read_from_proc_not_taken_for_alive`): a worker being stopped,
+/// gone from /proc, its stop task done and its exit status not yet reaped, is waited for:
+/// no "resuming the stop", no second stop.
+#[test]
+fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_again() {
+    let d = desired();
+    let mut m = mem();
+    let mut w = running(10, t0(), 40);
+    w.stopping = Some(Stopping {
+        requested_at: at(100).boot,
+        reason: "paused by an operator".into(),
+        restart: false,
+        unkillable_since: None,
+    });
+    m.workers.insert(WorkerId(0), w);
+    let mut o = observed(
+        [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
+        vec![],
+    );
+    o.children.unreaped.insert(10);
+    let p = plan(&d, &o, m, at(101));
+    assert!(stops(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stopping);
+    assert!(
+        p.workers[&WorkerId(0)]
+            .reason
+            .to_string()
+            .contains("collecting its exit status")
+    );
 }

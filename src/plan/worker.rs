@@ -221,6 +221,18 @@ impl Planner<'_> {
                     w.progress_problem = Some(why.clone());
                 }
             }
+            ProgressObservation::NothingDone => {
+                // Parses, holds no checkpoint: a remembered one stays (a restart never goes
+                // back to the shard's start while one exists).
+                w.unreadable_since = None;
+                w.exits_without_progress_file = 0;
+                if w.progress_problem.take().is_some() {
+                    self.events.push(format!(
+                        "worker {id}: progress file {} readable again (nothing done yet)",
+                        self.desired.progress_path(id).display(),
+                    ));
+                }
+            }
             ProgressObservation::Missing => w.unreadable_since = None,
         }
         if let LogObservation::Read {
@@ -236,6 +248,9 @@ impl Planner<'_> {
                 let what = match reset {
                     crate::observe::logtail::LogReset::Rotated => "was rotated",
                     crate::observe::logtail::LogReset::Truncated => "was truncated",
+                    crate::observe::logtail::LogReset::Rewritten => {
+                        "was truncated and written again"
+                    }
                 };
                 self.events.push(format!(
                     "worker {id}: log {what}; reading the new file from its tail"
@@ -438,28 +453,29 @@ impl Planner<'_> {
             Phase::Discovering
         };
         // Every running worker's reason, every pass: kept as facts, written when read.
+        let handle = w
+            .process
+            .as_ref()
+            .map_or(crate::runtime::Handle::Process(pid), |p| {
+                crate::runtime::Handle::of(&p.identity)
+            });
         let reason = Reason::Running {
-            pid,
+            handle,
             at: self
                 .progress_of(id, w.checkpoint)
                 .map(|c| (self.unit_name.clone(), c)),
             idle,
             since_start: reference == started_at,
         };
-        let reason = match (
-            &w.job,
-            w.process
-                .as_ref()
-                .map(|p| crate::runtime::Handle::of(&p.identity)),
-        ) {
-            (Some(job), Some(handle @ crate::runtime::Handle::Job(_))) => {
+        let reason = match (&w.job, handle) {
+            (Some(job), crate::runtime::Handle::Job(_)) => {
                 let on = job
                     .node
                     .as_deref()
                     .map(|n| format!(" on {n}"))
                     .unwrap_or_default();
                 Reason::Text(reason.to_string().replacen(
-                    &format!("pid {pid}"),
+                    &handle.to_string(),
                     &format!("{handle}{on}"),
                     1,
                 ))

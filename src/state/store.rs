@@ -72,7 +72,45 @@ pub fn load_memory(state_dir: &Path) -> Result<Memory, StateError> {
     if found > MEMORY_VERSION {
         return Err(StateError::Version { path, found });
     }
-    serde_json::from_slice(&bytes).map_err(corrupt)
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // Parsed again, tracking where, only to say which worker and field (the first parse
+        // stays as fast as it was: `get` and every start read the whole file).
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize::<_, Memory>(&mut de) {
+            Err(located) => StateError::Corrupt {
+                path: path.clone(),
+                why: format!(
+                    "{}{}",
+                    where_in_memory(located.path()),
+                    located.into_inner()
+                ),
+            },
+            Ok(_) => corrupt(e),
+        }
+    })
+}
+
+/// Where in the memory a parse failed, as a prefix for the error: `worker 3, recent_signals: `
+/// for a worker's field, `desired_count: ` for another, nothing at the top level.
+fn where_in_memory(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let names: Vec<String> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [workers, id] if workers == "workers" => format!("worker {id}: "),
+        [workers, id, rest @ ..] if workers == "workers" => {
+            format!("worker {id}, {}: ", rest.join("."))
+        }
+        other => format!("{}: ", other.join(".")),
+    }
 }
 
 /// Writes the memory atomically to `state_dir/state.json`, creating the directory.
@@ -255,6 +293,11 @@ mod tests {
             assert!(
                 err.to_string().contains("state.json")
                     && err.to_string().contains("recent_signals"),
+                "{err}"
+            );
+            // Regression: the error did not say whose fingerprints they were.
+            assert!(
+                err.to_string().contains("worker 0, recent_signals"),
                 "{err}"
             );
         }

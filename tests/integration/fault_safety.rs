@@ -558,6 +558,11 @@ fn a_second_workerset_on_the_same_files_is_refused_naming_the_owner() {
         copy_sampled.max_per_id, 0,
         "the second automon started nothing"
     );
+    // Regression: the refused automon left its state directory's `lock` file behind.
+    assert!(
+        !copy.path().join(".automon").join("lock").exists(),
+        "the refused automon left a lock file"
+    );
 }
 
 /// Regression (fault safety 6): a caller's descriptor (here a FIFO on fd 7) leaked into the

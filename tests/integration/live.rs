@@ -363,6 +363,12 @@ fn twenty_concurrent_operator_commands_all_take_effect_with_and_without_a_loop()
         24,
         "one event per request:\n{events}"
     );
+    // Regression: a stop's task reported before the reaper's exit event, and the next pass
+    // "resumed" the stop it took for abandoned (no automon restarted here to abandon one).
+    assert!(
+        !events.contains("resuming the stop"),
+        "a stop of this loop was resumed:\n{events}"
+    );
     assert!(
         lp.try_wait().expect("try_wait").is_none(),
         "the loop runs on"

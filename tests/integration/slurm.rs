@@ -496,5 +496,11 @@ fn slurmctld_stopped_for_a_while_holds_automon_which_says_why_and_then_carries_o
         begun == ended && begun <= 3,
         "{begun} hold(s) begun, {ended} ended:\n{events}"
     );
+    // Regression: after the hold, this run's own jobs, seen again, were logged as "adopted
+    // job N (recorded by an earlier automon)"; no earlier automon ran.
+    assert!(
+        !events.contains("recorded by an earlier automon"),
+        "this run's own jobs called an earlier automon's:\n{events}"
+    );
     assert!(stderr.contains("all 8 shards complete"), "{stderr}");
 }
