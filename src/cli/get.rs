@@ -604,7 +604,7 @@ pub fn build(
     let running = plan
         .workers
         .iter()
-        .filter(|(id, s)| crate::metrics::runs(s.phase, memory.workers.get(id)))
+        .filter(|(id, s)| crate::metrics::runs(s.phase, memory.workers.get(id).map(AsRef::as_ref)))
         .count();
     Status {
         name: desired.name.clone(),
@@ -1018,7 +1018,7 @@ spec:
         let mut memory = memory;
         memory.workers.insert(
             crate::WorkerId(0),
-            WorkerMemory {
+            Box::new(WorkerMemory {
                 process: Some(crate::plan::RunningProcess {
                     identity: crate::observe::ProcessIdentity {
                         pid: 4242,
@@ -1032,7 +1032,7 @@ spec:
                     template: None,
                 }),
                 ..WorkerMemory::default()
-            },
+            }),
         );
         observed.workers.insert(
             crate::WorkerId(0),

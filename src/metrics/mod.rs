@@ -158,7 +158,7 @@ impl MetricsSnapshot {
         let running = plan
             .workers
             .iter()
-            .filter(|(id, s)| runs(s.phase, memory.workers.get(id)))
+            .filter(|(id, s)| runs(s.phase, memory.workers.get(id).map(AsRef::as_ref)))
             .count();
         let disk = match disk {
             Some(DiskObservation::Sample {

@@ -891,7 +891,9 @@ spec:
             boot_id: "b".into(),
             ..Memory::default()
         };
-        memory.workers.insert(WorkerId(0), WorkerMemory::default());
+        memory
+            .workers
+            .insert(WorkerId(0), Box::new(WorkerMemory::default()));
         (desired, observer, memory)
     }
 

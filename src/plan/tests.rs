@@ -1600,7 +1600,8 @@ spec:
         ..obs(None, None)
     };
     let mut m = mem();
-    m.workers.insert(WorkerId(0), WorkerMemory::default());
+    m.workers
+        .insert(WorkerId(0), Box::new(WorkerMemory::default()));
     let o = observed([(WorkerId(0), nothing_done.clone())].into(), vec![]);
     let again = plan(&d, &o, m, at(10));
     assert_eq!(start_argv(&again), ["w", "0", "-1"]);
@@ -1609,10 +1610,10 @@ spec:
     let mut m = mem();
     m.workers.insert(
         WorkerId(0),
-        WorkerMemory {
+        Box::new(WorkerMemory {
             checkpoint: Some(5),
             ..WorkerMemory::default()
-        },
+        }),
     );
     let resumed = plan(&d, &o, m, at(10));
     assert_eq!(start_argv(&resumed), ["w", "0", "5"]);
@@ -1633,7 +1634,7 @@ fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_aga
         restart: false,
         unkillable_since: None,
     });
-    m.workers.insert(WorkerId(0), w);
+    m.workers.insert(WorkerId(0), Box::new(w));
     let mut o = observed(
         [(WorkerId(0), obs(Some(ProcessStatus::Exited), Some(40)))].into(),
         vec![],
