@@ -8,7 +8,6 @@
 //! size before the next pass) restart reading at the new file's tail instead of looking like
 //! silence.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -206,7 +205,7 @@ pub fn read_tail_seen(
             repeated: None,
         };
     }
-    let mut file = match std::fs::File::open(path) {
+    let file = match super::progress::open_quietly(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LogObservation::Missing,
         Err(e) => {
@@ -225,7 +224,7 @@ pub fn read_tail_seen(
     };
     let size = meta.len();
     let mut reset = None;
-    let from = match prev {
+    let mut from = match prev {
         Some(c) if c.inode != meta.ino() || c.dev != meta.dev() => {
             reset = Some(LogReset::Rotated);
             0
@@ -234,24 +233,48 @@ pub fn read_tail_seen(
             reset = Some(LogReset::Truncated);
             0
         }
-        // The bytes just before the cursor are not the ones consumed: written again.
-        Some(c) if c.tail_hash.is_some() && tail_hash(&file, &[], 0, c.offset) != c.tail_hash => {
-            reset = Some(LogReset::Rewritten);
-            0
-        }
         Some(c) => c.offset,
         None => 0,
     };
-    let start = from.max(size.saturating_sub(window));
-    let mut buf = Vec::with_capacity(usize::try_from(size - start).unwrap_or(0));
-    let read = file
-        .seek(SeekFrom::Start(start))
-        .and_then(|_| (&file).take(size - start).read_to_end(&mut buf));
-    if let Err(e) = read {
-        return LogObservation::Unreadable {
-            why: format!("cannot read: {e}"),
+    let mut start = from.max(size.saturating_sub(window));
+    // The bytes just before the cursor are checked against the ones consumed: read with the
+    // new ones when the read starts at the cursor (one `pread` for both), else on their own.
+    let check = prev.filter(|c| reset.is_none() && c.tail_hash.is_some());
+    let mut read_at = match check {
+        Some(c) if start == c.offset => c.offset.saturating_sub(TAIL_HASH_BYTES),
+        _ => start,
+    };
+    let read = |at: u64| super::progress::read_from(&file, at, size - at, size - at);
+    let mut buf = match read(read_at) {
+        Ok(b) => b,
+        Err(e) => {
+            return LogObservation::Unreadable {
+                why: format!("cannot read: {e}"),
+            };
+        }
+    };
+    if let Some(c) = check
+        && tail_hash(&file, &buf, read_at, c.offset) != c.tail_hash
+    {
+        // Not the bytes consumed: the log was written again.
+        reset = Some(LogReset::Rewritten);
+        from = 0;
+        start = size.saturating_sub(window);
+        read_at = start;
+        buf = match read(read_at) {
+            Ok(b) => b,
+            Err(e) => {
+                return LogObservation::Unreadable {
+                    why: format!("cannot read: {e}"),
+                };
+            }
         };
     }
+    // From `start` on (the hash's bytes before it are not the new ones).
+    let skip = usize::try_from(start - read_at)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    buf.drain(..skip);
     // Starting inside the file (not at a line boundary we recorded): drop the partial first line.
     let aligned = start == 0 || (prev.is_some() && reset.is_none() && start == from);
     let mut body: &[u8] = &buf;

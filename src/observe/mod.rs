@@ -243,11 +243,11 @@ impl ProgressReader {
         {
             return (obs.clone(), false);
         }
-        let obs = progress::read(path, pointers);
-        // Only a stable version is kept: a file rewritten during the read is read again, and
-        // so is one changed a moment ago (its times may not move on a rewrite in the same
-        // clock tick: see `progress::SETTLED`).
-        if progress::version(path) == Some(version)
+        let (obs, read) = progress::read_versioned(path, pointers, version.size);
+        // Only a stable version is kept: a file rewritten during the read (or replaced since
+        // the pass's `stat`) is read again, and so is one changed a moment ago (its times may
+        // not move on a rewrite in the same clock tick: see `progress::SETTLED`).
+        if read == Some(version)
             && progress::settled(
                 version.mtime_ns.max(version.ctime_ns),
                 std::time::SystemTime::now(),

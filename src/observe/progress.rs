@@ -345,47 +345,147 @@ pub fn settled(changed_ns: i128, now: std::time::SystemTime) -> bool {
 
 /// The version of the file at `path`, if it exists.
 pub fn version(path: &Path) -> Option<FileVersion> {
+    std::fs::metadata(path).ok().map(|m| version_of(&m))
+}
+
+/// Reads and parses the progress file at `path` (at most [`MAX_PROGRESS_BYTES`]).
+pub fn read(path: &Path, pointers: &Pointers) -> ProgressObservation {
+    read_versioned(path, pointers, 0).0
+}
+
+/// Reads and parses the progress file at `path` (at most [`MAX_PROGRESS_BYTES`]; `size_hint`
+/// is its size as last seen), with the version of the file read, taken from the open file
+/// once the bytes are in (`None` when it could not be): equal to a version seen before the
+/// read, it says the bytes parsed are that version's. Open, one `pread` (a second only when
+/// the file grew), `fstat`, close.
+pub fn read_versioned(
+    path: &Path,
+    pointers: &Pointers,
+    size_hint: u64,
+) -> (ProgressObservation, Option<FileVersion>) {
+    let file = match open_quietly(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (ProgressObservation::Missing, None);
+        }
+        Err(e) => {
+            let why = format!("cannot open: {e}");
+            return (ProgressObservation::Unreadable { why }, None);
+        }
+    };
+    let bytes = match read_from(&file, 0, size_hint, MAX_PROGRESS_BYTES + 1) {
+        Ok(b) => b,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EISDIR) => {
+            let why = "is a directory".to_string();
+            return (ProgressObservation::Unreadable { why }, None);
+        }
+        Err(e) => {
+            let why = format!("cannot read: {e}");
+            return (ProgressObservation::Unreadable { why }, None);
+        }
+    };
+    let version = file.metadata().ok().map(|m| version_of(&m));
+    if bytes.len() as u64 > MAX_PROGRESS_BYTES {
+        let size = version.map_or(bytes.len() as u64, |v| v.size);
+        let why = format!("{size} bytes, larger than {MAX_PROGRESS_BYTES}");
+        return (ProgressObservation::Unreadable { why }, version);
+    }
+    (parse_reader(bytes.as_slice(), pointers), version)
+}
+
+/// The version of a file from its metadata.
+pub fn version_of(m: &std::fs::Metadata) -> FileVersion {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileVersion {
+    FileVersion {
         dev: m.dev(),
         inode: m.ino(),
         size: m.size(),
         mtime_ns: nanos(m.mtime(), m.mtime_nsec()),
         ctime_ns: nanos(m.ctime(), m.ctime_nsec()),
-    })
+    }
 }
 
-/// Reads and parses the progress file at `path` (at most [`MAX_PROGRESS_BYTES`]).
-pub fn read(path: &Path, pointers: &Pointers) -> ProgressObservation {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ProgressObservation::Missing,
-        Err(e) => {
-            return ProgressObservation::Unreadable {
-                why: format!("cannot open: {e}"),
-            };
-        }
-    };
-    match file.metadata() {
-        Ok(m) if m.len() > MAX_PROGRESS_BYTES => {
-            return ProgressObservation::Unreadable {
-                why: format!("{} bytes, larger than {MAX_PROGRESS_BYTES}", m.len()),
-            };
-        }
-        Ok(m) if m.is_dir() => {
-            return ProgressObservation::Unreadable {
-                why: "is a directory".into(),
-            };
-        }
-        _ => {}
+/// Opens `path` for reading without making the kernel write its access time back
+/// (`O_NOATIME`: at 2,000 workers whose files change every second, the inode updates of
+/// reading them were a twentieth of automon's time). The flag needs the file's owner or
+/// `CAP_FOWNER`; without them it is a plain open.
+///
+/// # Errors
+/// The open's error.
+pub fn open_quietly(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => std::fs::File::open(path),
+        opened => opened,
     }
-    parse_reader(file.take(MAX_PROGRESS_BYTES), pointers)
+}
+
+/// Reads `file` from byte `from` to its end, at most `max` bytes, with `pread`: one call
+/// when `expected` (the bytes thought to be there) is right, since a short read of a regular
+/// file is its end; no seek, no read that only finds the end.
+///
+/// # Errors
+/// The read's error.
+pub fn read_from(
+    file: &std::fs::File,
+    from: u64,
+    expected: u64,
+    max: u64,
+) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    // One byte more than expected: a read that fills it all says the file grew.
+    let mut want = expected.saturating_add(1).min(max);
+    let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+    let mut got = 0usize;
+    loop {
+        let n = match file.read_at(&mut buf[got..], from + got as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        got += n;
+        // A short read of a regular file is its end.
+        if n == 0 || got < buf.len() || want >= max {
+            break;
+        }
+        want = want.saturating_mul(2).min(max);
+        buf.resize(usize::try_from(want).unwrap_or(usize::MAX), 0);
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `read_from` reads to the end whatever the size it was told: a file that grew since its
+    /// `stat` is read whole (in more than one `pread`), a shorter one ends the read, and
+    /// `max` caps it.
+    #[test]
+    fn read_from_reads_to_the_end_whatever_size_it_was_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let text: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &text).expect("write");
+        let file = open_quietly(&path).expect("open");
+        for expected in [0, 1, 100, 9_999, 10_000, 50_000] {
+            assert_eq!(read_from(&file, 0, expected, u64::MAX).expect("read"), text);
+            assert_eq!(
+                read_from(&file, 9_000, expected, u64::MAX).expect("read"),
+                text[9_000..]
+            );
+        }
+        assert_eq!(read_from(&file, 0, 10, 300).expect("read"), text[..300]);
+        assert!(read_from(&file, 20_000, 5, 100).expect("read").is_empty());
+        // A directory is an error, not an empty file.
+        let dir_file = open_quietly(dir.path()).expect("open dir");
+        assert!(read_from(&dir_file, 0, 0, 10).is_err());
+    }
 
     fn fixture(name: &str) -> ProgressObservation {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
