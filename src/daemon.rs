@@ -1061,6 +1061,12 @@ pub async fn run(
             break;
         }
     } }.await;
+    // Observed progress not saved yet goes with the rest, unless the run ended in an error or
+    // the lock is no longer this loop's: a loop whose state directory another automon has
+    // locked since must not write there.
+    if end.is_ok() && d.check_lock().is_ok() {
+        d.save_if_changed(true);
+    }
     d.finish_writes(matches!(end, Ok(RunEnd::Interrupted)));
     end
 }
@@ -1110,8 +1116,6 @@ impl Daemon<'_> {
     /// an interrupted loop (a SIGTERM is answered at once, not when a frozen file system
     /// thaws), a minute otherwise; says what is not on disk when they do not finish.
     fn finish_writes(&mut self, interrupted: bool) {
-        // Observed progress not saved yet goes with the rest.
-        self.save_if_changed(true);
         self.events.sync();
         let limit = if interrupted {
             EXIT_WAIT
