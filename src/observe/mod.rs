@@ -712,17 +712,7 @@ spec:
     fn process_seen_in(children: Children, memory: &Memory, now_secs: u64) -> ProcessStatus {
         let dir = tempfile::tempdir().expect("tempdir");
         // A /proc with a boot id and no processes: reading it finds pid 4242 gone.
-        let proc_root = dir.path().join("proc");
-        std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
-        std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
-        let desired = desired(dir.path());
-        let mut observer = Observer::new(
-            &desired,
-            Roots {
-                proc: proc_root,
-                sys: dir.path().join("sys"),
-            },
-        );
+        let (desired, mut observer) = fixture_observer(dir.path());
         let secs = |s| BootTime::from_duration(std::time::Duration::from_secs(s));
         let observed = observer.observe(
             &desired,
@@ -753,9 +743,6 @@ spec:
     #[test]
     fn a_long_log_read_keeps_only_the_lines_the_planner_can_use() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let proc_root = dir.path().join("proc");
-        std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
-        std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
         let mut log = String::new();
         // 1,000 lines of about 50 bytes: all inside the 64 KiB window.
         for n in 0..1000 {
@@ -767,14 +754,7 @@ spec:
             log.push_str(&format!("2026-12-07 10:00:00,000 - {line}\n"));
         }
         std::fs::write(dir.path().join("w0.log"), log).expect("log");
-        let desired = desired(dir.path());
-        let mut observer = Observer::new(
-            &desired,
-            Roots {
-                proc: proc_root,
-                sys: dir.path().join("sys"),
-            },
-        );
+        let (desired, mut observer) = fixture_observer(dir.path());
         let now = BootTime::from_duration(std::time::Duration::from_secs(2000));
         let mut memory = memory(now);
         memory
@@ -874,8 +854,9 @@ spec:
         );
     }
 
-    /// An observer over a fixture `/proc` without processes, and a memory with worker 0.
-    fn idle_observer(dir: &Path) -> (Desired, Observer, Memory) {
+    /// The test manifest's desired state in `dir`, and an observer over a fixture `/proc`
+    /// there: boot id `b`, no processes.
+    fn fixture_observer(dir: &Path) -> (Desired, Observer) {
         let proc_root = dir.join("proc");
         std::fs::create_dir_all(proc_root.join("sys/kernel/random")).expect("mkdir");
         std::fs::write(proc_root.join("sys/kernel/random/boot_id"), "b\n").expect("boot id");
@@ -887,6 +868,12 @@ spec:
                 sys: dir.join("sys"),
             },
         );
+        (desired, observer)
+    }
+
+    /// An observer over a fixture `/proc` without processes, and a memory with worker 0.
+    fn idle_observer(dir: &Path) -> (Desired, Observer, Memory) {
+        let (desired, observer) = fixture_observer(dir);
         let mut memory = Memory {
             boot_id: "b".into(),
             ..Memory::default()
