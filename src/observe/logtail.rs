@@ -2,8 +2,9 @@
 //! window at the end of the file, so a 20 GB log costs what a 20 KB one does.
 //!
 //! Bytes are decoded as lossy UTF-8 with NUL runs (left by copytruncate) dropped. Lines start
-//! with Python logging's `YYYY-MM-DD HH:MM:SS,mmm` timestamp; a line without one (a traceback)
-//! belongs to the record before it. Rotation (the inode changed), truncation (the file shrank)
+//! with Python logging's `YYYY-MM-DD HH:MM:SS,mmm` timestamp (or `spec.logs.timestamp_format`);
+//! a line without one under a timestamped line (a traceback) belongs to that record, and in a
+//! log without timestamps (`print`) each line is a record (see [`parse_read`]). Rotation (the inode changed), truncation (the file shrank)
 //! and a rewrite (the bytes before the cursor changed: truncated, then written past the old
 //! size before the next pass) restart reading at the new file's tail instead of looking like
 //! silence.
@@ -138,6 +139,18 @@ pub struct RepeatedCursor {
 /// records, with its count in this read (the planner adds the counts up across passes while the
 /// checkpoint stands still); `None` when no activity record carries one.
 pub fn repeated_cursor(records: &[LogRecord]) -> Option<RepeatedCursor> {
+    repeated_cursor_in(
+        records
+            .iter()
+            .filter(|r| r.class == LineClass::Activity)
+            .map(|r| std::borrow::Cow::Borrowed(r.message.as_str())),
+    )
+}
+
+/// [`repeated_cursor`] over the messages of activity records.
+fn repeated_cursor_in<'a>(
+    messages: impl Iterator<Item = std::borrow::Cow<'a, str>>,
+) -> Option<RepeatedCursor> {
     static PHRASE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = PHRASE
         .get_or_init(|| {
@@ -145,9 +158,9 @@ pub fn repeated_cursor(records: &[LogRecord]) -> Option<RepeatedCursor> {
         })
         .as_ref()?;
     let mut counts: Vec<(String, u64, u32)> = Vec::new();
-    for r in records.iter().filter(|r| r.class == LineClass::Activity) {
+    for message in messages {
         // One count per record, for its first cursor phrase.
-        let Some(c) = re.captures(&r.message) else {
+        let Some(c) = re.captures(&message) else {
             continue;
         };
         let Some(value) = parse_number(&c[2]) else {
@@ -293,8 +306,12 @@ pub fn read_tail_seen(
         .iter()
         .rposition(|b| *b == b'\n')
         .map_or(0, |nl| nl + 1);
-    let records = parse_records(&body[..complete], patterns, format);
-    let repeated = repeated_cursor(&records);
+    let ParsedRead { records, repeated } = parse_read(
+        &body[..complete],
+        patterns,
+        format,
+        crate::plan::memory::RECENT_SIGNALS,
+    );
     let end = offset + complete as u64;
     // Times of a file changed a moment ago may not change again on its next write (they tick
     // coarsely): kept only once settled, so a same-size rewrite right after this read is still
@@ -351,52 +368,153 @@ fn tail_hash(file: &std::fs::File, buf: &[u8], buf_start: u64, end: u64) -> Opti
 }
 
 /// Splits complete lines into records and keeps the classified ones; timestamps are read with
-/// `format` in its zone.
+/// `format` in its zone. Every classified record is returned (see [`parse_read`] for what a
+/// pass keeps).
 pub fn parse_records(bytes: &[u8], patterns: &Patterns, format: &LineFormat) -> Vec<LogRecord> {
-    let cleaned: Vec<u8> = bytes.iter().copied().filter(|b| *b != 0).collect();
-    let text = String::from_utf8_lossy(&cleaned);
-    // (timestamp, the full first line for matching, the message for people)
-    let mut records: Vec<(Option<jiff::civil::DateTime>, String, String)> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
+    parse_read(bytes, patterns, format, usize::MAX).records
+}
+
+/// What [`parse_read`] found in one read's complete lines.
+#[derive(Debug, Default)]
+pub struct ParsedRead {
+    /// The classified records kept, in the file's order.
+    pub records: Vec<LogRecord>,
+    /// The cursor phrase the read's activity records repeat most (over all of them, kept or
+    /// not), if any.
+    pub repeated: Option<RepeatedCursor>,
+}
+
+/// One record before it is classified, borrowed from the read's text: the indices of its lines
+/// in the read's line list (the first one and the continuation lines after it).
+struct RawRecord<'a> {
+    timestamp: Option<jiff::civil::DateTime>,
+    /// The message part of the first line (after the timestamp).
+    first: &'a str,
+    lines: std::ops::Range<usize>,
+}
+
+impl RawRecord<'_> {
+    /// The message for people: the first line's message and the continuation lines.
+    fn message<'t>(&self, first: &'t str, lines: &[&'t str]) -> std::borrow::Cow<'t, str> {
+        let more = &lines[self.lines.start + 1..self.lines.end];
+        if more.is_empty() {
+            return std::borrow::Cow::Borrowed(first);
         }
-        match format.split(line) {
-            (Some(ts), msg) => records.push((Some(ts), line.to_string(), msg.to_string())),
-            (None, _) => match records.last_mut() {
-                Some((_, _, msg)) => {
-                    msg.push('\n');
-                    msg.push_str(line);
+        let mut m =
+            String::with_capacity(first.len() + more.iter().map(|l| l.len() + 1).sum::<usize>());
+        m.push_str(first);
+        for l in more {
+            m.push('\n');
+            m.push_str(l);
+        }
+        std::borrow::Cow::Owned(m)
+    }
+}
+
+/// Splits one read's complete lines into records, classifies them, and keeps at most `keep` of
+/// the last classified ones plus, from those before, the last of each class (a completion
+/// claim, an error or an upload line far back in a long first look still counts). Only the
+/// records kept are copied out of the read: a first look at a 64 KiB window holds nothing of the
+/// lines it drops once it returns.
+///
+/// Which lines belong together: a line without a timestamp continues the record before it when
+/// that record has a timestamp (a traceback under a logging line), when it is indented, or
+/// while it closes a bare traceback (`Traceback (most recent call last):` up to its unindented
+/// exception line). Otherwise it is a record of its own: a log written with `print`, which has
+/// no timestamps at all, is one record per line.
+pub fn parse_read(
+    bytes: &[u8],
+    patterns: &Patterns,
+    format: &LineFormat,
+    keep: usize,
+) -> ParsedRead {
+    let cleaned: std::borrow::Cow<'_, [u8]> = if bytes.contains(&0) {
+        std::borrow::Cow::Owned(bytes.iter().copied().filter(|b| *b != 0).collect())
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    };
+    let text = String::from_utf8_lossy(&cleaned);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut raw: Vec<RawRecord<'_>> = Vec::new();
+    // The last record is a bare traceback still waiting for its exception line.
+    let mut open_traceback = false;
+    for (i, line) in lines.iter().enumerate() {
+        let (timestamp, msg) = format.split(line);
+        if timestamp.is_none()
+            && let Some(last) = raw.last_mut()
+        {
+            let indented = line.starts_with([' ', '\t']);
+            if last.timestamp.is_some() || indented || open_traceback {
+                if open_traceback && !indented {
+                    // `ValueError: …` ends the traceback (a chained one starts again below).
+                    open_traceback = line.starts_with("Traceback (most recent call last)");
                 }
-                None => records.push((None, line.to_string(), line.to_string())),
-            },
+                last.lines.end = i + 1;
+                continue;
+            }
+        }
+        open_traceback =
+            timestamp.is_none() && line.starts_with("Traceback (most recent call last)");
+        raw.push(RawRecord {
+            timestamp,
+            first: msg,
+            lines: i..i + 1,
+        });
+    }
+    let classify = |r: &RawRecord<'_>| {
+        let head = lines[r.lines.start];
+        if patterns.completion.is_match(head) {
+            Some(LineClass::Completion)
+        } else if patterns.upload.is_match(head) {
+            Some(LineClass::Upload)
+        } else if patterns.activity.is_match(head) {
+            Some(LineClass::Activity)
+        } else if patterns.error.is_match(head)
+            || lines[r.lines.start + 1..r.lines.end]
+                .iter()
+                .any(|l| patterns.error.is_match(l))
+        {
+            Some(LineClass::Error)
+        } else {
+            None
+        }
+    };
+    let classified: Vec<(usize, LineClass)> = raw
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| classify(r).map(|c| (i, c)))
+        .collect();
+    let repeated = repeated_cursor_in(
+        classified
+            .iter()
+            .filter(|(_, c)| *c == LineClass::Activity)
+            .map(|(i, _)| raw[*i].message(raw[*i].first, &lines)),
+    );
+    let cut = classified.len().saturating_sub(keep);
+    let mut last_of_class: Vec<usize> = Vec::new();
+    for (k, (_, class)) in classified[..cut].iter().enumerate().rev() {
+        if !last_of_class.iter().any(|&j| classified[j].1 == *class) {
+            last_of_class.push(k);
         }
     }
-    records
-        .into_iter()
-        .filter_map(|(timestamp, head, message)| {
-            let class = if patterns.completion.is_match(&head) {
-                LineClass::Completion
-            } else if patterns.upload.is_match(&head) {
-                LineClass::Upload
-            } else if patterns.activity.is_match(&head) {
-                LineClass::Activity
-            } else if patterns.error.is_match(&head)
-                || message.lines().skip(1).any(|l| patterns.error.is_match(l))
-            {
-                LineClass::Error
-            } else {
-                return None;
-            };
-            let timestamp = timestamp.and_then(|t| format.tz.to_timestamp(t).ok());
-            Some(LogRecord {
-                class,
-                timestamp,
-                message,
-            })
+    let records = classified
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| *k >= cut || last_of_class.contains(k))
+        .map(|(_, (i, class))| {
+            let r = &raw[*i];
+            LogRecord {
+                class: *class,
+                timestamp: r.timestamp.and_then(|t| format.tz.to_timestamp(t).ok()),
+                message: r.message(r.first, &lines).into_owned(),
+            }
         })
-        .collect()
+        .collect();
+    ParsedRead { records, repeated }
 }
 
 /// How the timestamp at the start of a log line is written, and the zone it is in.
@@ -581,6 +699,95 @@ mod tests {
         assert!(recs.iter().any(|r| r.class == LineClass::Upload));
         assert!(recs.iter().any(|r| r.class == LineClass::Activity));
         assert!(recs.iter().all(|r| r.timestamp.is_some()));
+    }
+
+    /// Regression: in a log without timestamps (a worker that `print`s), every line of a read
+    /// was joined to the read's first line as one record, so only that line was matched: a
+    /// worker showing progress only there was judged stuck, restarted and paused.
+    #[test]
+    fn a_print_style_log_is_one_record_per_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("w.log");
+        std::fs::write(&log, "starting\nProcessed batch 1\n").expect("write");
+        let first = read_tail_utc(&log, 64 * 1024, None, &patterns());
+        let LogObservation::Read { cursor, .. } = &first else {
+            panic!("read: {first:?}");
+        };
+        assert_eq!(records(&first).len(), 1, "{first:?}");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open");
+        std::io::Write::write_all(
+            &mut f,
+            b"querying...\nProcessed batch 2\nProcessed batch 3\nUploading: b.epub\n",
+        )
+        .expect("append");
+        let next = read_tail_utc(&log, 64 * 1024, Some(cursor), &patterns());
+        let got: Vec<(LineClass, &str)> = records(&next)
+            .iter()
+            .map(|r| (r.class, r.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (LineClass::Activity, "Processed batch 2"),
+                (LineClass::Activity, "Processed batch 3"),
+                (LineClass::Upload, "Uploading: b.epub"),
+            ]
+        );
+        assert!(records(&next).iter().all(|r| r.timestamp.is_none()));
+    }
+
+    /// A traceback printed without timestamps (Python's default stderr) stays one error record,
+    /// up to its exception line; the line after it is a record of its own.
+    #[test]
+    fn a_bare_traceback_is_one_record_up_to_its_exception_line() {
+        let text = "Processed batch 1\n\
+            Traceback (most recent call last):\n  File \"w.py\", line 3, in <module>\n    go()\n\
+            KeyError: 'id'\nProcessed batch 2\n";
+        let recs = parse_records(
+            text.as_bytes(),
+            &patterns(),
+            &LineFormat::python(jiff::tz::TimeZone::UTC),
+        );
+        let got: Vec<(LineClass, &str)> =
+            recs.iter().map(|r| (r.class, r.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (LineClass::Activity, "Processed batch 1"),
+                (
+                    LineClass::Error,
+                    "Traceback (most recent call last):\n  File \"w.py\", line 3, in <module>\n    go()\nKeyError: 'id'"
+                ),
+                (LineClass::Activity, "Processed batch 2"),
+            ]
+        );
+    }
+
+    /// What a read keeps is bounded, and nothing far back that the planner needs is lost; the
+    /// repeated cursor is counted over every activity line of the read, kept or not.
+    #[test]
+    fn a_read_keeps_the_last_records_and_the_last_of_each_class_before_them() {
+        let mut text = String::from("2026-12-07 10:00:00,000 - ERROR - could not open book 3\n");
+        for n in 0..200 {
+            text.push_str(&format!(
+                "2026-12-07 10:00:01,000 - INFO - Processed batch {n}: book.id > 61,000\n"
+            ));
+        }
+        let parsed = parse_read(
+            text.as_bytes(),
+            &patterns(),
+            &LineFormat::python(jiff::tz::TimeZone::UTC),
+            10,
+        );
+        assert_eq!(parsed.records.len(), 12, "{:?}", parsed.records);
+        assert_eq!(parsed.records[0].class, LineClass::Error);
+        assert!(parsed.records[1].message.contains("Processed batch 189"));
+        assert!(parsed.records[11].message.contains("Processed batch 199"));
+        let repeated = parsed.repeated.expect("a repeated cursor");
+        assert_eq!((repeated.value, repeated.times), (61_000, 200));
     }
 
     #[test]

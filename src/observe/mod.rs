@@ -392,7 +392,6 @@ impl Observer {
                 if let Some(f) = other {
                     progress.others.insert(f.progress, f.parsed);
                 }
-                keep_what_the_planner_can_use(&mut log);
                 redact_worker_text(redactor, &mut progress_seen, &mut log);
                 (
                     id,
@@ -423,36 +422,6 @@ impl Observer {
             unsaved_state: None,
         }
     }
-}
-
-/// Bounds what one read of a log keeps to what the planner can use: the last
-/// [`RECENT_SIGNALS`](crate::plan::memory::RECENT_SIGNALS) records (it remembers no more lines
-/// than that), and, from the records before them, the last of each class (the last completion
-/// claim, error and upload line each count on their own). A first look at a long log, or a
-/// worker writing thousands of lines a second, would otherwise hold every line of its 64 KiB
-/// window until the pass is planned: 2,000 such workers held 190 MB, and the heap kept it.
-fn keep_what_the_planner_can_use(log: &mut LogObservation) {
-    let LogObservation::Read { records, .. } = log else {
-        return;
-    };
-    let keep = crate::plan::memory::RECENT_SIGNALS;
-    if records.len() <= keep {
-        return;
-    }
-    let cut = records.len() - keep;
-    let mut last_of_class: Vec<usize> = Vec::new();
-    for (i, r) in records[..cut].iter().enumerate().rev() {
-        if !last_of_class.iter().any(|&j| records[j].class == r.class) {
-            last_of_class.push(i);
-        }
-    }
-    let mut i = 0;
-    records.retain(|_| {
-        let kept = i >= cut || last_of_class.contains(&i);
-        i += 1;
-        kept
-    });
-    records.shrink_to_fit();
 }
 
 /// Redacts, in place, every text of one worker's observation that came from its files: log
