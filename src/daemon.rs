@@ -1371,11 +1371,6 @@ impl Daemon<'_> {
         if let Some(why) = plan::layout_change(&new, &self.memory, &state_file) {
             return Err((Verdict::Refused, why));
         }
-        // A larger fleet than the open-files limit holds is refused here, never met midway.
-        if let Some(limits) = crate::act::fdlimit::current() {
-            crate::act::fdlimit::check_fleet(new.counts.max, &limits)
-                .map_err(|why| (Verdict::Refused, why))?;
-        }
         let changes = describe_changes(&self.desired, &new, &self.memory);
         let old = self.desired.template_hash();
         if old != new.template_hash() {

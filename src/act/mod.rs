@@ -1,7 +1,6 @@
 //! Actuators: they carry out the planner's actions and report outcomes; they never decide or
 //! retry by themselves — the next plan does.
 
-pub mod fdlimit;
 pub mod fix;
 pub mod llm;
 pub mod remedy;

@@ -127,12 +127,6 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
     let (manifest, overridden) =
         super::load_manifest_with(&args.file, &args.overrides.overrides())?;
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
-    // The descriptor ceiling: raised to the hard limit, and a fleet that still cannot fit is
-    // refused now, before setup or any start (never a failure midway through starting it).
-    if let Some(limits) = crate::act::fdlimit::raise() {
-        crate::act::fdlimit::check_fleet(manifest.workerset.spec.workers.max, &limits)
-            .map_err(|why| CliError::runtime(format!("{}: {why}", manifest.file.display())))?;
-    }
     if args.dry_run {
         let (desired, setup) = super::resolve_for_showing(&manifest)?;
         super::print_overrides(&overridden);

@@ -6,7 +6,7 @@
 //! Each test watches the process table with a sampler (every 50 ms) and asserts on it; waits
 //! are for conditions, with deadlines of minutes (the tests run on a loaded 2-core machine).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -692,100 +692,6 @@ fn a_replacement_is_never_logged_as_started_before_the_old_pid_is_gone() {
             gone = true;
         }
     }
-}
-
-/// Regression (scale 1, fault safety 1): under a low descriptor limit, starts half-failed
-/// (spawned, then `/proc/PID/stat` unreadable) and left the spawned process running, untracked;
-/// each retry spawned one more (up to 3 live processes per id). The limit here is set as both
-/// soft and hard limit, so automon cannot raise it.
-#[test]
-fn a_start_that_fails_for_want_of_descriptors_leaves_no_untracked_process() {
-    let fleet = Fleet::new(&Spec {
-        shards: 48,
-        target: 48,
-        ..Spec::default()
-    });
-    let state_dir = fleet.state_dir();
-    let sampler = Sampler::start(&state_dir);
-    let err = std::fs::File::create(fleet.path().join("automon.err")).expect("stderr file");
-    let mut automon = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -n 40 && exec \"$0\" apply workerset.yaml --watch",
-            env!("CARGO_BIN_EXE_automon"),
-        ])
-        .current_dir(fleet.path())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("start automon");
-    // Let it try (and retry, with backoff) for a while with too few descriptors: until a
-    // start failed (or, were the limit no limit, every worker ran), then a few seconds more.
-    let err_file = fleet.path().join("automon.err");
-    wait_for("starts to fail for want of descriptors", MINUTES, || {
-        automon.try_wait().ok().flatten().is_some()
-            || live_workers(&state_dir).len() == 48
-            || std::fs::read_to_string(&err_file).is_ok_and(|e| e.contains("could not start"))
-    });
-    // The first pass saved (a signal before that is the early-signal defect of issue 26, not
-    // this test's subject).
-    wait_for("the first pass to be saved", MINUTES, || {
-        automon.try_wait().ok().flatten().is_some() || state_dir.join("state.json").exists()
-    });
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline && automon.try_wait().ok().flatten().is_none() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Stop the loop as an operator would; its workers keep running.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(automon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = automon.wait();
-    std::thread::sleep(Duration::from_millis(500));
-    let live = live_workers(&state_dir);
-    let stderr = std::fs::read_to_string(fleet.path().join("automon.err")).unwrap_or_default();
-    // No state at all (no pass saved) records nothing: every live worker is then untracked.
-    let state: serde_json::Value = std::fs::read_to_string(state_dir.join("state.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let recorded: BTreeSet<i32> = state["workers"]
-        .as_object()
-        .map(|ws| {
-            ws.values()
-                .filter_map(|w| w["process"]["identity"]["pid"].as_i64())
-                .filter_map(|p| i32::try_from(p).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let untracked: Vec<i32> = live
-        .values()
-        .flatten()
-        .filter(|p| !recorded.contains(p))
-        .copied()
-        .collect();
-    // A normal automon now takes the fleet over: it must adopt, never duplicate.
-    let mut normal = fleet.watch();
-    // Every worker runs once the limit is normal (waited for; a re-count a moment later raced
-    // a worker ending or being replaced: CI saw 47 of 48 once).
-    wait_for(
-        "every worker to run once the limit is normal",
-        MINUTES,
-        || live_workers(&state_dir).len() == 48,
-    );
-    // Not a timing assertion: a moment for a wrongly started duplicate to reach the sampler.
-    std::thread::sleep(Duration::from_secs(1));
-    cleanup(&state_dir, Some(&mut normal));
-    sampler.assert_never_two();
-    assert!(
-        untracked.is_empty(),
-        "live worker processes automon does not record: {untracked:?}\n{stderr}"
-    );
-    assert!(
-        stderr.contains("could not start") || live.len() < 48,
-        "the limit was low enough to make starts fail:\n{stderr}"
-    );
 }
 
 /// Regression (fault safety 5): a hand-started worker whose `DB_URL`, `PYTHONPATH` and

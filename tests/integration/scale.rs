@@ -58,13 +58,6 @@ fn automon_with_limit(dir: &Path, soft: u64, hard: u64, args: &str) -> std::proc
         .expect("run automon")
 }
 
-/// The hard open-files limit of this test process.
-fn own_hard_limit() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(_, hard)| hard)
-        .unwrap_or(0)
-}
-
 /// Kills every worker of `state_dir` when dropped, pass or fail.
 struct KillFleet<'a>(&'a Path);
 
@@ -96,19 +89,18 @@ fn recorded_pids(state_dir: &Path) -> BTreeMap<u32, i32> {
     out
 }
 
+/// Regression (issue 25): automon held a pidfd per worker, so under the common limit of 1,024
+/// open files the starts from about the 1,008th failed after their spawn and left the process
+/// running untracked. Now one reaper waits for every child and automon holds no descriptor per
+/// worker: a fleet larger than even the hard limit runs, one process per worker.
 #[test]
-fn a_fleet_over_the_soft_open_files_limit_runs_exactly_one_process_per_worker() {
+fn a_fleet_over_the_open_files_limit_runs_exactly_one_process_per_worker() {
     const FLEET: u32 = 1_100;
-    let (soft, hard) = (1_024, 4_096);
-    if own_hard_limit() < hard && !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: the hard open-files limit here is below {hard}");
-        return;
-    }
+    let (soft, hard) = (1_024, 1_024);
     let dir = fleet(FLEET, "1s");
     let state_dir = dir.path().join(".automon");
     let _kill = KillFleet(&state_dir);
-    // One pass starts the whole fleet: before automon raised its soft limit, every start
-    // from about the 1,008th failed after its spawn and left the process running untracked.
+    // One pass starts the whole fleet.
     let out = automon_with_limit(dir.path(), soft, hard, "apply workerset.yaml");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "apply failed:\n{stderr}");
@@ -130,7 +122,7 @@ fn a_fleet_over_the_soft_open_files_limit_runs_exactly_one_process_per_worker() 
         recorded, live_one,
         "state.json records exactly the live processes"
     );
-    // The workers got the original soft limit back, not automon's raised one.
+    // The workers run with the limit automon was given.
     let limits =
         std::fs::read_to_string(format!("/proc/{}/limits", live_one[&0])).expect("worker limits");
     let line = limits
@@ -140,7 +132,7 @@ fn a_fleet_over_the_soft_open_files_limit_runs_exactly_one_process_per_worker() 
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         fields[3..5],
-        ["1024", "4096"],
+        ["1024", "1024"],
         "a worker's open-files limit: {line}"
     );
 }
@@ -227,32 +219,6 @@ fn a_worker_found_on_path_keeps_the_manifests_argv0_and_a_script_without_shebang
         String::from_utf8_lossy(&seen),
         String::from_utf8_lossy(want),
         "the script ran (through /bin/sh) and exec'd sleep"
-    );
-}
-
-#[test]
-fn a_fleet_that_cannot_fit_under_the_hard_limit_is_refused_before_anything_starts() {
-    const FLEET: u32 = 1_100;
-    let dir = fleet(FLEET, "1s");
-    let state_dir = dir.path().join(".automon");
-    let _kill = KillFleet(&state_dir);
-    let out = automon_with_limit(dir.path(), 1_024, 1_024, "apply workerset.yaml --watch");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "refused as a runtime failure:\n{stderr}"
-    );
-    assert!(
-        stderr.contains(
-            "1,100 workers need about 1,131 open files; the limit is 1,024 (hard 1,024): raise it with `ulimit -n` or LimitNOFILE= in the unit"
-        ),
-        "the refusal says what to do:\n{stderr}"
-    );
-    assert!(live_workers(&state_dir).is_empty(), "nothing was started");
-    assert!(
-        !state_dir.join("state.json").exists(),
-        "nothing was written"
     );
 }
 

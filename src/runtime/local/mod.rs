@@ -1,8 +1,10 @@
 //! The local runtime: workers are processes on this machine, each leading its own process
 //! group. [`spawn`] starts one (argv as a vector, cwd and env from the manifest, output
-//! appended to its log, a task that reaps it), [`stop`] signals its group with a grace period;
-//! identity and liveness come from `/proc` ([`crate::observe::proc`]), read by the observers.
+//! appended to its log), the [`reaper`] waits for every child in one task and reports exits,
+//! [`stop`] signals a group with a grace period; identity and liveness come from `/proc`
+//! ([`crate::observe::proc`]), read by the observers. automon holds no descriptor per worker.
 
+pub mod reaper;
 pub mod spawn;
 pub mod stop;
 
@@ -19,14 +21,22 @@ use crate::plan::{Memory, StartAction, StopAction};
 /// Processes on this machine.
 #[derive(Debug)]
 pub struct Local {
-    /// Where the reaper tasks send their children's exits.
+    /// Where the reaper sends its children's exits.
     exits: UnboundedSender<ExitEvent>,
+    /// The reaper, started with the first start (it needs the runtime).
+    reaper: Option<reaper::Reaper>,
+    /// What this pass's starts share.
+    starts: spawn::StartCache,
 }
 
 impl Local {
     /// A local runtime whose children's exits go to `exits`.
     pub fn new(exits: UnboundedSender<ExitEvent>) -> Self {
-        Self { exits }
+        Self {
+            exits,
+            reaper: None,
+            starts: spawn::StartCache::default(),
+        }
     }
 }
 
@@ -41,8 +51,14 @@ impl Runtime for Local {
         action: &StartAction,
         state_dir: &Path,
     ) -> Result<Started, StartError> {
+        let reaper = match &mut self.reaper {
+            Some(reaper) => reaper,
+            none => none.insert(reaper::Reaper::start(self.exits.clone()).map_err(|e| {
+                StartError::Failed(format!("cannot listen for children's exits (SIGCHLD): {e}"))
+            })?),
+        };
         let (identity, started_at) =
-            spawn::spawn_worker(desired, action, state_dir, self.exits.clone())
+            spawn::spawn_worker(desired, action, state_dir, &mut self.starts, reaper)
                 .map_err(StartError::Failed)?;
         Ok(Started {
             identity,
@@ -53,7 +69,9 @@ impl Runtime for Local {
     }
 
     fn observe(&mut self, _: &Desired, _: &mut Memory, _: &mut Observed, _: Now) {
-        // The observers read /proc and the reaper reports exits: nothing to add.
+        // The observers read /proc and the reaper reports exits: nothing to add. A new pass
+        // looks programs up again (one may have been installed or removed since).
+        self.starts = spawn::StartCache::default();
     }
 
     fn scans_processes(&self) -> bool {

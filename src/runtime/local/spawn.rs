@@ -1,20 +1,88 @@
 //! Starting a worker: argv as a vector (never a shell string), its own process group, cwd and
-//! env from the manifest (see [`crate::secrets::env::child_env`]: never automon's LLM key), stdout and stderr appended to its log (never truncated), and marker
-//! variables so a later automon can recognise it. A task reaps the child and reports its exit.
+//! env from the manifest (see [`crate::secrets::env::child_env`]: never automon's LLM key),
+//! stdout and stderr appended to its log (never truncated), and marker variables so a later
+//! automon can recognise it. The [`Reaper`] waits for the child and reports its exit.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::sync::mpsc::UnboundedSender;
-
+use super::reaper::Reaper;
 use crate::manifest::Desired;
 use crate::observe::{
-    ENV_FLEET, ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ExitEvent, ProcessIdentity, proc,
+    ENV_FLEET, ENV_STATE_DIR, ENV_WORKER_ID, ENV_WORKERSET, ProcessIdentity, proc,
 };
 use crate::plan::StartAction;
 
-/// Starts the worker described by `action`; on success returns its identity and start time.
-/// The exit of the child is sent on `exits` when it is reaped.
+/// What every start of one manifest shares, worked out once per pass rather than per start (a
+/// pass may start a thousand workers): the child's environment, the fleet key it carries, and
+/// each program found on the child's `PATH`. Dropped at the start of each pass
+/// ([`super::Local::observe`]), and when the manifest's parts it depends on differ.
+#[derive(Debug, Default)]
+pub struct StartCache {
+    /// The manifest values the entries were made from.
+    made_for: Option<MadeFor>,
+    env: Vec<(OsString, OsString)>,
+    fleet_key: String,
+    programs: HashMap<String, Option<PathBuf>>,
+}
+
+impl StartCache {
+    /// The shared parts for `desired`, made now unless already made for it this pass.
+    fn for_desired(&mut self, desired: &Desired) -> &mut Self {
+        let key = (
+            desired.workdir.clone(),
+            desired.env.clone(),
+            desired.inherit_env,
+            desired.llm.api_key_env.clone(),
+            desired.name.clone(),
+        );
+        if self.made_for.as_ref() != Some(&key) {
+            let env = crate::secrets::env::child_env(
+                std::env::vars_os(),
+                &desired.env,
+                desired.inherit_env,
+                &desired.llm.api_key_env,
+            );
+            *self = Self {
+                made_for: Some(key),
+                env: env.into_iter().collect(),
+                fleet_key: crate::state::FleetFiles::of(desired).key(),
+                programs: HashMap::new(),
+            };
+        }
+        self
+    }
+
+    /// `program` as found on the child's `PATH` ([`resolve_program`]), looked up once a pass.
+    fn program(&mut self, program: &str, workdir: &Path) -> Option<PathBuf> {
+        if let Some(found) = self.programs.get(program) {
+            return found.clone();
+        }
+        let path = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let found = resolve_program(program, path, workdir);
+        self.programs.insert(program.to_string(), found.clone());
+        found
+    }
+}
+
+/// The parts of a manifest the [`StartCache`] depends on: working directory, declared
+/// environment, `inherit_env`, the LLM key's variable (kept from workers) and the name.
+type MadeFor = (
+    PathBuf,
+    std::collections::BTreeMap<String, String>,
+    bool,
+    String,
+    String,
+);
+
+/// Starts the worker described by `action` and hands it to `reaper`; on success returns its
+/// identity and start time.
 ///
 /// # Errors
 /// A sentence saying what failed: opening the log, executing the command, reading `/proc`.
@@ -22,75 +90,71 @@ pub fn spawn_worker(
     desired: &Desired,
     action: &StartAction,
     state_dir: &Path,
-    exits: UnboundedSender<ExitEvent>,
+    cache: &mut StartCache,
+    reaper: &Reaper,
 ) -> Result<(ProcessIdentity, crate::clock::BootTime), String> {
     let Some((program, args)) = action.argv.split_first() else {
         return Err("empty command".into());
     };
     let log_path = desired.log_path(action.worker);
-    if let Some(parent) = log_path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+    };
+    // The log's directory is made only when the log cannot be opened without it.
+    let log = match open_log() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = log_path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+            open_log()
+        }
+        opened => opened,
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
+    .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
-    let env = crate::secrets::env::child_env(
-        std::env::vars_os(),
-        &desired.env,
-        desired.inherit_env,
-        &desired.llm.api_key_env,
-    );
+    let cache = cache.for_desired(desired);
     // The program found on the child's PATH here, as `execvp` would find it, lets the standard
     // library start it with `posix_spawn` (no copy of automon's page tables per start); argv[0]
     // stays the manifest's word. Not found here: the child's own `execvp` looks, as before.
-    let resolved = resolve_program(
-        program,
-        env.get(std::ffi::OsStr::new("PATH")).map(|p| p.as_os_str()),
-        &desired.workdir,
-    );
-    let mut cmd = match &resolved {
+    let mut cmd = match cache.program(program, &desired.workdir) {
         Some(path) => {
-            let mut cmd = tokio::process::Command::new(path);
-            cmd.arg0(program);
+            let mut cmd = std::process::Command::new(path);
+            std::os::unix::process::CommandExt::arg0(&mut cmd, program);
             cmd
         }
-        None => tokio::process::Command::new(program),
+        None => std::process::Command::new(program),
     };
     cmd.args(args)
         .current_dir(&desired.workdir)
         .env_clear()
-        .envs(env)
+        .envs(cache.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_WORKERSET, &desired.name)
         .env(ENV_WORKER_ID, action.worker.to_string())
         .env(ENV_STATE_DIR, state_dir)
-        .env(ENV_FLEET, crate::state::FleetFiles::of(desired).key())
+        .env(ENV_FLEET, &cache.fleet_key)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
-        // Its own process group: a Ctrl-C at automon's terminal does not reach workers, and a
-        // stop can signal the worker together with its children.
-        .process_group(0)
-        .kill_on_drop(false);
-    // automon raised its open-files limit for its fleet; the worker gets the original one.
-    crate::act::fdlimit::restore_in_child(&mut cmd);
+        .stderr(Stdio::from(log_err));
+    // Its own process group: a Ctrl-C at automon's terminal does not reach workers, and a
+    // stop can signal the worker together with its children.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "cannot execute {program:?} in {}: {e}",
             desired.workdir.display()
         )
     })?;
-    let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
-        // Only a reaped child has no pid; nothing of it is left to track.
-        return Err("the child exited before its pid could be read".into());
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return Err("the child's pid is out of range".into());
     };
     let root = Path::new("/proc");
-    // The child is not reaped until the task below waits on it, so its stat entry exists.
+    // The child is not reaped until the reaper waits for it, so its stat entry exists.
     let stat = match proc::try_read_stat(root, pid) {
         Ok(Some(stat)) => stat,
         // A start is one transaction: a process automon cannot identify is not left running.
@@ -102,6 +166,7 @@ pub fn spawn_worker(
             return Err(format!("{why}; {}", abort_child(&mut child, pid)));
         }
     };
+    reaper.watch(action.worker, pid);
     let identity = ProcessIdentity {
         pid,
         start_ticks: stat.start_ticks,
@@ -109,23 +174,6 @@ pub fn spawn_worker(
     };
     let started_at =
         crate::clock::BootTime::from_ticks(stat.start_ticks, proc::clock_ticks_per_second());
-    let worker = action.worker;
-    tokio::spawn(async move {
-        let (code, signal) = match child.wait().await {
-            Ok(status) => {
-                use std::os::unix::process::ExitStatusExt;
-                (status.code(), status.signal())
-            }
-            Err(_) => (None, None),
-        };
-        // The receiver is gone only when automon is shutting down.
-        let _ = exits.send(ExitEvent {
-            worker,
-            pid,
-            code,
-            signal,
-        });
-    });
     Ok((identity, started_at))
 }
 
@@ -172,7 +220,7 @@ pub fn resolve_program(
 /// Undoes a start whose process could not be identified: SIGKILL to its process group (it
 /// leads one: `process_group(0)` ran before `exec`), then reaps it, so that no process automon
 /// started runs untracked. Says what became of it, for the error message.
-fn abort_child(child: &mut tokio::process::Child, pid: i32) -> String {
+fn abort_child(child: &mut std::process::Child, pid: i32) -> String {
     use nix::sys::signal::{Signal, killpg};
     let _ = killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     // SIGKILL ends a process at once unless it is in uninterruptible I/O; a short blocking wait
@@ -201,6 +249,41 @@ mod tests {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, text).expect("write");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// Regression (issue 25, fault safety 1): a start that spawned its process and then could
+    /// not read `/proc/PID/stat` (out of descriptors, when automon held one per worker) left
+    /// the process running, untracked, and each retry added one more. The undo kills the
+    /// spawned group, its own children included, and reaps the process it spawned.
+    #[test]
+    fn a_started_process_that_cannot_be_identified_is_killed_with_its_group_and_reaped() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 300 & sleep 300"])
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let said = super::abort_child(&mut child, pid);
+        assert_eq!(
+            said,
+            format!("the spawned process group {pid} was killed and reaped")
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the spawned process is reaped, not left a zombie"
+        );
+        // Its child (re-parented when the shell died) got the group's SIGKILL too: the group
+        // empties once init has reaped it (waited for, not timed).
+        let group = nix::unistd::Pid::from_raw(pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while nix::sys::signal::killpg(group, None).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the spawned group {pid} still has members a minute after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]
