@@ -202,6 +202,20 @@ pub fn read_tail_seen(
     patterns: &Patterns,
     format: &LineFormat,
 ) -> LogObservation {
+    let open = || super::progress::open_quietly(path);
+    read_tail_opened(&open, seen, window, prev, patterns, format)
+}
+
+/// [`read_tail_seen`] of the log `open` opens (the observer opens it through its directory's
+/// handle).
+pub fn read_tail_opened(
+    open: &dyn Fn() -> std::io::Result<std::fs::File>,
+    seen: Option<super::progress::FileVersion>,
+    window: u64,
+    prev: Option<&LogCursor>,
+    patterns: &Patterns,
+    format: &LineFormat,
+) -> LogObservation {
     // Unchanged since the last pass (same file, same size as what was consumed, same times):
     // one `stat`, no open or read; what a full read would find — nothing new.
     if let Some(c) = prev
@@ -218,7 +232,7 @@ pub fn read_tail_seen(
             repeated: None,
         };
     }
-    let file = match super::progress::open_quietly(path) {
+    let file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LogObservation::Missing,
         Err(e) => {

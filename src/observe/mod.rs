@@ -206,6 +206,7 @@ impl ProgressReader {
     fn read(
         pointers: &progress::Pointers,
         path: &Path,
+        open: &dyn Fn() -> std::io::Result<std::fs::File>,
         seen: Option<progress::FileVersion>,
         parsed: &mut ParsedProgress,
     ) -> ProgressObservation {
@@ -214,7 +215,7 @@ impl ProgressReader {
         loop {
             // The first look uses the version the pass's `stat` found; a re-read stats again.
             let version = seen.take().unwrap_or_else(|| progress::version(path));
-            let (obs, fresh) = Self::read_once(pointers, path, version, parsed);
+            let (obs, fresh) = Self::read_once(pointers, open, version, parsed);
             // (An unchanged file that did not parse last time is not read again.)
             if !matches!(obs, ProgressObservation::Unreadable { .. })
                 || !fresh
@@ -227,23 +228,24 @@ impl ProgressReader {
         }
     }
 
-    /// One read; `true` when the file was read now, not taken from `parsed`.
+    /// One read of the file `open` opens; `true` when the file was read now, not taken from
+    /// `parsed`.
     fn read_once(
         pointers: &progress::Pointers,
-        path: &Path,
+        open: &dyn Fn() -> std::io::Result<std::fs::File>,
         version: Option<progress::FileVersion>,
         parsed: &mut ParsedProgress,
     ) -> (ProgressObservation, bool) {
         let Some(version) = version else {
             *parsed = None;
-            return (progress::read(path, pointers), true);
+            return (progress::read_opened(open, pointers, 0).0, true);
         };
         if let Some((v, obs)) = parsed
             && *v == version
         {
             return (obs.clone(), false);
         }
-        let (obs, read) = progress::read_versioned(path, pointers, version.size);
+        let (obs, read) = progress::read_opened(open, pointers, version.size);
         // Only a stable version is kept: a file rewritten during the read (or replaced since
         // the pass's `stat`) is read again, and so is one changed a moment ago (its times may
         // not move on a rewrite in the same clock tick: see `progress::SETTLED`).
@@ -372,17 +374,20 @@ impl Observer {
                     }
                 };
                 let seen = open_dirs.version(files.progress_at.as_ref(), &files.progress);
+                let open = || open_dirs.open(files.progress_at.as_ref(), &files.progress);
                 let mut progress_seen = ProgressReader::read(
                     &progress.pointers,
                     &files.progress,
+                    &open,
                     seen,
                     &mut files.parsed,
                 );
                 let seen = mem
                     .and_then(|m| m.log_cursor.as_ref())
                     .and_then(|_| open_dirs.version(files.log_at.as_ref(), &files.log));
-                let mut log = logtail::read_tail_seen(
-                    &files.log,
+                let open = || open_dirs.open(files.log_at.as_ref(), &files.log);
+                let mut log = logtail::read_tail_opened(
+                    &open,
                     seen,
                     desired.tail_bytes,
                     mem.and_then(|m| m.log_cursor.as_ref()),
@@ -973,13 +978,14 @@ spec:
             completed: None,
         };
         let mut parsed = Some((old, kept.clone()));
-        let (same, fresh) = ProgressReader::read_once(&pointers, &path, Some(old), &mut parsed);
+        let open = || progress::open_quietly(&path);
+        let (same, fresh) = ProgressReader::read_once(&pointers, &open, Some(old), &mut parsed);
         assert_eq!((same, fresh), (kept, false));
         let moved = progress::FileVersion {
             ctime_ns: 3_000,
             ..old
         };
-        let (again, fresh) = ProgressReader::read_once(&pointers, &path, Some(moved), &mut parsed);
+        let (again, fresh) = ProgressReader::read_once(&pointers, &open, Some(moved), &mut parsed);
         assert!(fresh);
         assert!(
             matches!(

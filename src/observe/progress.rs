@@ -363,7 +363,17 @@ pub fn read_versioned(
     pointers: &Pointers,
     size_hint: u64,
 ) -> (ProgressObservation, Option<FileVersion>) {
-    let file = match open_quietly(path) {
+    read_opened(&|| open_quietly(path), pointers, size_hint)
+}
+
+/// [`read_versioned`] of the file `open` opens (the observer opens it through its directory's
+/// handle).
+pub fn read_opened(
+    open: &dyn Fn() -> std::io::Result<std::fs::File>,
+    pointers: &Pointers,
+    size_hint: u64,
+) -> (ProgressObservation, Option<FileVersion>) {
+    let file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return (ProgressObservation::Missing, None);
