@@ -255,3 +255,61 @@ fn a_changed_shard_count_is_refused_not_planned() {
         "state untouched"
     );
 }
+
+/// Regression (fresh-clone trial): with no loop running, `status` repeated the dead loop's
+/// `status.json` ("running 4") while none of its workers was alive. It now counts the workers
+/// running now as `get` does (a running phase and a recorded process seen alive) and marks the
+/// last pass's figures as of its time.
+#[test]
+fn status_without_a_loop_counts_no_dead_worker_as_running() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: m.state_dir(),
+    };
+    // One pass (no loop): it starts four workers and records them, then exits.
+    let (code, out, err) = automon_out(&m, &["apply", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let live = super::migration::live_workers(&m.state_dir());
+    assert_eq!(live.len(), 4, "{live:?}");
+    let (_, out, _) = automon_out(&m, &["status", "workerset.yaml", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(json["running"], false, "{json}");
+    assert_eq!(json["last_pass"]["running"], 4, "{json}");
+    assert_eq!(json["workers_now"]["running"], 4, "{json}");
+    // The workers die while no loop runs (these are this test's own workers).
+    for pids in live.values() {
+        for pid in pids {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    wait_until(
+        "the workers to be gone",
+        || super::migration::live_workers(&m.state_dir()).is_empty(),
+        String::new,
+    );
+    let (code, out, err) = automon_out(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        out.contains("workers: desired 4, running 0 (alive now; no loop running; as of "),
+        "{out}"
+    );
+    assert!(out.contains(": 4 running; "), "{out}");
+    let (_, out, _) = automon_out(&m, &["status", "workerset.yaml", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(json["workers_now"]["running"], 0, "{json}");
+    // `get` agrees.
+    let (_, out, _) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
+    let get: serde_json::Value = serde_json::from_str(&out).expect("get json");
+    assert_eq!(get["overall"]["running"], 0, "{get}");
+}
