@@ -73,8 +73,9 @@ pub fn check_fleet(max_workers: u32, limits: &FdLimits) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{} workers need about {} open files; the limit is {} (hard {}): raise it with `ulimit -n` or LimitNOFILE= in the unit",
+        "{} {} need about {} open files; the limit is {} (hard {}): raise it with `ulimit -n` or LimitNOFILE= in the unit",
         crate::text::count(u64::from(max_workers)),
+        crate::text::plural(max_workers, "worker", "workers"),
         crate::text::count(need),
         crate::text::count(limits.soft),
         crate::text::count(limits.hard),

@@ -477,8 +477,9 @@ fn unrecorded_running(
         })
         .collect();
     format!(
-        "{} worker process(es) of this WorkerSet run ({}), but {} records none of them; `automon apply {}` adopts them",
-        found.len(),
+        "{} of this WorkerSet {} ({}), but {} records none of them; `automon apply {}` adopts them",
+        crate::text::counted(found.len(), "worker process", "worker processes"),
+        crate::text::plural(found.len(), "runs", "run"),
         which.join(", "),
         state_dir.display(),
         file.display()

@@ -49,8 +49,11 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
         Ok(Some(h)) => {
             let unsaved = if h.unsaved > 0 {
                 format!(
-                    "; the last {} record(s) are not on disk yet (its last save failed)",
-                    h.unsaved
+                    "; the last {} not on disk yet (its last save failed)",
+                    match h.unsaved {
+                        1 => "record is".to_string(),
+                        n => format!("{n} records are"),
+                    }
                 )
             } else {
                 String::new()
