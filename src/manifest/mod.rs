@@ -367,6 +367,9 @@ fn options() -> serde_saphyr::Options {
         },
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         with_snippet: false,
+        // A text field refuses what YAML reads as a number or a boolean (`name: 123`, `env:
+        // {A: 1}`): the same strictness as whole numbers refusing `"4"`, the other way.
+        no_schema: true,
     };
     options.alias_limits.max_total_replayed_events = budget::MAX_REPLAYED_EVENTS;
     options
@@ -506,6 +509,51 @@ mod tests {
         assert!(
             target.contains("spec.workers.target: wrong type"),
             "{target}"
+        );
+    }
+
+    /// Regression (fresh-clone trial): `name: 123` (a number where metadata.name's text
+    /// belongs) was accepted, while `shards: "4"` is refused. Every text field refuses what YAML
+    /// reads as a number or a boolean, naming line, column and field; quoted, it loads; a bare
+    /// number as a duration still says it lacks a unit.
+    #[test]
+    fn a_number_where_text_belongs_is_refused_like_a_quoted_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with = |name: &str, template: &str| {
+            let file = dir.path().join("m.yaml");
+            std::fs::write(
+                &file,
+                format!(
+                    "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {{name: {name}}}\nspec:\n  template: {template}\n  progress: {{file: \"p{{id}}.json\", checkpoint: /c}}\n  logs: {{file: \"w{{id}}.log\"}}\n"
+                ),
+            )
+            .expect("write");
+            file
+        };
+        let name = refusal(&with("123", "{command: [sleep, \"1\"]}"));
+        assert!(
+            name.contains("m.yaml:3:18: metadata.name: wrong type: found 123")
+                && name.contains("(expected text: quote it, \"123\")"),
+            "{name}"
+        );
+        let flag = refusal(&with("true", "{command: [sleep, \"1\"]}"));
+        assert!(
+            flag.contains("metadata.name: wrong type: found true"),
+            "{flag}"
+        );
+        let arg = refusal(&with("m", "{command: [sleep, 1]}"));
+        assert!(arg.contains("spec.template.command.1: wrong type"), "{arg}");
+        let env = refusal(&with("m", "{command: [sleep, \"1\"], env: {A: 1}}"));
+        assert!(env.contains("spec.template.env.A: wrong type"), "{env}");
+        load(&with(
+            "\"123\"",
+            "{command: [sleep, \"1\"], env: {A: \"1\"}}",
+        ))
+        .expect("quoted text loads");
+        let duration = refusal(&with("m", "{command: [sleep, \"1\"], stop_grace: 30}"));
+        assert!(
+            duration.contains("duration \"30\" has no unit"),
+            "{duration}"
         );
     }
 

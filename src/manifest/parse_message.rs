@@ -43,6 +43,9 @@ pub fn describe(e: &Error, field: &str) -> String {
             expected,
             ..
         } => format!("wrong type: found {unexpected} (expected {expected})"),
+        Error::QuotingRequired { value, .. } => format!(
+            "wrong type: found {value}, which YAML reads as a number or true/false (expected text: quote it, \"{value}\")"
+        ),
         Error::InvalidScalar { ty, .. } => format!("wrong type (expected {})", scalar_kind(ty)),
         Error::Unexpected { expected, .. } if field.is_empty() && expected.contains("mapping") => {
             "the document is not a mapping (expected a WorkerSet mapping with apiVersion, kind, \
