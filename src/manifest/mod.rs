@@ -10,6 +10,7 @@ pub mod duration;
 mod locate;
 mod overrides;
 mod parse_message;
+pub use parse_message::out_of_range;
 pub mod schema;
 mod suggest;
 pub mod types;
@@ -380,6 +381,14 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
     let e = e.without_snippet();
     let mut location = e.location().map(|l| (l.line(), l.column()));
     let mut message = parse_message::describe(e, &field);
+    // A whole number beyond its field's type is reported by the parser as a scalar it cannot
+    // read; the scalar itself says it is a number, too large.
+    if let serde_saphyr::Error::InvalidScalar { ty, .. } = e
+        && let Some(literal) = location.and_then(|at| scalar_at(text, at))
+        && let Some(too_large) = parse_message::out_of_range(ty, literal)
+    {
+        message = too_large;
+    }
     if message.contains("tab") {
         // The scanner reports where the scalar or block it was reading began; the tab itself is
         // more useful.
@@ -395,6 +404,19 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
         field,
         message,
     }
+}
+
+/// The plain scalar starting at 1-based `(line, col)`: up to the first space, comma or closing
+/// bracket (the flow and block forms a number is written in).
+fn scalar_at(text: &str, (line, col): (u64, u64)) -> Option<&str> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest = line.get(usize::try_from(col).ok()?.checked_sub(1)?..)?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | '}' | ']' | '#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|s| !s.is_empty())
 }
 
 /// 1-based (line, column) of the first tab in a line's leading whitespace.
@@ -554,6 +576,74 @@ mod tests {
         assert!(
             duration.contains("duration \"30\" has no unit"),
             "{duration}"
+        );
+    }
+
+    /// Regression (fresh-clone trial): `shards: 99999999999999999999` was refused as "found
+    /// floating point `100000000000000000000.0`", and a range end beyond u64 as "wrong type".
+    /// A whole number too large for its field says so, with the limit, line, column and field.
+    #[test]
+    fn a_number_too_large_for_its_field_says_too_large_and_the_limit_not_floating_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = |range: &str, shards: &str| {
+            format!(
+                "  work: {{range: {range}, shards: {shards}}}\n  template: {{command: [sleep, \"1\"]}}\n"
+            )
+        };
+        for (spec, at, field, limit) in [
+            (
+                work("{start: 1, end: 100}", "99999999999999999999"),
+                "m.yaml:5:",
+                "spec.work.shards: ",
+                "at most 4,294,967,295",
+            ),
+            (
+                work("{start: 1, end: 100}", "99999999999"),
+                "m.yaml:5:",
+                "spec.work.shards: 99999999999 is too large",
+                "at most 4,294,967,295",
+            ),
+            (
+                work("{start: 1, end: 99999999999999999999}", "4"),
+                "m.yaml:5:",
+                "spec.work.range.end: 99999999999999999999 is too large",
+                "at most 18,446,744,073,709,551,615",
+            ),
+            (
+                work("{start: 99999999999999999999, end: 100}", "4"),
+                "m.yaml:5:",
+                "spec.work.range.start: ",
+                "at most 18,446,744,073,709,551,615",
+            ),
+            (
+                "  fixes: {max_attempts: 99999999999}\n  template: {command: [sleep, \"1\"]}\n"
+                    .to_string(),
+                "m.yaml:5:",
+                "spec.fixes.max_attempts: 99999999999 is too large",
+                "at most 4,294,967,295",
+            ),
+        ] {
+            let why = refusal(&manifest_with(&spec, dir.path()));
+            assert!(
+                why.contains(at)
+                    && why.contains(field)
+                    && why.contains("too large")
+                    && why.contains(limit),
+                "{why}"
+            );
+            assert!(!why.contains("floating point"), "{why}");
+        }
+        assert_eq!(
+            out_of_range("u64", "-5").as_deref(),
+            Some("-5 is negative (expected a whole number from 0 to 18,446,744,073,709,551,615)")
+        );
+        assert_eq!(out_of_range("u32", "12"), None);
+        assert_eq!(out_of_range("u32", "twelve"), None);
+        assert_eq!(
+            out_of_range("i64", &"9".repeat(40)).as_deref(),
+            Some(
+                "999999999999999999999999… (40 digits) is too large (expected a whole number of at most 9,223,372,036,854,775,807)"
+            )
         );
     }
 
