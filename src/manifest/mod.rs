@@ -389,6 +389,13 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
     {
         message = too_large;
     }
+    // serde-saphyr places a missing field at the mapping's last key (where it noticed); the
+    // mapping that lacks it is named by its parent key (or, at the top, its first key).
+    if let serde_saphyr::Error::SerdeMissingField { .. } = e
+        && let Some(at) = location.and_then(|at| mapping_lacking(text, at, &field))
+    {
+        location = Some(at);
+    }
     if message.contains("tab") {
         // The scanner reports where the scalar or block it was reading began; the tab itself is
         // more useful.
@@ -404,6 +411,50 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
         field,
         message,
     }
+}
+
+/// Where the mapping holding the key at 1-based `(line, col)` begins, for a field it lacks:
+/// the line and column of its parent key `field` (its last segment: `spec.template` → the
+/// `template:` above), of its `- ` for a list item, or of the document's first key at the top
+/// level. `None` when the text is not laid out so (the reported place is kept).
+fn mapping_lacking(text: &str, (line, col): (u64, u64), field: &str) -> Option<(u64, u64)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let content = |l: &&str| {
+        let t = l.trim_start();
+        !t.is_empty() && !t.starts_with('#') && !t.starts_with("---")
+    };
+    if field.is_empty() {
+        let i = lines.iter().position(|l| content(l) && indent_of(l) == 0)?;
+        return Some((u64::try_from(i).ok()? + 1, 1));
+    }
+    let name = field.rsplit('.').next()?;
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let key_indent = usize::try_from(col).ok()?.checked_sub(1)?;
+    let (i, l) = lines
+        .iter()
+        .enumerate()
+        .take(at + 1)
+        .rev()
+        .find(|(_, l)| content(l) && indent_of(l) < key_indent)?;
+    let t = l.trim_start();
+    let is_parent = if name.parse::<usize>().is_ok() {
+        t.starts_with('-')
+    } else {
+        [name.to_string(), format!("\"{name}\""), format!("'{name}'")]
+            .iter()
+            .any(|k| {
+                t.strip_prefix(k.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with(':'))
+            })
+    };
+    if !is_parent {
+        return None;
+    }
+    Some((
+        u64::try_from(i).ok()? + 1,
+        u64::try_from(indent_of(l)).ok()? + 1,
+    ))
 }
 
 /// The plain scalar starting at 1-based `(line, col)`: up to the first space, comma or closing
@@ -577,6 +628,43 @@ mod tests {
             duration.contains("duration \"30\" has no unit"),
             "{duration}"
         );
+    }
+
+    /// Regression (fresh-clone trial): a missing required field was reported at the line of
+    /// the mapping's last key (where the parser noticed). It is now reported at the mapping
+    /// that lacks it: its parent key, block or flow style, or the document's first key.
+    #[test]
+    fn a_missing_field_is_reported_at_the_mapping_that_lacks_it_not_its_last_key() {
+        let head = "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {name: m}\n";
+        let tail =
+            "  progress: {file: \"p{id}.json\", checkpoint: /c}\n  logs: {file: \"w{id}.log\"}\n";
+        let first = |text: &str| match parse(text) {
+            Ok(_) => panic!("{text} parsed"),
+            Err(problems) => {
+                let p = &problems[0];
+                (p.location, p.field.clone(), p.message.clone())
+            }
+        };
+        // Block style: `template:` on line 5 lacks `command`; its last key is on line 7.
+        let block =
+            format!("{head}spec:\n  template:\n    workdir: .\n    env: {{A: \"1\"}}\n{tail}");
+        let (at, field, message) = first(&block);
+        assert_eq!(
+            (at, field.as_str()),
+            (Some((5, 3)), "spec.template"),
+            "{message}"
+        );
+        assert!(message.starts_with("missing field `command`"), "{message}");
+        // Flow style: the parent key's line.
+        let flow = format!(
+            "{head}spec:\n  template: {{command: [w]}}\n  progress: {{checkpoint: /c, items: /i}}\n  logs: {{file: l}}\n"
+        );
+        assert_eq!(first(&flow).0, Some((6, 3)));
+        // `spec` lacks `progress`: at `spec:`.
+        let spec = format!("{head}spec:\n  template: {{command: [w]}}\n  logs: {{file: l}}\n");
+        assert_eq!(first(&spec).0, Some((4, 1)));
+        // The document lacks `spec`: at its first key, after a comment.
+        assert_eq!(first(&format!("# c\n{head}")).0, Some((2, 1)));
     }
 
     /// Regression (fresh-clone trial): `shards: 99999999999999999999` was refused as "found
