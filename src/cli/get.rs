@@ -273,7 +273,12 @@ pub(crate) fn look(
     if observed_only {
         return Ok(Look::Observed(Box::new(observed)));
     }
-    let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
+    let mut plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
+    // A completion this look only found is dated by the worker's own record, never by this
+    // look's clock (which moved on every `get`).
+    recorded_completions(&memory, &mut plan.memory, |id| {
+        progress_written_at(&desired.progress_path(id))
+    });
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
     let mut status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
@@ -287,6 +292,29 @@ pub(crate) fn look(
         now,
         view: None,
     })))
+}
+
+/// Dates the completions a look without a loop found (in `planned`, not in the `saved` state)
+/// by `written_at` — when the worker last wrote its progress file, its own record of its last
+/// checkpoint — instead of the look's clock; `None` when there is no such record (no time is
+/// shown then). Completions the state recorded keep their time.
+fn recorded_completions(
+    saved: &Memory,
+    planned: &mut Memory,
+    written_at: impl Fn(crate::WorkerId) -> Option<jiff::Timestamp>,
+) {
+    for (id, w) in &mut planned.workers {
+        let recorded = saved.workers.get(id).and_then(|s| s.completed_at);
+        if w.completed_at.is_some() && recorded.is_none() {
+            w.completed_at = written_at(*id);
+        }
+    }
+}
+
+/// When the progress file at `path` was last written (its mtime), if it can be read.
+fn progress_written_at(path: &std::path::Path) -> Option<jiff::Timestamp> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    jiff::Timestamp::try_from(modified).ok()
 }
 
 /// `get` while a loop runs: the rows come from the loop's view; notes say which running
@@ -597,9 +625,16 @@ pub fn build(
         .values()
         .filter(|s| s.phase == Phase::Completed)
         .count();
+    // When the last shard completed: only when every completion has a recorded time.
     let completed_at = (shards_total > 0 && shards_done == shards_total)
-        .then(|| memory.workers.values().filter_map(|w| w.completed_at).max())
-        .flatten();
+        .then(|| {
+            plan.workers
+                .keys()
+                .map(|id| memory.workers.get(id).and_then(|w| w.completed_at))
+                .collect::<Option<Vec<_>>>()
+        })
+        .flatten()
+        .and_then(|times| times.into_iter().max());
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
     // A start that a look without a loop only plans runs nothing (see `metrics::runs`).
     let running = plan
@@ -1047,6 +1082,45 @@ spec:
         let plan = crate::plan::plan(&desired, &observed, memory, now);
         let status = build(&desired, &plan.memory, &plan, &disk, now, None);
         assert_eq!(status.overall.running, 1);
+    }
+
+    /// Regression (fresh-clone trial): with no loop, "completed at" moved on every `get`: a
+    /// completion the look found (not in the saved state) was dated by the look's clock. It is
+    /// dated by the worker's own record (its progress file's last write), the same on every
+    /// look; a completion the state recorded keeps its time; none without a record.
+    #[test]
+    fn completed_at_without_a_loop_comes_from_a_recorded_time_not_the_looks_clock() {
+        let at = |s: i64| jiff::Timestamp::from_second(s).expect("valid");
+        let worker = |completed: Option<jiff::Timestamp>| {
+            Box::new(WorkerMemory {
+                completed_at: completed,
+                ..WorkerMemory::default()
+            })
+        };
+        let mut saved = Memory::default();
+        saved
+            .workers
+            .insert(crate::WorkerId(0), worker(Some(at(100))));
+        saved.workers.insert(crate::WorkerId(1), worker(None));
+        saved.workers.insert(crate::WorkerId(2), worker(None));
+        // Two looks at different clocks: the planner dated the new completions by each.
+        for now in [1_000, 2_000] {
+            let mut planned = Memory::default();
+            planned
+                .workers
+                .insert(crate::WorkerId(0), worker(Some(at(100))));
+            planned
+                .workers
+                .insert(crate::WorkerId(1), worker(Some(at(now))));
+            planned
+                .workers
+                .insert(crate::WorkerId(2), worker(Some(at(now))));
+            recorded_completions(&saved, &mut planned, |id| {
+                (id == crate::WorkerId(1)).then(|| at(500))
+            });
+            let got: Vec<_> = planned.workers.values().map(|w| w.completed_at).collect();
+            assert_eq!(got, [Some(at(100)), Some(at(500)), None], "look at {now}");
+        }
     }
 
     /// Regression: FIXES showed failed attempts only ("0/3" after a fix that worked), which

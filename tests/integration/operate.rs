@@ -313,3 +313,39 @@ fn status_without_a_loop_counts_no_dead_worker_as_running() {
     let get: serde_json::Value = serde_json::from_str(&out).expect("get json");
     assert_eq!(get["overall"]["running"], 0, "{get}");
 }
+
+/// Regression (fresh-clone trial): shards that completed while no loop ran showed a "completed
+/// at" that moved on every `get` (the look's own clock). It is the workers' recorded time now:
+/// two looks a moment apart agree.
+#[test]
+fn completed_at_without_a_loop_is_the_same_on_every_get() {
+    let m = Migration::new(&Knobs {
+        books: 40,
+        ..Knobs::default()
+    });
+    let manifest = m.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("target: 4,", "target: 8,")).expect("write");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: m.state_dir(),
+    };
+    // One pass starts all eight; they finish with no loop to see it.
+    let (code, out, err) = automon_out(&m, &["apply", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_until(
+        "the workers to finish",
+        || super::migration::live_workers(&m.state_dir()).is_empty(),
+        String::new,
+    );
+    let completed_at = || {
+        let (_, out, _) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
+        let get: serde_json::Value = serde_json::from_str(&out).expect("get json");
+        assert_eq!(get["overall"]["shards_done"], 8, "{get}");
+        get["overall"]["completed_at"].clone()
+    };
+    let first = completed_at();
+    assert!(first.is_string(), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(completed_at(), first);
+}
