@@ -680,12 +680,27 @@ fn next_step(
             .strftime("%H:%M:%S")
             .to_string()
     };
+    // A deadline already passed is never shown as a time in the past: it is due, and acted
+    // on at the loop's next pass (or, with no loop, the next `apply`).
+    let due = |t: crate::clock::BootTime| t <= now.boot;
+    let when_due = if automon_running {
+        "at the next pass"
+    } else {
+        "at the next `automon apply`"
+    };
     if let Some(a) = w.fixes.pending() {
+        if due(a.verify_at) {
+            return format!("verify {}: due, {when_due}", a.kind.name());
+        }
         return format!("verify {} at {}", a.kind.name(), clock(a.verify_at));
     }
     match phase {
         Phase::BackingOff => w.backoff_until.map_or_else(String::new, |t| {
-            format!("restart in {}", format_duration(t.since(now.boot)))
+            if due(t) {
+                format!("restart: due, {when_due}")
+            } else {
+                format!("restart in {}", format_duration(t.since(now.boot)))
+            }
         }),
         Phase::Paused => "waits for `automon resume`".into(),
         Phase::Failed => "stays stopped until `automon resume`".into(),
@@ -713,7 +728,12 @@ fn next_step(
                 )
             };
             from.map_or_else(String::new, |t| {
-                format!("stuck if silent until {}", clock(t.plus(threshold)))
+                let deadline = t.plus(threshold);
+                if due(deadline) {
+                    format!("stuck check due: stuck if still silent {when_due}")
+                } else {
+                    format!("stuck if silent until {}", clock(deadline))
+                }
             })
         }
         _ => String::new(),
@@ -1121,6 +1141,79 @@ spec:
             let got: Vec<_> = planned.workers.values().map(|w| w.completed_at).collect();
             assert_eq!(got, [Some(at(100)), Some(at(500)), None], "look at {now}");
         }
+    }
+
+    /// Regression (fresh-clone trial): NEXT showed deadlines in the past ("stuck if silent
+    /// until" a time gone by, "verify restart at" one too, "restart in 0s"). A deadline passed
+    /// is due: it says when it is acted on, never a past time.
+    #[test]
+    fn next_never_shows_a_deadline_in_the_past() {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  work: {range: {start: 0, end: 20}, shards: 2}
+  template: {command: [w, "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  health: {stuck_after: 60s}
+"#;
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset: crate::manifest::parse(text).expect("valid manifest"),
+        };
+        let desired = Desired::resolve(&manifest, None).expect("resolve");
+        let boot = |s: u64| crate::clock::BootTime::from_duration(Duration::from_secs(s));
+        let now = Now {
+            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+            boot: boot(1000),
+        };
+        // Last progress 30 s ago: the deadline is ahead, shown as a time.
+        let mut w = WorkerMemory {
+            left_discovery: true,
+            last_progress_at: Some(boot(970)),
+            ..WorkerMemory::default()
+        };
+        let ahead = next_step(&desired, &w, Phase::Progressing, now, true);
+        assert!(ahead.starts_with("stuck if silent until "), "{ahead}");
+        // 90 s ago: passed.
+        w.last_progress_at = Some(boot(910));
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, true),
+            "stuck check due: stuck if still silent at the next pass"
+        );
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, false),
+            "stuck check due: stuck if still silent at the next `automon apply`"
+        );
+        // A backoff that ended.
+        w.backoff_until = Some(boot(990));
+        assert_eq!(
+            next_step(&desired, &w, Phase::BackingOff, now, true),
+            "restart: due, at the next pass"
+        );
+        w.backoff_until = Some(boot(1005));
+        assert_eq!(
+            next_step(&desired, &w, Phase::BackingOff, now, true),
+            "restart in 5s"
+        );
+        // A verification whose time passed.
+        w.fixes.push(crate::plan::memory::Attempt {
+            n: 1,
+            kind: crate::plan::memory::FixKind::Restart,
+            at: boot(900),
+            at_wall: now.wall,
+            checkpoint: None,
+            detail: String::new(),
+            verify_at: boot(960),
+            result: None,
+            code: None,
+        });
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, true),
+            "verify restart: due, at the next pass"
+        );
     }
 
     /// Regression: FIXES showed failed attempts only ("0/3" after a fix that worked), which
