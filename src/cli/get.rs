@@ -247,15 +247,30 @@ pub(crate) fn look(
     }
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    // Another automon (a copy of this manifest elsewhere) managing these workers' files: an
+    // `apply` of this file would be refused, so it is never advised; who owns them is said.
+    let fleet_owner = crate::state::FleetFiles::of(&desired)
+        .holder()
+        .filter(|h| !same_dir(&h.state_dir, &state_dir));
     if memory.workers.is_empty() && !observed_only {
         // Workers may run that no state records (state moved aside or lost, a loop between
         // its lock and its first save): never say "not started" over running workers.
         let (observed, _) = super::observe_once(&desired, &memory, &state_dir, true);
-        if !observed.unrecorded.is_empty() {
+        if let Some(why) = owned_elsewhere(fleet_owner.as_ref(), &observed.unrecorded) {
+            return Err(CliError::runtime(why));
+        }
+        // This WorkerSet's own (another automon's are neither adopted nor counted here).
+        let ours: Vec<_> = observed
+            .unrecorded
+            .iter()
+            .filter(|u| u.other_owner.is_none())
+            .cloned()
+            .collect();
+        if !ours.is_empty() {
             return Err(CliError::runtime(unrecorded_running(
                 &manifest.file,
                 &state_dir,
-                &observed.unrecorded,
+                &ours,
             )));
         }
         return Err(CliError::runtime(not_started(
@@ -283,9 +298,19 @@ pub(crate) fn look(
     // saved state lags the files by up to a pass).
     let mut status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
     mark_missing_progress(&desired, &plan.memory, &mut status);
+    let mut notes = Vec::new();
+    if let Some(owner) = &fleet_owner {
+        // Nothing here starts while it runs: no row says the next `apply` starts it.
+        for row in &mut status.workers {
+            if row.next == NEXT_APPLY_STARTS {
+                row.next = format!("another automon (pid {}) manages its files", owner.pid);
+            }
+        }
+        notes.push(owned_by(owner));
+    }
     Ok(Look::Status(Box::new(Shown {
         status,
-        notes: Vec::new(),
+        notes,
         memory: plan.memory,
         desired,
         state_dir,
@@ -486,6 +511,64 @@ fn format_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<St
         }
     };
     Ok(format!("{}\n", text.trim_end()))
+}
+
+/// NEXT of a worker that waits for an `apply` (no loop runs).
+const NEXT_APPLY_STARTS: &str = "starts at the next `automon apply`";
+
+/// True when `a` and `b` name one directory (symlinks and spelling aside).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}
+
+/// Another automon manages the files of this manifest's workers: who, and what shows them.
+/// No `apply` is advised: this file's would be refused while it runs.
+fn owned_by(owner: &crate::state::FleetHolder) -> String {
+    format!(
+        "another automon (pid {}, state directory {}) manages these workers' files; `automon get` with its manifest (or --state-dir {}) shows them, and an `apply` of this file is refused while it runs",
+        owner.pid,
+        owner.state_dir.display(),
+        owner.state_dir.display()
+    )
+}
+
+/// Why `get` has nothing of its own to show when the workers found belong to another automon:
+/// a live one holding the fleet's files, or processes marked with another state directory (an
+/// automon that has exited). `None` when neither (some found are this WorkerSet's own, or
+/// nothing runs).
+fn owned_elsewhere(
+    holder: Option<&crate::state::FleetHolder>,
+    found: &[crate::observe::UnrecordedWorker],
+) -> Option<String> {
+    if let Some(h) = holder {
+        return Some(format!("not started here: {}", owned_by(h)));
+    }
+    if found.is_empty() || found.iter().any(|u| u.other_owner.is_none()) {
+        return None;
+    }
+    let which: Vec<String> = found
+        .iter()
+        .map(|u| {
+            format!(
+                "worker {} {}",
+                u.worker,
+                crate::runtime::Handle::of(&u.identity)
+            )
+        })
+        .collect();
+    let mut owners: Vec<&str> = found
+        .iter()
+        .filter_map(|u| u.other_owner.as_deref())
+        .collect();
+    owners.dedup();
+    Some(format!(
+        "not started here: {} ({}) {} another automon's (state directory {}); `automon get` with its manifest shows them. An `apply` of this file would neither adopt them nor start workers beside them",
+        crate::text::counted(found.len(), "worker process", "worker processes"),
+        which.join(", "),
+        crate::text::plural(found.len(), "is", "are"),
+        owners.join(", ")
+    ))
 }
 
 /// Workers of this WorkerSet run, but the state directory records none of them.
@@ -706,7 +789,7 @@ fn next_step(
         Phase::Failed => "stays stopped until `automon resume`".into(),
         // Nothing starts without a loop or an `apply`: say which.
         Phase::Pending | Phase::Stopped | Phase::Parked if !automon_running => {
-            "starts at the next `automon apply`".into()
+            NEXT_APPLY_STARTS.into()
         }
         Phase::Pending | Phase::Stopped | Phase::Parked => "starts when a slot is free".into(),
         Phase::Stuck => match w.fixes.last_at() {

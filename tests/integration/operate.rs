@@ -349,3 +349,60 @@ fn completed_at_without_a_loop_is_the_same_on_every_get() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(completed_at(), first);
 }
+
+/// Regression (fresh-clone trial): `get` of a copy of the manifest (another state directory,
+/// the same workers' files) advised `automon apply` while another automon ran those workers;
+/// that apply is refused. `get` now names the owner and advises no apply, while it runs and
+/// after it has exited (its workers carry its state directory).
+#[test]
+fn get_of_a_copy_whose_workers_another_automon_owns_names_the_owner_and_advises_no_apply() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    std::fs::copy(m.path().join("workerset.yaml"), m.path().join("copy.yaml")).expect("copy");
+    let other = m.path().join("other-state");
+    let other = other.to_str().expect("utf-8");
+    let watch = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let loop_pid = watch.id();
+    let mut cleanup = Cleanup {
+        daemon: Some(watch),
+        state_dir: m.state_dir(),
+    };
+    wait_until(
+        "four workers",
+        || super::migration::live_workers(&m.state_dir()).len() == 4,
+        String::new,
+    );
+    let (code, out, err) = automon_out(&m, &["get", "copy.yaml", "--state-dir", other]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "another automon (pid {loop_pid}, state directory "
+        )) && err.contains("an `apply` of this file is refused while it runs"),
+        "{err}"
+    );
+    assert!(!err.contains("`automon apply"), "{err}");
+    // The loop ends (SIGKILL: no stop, its workers keep running with its marker).
+    if let Some(mut d) = cleanup.daemon.take() {
+        d.kill().expect("kill the loop");
+        d.wait().expect("wait");
+    }
+    let (code, out, err) = automon_out(&m, &["get", "copy.yaml", "--state-dir", other]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("another automon's (state directory ")
+            && err.contains("would neither adopt them nor start workers beside them"),
+        "{err}"
+    );
+    assert!(!err.contains("`automon apply"), "{err}");
+}
