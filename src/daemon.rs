@@ -17,7 +17,7 @@ use crate::manifest::Desired;
 use crate::observe::{self, ExitEvent, Roots};
 use crate::plan::{self, Action, Memory, Phase, Plan};
 use crate::state::{self, EventLog, InstanceLock};
-use crate::text::count;
+use crate::text::{count, counted, plural};
 
 /// How the loop is to run.
 #[derive(Debug, Clone)]
@@ -393,8 +393,8 @@ impl Daemon<'_> {
                     self.events.record(
                         jiff::Timestamp::now(),
                         &format!(
-                            "state saved again after {} failed save(s) since {}; workers start again",
-                            u.failures,
+                            "state saved again after {} since {}; workers start again",
+                            counted(u.failures, "failed save", "failed saves"),
                             whole_seconds(u.since)
                         ),
                     );
@@ -417,8 +417,8 @@ impl Daemon<'_> {
                 u.failures += 1;
                 u.why = e.clone();
                 let message = format!(
-                    "STATE NOT SAVED ({} failed save(s) since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
-                    u.failures,
+                    "STATE NOT SAVED ({} since {}): {e}; at risk if automon stops now ({}); no worker is started until a save succeeds (retrying every {}s)",
+                    counted(u.failures, "failed save", "failed saves"),
                     whole_seconds(u.since),
                     at_risk(&self.saved_pids, &self.memory),
                     UNSAVED_RETRY.as_secs()
@@ -568,9 +568,9 @@ impl Daemon<'_> {
         let mut parts = Vec::new();
         if let Some(u) = &self.unsaved {
             parts.push(format!(
-                "state NOT saved since {} ({} failed save(s)): {}; at risk ({}); no worker is started until a save succeeds",
+                "state NOT saved since {} ({}): {}; at risk ({}); no worker is started until a save succeeds",
                 whole_seconds(u.since),
-                u.failures,
+                counted(u.failures, "failed save", "failed saves"),
                 u.why,
                 at_risk(&self.saved_pids, &self.memory)
             ));
@@ -1053,7 +1053,11 @@ pub async fn run(
                     // Processes that exist (a planned start that failed is not one).
                     let running = d.memory.workers.values().filter(|w| w.process.is_some()).count();
                     d.events.record(jiff::Timestamp::now(), &format!(
-                        "automon interrupted; {running} worker(s) keep running and will be adopted by the next `automon apply`"
+                        "automon interrupted; {} running and will be adopted by the next `automon apply`",
+                        match running {
+                            1 => "1 worker keeps".to_string(),
+                            n => format!("{n} workers keep"),
+                        }
                     ));
                     return Ok(RunEnd::Interrupted);
                 }
@@ -1140,9 +1144,9 @@ impl Daemon<'_> {
             .map(|(what, took)| format!(" ({what} for {}s)", took.as_secs()))
             .unwrap_or_default();
         crate::errln!(
-            "automon: the state directory {} does not answer{stuck}; exiting without waiting for it. Not saved: {state}; {} queued write(s) of events, fix history and status. The workers keep running; the next automon adopts them by their markers",
+            "automon: the state directory {} does not answer{stuck}; exiting without waiting for it. Not saved: {state}; {} of events, fix history and status. The workers keep running; the next automon adopts them by their markers",
             self.opts.state_dir.display(),
-            self.writer.backlog()
+            counted(self.writer.backlog(), "queued write", "queued writes")
         );
     }
 }
@@ -1470,7 +1474,12 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
             .filter(|w| w.process.is_some())
             .count();
         changes.push(format!(
-            "the template (command, env, parameters or workdir) changed: {running} running worker(s) keep the previous one until their next restart"
+            "the template (command, env, parameters or workdir) changed: {} the previous one until {} next restart",
+            match running {
+                1 => "1 running worker keeps".to_string(),
+                n => format!("{n} running workers keep"),
+            },
+            plural(running, "its", "their")
         ));
     }
     let other = similar::TextDiff::from_lines(&old.normalized, &new.normalized)
@@ -1479,7 +1488,11 @@ fn describe_changes(old: &Desired, new: &Desired, memory: &Memory) -> String {
         .count();
     if changes.is_empty() {
         changes.push(format!(
-            "{other} line(s) of the manifest changed (see `automon diff`)"
+            "{} of the manifest changed (see `automon diff`)",
+            match other {
+                1 => "1 line".to_string(),
+                n => format!("{n} lines"),
+            }
         ));
     }
     changes.join("; ")
@@ -1584,17 +1597,14 @@ pub fn summary(
     now: jiff::Timestamp,
 ) -> String {
     use crate::manifest::duration::format_duration;
-    let plural = |n: u64, one: &str, many: &str| {
-        if n == 1 {
-            format!("1 {one}")
-        } else {
-            format!("{n} {many}")
-        }
-    };
     let shards = desired.shards.as_ref().map_or(0, Vec::len);
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
     let done = match items {
-        Some(n) => format!("{} {}s done", count(n), desired.unit),
+        Some(n) => format!(
+            "{} {} done",
+            count(n),
+            plural(n, &desired.unit, &format!("{}s", desired.unit))
+        ),
         None => {
             let (a, b) = memory.range.unwrap_or_default();
             format!("keys [{}, {}) done", count(a), count(b))
@@ -1607,7 +1617,7 @@ pub fn summary(
         }
         format!(
             "{} ({crash} after a crash, {stuck} after being stuck)",
-            plural(crash + stuck, "restart", "restarts")
+            counted(crash + stuck, "restart", "restarts")
         )
     };
     let fixes: u64 = t.fixes.values().sum();
@@ -1620,14 +1630,18 @@ pub fn summary(
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| format!("{n} {k}"))
             .collect();
-        format!("{} ({})", plural(fixes, "fix", "fixes"), kinds.join(", "))
+        format!("{} ({})", counted(fixes, "fix", "fixes"), kinds.join(", "))
     };
     let whole = t
         .first_applied_at
         .and_then(|first| now.duration_since(first).try_into().ok())
         .unwrap_or(wall);
     let mut out = format!(
-        "all {shards} shards complete: {done}; {}; {fixes}; wall time {}",
+        "{}: {done}; {}; {fixes}; wall time {}",
+        match shards {
+            1 => "the 1 shard complete".to_string(),
+            n => format!("all {n} shards complete"),
+        },
         restarts(t.crash_restarts, t.stuck_restarts),
         format_duration(whole)
     );

@@ -109,7 +109,9 @@ fn stderr_thread(rx: &Receiver<ToStderr>) {
                 let dropped = DROPPED.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
                     write_stderr(&format!(
-                        "automon: {dropped} line(s) of this log were dropped while it could not be written (a hung or slow file system?); events.log and `automon history` keep the events\n"
+                        "automon: {} of this log {} dropped while it could not be written (a hung or slow file system?); events.log and `automon history` keep the events\n",
+                        crate::text::counted(dropped, "line", "lines"),
+                        crate::text::plural(dropped, "was", "were")
                     ));
                 }
                 write_stderr(&text);

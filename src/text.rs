@@ -1,4 +1,4 @@
-//! Words and numbers for people: thousands separators and key ranges.
+//! Words and numbers for people: thousands separators, key ranges and plurals.
 
 /// `1204` → `"1,204"`.
 pub fn count(n: u64) -> String {
@@ -33,6 +33,19 @@ impl std::fmt::Display for Count {
         // Only ASCII digits and commas were written.
         f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or_default())
     }
+}
+
+/// The noun for `n` things: `one` for 1, `many` otherwise (`plural(1, "worker", "workers")`
+/// → `"worker"`, `plural(0, …)` → `"workers"`).
+pub fn plural<'a, N: PartialEq + From<u8>>(n: N, one: &'a str, many: &'a str) -> &'a str {
+    if n == N::from(1) { one } else { many }
+}
+
+/// `n` and its noun: `counted(1, "worker", "workers")` → `"1 worker"`, `counted(4, …)` →
+/// `"4 workers"` (no thousands separators: as the number would be written alone).
+pub fn counted<N: PartialEq + From<u8> + std::fmt::Display>(n: N, one: &str, many: &str) -> String {
+    let noun = if n == N::from(1) { one } else { many };
+    format!("{n} {noun}")
 }
 
 /// `Some((751, 1001))` → `"[751, 1,001)"`; `None` → `"(replica)"`.
@@ -98,6 +111,17 @@ mod tests {
         assert_eq!(Count(u64::MAX).to_string(), "18,446,744,073,709,551,615");
         assert_eq!(Count(0).to_string(), "0");
         assert_eq!(format!("at {}", Count(999)), "at 999");
+    }
+
+    /// Regression (fresh-clone trial): messages said "1 workers" and "1 worker(s)".
+    #[test]
+    fn one_thing_is_singular_and_any_other_count_plural() {
+        assert_eq!(counted(1u32, "worker", "workers"), "1 worker");
+        assert_eq!(counted(0u32, "worker", "workers"), "0 workers");
+        assert_eq!(counted(2u64, "process", "processes"), "2 processes");
+        assert_eq!(plural(1u32, "time", "times"), "time");
+        assert_eq!(counted(1usize, "record", "records"), "1 record");
+        assert_eq!(plural(11u64, "time", "times"), "times");
     }
 
     #[test]

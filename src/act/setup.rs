@@ -364,10 +364,13 @@ pub fn resolve_range_end(manifest: &Manifest) -> Result<Option<u64>, String> {
         ));
     }
     let end = crate::observe::logtail::parse_number(text.trim()).ok_or_else(|| {
-        format!(
-            "spec.work.range.end_command: printed {:?} (expected one integer)",
-            text.trim()
-        )
+        match crate::manifest::out_of_range("u64", text.trim()) {
+            Some(why) => format!("spec.work.range.end_command: the end it printed: {why}"),
+            None => format!(
+                "spec.work.range.end_command: printed {:?} (expected one integer)",
+                text.trim()
+            ),
+        }
     })?;
     let start = spec.work.as_ref().map_or(0, |w| w.range.start);
     if end <= start {

@@ -227,10 +227,10 @@ pub fn run(args: &ApplyArgs, log_format: super::logging::LogFormat) -> Result<u8
             format!("; overrides: {}", overridden.join(", "))
         };
         let first_line = format!(
-            "applying {} ({}; {} workers, {}; state in {}{overrides})",
+            "applying {} ({}; {}, {}; state in {}{overrides})",
             manifest.file.display(),
             desired.name,
-            desired.counts.target,
+            crate::text::counted(desired.counts.target, "worker", "workers"),
             mode,
             state_dir.display()
         );

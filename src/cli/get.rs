@@ -247,15 +247,30 @@ pub(crate) fn look(
     }
     let memory =
         crate::state::load_memory(&state_dir).map_err(|e| CliError::runtime(e.to_string()))?;
+    // Another automon (a copy of this manifest elsewhere) managing these workers' files: an
+    // `apply` of this file would be refused, so it is never advised; who owns them is said.
+    let fleet_owner = crate::state::FleetFiles::of(&desired)
+        .holder()
+        .filter(|h| !same_dir(&h.state_dir, &state_dir));
     if memory.workers.is_empty() && !observed_only {
         // Workers may run that no state records (state moved aside or lost, a loop between
         // its lock and its first save): never say "not started" over running workers.
         let (observed, _) = super::observe_once(&desired, &memory, &state_dir, true);
-        if !observed.unrecorded.is_empty() {
+        if let Some(why) = owned_elsewhere(fleet_owner.as_ref(), &observed.unrecorded) {
+            return Err(CliError::runtime(why));
+        }
+        // This WorkerSet's own (another automon's are neither adopted nor counted here).
+        let ours: Vec<_> = observed
+            .unrecorded
+            .iter()
+            .filter(|u| u.other_owner.is_none())
+            .cloned()
+            .collect();
+        if !ours.is_empty() {
             return Err(CliError::runtime(unrecorded_running(
                 &manifest.file,
                 &state_dir,
-                &observed.unrecorded,
+                &ours,
             )));
         }
         return Err(CliError::runtime(not_started(
@@ -273,20 +288,58 @@ pub(crate) fn look(
     if observed_only {
         return Ok(Look::Observed(Box::new(observed)));
     }
-    let plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
+    let mut plan = super::plan_shown(&desired, &observed, &memory, now, &state_dir)?;
+    // A completion this look only found is dated by the worker's own record, never by this
+    // look's clock (which moved on every `get`).
+    recorded_completions(&memory, &mut plan.memory, |id| {
+        progress_written_at(&desired.progress_path(id))
+    });
     // The columns come from the plan's memory, the same look as the phase and reason (the
     // saved state lags the files by up to a pass).
     let mut status = build(&desired, &plan.memory, &plan, &observed.disk, now, None);
     mark_missing_progress(&desired, &plan.memory, &mut status);
+    let mut notes = Vec::new();
+    if let Some(owner) = &fleet_owner {
+        // Nothing here starts while it runs: no row says the next `apply` starts it.
+        for row in &mut status.workers {
+            if row.next == NEXT_APPLY_STARTS {
+                row.next = format!("another automon (pid {}) manages its files", owner.pid);
+            }
+        }
+        notes.push(owned_by(owner));
+    }
     Ok(Look::Status(Box::new(Shown {
         status,
-        notes: Vec::new(),
+        notes,
         memory: plan.memory,
         desired,
         state_dir,
         now,
         view: None,
     })))
+}
+
+/// Dates the completions a look without a loop found (in `planned`, not in the `saved` state)
+/// by `written_at` — when the worker last wrote its progress file, its own record of its last
+/// checkpoint — instead of the look's clock; `None` when there is no such record (no time is
+/// shown then). Completions the state recorded keep their time.
+fn recorded_completions(
+    saved: &Memory,
+    planned: &mut Memory,
+    written_at: impl Fn(crate::WorkerId) -> Option<jiff::Timestamp>,
+) {
+    for (id, w) in &mut planned.workers {
+        let recorded = saved.workers.get(id).and_then(|s| s.completed_at);
+        if w.completed_at.is_some() && recorded.is_none() {
+            w.completed_at = written_at(*id);
+        }
+    }
+}
+
+/// When the progress file at `path` was last written (its mtime), if it can be read.
+fn progress_written_at(path: &std::path::Path) -> Option<jiff::Timestamp> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    jiff::Timestamp::try_from(modified).ok()
 }
 
 /// `get` while a loop runs: the rows come from the loop's view; notes say which running
@@ -460,6 +513,64 @@ fn format_status(args: &GetArgs, status: &Status, notes: &[String]) -> Result<St
     Ok(format!("{}\n", text.trim_end()))
 }
 
+/// NEXT of a worker that waits for an `apply` (no loop runs).
+const NEXT_APPLY_STARTS: &str = "starts at the next `automon apply`";
+
+/// True when `a` and `b` name one directory (symlinks and spelling aside).
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}
+
+/// Another automon manages the files of this manifest's workers: who, and what shows them.
+/// No `apply` is advised: this file's would be refused while it runs.
+fn owned_by(owner: &crate::state::FleetHolder) -> String {
+    format!(
+        "another automon (pid {}, state directory {}) manages these workers' files; `automon get` with its manifest (or --state-dir {}) shows them, and an `apply` of this file is refused while it runs",
+        owner.pid,
+        owner.state_dir.display(),
+        owner.state_dir.display()
+    )
+}
+
+/// Why `get` has nothing of its own to show when the workers found belong to another automon:
+/// a live one holding the fleet's files, or processes marked with another state directory (an
+/// automon that has exited). `None` when neither (some found are this WorkerSet's own, or
+/// nothing runs).
+fn owned_elsewhere(
+    holder: Option<&crate::state::FleetHolder>,
+    found: &[crate::observe::UnrecordedWorker],
+) -> Option<String> {
+    if let Some(h) = holder {
+        return Some(format!("not started here: {}", owned_by(h)));
+    }
+    if found.is_empty() || found.iter().any(|u| u.other_owner.is_none()) {
+        return None;
+    }
+    let which: Vec<String> = found
+        .iter()
+        .map(|u| {
+            format!(
+                "worker {} {}",
+                u.worker,
+                crate::runtime::Handle::of(&u.identity)
+            )
+        })
+        .collect();
+    let mut owners: Vec<&str> = found
+        .iter()
+        .filter_map(|u| u.other_owner.as_deref())
+        .collect();
+    owners.dedup();
+    Some(format!(
+        "not started here: {} ({}) {} another automon's (state directory {}); `automon get` with its manifest shows them. An `apply` of this file would neither adopt them nor start workers beside them",
+        crate::text::counted(found.len(), "worker process", "worker processes"),
+        which.join(", "),
+        crate::text::plural(found.len(), "is", "are"),
+        owners.join(", ")
+    ))
+}
+
 /// Workers of this WorkerSet run, but the state directory records none of them.
 fn unrecorded_running(
     file: &std::path::Path,
@@ -477,8 +588,9 @@ fn unrecorded_running(
         })
         .collect();
     format!(
-        "{} worker process(es) of this WorkerSet run ({}), but {} records none of them; `automon apply {}` adopts them",
-        found.len(),
+        "{} of this WorkerSet {} ({}), but {} records none of them; `automon apply {}` adopts them",
+        crate::text::counted(found.len(), "worker process", "worker processes"),
+        crate::text::plural(found.len(), "runs", "run"),
         which.join(", "),
         state_dir.display(),
         file.display()
@@ -596,9 +708,16 @@ pub fn build(
         .values()
         .filter(|s| s.phase == Phase::Completed)
         .count();
+    // When the last shard completed: only when every completion has a recorded time.
     let completed_at = (shards_total > 0 && shards_done == shards_total)
-        .then(|| memory.workers.values().filter_map(|w| w.completed_at).max())
-        .flatten();
+        .then(|| {
+            plan.workers
+                .keys()
+                .map(|id| memory.workers.get(id).and_then(|w| w.completed_at))
+                .collect::<Option<Vec<_>>>()
+        })
+        .flatten()
+        .and_then(|times| times.into_iter().max());
     let items: Option<u64> = memory.workers.values().map(|w| w.items).sum();
     // A start that a look without a loop only plans runs nothing (see `metrics::runs`).
     let running = plan
@@ -644,18 +763,33 @@ fn next_step(
             .strftime("%H:%M:%S")
             .to_string()
     };
+    // A deadline already passed is never shown as a time in the past: it is due, and acted
+    // on at the loop's next pass (or, with no loop, the next `apply`).
+    let due = |t: crate::clock::BootTime| t <= now.boot;
+    let when_due = if automon_running {
+        "at the next pass"
+    } else {
+        "at the next `automon apply`"
+    };
     if let Some(a) = w.fixes.pending() {
+        if due(a.verify_at) {
+            return format!("verify {}: due, {when_due}", a.kind.name());
+        }
         return format!("verify {} at {}", a.kind.name(), clock(a.verify_at));
     }
     match phase {
         Phase::BackingOff => w.backoff_until.map_or_else(String::new, |t| {
-            format!("restart in {}", format_duration(t.since(now.boot)))
+            if due(t) {
+                format!("restart: due, {when_due}")
+            } else {
+                format!("restart in {}", format_duration(t.since(now.boot)))
+            }
         }),
         Phase::Paused => "waits for `automon resume`".into(),
         Phase::Failed => "stays stopped until `automon resume`".into(),
         // Nothing starts without a loop or an `apply`: say which.
         Phase::Pending | Phase::Stopped | Phase::Parked if !automon_running => {
-            "starts at the next `automon apply`".into()
+            NEXT_APPLY_STARTS.into()
         }
         Phase::Pending | Phase::Stopped | Phase::Parked => "starts when a slot is free".into(),
         Phase::Stuck => match w.fixes.last_at() {
@@ -677,7 +811,12 @@ fn next_step(
                 )
             };
             from.map_or_else(String::new, |t| {
-                format!("stuck if silent until {}", clock(t.plus(threshold)))
+                let deadline = t.plus(threshold);
+                if due(deadline) {
+                    format!("stuck check due: stuck if still silent {when_due}")
+                } else {
+                    format!("stuck if silent until {}", clock(deadline))
+                }
             })
         }
         _ => String::new(),
@@ -1046,6 +1185,118 @@ spec:
         let plan = crate::plan::plan(&desired, &observed, memory, now);
         let status = build(&desired, &plan.memory, &plan, &disk, now, None);
         assert_eq!(status.overall.running, 1);
+    }
+
+    /// Regression (fresh-clone trial): with no loop, "completed at" moved on every `get`: a
+    /// completion the look found (not in the saved state) was dated by the look's clock. It is
+    /// dated by the worker's own record (its progress file's last write), the same on every
+    /// look; a completion the state recorded keeps its time; none without a record.
+    #[test]
+    fn completed_at_without_a_loop_comes_from_a_recorded_time_not_the_looks_clock() {
+        let at = |s: i64| jiff::Timestamp::from_second(s).expect("valid");
+        let worker = |completed: Option<jiff::Timestamp>| {
+            Box::new(WorkerMemory {
+                completed_at: completed,
+                ..WorkerMemory::default()
+            })
+        };
+        let mut saved = Memory::default();
+        saved
+            .workers
+            .insert(crate::WorkerId(0), worker(Some(at(100))));
+        saved.workers.insert(crate::WorkerId(1), worker(None));
+        saved.workers.insert(crate::WorkerId(2), worker(None));
+        // Two looks at different clocks: the planner dated the new completions by each.
+        for now in [1_000, 2_000] {
+            let mut planned = Memory::default();
+            planned
+                .workers
+                .insert(crate::WorkerId(0), worker(Some(at(100))));
+            planned
+                .workers
+                .insert(crate::WorkerId(1), worker(Some(at(now))));
+            planned
+                .workers
+                .insert(crate::WorkerId(2), worker(Some(at(now))));
+            recorded_completions(&saved, &mut planned, |id| {
+                (id == crate::WorkerId(1)).then(|| at(500))
+            });
+            let got: Vec<_> = planned.workers.values().map(|w| w.completed_at).collect();
+            assert_eq!(got, [Some(at(100)), Some(at(500)), None], "look at {now}");
+        }
+    }
+
+    /// Regression (fresh-clone trial): NEXT showed deadlines in the past ("stuck if silent
+    /// until" a time gone by, "verify restart at" one too, "restart in 0s"). A deadline passed
+    /// is due: it says when it is acted on, never a past time.
+    #[test]
+    fn next_never_shows_a_deadline_in_the_past() {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  work: {range: {start: 0, end: 20}, shards: 2}
+  template: {command: [w, "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  health: {stuck_after: 60s}
+"#;
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset: crate::manifest::parse(text).expect("valid manifest"),
+        };
+        let desired = Desired::resolve(&manifest, None).expect("resolve");
+        let boot = |s: u64| crate::clock::BootTime::from_duration(Duration::from_secs(s));
+        let now = Now {
+            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+            boot: boot(1000),
+        };
+        // Last progress 30 s ago: the deadline is ahead, shown as a time.
+        let mut w = WorkerMemory {
+            left_discovery: true,
+            last_progress_at: Some(boot(970)),
+            ..WorkerMemory::default()
+        };
+        let ahead = next_step(&desired, &w, Phase::Progressing, now, true);
+        assert!(ahead.starts_with("stuck if silent until "), "{ahead}");
+        // 90 s ago: passed.
+        w.last_progress_at = Some(boot(910));
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, true),
+            "stuck check due: stuck if still silent at the next pass"
+        );
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, false),
+            "stuck check due: stuck if still silent at the next `automon apply`"
+        );
+        // A backoff that ended.
+        w.backoff_until = Some(boot(990));
+        assert_eq!(
+            next_step(&desired, &w, Phase::BackingOff, now, true),
+            "restart: due, at the next pass"
+        );
+        w.backoff_until = Some(boot(1005));
+        assert_eq!(
+            next_step(&desired, &w, Phase::BackingOff, now, true),
+            "restart in 5s"
+        );
+        // A verification whose time passed.
+        w.fixes.push(crate::plan::memory::Attempt {
+            n: 1,
+            kind: crate::plan::memory::FixKind::Restart,
+            at: boot(900),
+            at_wall: now.wall,
+            checkpoint: None,
+            detail: String::new(),
+            verify_at: boot(960),
+            result: None,
+            code: None,
+        });
+        assert_eq!(
+            next_step(&desired, &w, Phase::Progressing, now, true),
+            "verify restart: due, at the next pass"
+        );
     }
 
     /// Regression: FIXES showed failed attempts only ("0/3" after a fix that worked), which

@@ -38,6 +38,10 @@ pub enum HistoryFormat {
 /// Runs `history`.
 pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
     let manifest = super::load_manifest(&args.file)?;
+    // The worker ids need no range end (end_command is not run): one per shard, or 0..max.
+    let ids = crate::manifest::Desired::resolve(&manifest, None)
+        .map_err(|e| CliError::input(format!("{}: {e}", args.file.display())))?
+        .worker_ids();
     let state_dir = super::state_dir(&manifest, args.state_dir.as_deref());
     let file = state_dir.join(crate::state::HISTORY_FILE);
     // While a loop runs, its history (with what a failed save keeps off disk); else the file.
@@ -45,8 +49,11 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
         Ok(Some(h)) => {
             let unsaved = if h.unsaved > 0 {
                 format!(
-                    "; the last {} record(s) are not on disk yet (its last save failed)",
-                    h.unsaved
+                    "; the last {} not on disk yet (its last save failed)",
+                    match h.unsaved {
+                        1 => "record is".to_string(),
+                        n => format!("{n} records are"),
+                    }
                 )
             } else {
                 String::new()
@@ -70,6 +77,11 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
     };
     for w in &warnings {
         crate::errln!("automon: warning: {w}");
+    }
+    if let Some(w) = args.worker
+        && let Some(why) = unknown_worker(&args.file, w, &ids, &records)
+    {
+        return Err(CliError::input(why));
     }
     let records: Vec<_> = records
         .into_iter()
@@ -123,4 +135,49 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
         }
     }
     super::emit(&out)
+}
+
+/// Why `--worker N` is bad input: the WorkerSet has no worker `N` and the history has no record
+/// of one (a worker of an earlier version of the manifest keeps its records); `None` when it is
+/// fine. Names the worker and the ids the WorkerSet has.
+fn unknown_worker(
+    file: &std::path::Path,
+    worker: u32,
+    ids: &[crate::WorkerId],
+    records: &[crate::state::HistoryRecord],
+) -> Option<String> {
+    if ids.iter().any(|id| id.0 == worker) || records.iter().any(|r| r.worker.0 == worker) {
+        return None;
+    }
+    let has = match (ids.first(), ids.last()) {
+        (Some(a), Some(b)) if a == b => format!("only worker {a}"),
+        (Some(a), Some(b)) => format!("workers {a}–{b}"),
+        _ => "no workers".into(),
+    };
+    Some(format!(
+        "{}: --worker {worker}: no worker {worker} (this WorkerSet has {has})",
+        file.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (fresh-clone trial): `history --worker 7` on a WorkerSet of workers 0–3
+    /// printed "no fixes recorded for worker 7" and exited 0; the README says bad input exits 2.
+    #[test]
+    fn history_for_a_worker_the_workerset_does_not_have_is_bad_input() {
+        let ids: Vec<crate::WorkerId> = (0..4).map(crate::WorkerId).collect();
+        let file = std::path::Path::new("m.yaml");
+        insta::assert_snapshot!(
+            unknown_worker(file, 7, &ids, &[]).unwrap_or_default(),
+            @"m.yaml: --worker 7: no worker 7 (this WorkerSet has workers 0–3)"
+        );
+        assert_eq!(unknown_worker(file, 3, &ids, &[]), None);
+        assert_eq!(
+            unknown_worker(file, 1, &[crate::WorkerId(0)], &[]).as_deref(),
+            Some("m.yaml: --worker 1: no worker 1 (this WorkerSet has only worker 0)")
+        );
+    }
 }

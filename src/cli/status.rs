@@ -3,6 +3,11 @@
 //! `STATE_DIR/status.json`). A `condition:` line says what the running loop finds wrong in its
 //! own house (state not saved, its logs not writable; kept in the lock file, which can still be
 //! written when the disk is full). Exit 0 when running, 3 when not (including never run).
+//!
+//! With no loop running, `status.json` is a dead loop's last word: its running count is not
+//! repeated as today's. The workers running now are counted as `get` counts them (a running
+//! phase and a recorded process seen alive, [`crate::metrics::runs`]), from the state files and
+//! one look at the recorded processes.
 
 use std::path::PathBuf;
 
@@ -87,6 +92,12 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
         Some(s) => Some(s),
         None => state::read_status(&state_dir).map_err(CliError::runtime)?,
     };
+    // No loop: the last pass's counts are history; who runs now is checked, as `get` checks.
+    let now = if running.is_none() && last.is_some() {
+        Some(running_now(&args.file, args.state_dir.as_deref()))
+    } else {
+        None
+    };
     match args.output {
         Output::Json => print_json(
             &state_dir,
@@ -94,6 +105,7 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
             condition.as_deref(),
             last.as_ref(),
             from_loop,
+            now.as_ref(),
         )?,
         Output::Text => print_text(
             &args.file,
@@ -102,9 +114,35 @@ pub fn run(args: &StatusArgs) -> Result<u8, CliError> {
             condition.as_deref(),
             last.as_ref(),
             unanswered.as_deref(),
+            now.as_ref(),
         )?,
     }
     Ok(if running.is_some() { 0 } else { NOT_RUNNING })
+}
+
+/// Workers counted with no loop running: checked against their recorded processes now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunningNow {
+    /// Workers wanted.
+    pub desired: u32,
+    /// Workers in a running phase whose recorded process is alive now.
+    pub running: usize,
+}
+
+/// Counts the workers running now with no loop, by `get`'s rule (one look at the recorded
+/// processes, acting on nothing); `Err` says in words why they cannot be counted (the manifest
+/// does not load, no state, workers the state does not record).
+fn running_now(
+    file: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+) -> Result<RunningNow, String> {
+    match super::get::look(file, state_dir, false).map_err(|e| e.message)? {
+        super::get::Look::Status(shown) => Ok(RunningNow {
+            desired: shown.status.overall.desired,
+            running: shown.status.overall.running,
+        }),
+        super::get::Look::Observed(_) => Err("nothing looked at".into()),
+    }
 }
 
 fn print_json(
@@ -113,7 +151,15 @@ fn print_json(
     condition: Option<&str>,
     last: Option<&DaemonStatus>,
     from_loop: bool,
+    now: Option<&Result<RunningNow, String>>,
 ) -> Result<(), CliError> {
+    // With no loop: who runs now, checked against the recorded processes (`last_pass` is the
+    // dead loop's record, its `running` then history).
+    let workers_now = match now {
+        Some(Ok(n)) => serde_json::json!({ "desired": n.desired, "running": n.running }),
+        Some(Err(why)) => serde_json::json!({ "unknown": why }),
+        None => serde_json::Value::Null,
+    };
     let value = serde_json::json!({
         "running": running.is_some(),
         "source": if from_loop { "loop" } else { "files" },
@@ -122,6 +168,7 @@ fn print_json(
         "condition": condition,
         "state_dir": state_dir,
         "last_pass": last,
+        "workers_now": workers_now,
     });
     let text = serde_json::to_string_pretty(&value)
         .map_err(|e| CliError::runtime(format!("cannot write JSON: {e}")))?;
@@ -135,6 +182,7 @@ fn print_text(
     condition: Option<&str>,
     last: Option<&DaemonStatus>,
     unanswered: Option<&str>,
+    now: Option<&Result<RunningNow, String>>,
 ) -> Result<(), CliError> {
     let mut text = String::new();
     macro_rules! out {
@@ -174,18 +222,49 @@ fn print_text(
         s.last_pass_ms,
         s.passes
     );
+    out!("{}", workers_line(s, now));
+    super::emit(&text).map(|_| ())
+}
+
+/// The `workers:` line. While a loop runs, its last pass's counts. With none, the workers
+/// running now (checked against their recorded processes) and the dead loop's counts marked
+/// as of its last pass: a stale "running 4" is never shown as today's.
+fn workers_line(s: &DaemonStatus, now: Option<&Result<RunningNow, String>>) -> String {
     let phases: Vec<String> = s
         .phases
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(p, n)| format!("{n} {p}"))
         .collect();
-    out!(
-        "workers: desired {}, running {}{}{}",
-        s.desired,
-        s.running,
-        if phases.is_empty() { "" } else { "; " },
-        phases.join(", ")
-    );
-    super::emit(&text).map(|_| ())
+    let phases = if phases.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", phases.join(", "))
+    };
+    match now {
+        None => format!(
+            "workers: desired {}, running {}{phases}",
+            s.desired, s.running
+        ),
+        Some(Ok(n)) => format!(
+            "workers: desired {}, running {} (alive now; no loop running; as of {}: {} running{phases})",
+            n.desired,
+            n.running,
+            clock_time(s.last_pass_at),
+            s.running
+        ),
+        Some(Err(why)) => format!(
+            "workers: desired {}, running unknown (no loop running, and the recorded processes cannot be checked: {why}; as of {}: {} running{phases})",
+            s.desired,
+            clock_time(s.last_pass_at),
+            s.running
+        ),
+    }
+}
+
+/// A wall-clock time for people, local: `2026-12-07 19:49:01`.
+fn clock_time(t: jiff::Timestamp) -> String {
+    t.to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }

@@ -58,7 +58,10 @@ pub fn run(args: &StopArgs) -> Result<u8, CliError> {
     }
     state::remove_pid_file(&state_dir, instance.pid);
     let workers = match state::read_status(&state_dir) {
-        Ok(Some(s)) => format!("{} worker(s) keep running", s.running),
+        Ok(Some(s)) => match s.running {
+            1 => "1 worker keeps running".to_string(),
+            n => format!("{n} workers keep running"),
+        },
         _ => "its workers keep running".to_string(),
     };
     crate::outln!(

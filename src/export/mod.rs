@@ -90,8 +90,13 @@ pub fn not_carried_over(m: &Manifest, engine: Engine) -> Vec<String> {
     }
     let w = spec.workers;
     out.push(format!(
-        "spec.workers min {} / max {} and spec.scaling.disk: no scaling on disk utilisation; {} workers run at once (target)",
-        w.min, w.max, w.target
+        "spec.workers min {} / max {} and spec.scaling.disk: no scaling on disk utilisation; {} at once (target)",
+        w.min,
+        w.max,
+        match w.target {
+            1 => "1 worker runs".to_string(),
+            n => format!("{n} workers run"),
+        }
     ));
     match engine {
         Engine::Kubernetes => out.push(format!(
@@ -142,12 +147,12 @@ pub fn not_carried_over(m: &Manifest, engine: Engine) -> Vec<String> {
         out.push("spec.llm: no LLM diagnosis".to_string());
     }
     out.push(format!(
-        "spec.fixes escalation {} after {} attempts: {}",
+        "spec.fixes escalation {} after {}: {}",
         serde_json::to_value(spec.fixes.escalation)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
-        spec.fixes.max_attempts,
+        crate::text::counted(spec.fixes.max_attempts, "attempt", "attempts"),
         match engine {
             Engine::Kubernetes =>
                 "a shard whose pods failed backoffLimitPerIndex + 1 times is marked failed (no alert, no pause to resume)",

@@ -90,8 +90,19 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 HumanDuration::parse(v).map_err(E::custom)
             }
+            // A bare number (`interval: 30`) is read as YAML types it, so that its message
+            // says what is missing (a unit), not only that text must be quoted.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HumanDuration, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HumanDuration, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<HumanDuration, E> {
+                self.visit_str(&v.to_string())
+            }
         }
-        d.deserialize_str(Visitor)
+        d.deserialize_any(Visitor)
     }
 }
 

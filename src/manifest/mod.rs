@@ -10,6 +10,7 @@ pub mod duration;
 mod locate;
 mod overrides;
 mod parse_message;
+pub use parse_message::out_of_range;
 pub mod schema;
 mod suggest;
 pub mod types;
@@ -367,6 +368,9 @@ fn options() -> serde_saphyr::Options {
         },
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         with_snippet: false,
+        // A text field refuses what YAML reads as a number or a boolean (`name: 123`, `env:
+        // {A: 1}`): the same strictness as whole numbers refusing `"4"`, the other way.
+        no_schema: true,
     };
     options.alias_limits.max_total_replayed_events = budget::MAX_REPLAYED_EVENTS;
     options
@@ -377,6 +381,21 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
     let e = e.without_snippet();
     let mut location = e.location().map(|l| (l.line(), l.column()));
     let mut message = parse_message::describe(e, &field);
+    // A whole number beyond its field's type is reported by the parser as a scalar it cannot
+    // read; the scalar itself says it is a number, too large.
+    if let serde_saphyr::Error::InvalidScalar { ty, .. } = e
+        && let Some(literal) = location.and_then(|at| scalar_at(text, at))
+        && let Some(too_large) = parse_message::out_of_range(ty, literal)
+    {
+        message = too_large;
+    }
+    // serde-saphyr places a missing field at the mapping's last key (where it noticed); the
+    // mapping that lacks it is named by its parent key (or, at the top, its first key).
+    if let serde_saphyr::Error::SerdeMissingField { .. } = e
+        && let Some(at) = location.and_then(|at| mapping_lacking(text, at, &field))
+    {
+        location = Some(at);
+    }
     if message.contains("tab") {
         // The scanner reports where the scalar or block it was reading began; the tab itself is
         // more useful.
@@ -392,6 +411,63 @@ fn problem(text: &str, e: &serde_saphyr::Error, field: String) -> Problem {
         field,
         message,
     }
+}
+
+/// Where the mapping holding the key at 1-based `(line, col)` begins, for a field it lacks:
+/// the line and column of its parent key `field` (its last segment: `spec.template` → the
+/// `template:` above), of its `- ` for a list item, or of the document's first key at the top
+/// level. `None` when the text is not laid out so (the reported place is kept).
+fn mapping_lacking(text: &str, (line, col): (u64, u64), field: &str) -> Option<(u64, u64)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let content = |l: &&str| {
+        let t = l.trim_start();
+        !t.is_empty() && !t.starts_with('#') && !t.starts_with("---")
+    };
+    if field.is_empty() {
+        let i = lines.iter().position(|l| content(l) && indent_of(l) == 0)?;
+        return Some((u64::try_from(i).ok()? + 1, 1));
+    }
+    let name = field.rsplit('.').next()?;
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let key_indent = usize::try_from(col).ok()?.checked_sub(1)?;
+    let (i, l) = lines
+        .iter()
+        .enumerate()
+        .take(at + 1)
+        .rev()
+        .find(|(_, l)| content(l) && indent_of(l) < key_indent)?;
+    let t = l.trim_start();
+    let is_parent = if name.parse::<usize>().is_ok() {
+        t.starts_with('-')
+    } else {
+        [name.to_string(), format!("\"{name}\""), format!("'{name}'")]
+            .iter()
+            .any(|k| {
+                t.strip_prefix(k.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with(':'))
+            })
+    };
+    if !is_parent {
+        return None;
+    }
+    Some((
+        u64::try_from(i).ok()? + 1,
+        u64::try_from(indent_of(l)).ok()? + 1,
+    ))
+}
+
+/// The plain scalar starting at 1-based `(line, col)`: up to the first space, comma or closing
+/// bracket (the flow and block forms a number is written in).
+fn scalar_at(text: &str, (line, col): (u64, u64)) -> Option<&str> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest = line.get(usize::try_from(col).ok()?.checked_sub(1)?..)?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | '}' | ']' | '#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|s| !s.is_empty())
 }
 
 /// 1-based (line, column) of the first tab in a line's leading whitespace.
@@ -506,6 +582,156 @@ mod tests {
         assert!(
             target.contains("spec.workers.target: wrong type"),
             "{target}"
+        );
+    }
+
+    /// Regression (fresh-clone trial): `name: 123` (a number where metadata.name's text
+    /// belongs) was accepted, while `shards: "4"` is refused. Every text field refuses what YAML
+    /// reads as a number or a boolean, naming line, column and field; quoted, it loads; a bare
+    /// number as a duration still says it lacks a unit.
+    #[test]
+    fn a_number_where_text_belongs_is_refused_like_a_quoted_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with = |name: &str, template: &str| {
+            let file = dir.path().join("m.yaml");
+            std::fs::write(
+                &file,
+                format!(
+                    "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {{name: {name}}}\nspec:\n  template: {template}\n  progress: {{file: \"p{{id}}.json\", checkpoint: /c}}\n  logs: {{file: \"w{{id}}.log\"}}\n"
+                ),
+            )
+            .expect("write");
+            file
+        };
+        let name = refusal(&with("123", "{command: [sleep, \"1\"]}"));
+        assert!(
+            name.contains("m.yaml:3:18: metadata.name: wrong type: found 123")
+                && name.contains("(expected text: quote it, \"123\")"),
+            "{name}"
+        );
+        let flag = refusal(&with("true", "{command: [sleep, \"1\"]}"));
+        assert!(
+            flag.contains("metadata.name: wrong type: found true"),
+            "{flag}"
+        );
+        let arg = refusal(&with("m", "{command: [sleep, 1]}"));
+        assert!(arg.contains("spec.template.command.1: wrong type"), "{arg}");
+        let env = refusal(&with("m", "{command: [sleep, \"1\"], env: {A: 1}}"));
+        assert!(env.contains("spec.template.env.A: wrong type"), "{env}");
+        load(&with(
+            "\"123\"",
+            "{command: [sleep, \"1\"], env: {A: \"1\"}}",
+        ))
+        .expect("quoted text loads");
+        let duration = refusal(&with("m", "{command: [sleep, \"1\"], stop_grace: 30}"));
+        assert!(
+            duration.contains("duration \"30\" has no unit"),
+            "{duration}"
+        );
+    }
+
+    /// Regression (fresh-clone trial): a missing required field was reported at the line of
+    /// the mapping's last key (where the parser noticed). It is now reported at the mapping
+    /// that lacks it: its parent key, block or flow style, or the document's first key.
+    #[test]
+    fn a_missing_field_is_reported_at_the_mapping_that_lacks_it_not_its_last_key() {
+        let head = "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {name: m}\n";
+        let tail =
+            "  progress: {file: \"p{id}.json\", checkpoint: /c}\n  logs: {file: \"w{id}.log\"}\n";
+        let first = |text: &str| match parse(text) {
+            Ok(_) => panic!("{text} parsed"),
+            Err(problems) => {
+                let p = &problems[0];
+                (p.location, p.field.clone(), p.message.clone())
+            }
+        };
+        // Block style: `template:` on line 5 lacks `command`; its last key is on line 7.
+        let block =
+            format!("{head}spec:\n  template:\n    workdir: .\n    env: {{A: \"1\"}}\n{tail}");
+        let (at, field, message) = first(&block);
+        assert_eq!(
+            (at, field.as_str()),
+            (Some((5, 3)), "spec.template"),
+            "{message}"
+        );
+        assert!(message.starts_with("missing field `command`"), "{message}");
+        // Flow style: the parent key's line.
+        let flow = format!(
+            "{head}spec:\n  template: {{command: [w]}}\n  progress: {{checkpoint: /c, items: /i}}\n  logs: {{file: l}}\n"
+        );
+        assert_eq!(first(&flow).0, Some((6, 3)));
+        // `spec` lacks `progress`: at `spec:`.
+        let spec = format!("{head}spec:\n  template: {{command: [w]}}\n  logs: {{file: l}}\n");
+        assert_eq!(first(&spec).0, Some((4, 1)));
+        // The document lacks `spec`: at its first key, after a comment.
+        assert_eq!(first(&format!("# c\n{head}")).0, Some((2, 1)));
+    }
+
+    /// Regression (fresh-clone trial): `shards: 99999999999999999999` was refused as "found
+    /// floating point `100000000000000000000.0`", and a range end beyond u64 as "wrong type".
+    /// A whole number too large for its field says so, with the limit, line, column and field.
+    #[test]
+    fn a_number_too_large_for_its_field_says_too_large_and_the_limit_not_floating_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = |range: &str, shards: &str| {
+            format!(
+                "  work: {{range: {range}, shards: {shards}}}\n  template: {{command: [sleep, \"1\"]}}\n"
+            )
+        };
+        for (spec, at, field, limit) in [
+            (
+                work("{start: 1, end: 100}", "99999999999999999999"),
+                "m.yaml:5:",
+                "spec.work.shards: ",
+                "at most 4,294,967,295",
+            ),
+            (
+                work("{start: 1, end: 100}", "99999999999"),
+                "m.yaml:5:",
+                "spec.work.shards: 99999999999 is too large",
+                "at most 4,294,967,295",
+            ),
+            (
+                work("{start: 1, end: 99999999999999999999}", "4"),
+                "m.yaml:5:",
+                "spec.work.range.end: 99999999999999999999 is too large",
+                "at most 18,446,744,073,709,551,615",
+            ),
+            (
+                work("{start: 99999999999999999999, end: 100}", "4"),
+                "m.yaml:5:",
+                "spec.work.range.start: ",
+                "at most 18,446,744,073,709,551,615",
+            ),
+            (
+                "  fixes: {max_attempts: 99999999999}\n  template: {command: [sleep, \"1\"]}\n"
+                    .to_string(),
+                "m.yaml:5:",
+                "spec.fixes.max_attempts: 99999999999 is too large",
+                "at most 4,294,967,295",
+            ),
+        ] {
+            let why = refusal(&manifest_with(&spec, dir.path()));
+            assert!(
+                why.contains(at)
+                    && why.contains(field)
+                    && why.contains("too large")
+                    && why.contains(limit),
+                "{why}"
+            );
+            assert!(!why.contains("floating point"), "{why}");
+        }
+        assert_eq!(
+            out_of_range("u64", "-5").as_deref(),
+            Some("-5 is negative (expected a whole number from 0 to 18,446,744,073,709,551,615)")
+        );
+        assert_eq!(out_of_range("u32", "12"), None);
+        assert_eq!(out_of_range("u32", "twelve"), None);
+        assert_eq!(
+            out_of_range("i64", &"9".repeat(40)).as_deref(),
+            Some(
+                "999999999999999999999999… (40 digits) is too large (expected a whole number of at most 9,223,372,036,854,775,807)"
+            )
         );
     }
 

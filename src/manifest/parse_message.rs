@@ -43,6 +43,9 @@ pub fn describe(e: &Error, field: &str) -> String {
             expected,
             ..
         } => format!("wrong type: found {unexpected} (expected {expected})"),
+        Error::QuotingRequired { value, .. } => format!(
+            "wrong type: found {value}, which YAML reads as a number or true/false (expected text: quote it, \"{value}\")"
+        ),
         Error::InvalidScalar { ty, .. } => format!("wrong type (expected {})", scalar_kind(ty)),
         Error::Unexpected { expected, .. } if field.is_empty() && expected.contains("mapping") => {
             "the document is not a mapping (expected a WorkerSet mapping with apiVersion, kind, \
@@ -73,6 +76,60 @@ pub fn describe(e: &Error, field: &str) -> String {
             "more than one YAML document (expected exactly one WorkerSet per file)".into()
         }
         other => strip_location_suffix(other.render().trim()),
+    }
+}
+
+/// The message for `literal`, written where a whole number of type `ty` belongs, when it is a
+/// whole number out of that type's range: too large (or too small), with the limit. `None`
+/// when `literal` is not a whole number or `ty` not an integer type.
+pub fn out_of_range(ty: &str, literal: &str) -> Option<String> {
+    let digits = literal.strip_prefix(['+', '-']).unwrap_or(literal);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (min, max): (i128, u64) = match ty {
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" | "usize" => (0, u64::MAX),
+        "i8" => (i8::MIN.into(), i8::MAX.unsigned_abs().into()),
+        "i16" => (i16::MIN.into(), i16::MAX.unsigned_abs().into()),
+        "i32" => (i32::MIN.into(), i32::MAX.unsigned_abs().into()),
+        "i64" | "isize" => (i64::MIN.into(), i64::MAX.unsigned_abs()),
+        _ => return None,
+    };
+    let shown = shown_number(literal);
+    let negative = literal.starts_with('-') && digits.bytes().any(|b| b != b'0');
+    if negative && min == 0 {
+        return Some(format!(
+            "{shown} is negative (expected a whole number from 0 to {})",
+            crate::text::Count(max)
+        ));
+    }
+    let value = digits.parse::<u128>().ok();
+    if negative {
+        let fits = value.is_some_and(|v| i128::try_from(v).is_ok_and(|v| -v >= min));
+        return (!fits)
+            .then(|| format!("{shown} is too small (expected a whole number of at least {min})"));
+    }
+    let fits = value.is_some_and(|v| v <= u128::from(max));
+    (!fits).then(|| {
+        format!(
+            "{shown} is too large (expected a whole number of at most {})",
+            crate::text::Count(max)
+        )
+    })
+}
+
+/// A number as written, shortened when it is too long to read (`123456789012345678901234…
+/// (40 digits)`).
+pub fn shown_number(literal: &str) -> String {
+    const KEEP: usize = 24;
+    let digits = literal.trim_start_matches(['+', '-']).len();
+    if literal.len() <= KEEP + 4 {
+        literal.to_string()
+    } else {
+        format!("{}… ({digits} digits)", &literal[..KEEP])
     }
 }
 

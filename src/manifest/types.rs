@@ -427,7 +427,21 @@ mod whole {
 
     struct Whole<T> {
         expected: &'static str,
+        /// The largest value `T` holds.
+        max: u64,
         ty: PhantomData<T>,
+    }
+
+    impl<T: TryFrom<u64>> Whole<T> {
+        /// A number beyond `T`: too large, with the limit (serde's own message for a float
+        /// said "floating point", for a u64 beyond u32 "invalid value").
+        fn too_large<E: de::Error>(&self, shown: &str) -> E {
+            E::custom(format!(
+                "{shown} is too large (expected {}, at most {})",
+                self.expected,
+                crate::text::Count(self.max)
+            ))
+        }
     }
 
     impl<T: TryFrom<u64>> Visitor<'_> for Whole<T> {
@@ -438,7 +452,7 @@ mod whole {
         }
 
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            T::try_from(v).map_err(|_| self.too_large(&v.to_string()))
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
@@ -448,7 +462,20 @@ mod whole {
             }
         }
 
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<T, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => {
+                    Err(self.too_large(&super::super::parse_message::shown_number(&v.to_string())))
+                }
+            }
+        }
+
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            // A whole number beyond u64 reaches here as a float: it was written as digits.
+            if v.is_finite() && v.fract() == 0.0 && v >= 18_446_744_073_709_551_616.0 {
+                return Err(self.too_large("the number"));
+            }
             Err(E::invalid_type(Unexpected::Float(v), &self))
         }
 
@@ -464,26 +491,28 @@ mod whole {
     fn read<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         d: D,
         expected: &'static str,
+        max: u64,
     ) -> Result<T, D::Error> {
         d.deserialize_any(Whole {
             expected,
+            max,
             ty: PhantomData,
         })
     }
 
     /// A worker count.
     pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        read(d, "a whole number ≥ 0, unquoted")
+        read(d, "a whole number ≥ 0, unquoted", u32::MAX.into())
     }
 
     /// `spec.work.shards`.
     pub fn shards<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        read(d, "a whole number ≥ 1, unquoted")
+        read(d, "a whole number ≥ 1, unquoted", u32::MAX.into())
     }
 
     /// A key.
     pub fn key<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        read(d, "a whole number ≥ 0, unquoted")
+        read(d, "a whole number ≥ 0, unquoted", u64::MAX)
     }
 }
 

@@ -252,9 +252,9 @@ pub fn validate(ws: &WorkerSet, text: &str, dir: &Path) -> Vec<Problem> {
             (Some(end), None) if end - work.range.start < u64::from(work.shards) => c.fail(
                 "spec.work.shards",
                 format!(
-                    "{} shards for a range of {} keys (expected at most one shard per key)",
+                    "{} shards for a range of {} (expected at most one shard per key)",
                     work.shards,
-                    end - work.range.start
+                    crate::text::counted(end - work.range.start, "key", "keys")
                 ),
             ),
             (None, Some(cmd)) if cmd.is_empty() || cmd[0].is_empty() => c.fail(

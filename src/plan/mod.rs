@@ -383,8 +383,9 @@ pub fn layout_change(
     }
     match memory.shard_count {
         Some(old) if old != n => Some(format!(
-            "spec.work.shards is now {n} but {} was written for {old} shards: {advice}",
-            state_file.display()
+            "spec.work.shards is now {n} but {} was written for {}: {advice}",
+            state_file.display(),
+            crate::text::counted(old, "shard", "shards")
         )),
         _ => None,
     }
@@ -920,7 +921,10 @@ pub fn record_start(
             w.failures += 1;
             w.restart_reason = None;
             if w.start_failures >= MAX_START_FAILURES {
-                let reason = format!("could not start {} times in a row: {why}", w.start_failures);
+                let reason = format!(
+                    "could not start {} in a row: {why}",
+                    crate::text::counted(w.start_failures, "time", "times")
+                );
                 w.backoff_until = None;
                 w.failed = Some(memory::Hold {
                     reason: reason.clone(),

@@ -192,8 +192,10 @@ impl Planner<'_> {
             self.park(
                 id,
                 format!(
-                    "scale down: {wanted} worker(s) wanted (target {}, max {}) and more run; parking worker {id} (the highest id), its shard resumes later from its checkpoint",
-                    self.desired.counts.target, self.desired.counts.max
+                    "scale down: {} wanted (target {}, max {}) and more run; parking worker {id} (the highest id), its shard resumes later from its checkpoint",
+                    crate::text::counted(wanted, "worker", "workers"),
+                    self.desired.counts.target,
+                    self.desired.counts.max
                 ),
             );
         }

@@ -769,8 +769,8 @@ impl Planner<'_> {
                 id,
                 Phase::BackingOff,
                 format!(
-                    "crashed {} times in a row; restart in {}",
-                    w.failures,
+                    "crashed {} in a row; restart in {}",
+                    crate::text::counted(w.failures, "time", "times"),
                     fmt_dur(left)
                 ),
             );

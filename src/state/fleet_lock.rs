@@ -78,6 +78,29 @@ impl FleetFiles {
     }
 }
 
+/// The live automon holding a fleet's lock, as its lock file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetHolder {
+    /// Its pid.
+    pub pid: i32,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl FleetFiles {
+    /// Who holds these files' lock now, read only (the file is neither created nor locked:
+    /// a look must not make a starting automon's lock fail): the pid its first line names, when
+    /// `/proc/locks` shows that pid holding the file's `flock`. `None` when no one does.
+    pub fn holder(&self) -> Option<FleetHolder> {
+        let (path, _, _) = self.lock_path();
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mut lines = text.lines();
+        let pid: i32 = lines.next()?.split_whitespace().next()?.parse().ok()?;
+        let state_dir = PathBuf::from(lines.next()?);
+        super::instance::holds_lock(pid, &path).then_some(FleetHolder { pid, state_dir })
+    }
+}
+
 impl FleetLock {
     /// Takes the lock for `files` without waiting, recording `state_dir` as the owner's.
     /// `Ok(None)` when the lock file cannot be created (a read-only working directory: then
@@ -167,7 +190,12 @@ mod tests {
                 .expect("free")
                 .is_some()
         );
+        // A look names the holder without taking the lock.
+        let holder = files(dir.path()).holder().expect("held");
+        assert_eq!(holder.state_dir, Path::new("/a/.automon"));
+        assert_eq!(u32::try_from(holder.pid).ok(), Some(std::process::id()));
         drop(first);
+        assert_eq!(files(dir.path()).holder(), None);
         assert!(
             FleetLock::acquire(&files(dir.path()), Path::new("/b"))
                 .expect("after release")

@@ -139,7 +139,7 @@ fn is_automon(pid: i32) -> bool {
 /// True when `/proc/locks` shows `pid` holding an exclusive `flock` on the inode `lock_path`
 /// names. The device is not compared: on overlay file systems `/proc/locks` names the upper
 /// layer's device. When `/proc/locks` cannot be read, this check is skipped (true).
-fn holds_lock(pid: i32, lock_path: &Path) -> bool {
+pub(super) fn holds_lock(pid: i32, lock_path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(lock_path) else {
         return false;

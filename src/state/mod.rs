@@ -22,7 +22,7 @@ mod store;
 mod writer;
 
 pub use events::{EventFields, EventLog, mentioned_worker};
-pub use fleet_lock::{FleetFiles, FleetLock};
+pub use fleet_lock::{FleetFiles, FleetHolder, FleetLock};
 pub use history::{
     FixHistory, HISTORY_FILE, HistoryBasis, HistoryRecord, changes as history_changes, read_history,
 };

@@ -231,3 +231,31 @@ spec:
         );
     }
 }
+
+/// Regression (fresh-clone trial): `history --worker 8` for a WorkerSet of workers 0–7 printed
+/// "no fixes recorded for worker 8" and exited 0. Bad input: exit 2, naming the worker and the
+/// ids the WorkerSet has.
+#[test]
+fn history_for_an_unknown_worker_exits_2_naming_the_valid_range() {
+    let m = super::support::Migration::new(&super::support::Knobs {
+        books: 20,
+        ..Default::default()
+    });
+    let out = automon()
+        .current_dir(m.path())
+        .args(["history", "workerset.yaml", "--worker", "8"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--worker 8: no worker 8 (this WorkerSet has workers 0–7)"),
+        "{stderr}"
+    );
+    let out = automon()
+        .current_dir(m.path())
+        .args(["history", "workerset.yaml", "--worker", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

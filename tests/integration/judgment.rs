@@ -586,7 +586,7 @@ spec:
     assert!(!all.contains("not started"), "{all}");
     assert!(
         all.contains(&format!(
-            "1 worker process(es) of this WorkerSet run (worker 0 pid {})",
+            "1 worker process of this WorkerSet runs (worker 0 pid {})",
             pids[0]
         )) && all.contains("`automon apply m.yaml` adopts them"),
         "{all}"

@@ -255,3 +255,154 @@ fn a_changed_shard_count_is_refused_not_planned() {
         "state untouched"
     );
 }
+
+/// Regression (fresh-clone trial): with no loop running, `status` repeated the dead loop's
+/// `status.json` ("running 4") while none of its workers was alive. It now counts the workers
+/// running now as `get` does (a running phase and a recorded process seen alive) and marks the
+/// last pass's figures as of its time.
+#[test]
+fn status_without_a_loop_counts_no_dead_worker_as_running() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: m.state_dir(),
+    };
+    // One pass (no loop): it starts four workers and records them, then exits.
+    let (code, out, err) = automon_out(&m, &["apply", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let live = super::migration::live_workers(&m.state_dir());
+    assert_eq!(live.len(), 4, "{live:?}");
+    let (_, out, _) = automon_out(&m, &["status", "workerset.yaml", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(json["running"], false, "{json}");
+    assert_eq!(json["last_pass"]["running"], 4, "{json}");
+    assert_eq!(json["workers_now"]["running"], 4, "{json}");
+    // The workers die while no loop runs (these are this test's own workers).
+    for pids in live.values() {
+        for pid in pids {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    wait_until(
+        "the workers to be gone",
+        || super::migration::live_workers(&m.state_dir()).is_empty(),
+        String::new,
+    );
+    let (code, out, err) = automon_out(&m, &["status", "workerset.yaml"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        out.contains("workers: desired 4, running 0 (alive now; no loop running; as of "),
+        "{out}"
+    );
+    assert!(out.contains(": 4 running; "), "{out}");
+    let (_, out, _) = automon_out(&m, &["status", "workerset.yaml", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    assert_eq!(json["workers_now"]["running"], 0, "{json}");
+    // `get` agrees.
+    let (_, out, _) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
+    let get: serde_json::Value = serde_json::from_str(&out).expect("get json");
+    assert_eq!(get["overall"]["running"], 0, "{get}");
+}
+
+/// Regression (fresh-clone trial): shards that completed while no loop ran showed a "completed
+/// at" that moved on every `get` (the look's own clock). It is the workers' recorded time now:
+/// two looks a moment apart agree.
+#[test]
+fn completed_at_without_a_loop_is_the_same_on_every_get() {
+    let m = Migration::new(&Knobs {
+        books: 40,
+        ..Knobs::default()
+    });
+    let manifest = m.path().join("workerset.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("target: 4,", "target: 8,")).expect("write");
+    let _cleanup = Cleanup {
+        daemon: None,
+        state_dir: m.state_dir(),
+    };
+    // One pass starts all eight; they finish with no loop to see it.
+    let (code, out, err) = automon_out(&m, &["apply", "workerset.yaml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_until(
+        "the workers to finish",
+        || super::migration::live_workers(&m.state_dir()).is_empty(),
+        String::new,
+    );
+    let completed_at = || {
+        let (_, out, _) = automon_out(&m, &["get", "workerset.yaml", "-o", "json"]);
+        let get: serde_json::Value = serde_json::from_str(&out).expect("get json");
+        assert_eq!(get["overall"]["shards_done"], 8, "{get}");
+        get["overall"]["completed_at"].clone()
+    };
+    let first = completed_at();
+    assert!(first.is_string(), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(completed_at(), first);
+}
+
+/// Regression (fresh-clone trial): `get` of a copy of the manifest (another state directory,
+/// the same workers' files) advised `automon apply` while another automon ran those workers;
+/// that apply is refused. `get` now names the owner and advises no apply, while it runs and
+/// after it has exited (its workers carry its state directory).
+#[test]
+fn get_of_a_copy_whose_workers_another_automon_owns_names_the_owner_and_advises_no_apply() {
+    let m = Migration::new(&Knobs {
+        books: 200,
+        upload_delay: "0.4",
+        batch_size: 5,
+        stuck_after: "1h",
+        discovery_grace: "1h",
+        ..Knobs::default()
+    });
+    std::fs::copy(m.path().join("workerset.yaml"), m.path().join("copy.yaml")).expect("copy");
+    let other = m.path().join("other-state");
+    let other = other.to_str().expect("utf-8");
+    let watch = m
+        .automon()
+        .args(["apply", "workerset.yaml", "--watch"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let loop_pid = watch.id();
+    let mut cleanup = Cleanup {
+        daemon: Some(watch),
+        state_dir: m.state_dir(),
+    };
+    wait_until(
+        "four workers",
+        || super::migration::live_workers(&m.state_dir()).len() == 4,
+        String::new,
+    );
+    let (code, out, err) = automon_out(&m, &["get", "copy.yaml", "--state-dir", other]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "another automon (pid {loop_pid}, state directory "
+        )) && err.contains("an `apply` of this file is refused while it runs"),
+        "{err}"
+    );
+    assert!(!err.contains("`automon apply"), "{err}");
+    // The loop ends (SIGKILL: no stop, its workers keep running with its marker).
+    if let Some(mut d) = cleanup.daemon.take() {
+        d.kill().expect("kill the loop");
+        d.wait().expect("wait");
+    }
+    let (code, out, err) = automon_out(&m, &["get", "copy.yaml", "--state-dir", other]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("another automon's (state directory ")
+            && err.contains("would neither adopt them nor start workers beside them"),
+        "{err}"
+    );
+    assert!(!err.contains("`automon apply"), "{err}");
+}

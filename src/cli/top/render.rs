@@ -427,9 +427,9 @@ fn draw_detail(frame: &mut Frame, title: &str, lines: &[String], area: Rect) {
     };
     frame.render_widget(Clear, popup);
     let room = popup.height.saturating_sub(2) as usize;
-    let shown: Vec<Line> = lines[lines.len().saturating_sub(room)..]
-        .iter()
-        .map(|l| Line::from(l.as_str()))
+    let shown: Vec<Line> = fit_detail(lines, popup.width.saturating_sub(2).into(), room)
+        .into_iter()
+        .map(Line::from)
         .collect();
     frame.render_widget(
         Paragraph::new(shown).block(
@@ -439,6 +439,119 @@ fn draw_detail(frame: &mut Frame, title: &str, lines: &[String], area: Rect) {
         ),
         popup,
     );
+}
+
+/// The details pane's `lines` fitted into `width` × `height` cells, nothing cut silently. The
+/// lines before the first blank one (phase, next, diagnosis, last error) are wrapped, their
+/// continuations indented; the rest (the log's last lines) are one row each, cut with `…`.
+/// When the rows do not all fit, the head stays and the log keeps its title and newest lines,
+/// after a row saying how many earlier ones are not shown.
+pub fn fit_detail(lines: &[String], width: usize, height: usize) -> Vec<String> {
+    let width = width.max(4);
+    let split = lines
+        .iter()
+        .position(String::is_empty)
+        .unwrap_or(lines.len());
+    let mut head: Vec<String> = lines[..split].iter().flat_map(|l| wrap(l, width)).collect();
+    let tail: Vec<String> = lines[split..].iter().map(|l| truncate(l, width)).collect();
+    if head.len() >= height {
+        let cut = head.len() > height;
+        head.truncate(height);
+        if cut && let Some(last) = head.last_mut() {
+            let mut shortened = truncate(last, width - 1);
+            if !shortened.ends_with('…') {
+                shortened.push('…');
+            }
+            *last = shortened;
+        }
+        return head;
+    }
+    let room = height - head.len();
+    if tail.len() <= room {
+        head.extend(tail);
+        return head;
+    }
+    // The blank separator and the log's title, a row for what is left out, the newest lines.
+    let (top, rest) = tail.split_at(tail.len().min(2));
+    let top = &top[..top.len().min(room)];
+    head.extend(top.iter().cloned());
+    let left = room - top.len();
+    if left >= 2 {
+        let keep = left - 1;
+        head.push(truncate(
+            &format!(
+                "  … {} not shown",
+                crate::text::counted(rest.len() - keep, "earlier line", "earlier lines")
+            ),
+            width,
+        ));
+        head.extend(rest[rest.len() - keep..].iter().cloned());
+    } else {
+        head.extend(rest[rest.len() - left..].iter().cloned());
+    }
+    head
+}
+
+/// Display width of `s` in terminal cells.
+fn cells(s: &str) -> usize {
+    Span::raw(s).width()
+}
+
+/// `line` cut to at most `width` cells, ending in `…` when cut.
+fn truncate(line: &str, width: usize) -> String {
+    if cells(line) <= width {
+        return line.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in line.chars() {
+        let mut buf = [0u8; 4];
+        let w = cells(c.encode_utf8(&mut buf));
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+/// `line` broken into rows of at most `width` cells, at spaces where it can be; continuation
+/// rows are indented two cells.
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut rest = line.to_string();
+    let mut indent = "";
+    loop {
+        let row = format!("{indent}{rest}");
+        if cells(&row) <= width {
+            rows.push(row);
+            return rows;
+        }
+        // The longest prefix that fits, broken at its last space when there is one.
+        let mut fit = 0;
+        let mut used = cells(indent);
+        for (i, c) in rest.char_indices() {
+            let mut buf = [0u8; 4];
+            let w = cells(c.encode_utf8(&mut buf));
+            if used + w > width {
+                break;
+            }
+            used += w;
+            fit = i + c.len_utf8();
+        }
+        let cut = match rest[..fit].rfind(' ') {
+            Some(at) if at > 0 => at,
+            _ => fit.max(rest.chars().next().map_or(1, char::len_utf8)),
+        };
+        rows.push(format!("{indent}{}", rest[..cut].trim_end()));
+        rest = rest[cut..].trim_start().to_string();
+        indent = "  ";
+        if rest.is_empty() {
+            return rows;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -425,3 +425,83 @@ fn top_frame_with_a_workers_details() {
     };
     insta::assert_snapshot!(frame(&d, &mut ui, 100, 24));
 }
+
+/// Regression (fresh-clone trial): at 120x34 the details pane was clipped: long lines cut at
+/// the border with nothing to say so, and a long log tail pushed the phase line off the top.
+/// Now the head lines wrap, log lines end in `…`, and the log keeps its newest lines after a
+/// row counting the ones left out.
+#[test]
+fn top_details_pane_fits_a_120x34_terminal() {
+    let (s, ev) = stuck_status();
+    let d = dashboard(s, &ev, 3);
+    let mut lines = vec![
+        format!(
+            "phase: Stuck — pid 4105 at book 1,311; no progress signal for 41s; {}",
+            "its log keeps repeating \"Uploading: book 1311\" (12 times) ".repeat(2)
+        ),
+        "next: fix on the next pass".into(),
+        "last diagnosis: none".into(),
+        String::new(),
+        "demo/migration_worker5.log (last lines):".into(),
+    ];
+    for i in 0..40 {
+        lines.push(format!(
+            "  2026-12-07 11:59:{i:02},113 - INFO - Uploading: book 1311 to https://storage.example.com/a/very/long/path/that/goes/on/and/on/{i}.epub"
+        ));
+    }
+    let mut ui = Ui {
+        selected: Some(5),
+        detail: Some(("worker 5".into(), lines)),
+        ..Ui::default()
+    };
+    let screen = frame(&d, &mut ui, 120, 34);
+    assert!(screen.contains("│phase: Stuck — pid 4105"), "{screen}");
+    assert!(
+        screen.contains("│  (12 times) its log keeps repeating"),
+        "{screen}"
+    );
+    assert!(screen.contains("earlier lines not shown"), "{screen}");
+    assert!(screen.contains("11:59:39,113"), "{screen}");
+    assert!(screen.contains("…│"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn fit_detail_wraps_the_head_cuts_log_lines_and_keeps_the_newest() {
+    use super::render::fit_detail;
+    let lines: Vec<String> = vec![
+        "phase: one two three four five six".into(),
+        String::new(),
+        "log:".into(),
+        "  a".into(),
+        "  b".into(),
+        "  c".into(),
+        "  a very long log line".into(),
+    ];
+    let fitted = fit_detail(&lines, 12, 20);
+    assert_eq!(
+        fitted,
+        [
+            "phase: one",
+            "  two three",
+            "  four five",
+            "  six",
+            "",
+            "log:",
+            "  a",
+            "  b",
+            "  c",
+            "  a very lo…"
+        ]
+    );
+    // Exactly the head's four rows: the head alone.
+    assert_eq!(fit_detail(&lines, 12, 4).len(), 4);
+    let fitted = fit_detail(&lines, 12, 9);
+    assert_eq!(
+        fitted[4..],
+        ["", "log:", "  … 2 earli…", "  c", "  a very lo…"]
+    );
+    // A head taller than the pane ends in `…`.
+    let fitted = fit_detail(&lines, 12, 2);
+    assert_eq!(fitted, ["phase: one", "  two three…"]);
+}
