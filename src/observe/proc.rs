@@ -99,12 +99,9 @@ pub fn read_stat(proc_root: &Path, pid: i32) -> Option<ProcStat> {
 /// # Errors
 /// The I/O error of opening or reading the file, other than "not found".
 pub fn try_read_stat(proc_root: &Path, pid: i32) -> std::io::Result<Option<ProcStat>> {
-    use std::io::Read;
     let path = proc_root.join(pid.to_string()).join("stat");
-    let mut buf = Vec::with_capacity(1024);
-    let read = std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut buf));
-    match read {
-        Ok(_) => Ok(std::str::from_utf8(&buf).ok().and_then(parse_stat)),
+    match read_small(&path) {
+        Ok(buf) => Ok(std::str::from_utf8(&buf).ok().and_then(parse_stat)),
         // ESRCH: the process exited between open and read.
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
@@ -121,10 +118,29 @@ pub fn try_read_stat(proc_root: &Path, pid: i32) -> std::io::Result<Option<ProcS
 /// and then reads in growing steps, about twice the system calls; the supervisor reads one
 /// such file per worker per pass, and one more before each restart.
 fn read_generated(path: &Path) -> Option<String> {
+    String::from_utf8(read_small(path).ok()?).ok()
+}
+
+/// Open, `read` into a 1 KiB buffer until the end (growing it only for a longer file), close:
+/// without the `statx` and `lseek` that `read_to_end` adds for its size hint.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut buf = Vec::with_capacity(1024);
-    std::fs::File::open(path).ok()?.read_to_end(&mut buf).ok()?;
-    String::from_utf8(buf).ok()
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1024];
+    let mut got = 0;
+    loop {
+        if got == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// Reads the boot id (`/proc/sys/kernel/random/boot_id`); empty when unreadable. The real
