@@ -5,9 +5,9 @@
 //! No exit is missed: the `SIGCHLD` stream is registered before the first child is spawned, a
 //! child is registered in the same turn of the loop that spawned it, and a newly registered
 //! child is checked at once (it may have exited, and its `SIGCHLD` been consumed by a scan,
-//! before it was registered). Only registered pids are waited for, one by one
-//! (`waitpid(pid, WNOHANG)`), so the children other code waits for itself (a `sbatch`, a fix's
-//! verification command) are left to it.
+//! before it was registered). Only registered pids are reaped (`waitpid(pid, WNOHANG)`, after
+//! a peek that says which child exited: see [`reap_exited`]), so the children other code waits
+//! for itself (a `sbatch`, a fix's verification command) are left to it.
 
 use std::collections::HashMap;
 
@@ -67,6 +67,44 @@ fn try_reap(worker: WorkerId, pid: i32) -> Option<ExitEvent> {
     }
 }
 
+/// Reaps every exited child among `children` and reports it. The exited children are peeked
+/// at one at a time (`waitid(P_ALL, WNOWAIT)`: not reaped by the peek) and ours reaped: one
+/// system call per exit, however large the fleet. A child that is not ours (other code waits
+/// for it), or a peek that fails, ends the peeking, and every child of ours is then checked.
+fn reap_exited(children: &mut HashMap<i32, WorkerId>, exits: &UnboundedSender<ExitEvent>) {
+    use nix::sys::wait::{Id, waitid};
+    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        let pid = match waitid(Id::All, peek) {
+            Ok(status) => match status.pid() {
+                // No child has exited.
+                None => return,
+                Some(pid) => pid.as_raw(),
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        };
+        let Some(worker) = children.remove(&pid) else {
+            break;
+        };
+        match try_reap(worker, pid) {
+            // The receiver is gone only when automon is shutting down.
+            Some(exit) => drop(exits.send(exit)),
+            None => {
+                children.insert(pid, worker);
+                break;
+            }
+        }
+    }
+    children.retain(|&pid, &mut worker| match try_reap(worker, pid) {
+        Some(exit) => {
+            let _ = exits.send(exit);
+            false
+        }
+        None => true,
+    });
+}
+
 async fn reap(
     mut sigchld: Signal,
     mut registered: UnboundedReceiver<(WorkerId, i32)>,
@@ -101,13 +139,7 @@ async fn reap(
                 while let Ok((worker, pid)) = registered.try_recv() {
                     children.insert(pid, worker);
                 }
-                children.retain(|&pid, &mut worker| match try_reap(worker, pid) {
-                    Some(exit) => {
-                        let _ = exits.send(exit);
-                        false
-                    }
-                    None => true,
-                });
+                reap_exited(&mut children, &exits);
             }
         }
     }
