@@ -1628,7 +1628,15 @@ pub fn summary(
             .fixes
             .iter()
             .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{n} {k}"))
+            .map(|(k, n)| {
+                let (one, many) = match k.as_str() {
+                    "restart" => ("restart", "restarts"),
+                    "config_fix" => ("config fix", "config fixes"),
+                    "code_fix" => ("code fix", "code fixes"),
+                    other => (other, other),
+                };
+                counted(*n, one, many)
+            })
             .collect();
         format!("{} ({})", counted(fixes, "fix", "fixes"), kinds.join(", "))
     };

@@ -92,7 +92,7 @@ pub fn run(args: &HistoryArgs) -> Result<u8, CliError> {
     match args.output {
         // JSON stays one array for jq; where it came from goes to stderr.
         HistoryFormat::Json => {
-            crate::errln!("automon: history {source}");
+            crate::errln!("automon: history: {source}");
             let _ = writeln!(
                 out,
                 "{}",

@@ -307,7 +307,7 @@ pub fn read_tail_opened(
     let mut body: &[u8] = &buf;
     let mut offset = start;
     if !aligned {
-        match body.iter().position(|b| *b == b'\n') {
+        match body.iter().position(|b| matches!(*b, b'\n' | b'\r')) {
             Some(nl) => {
                 body = &body[nl + 1..];
                 offset += nl as u64 + 1;
@@ -315,10 +315,12 @@ pub fn read_tail_opened(
             None => body = &[],
         }
     }
-    // Only complete lines are consumed; a partial last line is read again next pass.
+    // Only complete lines are consumed; a partial last line is read again next pass. A carriage
+    // return ends a line too: a progress bar (tqdm) redraws its line with `\r` and writes a
+    // newline only when it is done.
     let complete = body
         .iter()
-        .rposition(|b| *b == b'\n')
+        .rposition(|b| matches!(*b, b'\n' | b'\r'))
         .map_or(0, |nl| nl + 1);
     let ParsedRead { records, repeated } = parse_read(
         &body[..complete],
@@ -448,20 +450,27 @@ pub fn parse_read(
         std::borrow::Cow::Borrowed(bytes)
     };
     let text = String::from_utf8_lossy(&cleaned);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines: Vec<&str> = text.split(['\n', '\r']).filter(|l| !l.is_empty()).collect();
     let mut raw: Vec<RawRecord<'_>> = Vec::new();
     // The last record is a bare traceback still waiting for its exception line.
     let mut open_traceback = false;
+    // The last record is a bare traceback (a chained one may follow).
+    let mut last_traceback = false;
     for (i, line) in lines.iter().enumerate() {
         let (timestamp, msg) = format.split(line);
         if timestamp.is_none()
             && let Some(last) = raw.last_mut()
         {
             let indented = line.starts_with([' ', '\t']);
+            let chained = last_traceback
+                && (line.starts_with("During handling of the above exception")
+                    || line.starts_with("The above exception was the direct cause"));
+            if chained {
+                // Python's chained exceptions: the next traceback belongs to this record.
+                open_traceback = true;
+                last.lines.end = i + 1;
+                continue;
+            }
             if last.timestamp.is_some() || indented || open_traceback {
                 if open_traceback && !indented {
                     // `ValueError: …` ends the traceback (a chained one starts again below).
@@ -473,6 +482,7 @@ pub fn parse_read(
         }
         open_traceback =
             timestamp.is_none() && line.starts_with("Traceback (most recent call last)");
+        last_traceback = open_traceback;
         raw.push(RawRecord {
             timestamp,
             first: msg,
@@ -778,6 +788,59 @@ mod tests {
                 (LineClass::Activity, "Processed batch 2"),
             ]
         );
+    }
+
+    /// Regression: a progress bar redrawn with carriage returns (tqdm) was one record per
+    /// newline (never, while the bar runs), so its progress never counted.
+    #[test]
+    fn a_progress_bar_redrawn_with_carriage_returns_is_one_record_per_redraw() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("w.log");
+        std::fs::write(&log, "start\n").expect("write");
+        let first = read_tail_utc(&log, 64 * 1024, None, &patterns());
+        let LogObservation::Read { cursor, .. } = &first else {
+            panic!("read: {first:?}");
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open");
+        std::io::Write::write_all(
+            &mut f,
+            b"\rProcessed batch 1\rProcessed batch 2\r\nProcessed batch 3",
+        )
+        .expect("append");
+        let next = read_tail_utc(&log, 64 * 1024, Some(cursor), &patterns());
+        let got: Vec<&str> = records(&next).iter().map(|r| r.message.as_str()).collect();
+        // The bar's last redraw is not complete yet: read when the next one ends it.
+        assert_eq!(got, ["Processed batch 1", "Processed batch 2"]);
+        let LogObservation::Read { cursor, .. } = &next else {
+            panic!("read: {next:?}");
+        };
+        std::io::Write::write_all(&mut f, b"\rProcessed batch 4").expect("append");
+        let last = read_tail_utc(&log, 64 * 1024, Some(cursor), &patterns());
+        let got: Vec<&str> = records(&last).iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(got, ["Processed batch 3"]);
+    }
+
+    /// A chained Python exception printed bare stays one error record, its second traceback
+    /// included.
+    #[test]
+    fn a_bare_chained_traceback_is_one_record() {
+        let text = "Traceback (most recent call last):\n  File \"w.py\", line 3\nKeyError: 'a'\n\n\
+            During handling of the above exception, another exception occurred:\n\n\
+            Traceback (most recent call last):\n  File \"w.py\", line 5\nValueError: b\n\
+            Processed batch 2\n";
+        let recs = parse_records(
+            text.as_bytes(),
+            &patterns(),
+            &LineFormat::python(jiff::tz::TimeZone::UTC),
+        );
+        assert_eq!(recs.len(), 2, "{recs:?}");
+        assert_eq!(recs[0].class, LineClass::Error);
+        assert!(recs[0].message.contains("During handling"), "{recs:?}");
+        assert!(recs[0].message.ends_with("ValueError: b"), "{recs:?}");
+        assert_eq!(recs[1].message, "Processed batch 2");
     }
 
     /// What a read keeps is bounded, and nothing far back that the planner needs is lost; the

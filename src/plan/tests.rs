@@ -483,6 +483,39 @@ fn discovery_grace_applies_before_the_first_upload_counted_from_process_start() 
     assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stuck);
 }
 
+/// Regression: a worker started with nothing done (no progress file, or `-1`) wrote its first
+/// checkpoint, and that did not count as progress: it was judged stuck at its discovery grace
+/// with a checkpoint written seconds before, and restarted.
+#[test]
+fn a_first_checkpoint_written_while_running_is_progress() {
+    let d = desired(); // discovery_grace 20m
+    let mut m = mem();
+    let mut w = running(10, t0(), 0);
+    w.checkpoint = None;
+    m.workers.insert(WorkerId(0), Box::new(w));
+    let nothing = observed([(WorkerId(0), obs(alive(), None))].into(), vec![]);
+    let p = plan(&d, &nothing, m, at(1000));
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Discovering);
+    // Its first checkpoint, a minute before the grace ends.
+    let first = observed([(WorkerId(0), obs(alive(), Some(9)))].into(), vec![]);
+    let p = plan(&d, &first, p.memory.clone(), at(1140));
+    let w0 = &p.memory.workers[&WorkerId(0)];
+    assert_eq!(
+        w0.last_progress_at,
+        Some(at(1140).boot),
+        "counted as progress"
+    );
+    assert!(w0.left_discovery);
+    // Past the grace, still within stuck_after of that checkpoint: not stuck.
+    let p = plan(&d, &first, p.memory.clone(), at(1260));
+    assert_ne!(
+        p.workers[&WorkerId(0)].phase,
+        Phase::Stuck,
+        "{}",
+        p.workers[&WorkerId(0)].reason
+    );
+}
+
 #[test]
 fn a_repeated_log_line_is_not_progress() {
     let d = desired();

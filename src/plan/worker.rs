@@ -181,7 +181,11 @@ impl Planner<'_> {
                             count(*checkpoint)
                         ));
                     }
-                    if w.checkpoint.is_some() && running_since.is_some() {
+                    // A checkpoint that appears or moves while the worker runs is progress, its
+                    // first one included (a worker started with nothing done, or from a missing
+                    // file, writes one only once it has done something: not counting it killed
+                    // a slow starter at its discovery grace).
+                    if running_since.is_some() {
                         signal_at = Some(self.now.boot);
                         w.left_discovery = true;
                     }
@@ -266,8 +270,7 @@ impl Planner<'_> {
                     continue;
                 }
                 if r.class == LineClass::Error {
-                    let first = r.message.lines().next().unwrap_or("");
-                    w.last_error = Some(first.chars().take(300).collect());
+                    w.last_error = Some(error_summary(&r.message).chars().take(300).collect());
                     continue;
                 }
                 let fp = fingerprint(without_leading_time(&r.message));
@@ -825,5 +828,37 @@ fn exec_status_words(code: i32) -> &'static str {
         127 => " (command not found)",
         126 => " (command not executable)",
         _ => "",
+    }
+}
+
+/// The line of an error record a person wants to read: its first line, except for a bare
+/// Python traceback, whose first line (`Traceback (most recent call last):`) says nothing and
+/// whose last unindented line is the exception (`ValueError: boom at 240`).
+fn error_summary(message: &str) -> &str {
+    let first = message.lines().next().unwrap_or("");
+    if !first.starts_with("Traceback (most recent call last)") {
+        return first;
+    }
+    message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with([' ', '\t']))
+        .unwrap_or(first)
+}
+
+#[cfg(test)]
+mod error_summary_tests {
+    use super::error_summary;
+
+    /// Regression: a bare traceback's last error read "Traceback (most recent call last):".
+    #[test]
+    fn a_bare_traceback_is_summed_up_by_its_exception_line() {
+        let tb = "Traceback (most recent call last):\n  File \"w.py\", line 3, in <module>\n    go()\nValueError: boom at 240";
+        assert_eq!(error_summary(tb), "ValueError: boom at 240");
+        let logged =
+            "ERROR - could not open book 3\nTraceback (most recent call last):\nKeyError: 'id'";
+        assert_eq!(error_summary(logged), "ERROR - could not open book 3");
+        let cut = "Traceback (most recent call last):\n  File \"w.py\", line 3";
+        assert_eq!(error_summary(cut), "Traceback (most recent call last):");
     }
 }
