@@ -585,6 +585,34 @@ mod tests {
         );
     }
 
+    /// Regression (fresh-clone trial): `name:` left empty said "cannot deserialize null into
+    /// string; use Option<String>" (Rust's words), and `.nan` spoke of "the configured policy".
+    #[test]
+    fn an_empty_value_or_a_non_number_is_refused_in_the_manifests_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with = |name: &str| {
+            let file = dir.path().join("m.yaml");
+            std::fs::write(
+                &file,
+                format!(
+                    "apiVersion: automon/v1\nkind: WorkerSet\nmetadata:\n  name: {name}\nspec:\n  template: {{command: [sleep, \"1\"]}}\n  progress: {{file: \"p{{id}}.json\", checkpoint: /c}}\n  logs: {{file: \"w{{id}}.log\"}}\n"
+                ),
+            )
+            .expect("write");
+            file
+        };
+        let empty = refusal(&with(""));
+        assert!(
+            empty.contains("metadata.name: no value") && !empty.contains("Option<"),
+            "{empty}"
+        );
+        let nan = refusal(&with(".nan"));
+        assert!(
+            nan.contains("not a finite number") && !nan.contains("policy"),
+            "{nan}"
+        );
+    }
+
     /// Regression (fresh-clone trial): `name: 123` (a number where metadata.name's text
     /// belongs) was accepted, while `shards: "4"` is refused. Every text field refuses what YAML
     /// reads as a number or a boolean, naming line, column and field; quoted, it loads; a bare

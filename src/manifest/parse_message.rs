@@ -75,7 +75,7 @@ pub fn describe(e: &Error, field: &str) -> String {
         Error::MultipleDocuments { .. } => {
             "more than one YAML document (expected exactly one WorkerSet per file)".into()
         }
-        other => strip_location_suffix(other.render().trim()),
+        other => plain_words(&strip_location_suffix(other.render().trim())),
     }
 }
 
@@ -214,6 +214,18 @@ fn budget_breach(breach: &BudgetBreach) -> String {
 }
 
 /// serde-saphyr appends " at line X, column Y" to messages; the location is printed in front.
+/// The parser's messages that speak of Rust types, in the manifest's words.
+fn plain_words(message: &str) -> String {
+    if message.starts_with("cannot deserialize null into") {
+        return "no value (null or empty; expected a value here: write one, or remove the key)"
+            .into();
+    }
+    if message.starts_with("non-finite float") {
+        return "not a finite number (.nan / .inf; expected text in quotes or a number)".into();
+    }
+    message.to_string()
+}
+
 fn strip_location_suffix(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message);
     match first.rfind(" at line ") {
