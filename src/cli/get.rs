@@ -805,10 +805,14 @@ fn next_step(
             let (threshold, from) = if w.left_discovery {
                 (desired.health.stuck_after.get(), w.last_progress_at)
             } else {
-                (
-                    desired.health.discovery_grace.get(),
-                    w.process.as_ref().map(|p| p.started_at),
-                )
+                // As the planner measures it: from the newest progress signal since the start
+                // (activity lines count while discovering), else from the start.
+                let started = w.process.as_ref().map(|p| p.started_at);
+                let from = match (started, w.last_progress_at) {
+                    (Some(s), Some(p)) => Some(s.max(p)),
+                    (s, _) => s,
+                };
+                (desired.health.discovery_grace.get(), from)
             };
             from.map_or_else(String::new, |t| {
                 let deadline = t.plus(threshold);
@@ -1224,6 +1228,58 @@ spec:
             let got: Vec<_> = planned.workers.values().map(|w| w.completed_at).collect();
             assert_eq!(got, [Some(at(100)), Some(at(500)), None], "look at {now}");
         }
+    }
+
+    /// Regression (fresh-clone trial): a discovering worker whose activity lines were fresh
+    /// showed "stuck check due" (measured from its start), while the planner measures from its
+    /// newest progress signal.
+    #[test]
+    fn a_discovering_workers_next_stuck_check_counts_from_its_last_signal() {
+        let text = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: t}
+spec:
+  work: {range: {start: 0, end: 20}, shards: 2}
+  template: {command: [w, "{checkpoint}"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  health: {stuck_after: 60s, discovery_grace: 120s}
+"#;
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset: crate::manifest::parse(text).expect("valid manifest"),
+        };
+        let desired = Desired::resolve(&manifest, None).expect("resolve");
+        let boot = |s: u64| crate::clock::BootTime::from_duration(Duration::from_secs(s));
+        let now = Now {
+            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+            boot: boot(1000),
+        };
+        let mut w = WorkerMemory {
+            process: Some(crate::plan::memory::RunningProcess {
+                identity: crate::observe::ProcessIdentity {
+                    pid: 10,
+                    start_ticks: 1,
+                    boot_id: String::new(),
+                },
+                started_at: boot(700),
+                resume_from: None,
+                adopted: false,
+                own_group: true,
+                template: None,
+            }),
+            last_progress_at: Some(boot(998)),
+            ..WorkerMemory::default()
+        };
+        let next = next_step(&desired, &w, Phase::Discovering, now, true);
+        assert!(next.starts_with("stuck if silent until "), "{next}");
+        // No signal since its start: from the start (300 s ago, past the 120 s grace).
+        w.last_progress_at = None;
+        assert_eq!(
+            next_step(&desired, &w, Phase::Discovering, now, true),
+            "stuck check due: stuck if still silent at the next pass"
+        );
     }
 
     /// Regression (fresh-clone trial): NEXT showed deadlines in the past ("stuck if silent
