@@ -522,7 +522,7 @@ spec:
         serde_json::from_slice(&out.stdout).expect("one JSON array");
     assert!(records.iter().any(|r| r["record"] == "fix"), "{records:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("history from the running loop"),
+        String::from_utf8_lossy(&out.stderr).contains("history: from the running loop"),
         "{}",
         text(&out)
     );
