@@ -101,6 +101,9 @@ enum Wake {
         pid: i32,
         /// The handle was a Slurm job's (`pid` is its id).
         job: bool,
+        /// The stop ended the rest of a process group whose leader had already exited (that
+        /// exit was reported on its own): the outcome is the group's, not `pid`'s.
+        leftovers: bool,
         outcome: stop::StopOutcome,
     },
     Diagnosis {
@@ -465,6 +468,10 @@ impl Daemon<'_> {
             let tx = self.wake_tx.clone();
             match action {
                 Action::Stop(a) => {
+                    let leftovers = self.memory.workers.get(&a.worker).is_some_and(|w| {
+                        w.process.as_ref().is_some_and(|p| p.identity == a.identity)
+                            && w.stopping.as_ref().is_some_and(|s| s.exit_reported)
+                    });
                     let stopping = self.runtime.stop(&a, self.desired.stop_signal);
                     tokio::spawn(async move {
                         if a.awaits_save {
@@ -475,6 +482,7 @@ impl Daemon<'_> {
                             worker: a.worker,
                             pid: a.identity.pid,
                             job: crate::runtime::Handle::of(&a.identity).is_job(),
+                            leftovers,
                             outcome,
                         });
                     });
@@ -743,6 +751,7 @@ impl Daemon<'_> {
                 worker,
                 pid,
                 job,
+                leftovers,
                 outcome,
             } => {
                 if let Some(n) = self.stops_in_flight.get_mut(&worker) {
@@ -754,7 +763,7 @@ impl Daemon<'_> {
                 if outcome == stop::StopOutcome::Survived {
                     plan::record_unkillable(&mut self.memory, worker, pid, now);
                 }
-                let message = stop_message(worker, pid, job, &outcome);
+                let message = stop_message(worker, pid, job, leftovers, &outcome);
                 self.events.record_with(
                     now.wall,
                     &message,
@@ -1541,7 +1550,13 @@ fn at_risk(saved: &std::collections::BTreeMap<WorkerId, i32>, memory: &Memory) -
     }
 }
 
-fn stop_message(worker: WorkerId, pid: i32, job: bool, outcome: &stop::StopOutcome) -> String {
+fn stop_message(
+    worker: WorkerId,
+    pid: i32,
+    job: bool,
+    leftovers: bool,
+    outcome: &stop::StopOutcome,
+) -> String {
     if job {
         return crate::runtime::slurm::stop_message(worker, pid, outcome);
     }
@@ -1557,6 +1572,10 @@ fn stop_message(worker: WorkerId, pid: i32, job: bool, outcome: &stop::StopOutco
             "could not be identified (its /proc entry is unreadable); nothing signalled, trying again"
         }
     };
+    if leftovers {
+        // `pid` had already exited, and said how; these are the rest of its group.
+        return format!("worker {worker}: the rest of process group {pid} {how}");
+    }
     format!("worker {worker}: pid {pid} {how}")
 }
 

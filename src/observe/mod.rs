@@ -820,6 +820,7 @@ spec:
                 reason: "paused by an operator".into(),
                 restart: false,
                 unkillable_since: None,
+                exit_reported: false,
             });
         }
         assert_eq!(

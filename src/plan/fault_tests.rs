@@ -196,6 +196,7 @@ fn a_worker_with_a_stop_in_flight_is_never_started_and_keeps_its_slot() {
         reason: "stuck".into(),
         restart: true,
         unkillable_since: None,
+        exit_reported: false,
     };
     let mut o = observed(worker_obs(Some(ProcessStatus::Exited), false));
     o.children.exits = vec![crate::observe::ExitEvent {
@@ -225,6 +226,7 @@ fn a_stop_cut_short_by_a_restart_resumes_with_sigkill_at_the_original_deadline()
         reason: "stuck".into(),
         restart: true,
         unkillable_since: None,
+        exit_reported: false,
     };
     let m = memory_with(10, Some(stopping));
     let o = observed(worker_obs(Some(ProcessStatus::Alive { state: 'S' }), false));
@@ -257,6 +259,7 @@ fn a_leaderless_group_left_mid_stop_is_stopped_again_after_a_restart() {
         reason: "stuck".into(),
         restart: true,
         unkillable_since: None,
+        exit_reported: false,
     };
     let o = observed(worker_obs(Some(ProcessStatus::Exited), true));
     let p = plan(&d, &o, memory_with(10, Some(stopping)), at(40));
@@ -276,6 +279,7 @@ fn an_unkillable_worker_is_not_stopped_again_and_its_end_is_one_line() {
         reason: "stuck".into(),
         restart: true,
         unkillable_since: Some(at(40).boot),
+        exit_reported: false,
     };
     let mut m = memory_with(10, Some(stopping));
     let o = observed(worker_obs(Some(ProcessStatus::Alive { state: 'D' }), false));
@@ -335,4 +339,266 @@ fn a_stuck_worker_in_uninterruptible_io_is_restarted_without_asking_the_llm() {
         m = p.memory;
     }
     assert!(stopped, "the stuck worker is restarted");
+}
+
+/// The crash of worker 0's `pid` at `t` with `how` (code or signal) while the rest of its
+/// process group lives on (a worker started through `sh`, or with a helper subprocess).
+fn crash_with_leftovers(pid: i32, code: Option<i32>, signal: Option<i32>) -> Observed {
+    let mut o = observed(worker_obs(Some(ProcessStatus::Exited), true));
+    o.children.exits = vec![crate::observe::ExitEvent {
+        worker: WorkerId(0),
+        pid,
+        code,
+        signal,
+    }];
+    o
+}
+
+/// Records the start `p` asked for as `pid`, started at `now`.
+fn record_started(d: &Desired, p: &mut Plan, pid: i32, now: Now) {
+    let start = p
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Start(s) if s.worker == WorkerId(0) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("worker 0 is started");
+    assert!(record_start(&mut p.memory, d, &start, Ok((identity(pid), now.boot)), now).is_none());
+}
+
+/// Regression (new-user trial): a worker whose main process exited (`exit 3`, SIGKILL, SIGSEGV)
+/// while another member of its process group lived on (`sh -c 'sleep 1000 & exit 3'`) was
+/// stopped "before a restart" and restarted every ~2 s: the reaped exit status was dropped, no
+/// failure counted, no crash backoff, and the summary counted the restarts as "after being
+/// stuck". Now the exit is reported as what it was and counted as a crash exactly as for a
+/// worker without leftovers (immediate, then 2/4/8/16 s), the leftovers are stopped as a side
+/// step, and no replacement starts while the old group has members.
+#[test]
+fn a_crashed_worker_whose_group_lives_on_is_reported_and_backed_off_as_a_crash() {
+    let d = desired_with("  restart: {backoff_initial: 2s, backoff_max: 16s}");
+    let mut m = memory_with(10, None);
+    let mut t = 10;
+    let mut pid = 10;
+    let crashes: [(Option<i32>, Option<i32>, &str, u64); 5] = [
+        (Some(3), None, "worker 0 exited with status 3 at book 40", 0),
+        (
+            None,
+            Some(9),
+            "worker 0 was killed by signal SIGKILL at book 40",
+            2,
+        ),
+        (
+            None,
+            Some(11),
+            "worker 0 was killed by signal SIGSEGV at book 40",
+            4,
+        ),
+        (
+            None,
+            Some(15),
+            "worker 0 was killed by signal SIGTERM at book 40",
+            8,
+        ),
+        (
+            Some(0),
+            None,
+            "worker 0 exited with status 0 at book 40",
+            16,
+        ),
+    ];
+    let mut all_events = Vec::new();
+    for (n, (code, signal, said, delay)) in crashes.into_iter().enumerate() {
+        let n = u32::try_from(n).expect("small") + 1;
+        // The leader exits; the group lives on.
+        let p = plan(&d, &crash_with_leftovers(pid, code, signal), m, at(t));
+        all_events.extend(p.events.clone());
+        assert!(
+            p.events.iter().any(|e| e.starts_with(said)),
+            "crash {n}: {:?}",
+            p.events
+        );
+        let stop = stop_of(&p, 0).expect("the leftovers are stopped");
+        assert!(stop.whole_group, "{stop:?}");
+        assert_eq!(
+            stop.reason,
+            format!("worker 0: its process group {pid} still has members; stopping them")
+        );
+        assert!(starts(&p).is_empty(), "crash {n}: {:?}", p.actions);
+        assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Stopping);
+        let w = &p.memory.workers[&WorkerId(0)];
+        assert_eq!(w.failures, n, "crash {n}");
+        assert_eq!(
+            w.backoff_until,
+            Some(at(t).boot.plus(Duration::from_secs(delay))),
+            "crash {n}"
+        );
+        // The group still has members next pass: the stop goes on, nothing is counted again.
+        let mut o = observed(worker_obs(Some(ProcessStatus::Exited), true));
+        o.children.stopping.insert(WorkerId(0));
+        let p = plan(&d, &o, p.memory, at(t));
+        all_events.extend(p.events.clone());
+        assert!(
+            starts(&p).is_empty() && stops(&p).is_empty(),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(p.memory.workers[&WorkerId(0)].failures, n);
+        // The group is gone a second later: restarted at once the first time, else after the
+        // backoff (which ran while the leftovers were stopped).
+        let p = plan(&d, &observed(worker_obs(None, false)), p.memory, at(t + 1));
+        all_events.extend(p.events.clone());
+        assert_eq!(p.memory.workers[&WorkerId(0)].failures, n);
+        let mut p = if delay == 0 {
+            p
+        } else {
+            assert!(starts(&p).is_empty(), "crash {n}: {:?}", p.actions);
+            assert_eq!(p.workers[&WorkerId(0)].phase, Phase::BackingOff);
+            let early = plan(
+                &d,
+                &observed(worker_obs(None, false)),
+                p.memory.clone(),
+                at(t + delay - 1),
+            );
+            assert!(starts(&early).is_empty(), "crash {n}: {:?}", early.actions);
+            let p = plan(
+                &d,
+                &observed(worker_obs(None, false)),
+                p.memory,
+                at(t + delay),
+            );
+            all_events.extend(p.events.clone());
+            p
+        };
+        let start = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start(s) => Some(s.reason.clone()),
+                _ => None,
+            })
+            .expect("restarted");
+        assert!(start.ends_with(&format!("(restart {n})")), "{start}");
+        assert!(!start.contains("after the stop"), "{start}");
+        t += delay + 1;
+        pid += 1;
+        record_started(&d, &mut p, pid, at(t));
+        m = p.memory;
+        t += 1;
+    }
+    assert!(
+        !all_events
+            .iter()
+            .any(|e| e.contains("before a restart") || e.contains("after the stop")),
+        "{all_events:?}"
+    );
+    assert_eq!(m.totals.crash_restarts, 5);
+    assert_eq!(m.totals.stuck_restarts, 0);
+}
+
+/// Regression (new-user trial): a worker that exited 0 with its shard complete while a
+/// helper of its process group lived on was stopped "before a restart". It is a completion:
+/// reported as one, no failure counted, the leftovers stopped, and never restarted.
+#[test]
+fn a_completed_worker_whose_group_lives_on_is_completed_not_restarted() {
+    let d = desired_with("");
+    let mut m = memory_with(10, None);
+    if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+        w.checkpoint = Some(100); // shard 0 is books 1..=100
+    }
+    let mut o = crash_with_leftovers(10, Some(0), None);
+    if let Some(w) = o.workers.get_mut(&WorkerId(0)) {
+        w.progress = ProgressObservation::Read {
+            checkpoint: 100,
+            items: None,
+            completed: None,
+        };
+    }
+    let p = plan(&d, &o, m, at(10));
+    assert!(
+        p.events.iter().any(
+            |e| e.starts_with("worker 0 exited with status 0: shard") && e.contains("complete")
+        ),
+        "{:?}",
+        p.events
+    );
+    let stop = stop_of(&p, 0).expect("the leftovers are stopped");
+    assert!(!stop.reason.contains("restart"), "{}", stop.reason);
+    let w = &p.memory.workers[&WorkerId(0)];
+    assert_eq!((w.failures, w.completed_at.is_some()), (0, true));
+    assert!(starts(&p).is_empty());
+    let mut gone = observed(worker_obs(None, false));
+    if let Some(w) = gone.workers.get_mut(&WorkerId(0)) {
+        w.progress = o.workers[&WorkerId(0)].progress.clone();
+    }
+    let p = plan(&d, &gone, p.memory, at(11));
+    // Its slot goes to the next shard.
+    assert_eq!(starts(&p), [4], "{:?}", p.actions);
+    assert_eq!(p.workers[&WorkerId(0)].phase, Phase::Completed);
+    assert_eq!(p.memory.totals.crash_restarts, 0);
+    assert_eq!(p.memory.totals.stuck_restarts, 0);
+}
+
+/// Regression (new-user trial): the leftover-group stop of a crashed worker, cut short by an
+/// automon restart, must neither count the crash twice nor take the group's end for a stop
+/// "after being stuck"; and an automon killed before it saved the crash counts it once, as an
+/// exit of unknown status, and still stops the leftovers before any replacement.
+#[test]
+fn a_leftover_group_stop_cut_short_by_an_automon_restart_counts_the_crash_once() {
+    let d = desired_with("  restart: {backoff_initial: 2s, backoff_max: 16s}");
+    let mut m = memory_with(10, None);
+    if let Some(w) = m.workers.get_mut(&WorkerId(0)) {
+        w.failures = 2; // the third crash in a row: a 4 s backoff
+    }
+    let p = plan(
+        &d,
+        &crash_with_leftovers(10, Some(3), None),
+        m.clone(),
+        at(10),
+    );
+    // Saved (state.json) and read back by the next automon, which runs no stop task.
+    let text = serde_json::to_string(&p.memory).expect("serialises");
+    let saved: Memory = serde_json::from_str(&text).expect("parses");
+    assert!(
+        saved.workers[&WorkerId(0)]
+            .stopping
+            .as_ref()
+            .is_some_and(|s| s.exit_reported),
+        "{text}"
+    );
+    let leftovers = observed(worker_obs(Some(ProcessStatus::Exited), true));
+    let p = plan(&d, &leftovers, saved, at(11));
+    let stop = stop_of(&p, 0).expect("the stop is resumed");
+    assert!(
+        stop.reason.contains("resuming the stop of pid 10"),
+        "{}",
+        stop.reason
+    );
+    assert!(starts(&p).is_empty());
+    assert_eq!(p.memory.workers[&WorkerId(0)].failures, 3);
+    let p = plan(&d, &observed(worker_obs(None, false)), p.memory, at(12));
+    assert!(starts(&p).is_empty(), "the backoff runs until 14 s");
+    assert_eq!(p.memory.workers[&WorkerId(0)].failures, 3);
+    assert!(
+        !p.events.iter().any(|e| e.contains("worker 0 ")),
+        "{:?}",
+        p.events
+    );
+    let p = plan(&d, &observed(worker_obs(None, false)), p.memory, at(14));
+    assert_eq!(starts(&p), [0]);
+    assert_eq!(p.memory.totals.stuck_restarts, 0);
+
+    // Killed before the crash was saved: the next automon has no exit status, only the
+    // recorded process gone and its group alive.
+    let p = plan(&d, &leftovers, m, at(11));
+    assert!(
+        p.events
+            .iter()
+            .any(|e| e.starts_with("worker 0 exited (status unknown: not automon's child)")),
+        "{:?}",
+        p.events
+    );
+    assert!(stop_of(&p, 0).is_some_and(|s| s.whole_group));
+    assert!(starts(&p).is_empty());
+    assert_eq!(p.memory.workers[&WorkerId(0)].failures, 3);
 }

@@ -326,6 +326,17 @@ pub struct Stopping {
     /// replaces it while it lives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unkillable_since: Option<BootTime>,
+    /// The worker's main process had already exited on its own, and that exit was reported and
+    /// counted (a crash with its backoff, or a completion) when this stop began: the stop only
+    /// ends the rest of its process group, and the end of the group is no second exit (not
+    /// "stopped", no restart of its own).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exit_reported: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What automon remembers about one worker id.

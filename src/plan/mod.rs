@@ -639,6 +639,7 @@ impl Planner<'_> {
             reason: reason.clone(),
             restart,
             unkillable_since: None,
+            exit_reported: false,
         });
         self.actions.push(Action::Stop(StopAction {
             worker: id,

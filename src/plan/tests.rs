@@ -1666,6 +1666,7 @@ fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_aga
         reason: "paused by an operator".into(),
         restart: false,
         unkillable_since: None,
+        exit_reported: false,
     });
     m.workers.insert(WorkerId(0), Box::new(w));
     let mut o = observed(

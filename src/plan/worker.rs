@@ -112,8 +112,12 @@ impl Planner<'_> {
                 // The leader is gone but the group lives on: finish it before any replacement.
                 w.process = Some(process.clone());
                 if w.stopping.is_none() {
+                    // Its exit is what it was (a crash with its backoff and failure count, or a
+                    // completion), exactly as for a worker without leftovers; stopping the rest
+                    // of its group is a side step that holds any replacement until it is gone.
+                    self.report_exit_with_leftovers(id, w, shard, &process, obs, exit);
                     let reason = format!(
-                        "worker {id}: its main process exited but its process group {} still has members; stopping them before a restart",
+                        "worker {id}: its process group {} still has members; stopping them",
                         process.identity.pid
                     );
                     // The stop carries no intent of its own: a restarted automon would see the
@@ -121,7 +125,10 @@ impl Planner<'_> {
                     // the disk, find fewer of our processes left untracked). So it does not
                     // wait for the save: a hung state file system must not hold the crashed
                     // worker's replacement (issue 26.13).
-                    self.request_stop_as(id, w, &process, reason.clone(), true, false);
+                    self.request_stop_as(id, w, &process, reason, false, false);
+                    if let Some(s) = w.stopping.as_mut() {
+                        s.exit_reported = true;
+                    }
                 } else {
                     self.resume_stop(id, w, &process);
                 }
@@ -507,6 +514,11 @@ impl Planner<'_> {
                 fmt_dur(self.since(since))
             ));
         }
+        if stopping.as_ref().is_some_and(|s| s.exit_reported) {
+            // The leader's exit was reported and counted when it came; the rest of its
+            // process group is gone now, and the worker's restart (or completion) stands.
+            return;
+        }
         let how = match (exit, &obs.process) {
             _ if stopping.is_some() => "stopped".to_string(),
             (Some(e), _) if e.code.is_some() => {
@@ -650,6 +662,31 @@ impl Planner<'_> {
             w.restart_reason = Some(format!(
                 "worker {id}: backoff of {} over; restarting {resume}",
                 fmt_dur(delay)
+            ));
+        }
+    }
+
+    /// The exit of a worker whose main process is gone while other members of its process
+    /// group live on: reported and counted by [`Self::step_exited`] as for any exit (a crash
+    /// backs off and counts as a failure; exit 0 with the shard done is a completion). A
+    /// restart that would come at once is said now, not when the replacement starts (which
+    /// waits until the rest of the group is gone).
+    fn report_exit_with_leftovers(
+        &mut self,
+        id: WorkerId,
+        w: &mut WorkerMemory,
+        shard: Option<Shard>,
+        process: &RunningProcess,
+        obs: &WorkerObservation,
+        exit: Option<&crate::observe::ExitEvent>,
+    ) {
+        self.step_exited(id, w, shard, process, obs, exit);
+        let backing_off = w.backoff_until.is_some_and(|u| u > self.now.boot);
+        if !backing_off && let Some(reason) = w.restart_reason.take() {
+            self.events.push(reason);
+            let resume = self.resume_words(id, w.checkpoint);
+            w.restart_reason = Some(format!(
+                "worker {id}: restarting {resume} once the rest of its process group is gone"
             ));
         }
     }

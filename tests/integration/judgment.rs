@@ -607,3 +607,133 @@ fn scopeguard_kill(pid: i32) -> impl Drop {
     }
     Kill(pid)
 }
+
+/// Regression (new-user trial): a worker started through `sh` that crashed while a helper of
+/// its process group lived on (`sh -c 'sleep 1000 & exit 3'`) was stopped "before a restart"
+/// and restarted every ~2 s: its exit status was dropped, no failure counted, no crash
+/// backoff, the restarts counted as "after being stuck", and the stop logged as "pid N exited
+/// after the stop signal". Now each exit is reported as what it was and counted as a crash
+/// (at once, then 2 s, then 4 s), the leftovers are stopped as a side step before any
+/// replacement, and the final exit 0 with the shard done is a completion.
+#[test]
+fn a_crashed_sh_worker_whose_helper_lives_on_is_reported_and_backed_off_as_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Runs 1–3 crash with `exit 3`, run 4 completes the shard with `exit 0`; every run leaves
+    // a `sleep 1000` in its process group and records its pid.
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: leftovers}
+spec:
+  interval: 1s
+  workers: {target: 1, min: 1, max: 1}
+  work: {range: {start: 1, end: 11}, shards: 1}
+  template:
+    command: [sh, -c, 'n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; sleep 1000 & echo $! >> leftovers; if [ $n -ge 4 ]; then printf "\173\"c\": 10\175" > p0.json; exit 0; fi; exit 3']
+    stop_grace: 5s
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+  restart: {backoff_initial: 2s, backoff_max: 16s}
+"#,
+    )
+    .expect("write manifest");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml", "--watch"])
+        .timeout(PATIENCE)
+        .output()
+        .expect("apply");
+    let events =
+        std::fs::read_to_string(dir.path().join(".automon/events.log")).unwrap_or_default();
+    // Every leftover `sleep` was stopped by automon (a survivor is ended here, and fails the
+    // test).
+    let leftovers =
+        std::fs::read_to_string(dir.path().join("leftovers")).expect("the runs recorded pids");
+    let mut survivors = Vec::new();
+    for pid in leftovers
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).starts_with("sleep\0") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            survivors.push(pid);
+        }
+    }
+    assert_eq!(out.status.code(), Some(0), "{}\n{events}", text(&out));
+    assert!(survivors.is_empty(), "{survivors:?} survived\n{events}");
+    assert_eq!(leftovers.lines().count(), 4, "{events}");
+
+    let lines: Vec<&str> = events.lines().collect();
+    let find = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no event with {what:?}:\n{events}"))
+    };
+    // Each exit as what it was, counted as a crash with its backoff.
+    let crash = [
+        find("worker 0 exited with status 3; restarting from the start"),
+        find(
+            "worker 0 exited with status 3; restarting from the start of its shard, item 1 in 2s (2 failures in a row)",
+        ),
+        find(
+            "worker 0 exited with status 3; restarting from the start of its shard, item 1 in 4s (3 failures in a row)",
+        ),
+    ];
+    let done = find("worker 0 exited with status 0: shard [1, 11) complete");
+    assert_eq!(
+        events.matches("still has members; stopping them").count(),
+        4,
+        "{events}"
+    );
+    assert_eq!(
+        events
+            .matches("worker 0: the rest of process group ")
+            .count(),
+        4,
+        "{events}"
+    );
+    for bad in [
+        "before a restart",
+        "after the stop",
+        "exited after the stop signal\n",
+    ] {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains(bad) && !l.contains("the rest of process group")),
+            "{bad:?}:\n{events}"
+        );
+    }
+    // The restarts: at once, then only once the backoff is over; each after the old group
+    // was confirmed gone.
+    let restarts = [
+        find("once the rest of its process group is gone (restart 1)"),
+        find("backoff of 2s over; restarting from the start of its shard, item 1 (restart 2)"),
+        find("backoff of 4s over; restarting from the start of its shard, item 1 (restart 3)"),
+    ];
+    let group_gone: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("worker 0: the rest of process group "))
+        .map(|(i, _)| i)
+        .collect();
+    for (n, restart) in restarts.iter().enumerate() {
+        assert!(
+            crash[n] < group_gone[n] && group_gone[n] < *restart,
+            "{events}"
+        );
+    }
+    assert!(restarts[2] < done, "{events}");
+    // The summary counts crashes, not stops of stuck workers.
+    let summary = text(&out);
+    assert!(
+        summary.contains("3 restarts (3 after a crash, 0 after being stuck)"),
+        "{summary}"
+    );
+}
