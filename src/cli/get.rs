@@ -1230,32 +1230,38 @@ spec:
         }
     }
 
+    /// A two-shard WorkerSet with `health` (a YAML flow mapping), for the NEXT tests.
+    fn next_test_desired(health: &str) -> Desired {
+        let text = format!(
+            "apiVersion: automon/v1\nkind: WorkerSet\nmetadata: {{name: t}}\nspec:\n  work: {{range: {{start: 0, end: 20}}, shards: 2}}\n  template: {{command: [w, \"{{checkpoint}}\"]}}\n  progress: {{file: \"p{{id}}.json\", checkpoint: /c}}\n  logs: {{file: \"w{{id}}.log\"}}\n  health: {health}\n"
+        );
+        let manifest = crate::manifest::Manifest {
+            file: PathBuf::from("t.yaml"),
+            dir: PathBuf::from("/tmp/t"),
+            workerset: crate::manifest::parse(&text).expect("valid manifest"),
+        };
+        Desired::resolve(&manifest, None).expect("resolve")
+    }
+
+    fn next_test_boot(s: u64) -> crate::clock::BootTime {
+        crate::clock::BootTime::from_duration(Duration::from_secs(s))
+    }
+
+    /// The NEXT tests' clock: 1,000 s after boot.
+    fn next_test_now() -> Now {
+        Now {
+            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
+            boot: next_test_boot(1000),
+        }
+    }
+
     /// Regression (fresh-clone trial): a discovering worker whose activity lines were fresh
     /// showed "stuck check due" (measured from its start), while the planner measures from its
     /// newest progress signal.
     #[test]
     fn a_discovering_workers_next_stuck_check_counts_from_its_last_signal() {
-        let text = r#"apiVersion: automon/v1
-kind: WorkerSet
-metadata: {name: t}
-spec:
-  work: {range: {start: 0, end: 20}, shards: 2}
-  template: {command: [w, "{checkpoint}"]}
-  progress: {file: "p{id}.json", checkpoint: /c}
-  logs: {file: "w{id}.log"}
-  health: {stuck_after: 60s, discovery_grace: 120s}
-"#;
-        let manifest = crate::manifest::Manifest {
-            file: PathBuf::from("t.yaml"),
-            dir: PathBuf::from("/tmp/t"),
-            workerset: crate::manifest::parse(text).expect("valid manifest"),
-        };
-        let desired = Desired::resolve(&manifest, None).expect("resolve");
-        let boot = |s: u64| crate::clock::BootTime::from_duration(Duration::from_secs(s));
-        let now = Now {
-            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
-            boot: boot(1000),
-        };
+        let desired = next_test_desired("{stuck_after: 60s, discovery_grace: 120s}");
+        let (boot, now) = (next_test_boot, next_test_now());
         let mut w = WorkerMemory {
             process: Some(crate::plan::memory::RunningProcess {
                 identity: crate::observe::ProcessIdentity {
@@ -1287,27 +1293,8 @@ spec:
     /// is due: it says when it is acted on, never a past time.
     #[test]
     fn next_never_shows_a_deadline_in_the_past() {
-        let text = r#"apiVersion: automon/v1
-kind: WorkerSet
-metadata: {name: t}
-spec:
-  work: {range: {start: 0, end: 20}, shards: 2}
-  template: {command: [w, "{checkpoint}"]}
-  progress: {file: "p{id}.json", checkpoint: /c}
-  logs: {file: "w{id}.log"}
-  health: {stuck_after: 60s}
-"#;
-        let manifest = crate::manifest::Manifest {
-            file: PathBuf::from("t.yaml"),
-            dir: PathBuf::from("/tmp/t"),
-            workerset: crate::manifest::parse(text).expect("valid manifest"),
-        };
-        let desired = Desired::resolve(&manifest, None).expect("resolve");
-        let boot = |s: u64| crate::clock::BootTime::from_duration(Duration::from_secs(s));
-        let now = Now {
-            wall: jiff::Timestamp::from_second(1_800_000_000).expect("valid"),
-            boot: boot(1000),
-        };
+        let desired = next_test_desired("{stuck_after: 60s}");
+        let (boot, now) = (next_test_boot, next_test_now());
         // Last progress 30 s ago: the deadline is ahead, shown as a time.
         let mut w = WorkerMemory {
             left_discovery: true,

@@ -409,9 +409,10 @@ struct RawRecord<'a> {
     lines: std::ops::Range<usize>,
 }
 
-impl RawRecord<'_> {
+impl<'a> RawRecord<'a> {
     /// The message for people: the first line's message and the continuation lines.
-    fn message<'t>(&self, first: &'t str, lines: &[&'t str]) -> std::borrow::Cow<'t, str> {
+    fn message(&self, lines: &[&'a str]) -> std::borrow::Cow<'a, str> {
+        let first = self.first;
         let more = &lines[self.lines.start + 1..self.lines.end];
         if more.is_empty() {
             return std::borrow::Cow::Borrowed(first);
@@ -516,7 +517,7 @@ pub fn parse_read(
         classified
             .iter()
             .filter(|(_, c)| *c == LineClass::Activity)
-            .map(|(i, _)| raw[*i].message(raw[*i].first, &lines)),
+            .map(|(i, _)| raw[*i].message(&lines)),
     );
     let cut = classified.len().saturating_sub(keep);
     let mut last_of_class: Vec<usize> = Vec::new();
@@ -534,7 +535,7 @@ pub fn parse_read(
             LogRecord {
                 class: *class,
                 timestamp: r.timestamp.and_then(|t| format.tz.to_timestamp(t).ok()),
-                message: r.message(r.first, &lines).into_owned(),
+                message: r.message(&lines).into_owned(),
             }
         })
         .collect();

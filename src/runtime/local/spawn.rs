@@ -15,46 +15,40 @@ use crate::observe::{
 };
 use crate::plan::StartAction;
 
-/// What every start of one manifest shares, worked out once per pass rather than per start (a
-/// pass may start a thousand workers): the child's environment, the fleet key it carries, and
-/// each program found on the child's `PATH`. Dropped at the start of each pass
-/// ([`super::Local::observe`]), and when the manifest's parts it depends on differ.
+/// What every start of one pass shares, worked out once rather than per start (a pass may
+/// start a thousand workers): the child's environment, the fleet key it carries, and each
+/// program found on the child's `PATH`. Made at the pass's first start and dropped at the start
+/// of the next pass ([`super::Local::observe`]); a changed manifest gets a new runtime, so one
+/// cache never sees two manifests.
 #[derive(Debug, Default)]
-pub struct StartCache {
-    /// The manifest values the entries were made from.
-    made_for: Option<MadeFor>,
+pub struct StartCache(Option<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     env: Vec<(OsString, OsString)>,
     fleet_key: String,
     programs: HashMap<String, Option<PathBuf>>,
 }
 
 impl StartCache {
-    /// The shared parts for `desired`, made now unless already made for it this pass.
-    fn for_desired(&mut self, desired: &Desired) -> &mut Self {
-        let key = (
-            desired.workdir.clone(),
-            desired.env.clone(),
-            desired.inherit_env,
-            desired.llm.api_key_env.clone(),
-            desired.name.clone(),
-        );
-        if self.made_for.as_ref() != Some(&key) {
-            let env = crate::secrets::env::child_env(
+    /// The shared parts for `desired`, made now unless already made this pass.
+    fn for_desired(&mut self, desired: &Desired) -> &mut Shared {
+        self.0.get_or_insert_with(|| Shared {
+            env: crate::secrets::env::child_env(
                 std::env::vars_os(),
                 &desired.env,
                 desired.inherit_env,
                 &desired.llm.api_key_env,
-            );
-            *self = Self {
-                made_for: Some(key),
-                env: env.into_iter().collect(),
-                fleet_key: crate::state::FleetFiles::of(desired).key(),
-                programs: HashMap::new(),
-            };
-        }
-        self
+            )
+            .into_iter()
+            .collect(),
+            fleet_key: crate::state::FleetFiles::of(desired).key(),
+            programs: HashMap::new(),
+        })
     }
+}
 
+impl Shared {
     /// `program` as found on the child's `PATH` ([`resolve_program`]), looked up once a pass.
     fn program(&mut self, program: &str, workdir: &Path) -> Option<PathBuf> {
         if let Some(found) = self.programs.get(program) {
@@ -70,16 +64,6 @@ impl StartCache {
         found
     }
 }
-
-/// The parts of a manifest the [`StartCache`] depends on: working directory, declared
-/// environment, `inherit_env`, the LLM key's variable (kept from workers) and the name.
-type MadeFor = (
-    PathBuf,
-    std::collections::BTreeMap<String, String>,
-    bool,
-    String,
-    String,
-);
 
 /// Starts the worker described by `action` and hands it to `reaper`; on success returns its
 /// identity and start time.
