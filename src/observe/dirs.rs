@@ -4,10 +4,11 @@
 //! With a fleet of thousands of idle workers, the two `stat`s per worker per pass were half of
 //! automon's CPU (issue 25). Each directory of the fleet's files carries one inotify watch
 //! (one inotify descriptor in all, owned by [`Dirs`]); at the start of a pass the queue is
-//! drained and the files it names are marked dirty. A dirty file is `stat`ed through its
-//! directory's handle (`stat` of `progress/w7.json` relative to an open `progress/` walks one
-//! path component instead of every one from `/`) and its version remembered; a clean one is
-//! answered with the remembered version (or "missing"), without a system call.
+//! drained and the files it names are marked dirty. A dirty file is opened by its reader
+//! through its directory's handle (`openat` of `w7.json` relative to an open `progress/` walks
+//! one path component instead of every one from `/`), without a `stat` by name first, and the
+//! version its handle has (`fstat`) is remembered; a clean one is answered with the remembered
+//! version (or "missing"), without a system call, and its reader reuses what it read.
 //!
 //! Every way an event can be missed makes files dirty instead:
 //!
@@ -21,8 +22,9 @@
 //!   SMB, FUSE, Ceph, Lustre, …: [`inotify_sees_every_write`]), a directory that cannot be
 //!   watched (no watches left), or no inotify at all: its files are `stat`ed every pass, as
 //!   before;
-//! - a file that is a symbolic link (its target may live in an unwatched directory): `stat`ed
-//!   every pass;
+//! - a file that is a symbolic link (its target may live in an unwatched directory; found out
+//!   when the open of a dirty file, which does not follow links, fails): `stat`ed by name every
+//!   pass until it is a file again;
 //! - what inotify never reports (writes through `mmap`, a hard link in another directory): a
 //!   sweep re-`stat`s every file at least once per [`SWEEP_PERIOD`], a few files each pass.
 //!
@@ -74,9 +76,38 @@ const WATCH_LOST: AddWatchFlags = AddWatchFlags::IN_IGNORED
     .union(AddWatchFlags::IN_UNMOUNT);
 
 /// Reads of the queue in one drain before giving up on it (and treating every file as dirty):
-/// a 4 KiB read holds about a hundred events, so this is far beyond the kernel's default queue
-/// of 16,384; only writers faster than the drain get here.
+/// a read of [`EVENTS_BUFFER`] holds about 2,000 events, so this is far beyond the kernel's
+/// default queue of 16,384; only writers faster than the drain get here.
 const MAX_DRAIN_READS: usize = 1024;
+
+/// The size of the buffer the inotify queue is read into: about 2,000 events of a 16-byte name.
+const EVENTS_BUFFER: usize = 64 * 1024;
+
+/// The events in what one `read` of an inotify descriptor returned, as (watch, mask, name):
+/// each is a `struct inotify_event` (`wd`, `mask`, `cookie`, `len`, then `len` bytes of name
+/// padded with NULs; inotify(7)). A record cut short (never from the kernel) ends the walk.
+struct InotifyEvents<'a>(&'a [u8]);
+
+impl<'a> Iterator for InotifyEvents<'a> {
+    type Item = (i32, AddWatchFlags, Option<&'a OsStr>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::os::unix::ffi::OsStrExt;
+        const HEADER: usize = 16;
+        let word = |at: usize| -> Option<[u8; 4]> { self.0.get(at..at + 4)?.try_into().ok() };
+        let wd = i32::from_ne_bytes(word(0)?);
+        let mask = AddWatchFlags::from_bits_truncate(u32::from_ne_bytes(word(4)?));
+        let len = usize::try_from(u32::from_ne_bytes(word(12)?)).ok()?;
+        let name = self.0.get(HEADER..HEADER.checked_add(len)?)?;
+        self.0 = &self.0[HEADER + len..];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        Some((
+            wd,
+            mask,
+            (!name.is_empty()).then(|| OsStr::from_bytes(name)),
+        ))
+    }
+}
 
 /// A file as its directory (an index into [`Dirs`]) and its entry among the files.
 #[derive(Debug, Clone)]
@@ -93,7 +124,9 @@ pub struct Dirs {
     files: Vec<FileState>,
     inotify: InotifyState,
     /// Which directories each watch is on (several paths may name one directory).
-    by_wd: HashMap<WatchDescriptor, Vec<usize>>,
+    by_wd: HashMap<i32, Vec<usize>>,
+    /// The buffer the queue is read into (kept: one allocation, not one per drain).
+    events: Vec<u8>,
     /// When the last pass began (for the sweep).
     last_pass: Option<Instant>,
     /// The next file the sweep marks dirty.
@@ -101,7 +134,8 @@ pub struct Dirs {
     /// File-nanoseconds owed to the sweep: each pass adds files × elapsed; every
     /// [`SWEEP_PERIOD`] of it is one file marked dirty.
     sweep_owed: u128,
-    /// `stat`s made by [`OpenDirs::version`] (tests count them).
+    /// Files looked at by [`OpenDirs::look`]: `stat`ed by name or left to their reader (tests
+    /// count them).
     #[cfg(test)]
     stats: u64,
     /// Tests: act as if every watch were refused (no watches left).
@@ -152,8 +186,12 @@ enum InotifyState {
 struct FileState {
     name: PathBuf,
     /// The version (or `None`, missing) a `stat` found after the last event about the file;
-    /// `None` when dirty: it must be `stat`ed.
+    /// `None` when dirty: it must be looked at again.
     known: Option<Option<FileVersion>>,
+    /// It was a symbolic link when last looked at: `stat`ed by name every pass (its target
+    /// may change in a directory nobody watches). A `Cell`: the open that finds it out
+    /// ([`OpenDirs::open_changed`]) runs from a reader's shared borrow.
+    link: std::cell::Cell<bool>,
 }
 
 impl Dirs {
@@ -180,6 +218,7 @@ impl Dirs {
                 self.files.push(FileState {
                     name: PathBuf::from(name),
                     known: None,
+                    link: std::cell::Cell::new(false),
                 });
                 let f = self.files.len() - 1;
                 self.dirs[dir].names.insert(name.to_os_string(), f);
@@ -237,41 +276,46 @@ impl Dirs {
     }
 
     /// Reads every queued event (until the queue is empty) and marks what they name dirty.
+    ///
+    /// The queue is read into a 64 KiB buffer kept from one drain to the next, and each event
+    /// is taken from it in place (`nix`'s reader reads 4 KiB at a time and copies each name):
+    /// a writer that rewrites 2,000 progress files by rename and appends to 2,000 logs queues
+    /// 10,000 events a second.
     fn drain(&mut self) {
         let mut reads = 0;
-        loop {
-            let InotifyState::Ready(inotify) = &self.inotify else {
-                return;
-            };
+        let mut buf = std::mem::take(&mut self.events);
+        buf.resize(EVENTS_BUFFER, 0);
+        while let InotifyState::Ready(inotify) = &self.inotify {
             if reads == MAX_DRAIN_READS {
                 tracing::debug!("inotify queue still not empty after {reads} reads");
                 self.all_dirty();
-                return;
+                break;
             }
             reads += 1;
-            match inotify.read_events() {
-                Ok(events) if events.is_empty() => return,
-                Ok(events) => {
-                    for e in &events {
-                        self.on_event(e.wd, e.mask, e.name.as_deref());
+            match nix::unistd::read(inotify, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    for (wd, mask, name) in InotifyEvents(&buf[..n]) {
+                        self.on_event(wd, mask, name);
                     }
                 }
-                Err(Errno::EAGAIN) => return,
+                Err(Errno::EAGAIN) => break,
                 Err(Errno::EINTR) => {}
                 Err(e) => {
                     // Events may have been lost: nothing known can be trusted.
                     tracing::debug!(error = %e, "cannot read the inotify queue");
                     self.all_dirty();
-                    return;
+                    break;
                 }
             }
         }
+        self.events = buf;
     }
 
     /// What one event means: the file it names is dirty; a directory-wide event makes every
     /// file of the directory dirty; a lost watch also forgets the watch (added again by path
     /// before this pass looks at the files); an overflow makes every file dirty.
-    fn on_event(&mut self, wd: WatchDescriptor, mask: AddWatchFlags, name: Option<&OsStr>) {
+    fn on_event(&mut self, wd: i32, mask: AddWatchFlags, name: Option<&OsStr>) {
         if mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
             tracing::trace!("inotify queue overflowed: every file is stat'ed");
             self.all_dirty();
@@ -284,6 +328,7 @@ impl Dirs {
             // Moved away, the watch still exists (on a directory the path no longer names).
             if mask.contains(AddWatchFlags::IN_MOVE_SELF)
                 && let InotifyState::Ready(inotify) = &self.inotify
+                && let Some(Watch::Watched { wd, .. }) = dirs.first().map(|&d| self.dirs[d].watch)
             {
                 let _ = inotify.rm_watch(wd);
             }
@@ -391,13 +436,13 @@ impl Dirs {
         let same = nix::sys::stat::stat(self.dirs[i].path.as_path())
             .is_ok_and(|now| (now.st_dev, now.st_ino) == id);
         if !same {
-            if !self.by_wd.contains_key(&wd) {
+            if !self.by_wd.contains_key(&wd.as_raw()) {
                 let _ = inotify.rm_watch(wd);
             }
             return false;
         }
         self.dirs[i].watch = Watch::Watched { wd, id };
-        let on = self.by_wd.entry(wd).or_default();
+        let on = self.by_wd.entry(wd.as_raw()).or_default();
         if !on.contains(&i) {
             on.push(i);
         }
@@ -410,12 +455,12 @@ impl Dirs {
         else {
             return;
         };
-        let Some(on) = self.by_wd.get_mut(&wd) else {
+        let Some(on) = self.by_wd.get_mut(&wd.as_raw()) else {
             return;
         };
         on.retain(|&d| d != i);
         if on.is_empty() {
-            self.by_wd.remove(&wd);
+            self.by_wd.remove(&wd.as_raw());
             if let InotifyState::Ready(inotify) = &self.inotify {
                 let _ = inotify.rm_watch(wd);
             }
@@ -489,23 +534,35 @@ pub struct OpenDirs<'a> {
 }
 
 impl OpenDirs<'_> {
-    /// The version of the file at `at` (or at `path` when its directory is not open), if it
-    /// exists. `path` must be the file `at` names. A file nothing happened to since it was last
-    /// looked at (in a watched directory) is answered from memory.
-    pub fn version(&mut self, at: Option<&FileAt>, path: &Path) -> Option<FileVersion> {
+    /// What is known of the file at `at` (or at `path` when its directory is not open) before
+    /// it is opened: its version from memory when nothing happened to it since it was last
+    /// looked at (in a watched directory); [`Seen::Changed`] when inotify said something did
+    /// (the reader opens it with [`OpenDirs::open_changed`] and reports the version its handle
+    /// has with [`OpenDirs::saw`]: no `stat` by name first, which at 2,000 workers whose files
+    /// change every second was a seventh of automon's time); else its version from a `stat`
+    /// (a directory whose events cannot be trusted, a symbolic link). `path` must be the file
+    /// `at` names.
+    pub fn look(&mut self, at: Option<&FileAt>, path: &Path) -> Seen {
         let Some((at, fd)) = at.and_then(|a| Some((a, self.fds.get(a.dir)?.as_ref()?))) else {
             #[cfg(test)]
             {
                 self.dirs.stats += 1;
             }
-            return super::progress::version(path);
+            return Seen::Stated(super::progress::version(path));
         };
         let trusted = self.trusted.get(at.dir).copied().unwrap_or(false);
         let Some(file) = self.dirs.files.get_mut(at.file) else {
-            return super::progress::version(path);
+            return Seen::Stated(super::progress::version(path));
         };
-        if trusted && let Some(known) = file.known {
-            return known;
+        if trusted && !file.link.get() {
+            if let Some(known) = file.known {
+                return Seen::Unchanged(known);
+            }
+            #[cfg(test)]
+            {
+                self.dirs.stats += 1;
+            }
+            return Seen::Changed;
         }
         #[cfg(test)]
         {
@@ -518,15 +575,62 @@ impl OpenDirs<'_> {
                 Ok(st)
                     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK =>
                 {
+                    file.link.set(true);
                     let st = fstatat(fd, file.name.as_path(), AtFlags::empty()).ok();
                     (st.map(|s| file_version(&s)), false)
                 }
-                Ok(st) => (Some(file_version(&st)), true),
+                Ok(st) => {
+                    file.link.set(false);
+                    (Some(file_version(&st)), true)
+                }
                 // Only "not there" is remembered; another failure may not last.
                 Err(e) => (None, e == Errno::ENOENT),
             };
         file.known = (trusted && remember).then_some(version);
-        version
+        Seen::Stated(version)
+    }
+
+    /// Remembers the version (`None`: missing) that a reader's handle on a [`Seen::Changed`]
+    /// file had, `fstat`ed after the open: until the next event about the file, it is
+    /// answered from memory. Nothing is remembered of a file in a directory not trusted this
+    /// pass, or of a symbolic link.
+    pub fn saw(&mut self, at: Option<&FileAt>, version: Option<FileVersion>) {
+        let Some(at) = at else {
+            return;
+        };
+        if !self.trusted.get(at.dir).copied().unwrap_or(false) {
+            return;
+        }
+        if let Some(file) = self.dirs.files.get_mut(at.file)
+            && !file.link.get()
+        {
+            file.known = Some(version);
+        }
+    }
+
+    /// The version of the file at `at` (or at `path`), as [`OpenDirs::look`] and, for a
+    /// changed file, a reader's open and `fstat` find it.
+    pub fn version(&mut self, at: Option<&FileAt>, path: &Path) -> Option<FileVersion> {
+        match self.look(at, path) {
+            Seen::Unchanged(v) | Seen::Stated(v) => v,
+            Seen::Changed => {
+                let found = match self.open_changed(at, path) {
+                    Ok(f) => f
+                        .metadata()
+                        .ok()
+                        .map(|m| Some(super::progress::version_of(&m))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
+                    Err(_) => None,
+                };
+                match found {
+                    Some(v) => {
+                        self.saw(at, v);
+                        v
+                    }
+                    None => super::progress::version(path),
+                }
+            }
+        }
     }
 }
 
@@ -552,6 +656,51 @@ impl OpenDirs<'_> {
         .map(std::fs::File::from)
         .map_err(std::io::Error::from)
     }
+
+    /// Opens a [`Seen::Changed`] file as [`OpenDirs::open`] does, but without following a
+    /// symbolic link: a link found here is marked so (and opened through), and from then on
+    /// is `stat`ed by name every pass.
+    ///
+    /// # Errors
+    /// The open's error.
+    pub fn open_changed(&self, at: Option<&FileAt>, path: &Path) -> std::io::Result<std::fs::File> {
+        let Some((fd, file)) =
+            at.and_then(|a| Some((self.fds.get(a.dir)?.as_ref()?, self.dirs.files.get(a.file)?)))
+        else {
+            return super::progress::open_quietly(path);
+        };
+        let open = |flags: OFlag| nix::fcntl::openat(fd, file.name.as_path(), flags, Mode::empty());
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        let opened = match open(flags | OFlag::O_NOATIME) {
+            Err(Errno::EPERM) => open(flags),
+            opened => opened,
+        };
+        match opened {
+            Err(Errno::ELOOP) => {
+                file.link.set(true);
+                self.open(at, path)
+            }
+            opened => opened
+                .map(std::fs::File::from)
+                .map_err(std::io::Error::from),
+        }
+    }
+}
+
+/// What a pass knows of a file before it opens it (see [`OpenDirs::look`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Nothing happened to it since a reader last opened it (in a directory watched since):
+    /// the version its handle had then (`None`: missing), from memory. What that reader read
+    /// is what the file holds.
+    Unchanged(Option<FileVersion>),
+    /// Its version (`None`: missing) as a `stat` by name just found it: a directory whose
+    /// events cannot be trusted, or a symbolic link. A file rewritten within one tick of the
+    /// file system's clock keeps its version (see [`super::progress::SETTLED`]).
+    Stated(Option<FileVersion>),
+    /// Something happened to it since it was last looked at: open it, and say what version
+    /// the handle has ([`OpenDirs::saw`]).
+    Changed,
 }
 
 fn file_version(st: &FileStat) -> FileVersion {
@@ -862,6 +1011,85 @@ mod tests {
         assert_ne!(next[0], first[0]);
     }
 
+    /// A changed file in a watched directory is opened by the reader, not `stat`ed by name
+    /// first ([`Seen::Changed`]); the version its handle had is remembered until the next
+    /// event about it.
+    #[test]
+    fn a_changed_file_is_left_to_its_reader_and_its_handles_version_remembered() {
+        let (tmp, mut fleet) = two_files();
+        if !watchable(tmp.path()) {
+            return;
+        }
+        let (at, path) = fleet.files[0].clone();
+        let look = |fleet: &mut Fleet| fleet.dirs.open().look(at.as_ref(), &path);
+        assert_eq!(look(&mut fleet), Seen::Changed, "never looked at");
+        let mut open = fleet.dirs.open();
+        assert_eq!(open.look(at.as_ref(), &path), Seen::Changed);
+        let handle = open.open_changed(at.as_ref(), &path).expect("open");
+        let seen = crate::observe::progress::version_of(&handle.metadata().expect("fstat"));
+        open.saw(at.as_ref(), Some(seen));
+        drop(open);
+        assert_eq!(look(&mut fleet), Seen::Unchanged(Some(seen)));
+        append(&path, "more");
+        assert_eq!(look(&mut fleet), Seen::Changed, "an event about it");
+    }
+
+    /// A file replaced by a symbolic link is found out by the open of a changed file (which
+    /// does not follow links), and `stat`ed by name from then on; a link replaced by a file
+    /// is answered from memory again.
+    #[test]
+    fn a_file_replaced_by_a_symlink_is_stated_every_pass_and_back_again() {
+        let (tmp, mut fleet) = two_files();
+        if !watchable(tmp.path()) {
+            return;
+        }
+        fleet.pass();
+        let path = fleet.files[0].1.clone();
+        let target = tmp.path().join("target.json");
+        std::fs::write(&target, "{}").expect("write");
+        std::fs::remove_file(&path).expect("rm");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        assert_eq!(fleet.pass().1, 1, "the changed file");
+        for _ in 0..2 {
+            assert_eq!(fleet.pass().1, 1, "the link, every pass");
+        }
+        std::fs::remove_file(&path).expect("rm link");
+        std::fs::write(&path, "{}").expect("write");
+        fleet.pass();
+        assert_eq!(fleet.pass().1, 0, "a file again: from memory");
+    }
+
+    /// The records of one read of the queue, names padded with NULs as the kernel pads them;
+    /// a record cut short ends the walk.
+    #[test]
+    fn inotify_records_are_read_in_place() {
+        let record = |wd: i32, mask: u32, name: &[u8], len: u32| {
+            let mut r = Vec::new();
+            r.extend_from_slice(&wd.to_ne_bytes());
+            r.extend_from_slice(&mask.to_ne_bytes());
+            r.extend_from_slice(&0u32.to_ne_bytes());
+            r.extend_from_slice(&len.to_ne_bytes());
+            r.extend_from_slice(name);
+            r.resize(16 + len as usize, 0);
+            r
+        };
+        let modify = AddWatchFlags::IN_MODIFY.bits();
+        let mut buf = record(3, modify, b"w1.json", 16);
+        buf.extend(record(4, AddWatchFlags::IN_DELETE_SELF.bits(), b"", 0));
+        buf.extend(record(3, modify, b"w2.log", 16));
+        let events: Vec<_> = InotifyEvents(&buf).collect();
+        assert_eq!(
+            events,
+            [
+                (3, AddWatchFlags::IN_MODIFY, Some(OsStr::new("w1.json"))),
+                (4, AddWatchFlags::IN_DELETE_SELF, None),
+                (3, AddWatchFlags::IN_MODIFY, Some(OsStr::new("w2.log"))),
+            ]
+        );
+        let cut = &buf[..buf.len() - 4];
+        assert_eq!(InotifyEvents(cut).count(), 2);
+    }
+
     #[test]
     fn an_overflowed_queue_makes_every_file_dirty() {
         let (tmp, mut fleet) = two_files();
@@ -872,7 +1100,9 @@ mod tests {
         let Watch::Watched { wd, .. } = fleet.dirs.dirs[0].watch else {
             panic!("watched: {:?}", fleet.dirs.dirs[0].watch);
         };
-        fleet.dirs.on_event(wd, AddWatchFlags::IN_Q_OVERFLOW, None);
+        fleet
+            .dirs
+            .on_event(wd.as_raw(), AddWatchFlags::IN_Q_OVERFLOW, None);
         assert_eq!(fleet.pass().1, 2);
         assert_eq!(fleet.pass().1, 0);
     }
@@ -916,7 +1146,9 @@ mod tests {
         let Watch::Watched { wd, .. } = fleet.dirs.dirs[0].watch else {
             panic!("watched");
         };
-        fleet.dirs.on_event(wd, AddWatchFlags::IN_IGNORED, None);
+        fleet
+            .dirs
+            .on_event(wd.as_raw(), AddWatchFlags::IN_IGNORED, None);
         assert_eq!(fleet.dirs.dirs[0].watch, Watch::None);
         assert_eq!(fleet.pass().1, 2, "every file of the directory");
         assert!(matches!(fleet.dirs.dirs[0].watch, Watch::Watched { .. }));

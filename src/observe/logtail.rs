@@ -203,52 +203,80 @@ pub fn read_tail_seen(
     format: &LineFormat,
 ) -> LogObservation {
     let open = || super::progress::open_quietly(path);
-    read_tail_opened(&open, seen, window, prev, patterns, format)
+    let seen = super::dirs::Seen::Stated(seen);
+    read_tail_opened(&open, seen, window, prev, patterns, format).0
 }
 
 /// [`read_tail_seen`] of the log `open` opens (the observer opens it through its directory's
-/// handle).
+/// handle), given what the pass knows of it; with the version its handle had once opened.
 pub fn read_tail_opened(
     open: &dyn Fn() -> std::io::Result<std::fs::File>,
-    seen: Option<super::progress::FileVersion>,
+    seen: super::dirs::Seen,
     window: u64,
     prev: Option<&LogCursor>,
     patterns: &Patterns,
     format: &LineFormat,
-) -> LogObservation {
+) -> (LogObservation, super::progress::Found) {
     // Unchanged since the last pass (same file, same size as what was consumed, same times):
-    // one `stat`, no open or read; what a full read would find — nothing new.
-    if let Some(c) = prev
-        && let Some(m) = seen
-        && (m.dev, m.inode, m.size, m.mtime_ns, m.ctime_ns)
-            == (c.dev, c.inode, c.offset, c.mtime_ns, c.ctime_ns)
+    // what a full read would find — nothing new.
+    let unchanged = |m: &super::progress::FileVersion| {
+        let c = prev?;
+        ((m.dev, m.inode, m.size, m.mtime_ns, m.ctime_ns)
+            == (c.dev, c.inode, c.offset, c.mtime_ns, c.ctime_ns))
+            .then_some(LogObservation::Read {
+                cursor: *c,
+                records: Vec::new(),
+                first_look: false,
+                reset: None,
+                new_bytes: 0,
+                repeated: None,
+            })
+    };
+    // Known (from memory or a `stat`): no open or read.
+    if let super::dirs::Seen::Unchanged(Some(m)) | super::dirs::Seen::Stated(Some(m)) = seen
+        && let Some(same) = unchanged(&m)
     {
-        return LogObservation::Read {
-            cursor: *c,
-            records: Vec::new(),
-            first_look: false,
-            reset: None,
-            new_bytes: 0,
-            repeated: None,
-        };
+        return (same, None);
     }
     let file = match open() {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return LogObservation::Missing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (LogObservation::Missing, Some(None));
+        }
         Err(e) => {
-            return LogObservation::Unreadable {
-                why: format!("cannot open: {e}"),
-            };
+            let why = format!("cannot open: {e}");
+            return (LogObservation::Unreadable { why }, None);
         }
     };
     let meta = match file.metadata() {
         Ok(m) => m,
         Err(e) => {
-            return LogObservation::Unreadable {
-                why: format!("cannot stat: {e}"),
-            };
+            let why = format!("cannot stat: {e}");
+            return (LogObservation::Unreadable { why }, None);
         }
     };
+    let version = super::progress::version_of(&meta);
+    let found = Some(Some(version));
+    // Changed, says inotify, but already consumed: a write made after the last pass took in
+    // the queue and before it read the log is reported at this pass. No read.
+    if let Some(same) = unchanged(&version) {
+        return (same, found);
+    }
+    (
+        read_tail_from(&file, &meta, window, prev, patterns, format),
+        found,
+    )
+}
+
+/// The new part of the opened log `file`, whose metadata is `meta`.
+fn read_tail_from(
+    file: &std::fs::File,
+    meta: &std::fs::Metadata,
+    window: u64,
+    prev: Option<&LogCursor>,
+    patterns: &Patterns,
+    format: &LineFormat,
+) -> LogObservation {
     let size = meta.len();
     let mut reset = None;
     let mut from = match prev {
@@ -271,7 +299,7 @@ pub fn read_tail_opened(
         Some(c) if start == c.offset => c.offset.saturating_sub(TAIL_HASH_BYTES),
         _ => start,
     };
-    let read = |at: u64| super::progress::read_from(&file, at, size - at, size - at);
+    let read = |at: u64| super::progress::read_from(file, at, size - at, size - at);
     let mut buf = match read(read_at) {
         Ok(b) => b,
         Err(e) => {
@@ -281,7 +309,7 @@ pub fn read_tail_opened(
         }
     };
     if let Some(c) = check
-        && tail_hash(&file, &buf, read_at, c.offset) != c.tail_hash
+        && tail_hash(file, &buf, read_at, c.offset) != c.tail_hash
     {
         // Not the bytes consumed: the log was written again.
         reset = Some(LogReset::Rewritten);
@@ -333,11 +361,11 @@ pub fn read_tail_opened(
     // coarsely): kept only once settled, so a same-size rewrite right after this read is still
     // checked by its bytes (git's "racily clean" rule).
     let times =
-        super::progress::settled_times(&meta, std::time::SystemTime::now()).unwrap_or((0, 0));
+        super::progress::settled_times(meta, std::time::SystemTime::now()).unwrap_or((0, 0));
     let hash = match prev {
         // Nothing consumed from where the last pass stopped: the same bytes end there.
         Some(c) if reset.is_none() && end == c.offset && c.tail_hash.is_some() => c.tail_hash,
-        _ => tail_hash(&file, &buf, start, end),
+        _ => tail_hash(file, &buf, start, end),
     };
     LogObservation::Read {
         cursor: LogCursor {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::WorkerId;
 use crate::manifest::Desired;
 use crate::plan::Memory;
+use dirs::Seen;
 pub use logtail::{LogCursor, LogObservation};
 pub use proc::{ProcessIdentity, ProcessStatus};
 pub use progress::ProgressObservation;
@@ -183,7 +184,20 @@ struct WorkerFiles {
 
 /// A progress file's last parse and the (stable) version it was read at; `None` when it was
 /// never read, or was missing.
-type ParsedProgress = Option<(progress::FileVersion, ProgressObservation)>;
+type ParsedProgress = Option<Parsed>;
+
+/// A progress file's parse, kept while its version holds.
+#[derive(Debug, Clone)]
+struct Parsed {
+    /// The file's version when it was read.
+    version: progress::FileVersion,
+    /// What the read found.
+    obs: ProgressObservation,
+    /// The version's times were [`progress::SETTLED`] before the read: a `stat` that finds
+    /// the same version again finds the same file. A parse that is not settled is reused only
+    /// while inotify reports nothing about the file ([`Seen::Unchanged`]).
+    settled: bool,
+}
 
 /// Re-reads of a progress file that exists but does not parse, within one pass.
 const TORN_RETRIES: u32 = 3;
@@ -202,63 +216,103 @@ impl ProgressReader {
     /// Reads a progress file, or reuses its last parse (`parsed`) when the file is unchanged. A
     /// file that exists but does not parse is read again a few times, [`TORN_RETRY_PAUSE`]
     /// apart: a non-atomic writer (truncate, then write) is often caught mid-write, and the
-    /// next read a moment later parses.
+    /// next read a moment later parses. With the version the handle of a [`Seen::Changed`]
+    /// file had (see [`progress::Found`]).
     fn read(
         pointers: &progress::Pointers,
         path: &Path,
         open: &dyn Fn() -> std::io::Result<std::fs::File>,
-        seen: Option<progress::FileVersion>,
+        seen: Seen,
         parsed: &mut ParsedProgress,
-    ) -> ProgressObservation {
+    ) -> (ProgressObservation, progress::Found) {
         let mut tries = 0;
         let mut seen = Some(seen);
+        let mut found = None;
         loop {
-            // The first look uses the version the pass's `stat` found; a re-read stats again.
-            let version = seen.take().unwrap_or_else(|| progress::version(path));
-            let (obs, fresh) = Self::read_once(pointers, open, version, parsed);
+            // The first look uses what the pass knows; a re-read stats again.
+            let seen = seen
+                .take()
+                .unwrap_or_else(|| Seen::Stated(progress::version(path)));
+            let (obs, fresh) = match seen {
+                Seen::Unchanged(version) => Self::read_once(pointers, open, version, true, parsed),
+                Seen::Stated(version) => Self::read_once(pointers, open, version, false, parsed),
+                Seen::Changed => {
+                    let (obs, at) = Self::read_changed(pointers, open, parsed);
+                    found = at;
+                    (obs, true)
+                }
+            };
             // (An unchanged file that did not parse last time is not read again.)
             if !matches!(obs, ProgressObservation::Unreadable { .. })
                 || !fresh
                 || tries == TORN_RETRIES
             {
-                return obs;
+                return (obs, found);
             }
             tries += 1;
             std::thread::sleep(TORN_RETRY_PAUSE);
         }
     }
 
-    /// One read of the file `open` opens; `true` when the file was read now, not taken from
-    /// `parsed`.
+    /// One read of a file inotify said changed: opened, `fstat`ed and read, whatever the
+    /// last parse was (a change within one tick of the file system's clock leaves its version
+    /// as it was). The parse is kept with the version the handle had before the read: a write
+    /// made since the pass took in inotify's queue (during the read, say) is reported at the
+    /// next pass, which reads the file again.
+    fn read_changed(
+        pointers: &progress::Pointers,
+        open: &dyn Fn() -> std::io::Result<std::fs::File>,
+        parsed: &mut ParsedProgress,
+    ) -> (ProgressObservation, progress::Found) {
+        let (obs, found) = progress::read_opened_stat_first(open, pointers);
+        *parsed = match found {
+            Some(Some(version)) => Some(Parsed {
+                version,
+                obs: obs.clone(),
+                settled: progress::settled(
+                    version.mtime_ns.max(version.ctime_ns),
+                    std::time::SystemTime::now(),
+                ),
+            }),
+            _ => None,
+        };
+        (obs, found)
+    }
+
+    /// One read of the file `open` opens, whose version (`None`: missing) memory gave
+    /// (`unchanged`: nothing happened to it since it was read) or a `stat` just found; `true`
+    /// when the file was read now, not taken from `parsed`.
     fn read_once(
         pointers: &progress::Pointers,
         open: &dyn Fn() -> std::io::Result<std::fs::File>,
         version: Option<progress::FileVersion>,
+        unchanged: bool,
         parsed: &mut ParsedProgress,
     ) -> (ProgressObservation, bool) {
         let Some(version) = version else {
             *parsed = None;
             return (progress::read_opened(open, pointers, 0).0, true);
         };
-        if let Some((v, obs)) = parsed
-            && *v == version
+        if let Some(p) = parsed
+            && p.version == version
+            && (p.settled || unchanged)
         {
-            return (obs.clone(), false);
+            return (p.obs.clone(), false);
         }
         let (obs, read) = progress::read_opened(open, pointers, version.size);
         // Only a stable version is kept: a file rewritten during the read (or replaced since
         // the pass's `stat`) is read again, and so is one changed a moment ago (its times may
         // not move on a rewrite in the same clock tick: see `progress::SETTLED`).
-        if read == Some(version)
+        *parsed = (read == Some(version)
             && progress::settled(
                 version.mtime_ns.max(version.ctime_ns),
                 std::time::SystemTime::now(),
-            )
-        {
-            *parsed = Some((version, obs.clone()));
-        } else {
-            *parsed = None;
-        }
+            ))
+        .then(|| Parsed {
+            version,
+            obs: obs.clone(),
+            settled: true,
+        });
         (obs, true)
     }
 }
@@ -373,27 +427,45 @@ impl Observer {
                         })
                     }
                 };
-                let seen = open_dirs.version(files.progress_at.as_ref(), &files.progress);
-                let open = || open_dirs.open(files.progress_at.as_ref(), &files.progress);
-                let mut progress_seen = ProgressReader::read(
+                let seen = open_dirs.look(files.progress_at.as_ref(), &files.progress);
+                let open = || match seen {
+                    Seen::Changed => {
+                        open_dirs.open_changed(files.progress_at.as_ref(), &files.progress)
+                    }
+                    _ => open_dirs.open(files.progress_at.as_ref(), &files.progress),
+                };
+                let (mut progress_seen, found) = ProgressReader::read(
                     &progress.pointers,
                     &files.progress,
                     &open,
                     seen,
                     &mut files.parsed,
                 );
-                let seen = mem
-                    .and_then(|m| m.log_cursor.as_ref())
-                    .and_then(|_| open_dirs.version(files.log_at.as_ref(), &files.log));
-                let open = || open_dirs.open(files.log_at.as_ref(), &files.log);
-                let mut log = logtail::read_tail_opened(
+                if let Some(v) = found {
+                    open_dirs.saw(files.progress_at.as_ref(), v);
+                }
+                let cursor = mem.and_then(|m| m.log_cursor.as_ref());
+                let seen = match cursor {
+                    Some(_) => open_dirs.look(files.log_at.as_ref(), &files.log),
+                    None => Seen::Changed,
+                };
+                let open = || match seen {
+                    Seen::Changed => open_dirs.open_changed(files.log_at.as_ref(), &files.log),
+                    _ => open_dirs.open(files.log_at.as_ref(), &files.log),
+                };
+                let (mut log, found) = logtail::read_tail_opened(
                     &open,
                     seen,
                     desired.tail_bytes,
-                    mem.and_then(|m| m.log_cursor.as_ref()),
+                    cursor,
                     &desired.patterns,
                     format,
                 );
+                if seen == Seen::Changed
+                    && let Some(v) = found
+                {
+                    open_dirs.saw(files.log_at.as_ref(), v);
+                }
                 if let Some(f) = other {
                     progress.others.insert(f.progress, f.parsed);
                 }
@@ -957,6 +1029,84 @@ spec:
         );
     }
 
+    /// A parse made a moment after the file changed (not settled: a rewrite within the same
+    /// tick of the file system's clock would leave the version as it is) is reused while
+    /// inotify reports nothing about the file, and never on a `stat`'s word alone.
+    #[test]
+    fn a_parse_not_settled_is_reused_only_while_nothing_happened_to_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "{\"c\": 200}").expect("write");
+        let pointers = progress::Pointers::checkpoint("/c");
+        let version = progress::version(&path).expect("exists");
+        let kept = ProgressObservation::Read {
+            checkpoint: 100,
+            items: None,
+            completed: None,
+        };
+        let mut parsed = Some(Parsed {
+            version,
+            obs: kept.clone(),
+            settled: false,
+        });
+        let opens = std::cell::Cell::new(0);
+        let open = || {
+            opens.set(opens.get() + 1);
+            progress::open_quietly(&path)
+        };
+        let unchanged = Seen::Unchanged(Some(version));
+        let (same, found) = ProgressReader::read(&pointers, &path, &open, unchanged, &mut parsed);
+        assert_eq!((same, found, opens.get()), (kept, None, 0), "from memory");
+        let stated = Seen::Stated(Some(version));
+        let (read, _) = ProgressReader::read(&pointers, &path, &open, stated, &mut parsed);
+        assert_eq!(opens.get(), 1, "read again");
+        assert!(
+            matches!(
+                read,
+                ProgressObservation::Read {
+                    checkpoint: 200,
+                    ..
+                }
+            ),
+            "{read:?}"
+        );
+    }
+
+    /// A changed file is read whatever its version says, and the reader says which version
+    /// its handle had (so that the pass remembers it).
+    #[test]
+    fn a_changed_progress_file_is_read_and_its_version_given_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, "{\"c\": 300}").expect("write");
+        let pointers = progress::Pointers::checkpoint("/c");
+        let version = progress::version(&path).expect("exists");
+        let mut parsed = Some(Parsed {
+            version,
+            obs: ProgressObservation::Missing,
+            settled: true,
+        });
+        let open = || progress::open_quietly(&path);
+        let (read, found) =
+            ProgressReader::read(&pointers, &path, &open, Seen::Changed, &mut parsed);
+        assert!(
+            matches!(
+                read,
+                ProgressObservation::Read {
+                    checkpoint: 300,
+                    ..
+                }
+            ),
+            "{read:?}"
+        );
+        assert_eq!(found, Some(Some(version)));
+        std::fs::remove_file(&path).expect("rm");
+        let (gone, found) =
+            ProgressReader::read(&pointers, &path, &open, Seen::Changed, &mut parsed);
+        assert_eq!((gone, found), (ProgressObservation::Missing, Some(None)));
+        assert!(parsed.is_none());
+    }
+
     /// The parse of a settled file is reused while its version holds; a version that differs
     /// only in its ctime is read again (the rule the test above needs when the first read was
     /// long ago, which a test cannot wait for).
@@ -978,15 +1128,21 @@ spec:
             items: None,
             completed: None,
         };
-        let mut parsed = Some((old, kept.clone()));
+        let mut parsed = Some(Parsed {
+            version: old,
+            obs: kept.clone(),
+            settled: true,
+        });
         let open = || progress::open_quietly(&path);
-        let (same, fresh) = ProgressReader::read_once(&pointers, &open, Some(old), &mut parsed);
+        let (same, fresh) =
+            ProgressReader::read_once(&pointers, &open, Some(old), false, &mut parsed);
         assert_eq!((same, fresh), (kept, false));
         let moved = progress::FileVersion {
             ctime_ns: 3_000,
             ..old
         };
-        let (again, fresh) = ProgressReader::read_once(&pointers, &open, Some(moved), &mut parsed);
+        let (again, fresh) =
+            ProgressReader::read_once(&pointers, &open, Some(moved), false, &mut parsed);
         assert!(fresh);
         assert!(
             matches!(

@@ -403,6 +403,52 @@ pub fn read_opened(
     (parse_reader(bytes.as_slice(), pointers), version)
 }
 
+/// The version a reader found through the handle it opened: `Some(None)` when the open found
+/// no file, `None` when it could not open or `fstat` it (nothing is then known).
+pub type Found = Option<Option<FileVersion>>;
+
+/// [`read_opened`] of a file whose version is not known yet: `fstat`ed right after the open
+/// (its size is the read's), with that version.
+pub fn read_opened_stat_first(
+    open: &dyn Fn() -> std::io::Result<std::fs::File>,
+    pointers: &Pointers,
+) -> (ProgressObservation, Found) {
+    let file = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (ProgressObservation::Missing, Some(None));
+        }
+        Err(e) => {
+            let why = format!("cannot open: {e}");
+            return (ProgressObservation::Unreadable { why }, None);
+        }
+    };
+    let version = match file.metadata() {
+        Ok(m) => version_of(&m),
+        Err(e) => {
+            let why = format!("cannot stat: {e}");
+            return (ProgressObservation::Unreadable { why }, None);
+        }
+    };
+    let found = Some(Some(version));
+    let bytes = match read_from(&file, 0, version.size, MAX_PROGRESS_BYTES + 1) {
+        Ok(b) => b,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EISDIR) => {
+            let why = "is a directory".to_string();
+            return (ProgressObservation::Unreadable { why }, found);
+        }
+        Err(e) => {
+            let why = format!("cannot read: {e}");
+            return (ProgressObservation::Unreadable { why }, found);
+        }
+    };
+    if bytes.len() as u64 > MAX_PROGRESS_BYTES {
+        let why = format!("{} bytes, larger than {MAX_PROGRESS_BYTES}", version.size);
+        return (ProgressObservation::Unreadable { why }, found);
+    }
+    (parse_reader(bytes.as_slice(), pointers), found)
+}
+
 /// The version of a file from its metadata.
 pub fn version_of(m: &std::fs::Metadata) -> FileVersion {
     use std::os::unix::fs::MetadataExt;
