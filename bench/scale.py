@@ -14,7 +14,9 @@ measures from the outside:
   of .automon/state.json, polled every 50 ms: a save is an atomic rename).
 
 Modes: `changing` — an outside writer (this script's child) rewrites every progress file
-(temp + rename, checkpoint + 1) and appends a matching log line to every log once a second;
+(temp + rename, checkpoint + 1) and appends a matching log line to every log once between two
+passes (each round starts when a pass has ended; `writer_rounds` in the JSON rows counts the
+rounds in the window, one per pass);
 `idle` — the files are written once before automon starts and never again.
 
 Everything lives in a temporary directory, removed at the end; every worker is stopped.
@@ -99,13 +101,61 @@ def write_files(root, n, step):
 
 
 def writer_main(root, n):
-    """The outside writer of `changing` mode: every second, every worker's files change."""
+    """The outside writer of `changing` mode: every worker's files change once between two
+    passes. Each round starts as soon as a pass has ended (status.json, rewritten by rename at
+    the end of every pass, has a new inode or mtime), so that every pass finds every file
+    changed exactly once, whatever the phase between the writer and automon's timer (a writer on
+    its own 1 s clock made passes that found some files changed twice and others not at all,
+    and the per-pass figure swung by a fifth from run to run). The rounds written are counted
+    in writer.rounds. Before status.json exists, and if no pass ends for 2 s, it writes on its
+    own."""
+    status = os.path.join(root, ".automon", "status.json")
+    rounds = os.path.join(root, "writer.rounds")
+
+    def seen():
+        try:
+            st = os.stat(status)
+            return (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            return None
+
+    # The files as write_files writes them, through descriptors: each log stays open for
+    # appending, each progress file is written to a temporary file and renamed over.
+    progress = [
+        (os.path.join(root, "progress", f"w{i}.json.tmp"), os.path.join(root, "progress", f"w{i}.json"))
+        for i in range(n)
+    ]
+    logs = [
+        os.open(os.path.join(root, "logs", f"w{i}.log"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        for i in range(n)
+    ]
+    create = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     step = 1
     while True:
-        began = time.monotonic()
-        write_files(root, n, step)
+        last = seen()
+        ts = time.strftime("%Y-%m-%d %H:%M:%S")
+        body = ('{"checkpoint": %d}\n' % (1000 + step)).encode()
+        for i, (tmp, path) in enumerate(progress):
+            fd = os.open(tmp, create, 0o644)
+            os.write(fd, body)
+            os.close(fd)
+            os.replace(tmp, path)
+            os.write(logs[i], LOG_LINE.format(ts=ts, n=step, id=i).encode())
+        with open(rounds + ".tmp", "w") as f:
+            f.write(str(step))
+        os.replace(rounds + ".tmp", rounds)
         step += 1
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+        began = time.monotonic()
+        while seen() == last and time.monotonic() - began < 2.0:
+            time.sleep(0.005)
+
+
+def writer_rounds(root):
+    try:
+        with open(os.path.join(root, "writer.rounds")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 MANIFEST = """apiVersion: automon/v1
@@ -191,6 +241,7 @@ def run_one(automon, n, mode, window, settle, nofile=None):
             return result
         time.sleep(settle)
         p0 = status_field(status, "passes")
+        w0 = writer_rounds(root)
         log.flush()
         log_from = os.path.getsize(log.name)
         c0, s0, t0 = cpu_ticks_ns(pid), cpu_sched_ns(pid), time.monotonic()
@@ -206,6 +257,7 @@ def run_one(automon, n, mode, window, settle, nofile=None):
             last = ino
             time.sleep(0.05)
         p1 = status_field(status, "passes")
+        w1 = writer_rounds(root)
         with open(log.name, "rb") as f:
             f.seek(log_from)
             # Text log lines, with colour codes when stderr is a terminal: strip them.
@@ -229,6 +281,8 @@ def run_one(automon, n, mode, window, settle, nofile=None):
             running=len(children(pid)),
             save_ms=saves_us[len(saves_us) // 2] / 1000 if saves_us else None,
         )
+        if w0 is not None and w1 is not None:
+            result["writer_rounds"] = w1 - w0
         return result
     finally:
         kids = sorted(set(kids) | set(children(pid)))
@@ -244,6 +298,9 @@ def run_one(automon, n, mode, window, settle, nofile=None):
         kill_workers(kids, state_dir)
         log.close()
         subprocess.run(["rm", "-rf", root], check=False)
+        # The deletions' writeback (and discards) done before the next run begins: otherwise
+        # they slow the next run's writer and automon's saves.
+        os.sync()
 
 
 def slope(rows, key):
@@ -332,6 +389,17 @@ def print_tables(rows, modes):
                 f"| {r['state_bytes'] / 1024:.0f} KB | {r['load']} |"
             )
         ok = [r for r in sub if "error" not in r]
+        if mode == "changing" and any("writer_rounds" in r for r in ok):
+            # Below 1, some passes found no change to some files: the figures above understate
+            # the cost of a changed worker.
+            print(
+                "\nwriter rounds per pass (1.00: every file changed once between two passes): "
+                + ", ".join(
+                    f"{r['workers']:,}: {r['writer_rounds'] / max(r['passes'], 1):.2f}"
+                    for r in ok
+                    if "writer_rounds" in r
+                )
+            )
         cpu = slope(ok, "sched_per_pass_ms")
         rss = slope(ok, "rss_kb")
         up = slope(ok, "all_running_s")
