@@ -637,7 +637,8 @@ impl OpenDirs<'_> {
 impl OpenDirs<'_> {
     /// Opens the file at `at` for reading through its directory's handle (`openat` with its
     /// name: no walk of the whole path for each changed file), or `path` when its directory is
-    /// not open; as [`super::progress::open_quietly`] does (`O_NOATIME` when permitted).
+    /// not open; as [`super::progress::open_quietly`] does (`O_NOATIME` when permitted, never
+    /// blocking on a FIFO).
     ///
     /// # Errors
     /// The open's error.
@@ -648,7 +649,7 @@ impl OpenDirs<'_> {
             return super::progress::open_quietly(path);
         };
         let open = |flags: OFlag| nix::fcntl::openat(fd, file.name.as_path(), flags, Mode::empty());
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         match open(flags | OFlag::O_NOATIME) {
             Err(Errno::EPERM) => open(flags),
             opened => opened,
@@ -670,7 +671,7 @@ impl OpenDirs<'_> {
             return super::progress::open_quietly(path);
         };
         let open = |flags: OFlag| nix::fcntl::openat(fd, file.name.as_path(), flags, Mode::empty());
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
         let opened = match open(flags | OFlag::O_NOATIME) {
             Err(Errno::EPERM) => open(flags),
             opened => opened,

@@ -257,6 +257,9 @@ pub fn read_tail_opened(
     };
     let version = super::progress::version_of(&meta);
     let found = Some(Some(version));
+    if let Some(why) = super::progress::not_a_file(&meta) {
+        return (LogObservation::Unreadable { why }, found);
+    }
     // Changed, says inotify, but already consumed: a write made after the last pass took in
     // the queue and before it read the log is reported at this pass. No read.
     if let Some(same) = unchanged(&version) {

@@ -233,18 +233,19 @@ impl ProgressReader {
             let seen = seen
                 .take()
                 .unwrap_or_else(|| Seen::Stated(progress::version(path)));
-            let (obs, fresh) = match seen {
+            // `retry`: the bytes were read now and did not parse (perhaps a write caught
+            // halfway); not for a parse reused, or a file that cannot be opened or read.
+            let (obs, retry) = match seen {
                 Seen::Unchanged(version) => Self::read_once(pointers, open, version, true, parsed),
                 Seen::Stated(version) => Self::read_once(pointers, open, version, false, parsed),
                 Seen::Changed => {
-                    let (obs, at) = Self::read_changed(pointers, open, parsed);
+                    let (obs, at, content) = Self::read_changed(pointers, open, parsed);
                     found = at;
-                    (obs, true)
+                    (obs, content)
                 }
             };
-            // (An unchanged file that did not parse last time is not read again.)
             if !matches!(obs, ProgressObservation::Unreadable { .. })
-                || !fresh
+                || !retry
                 || tries == TORN_RETRIES
             {
                 return (obs, found);
@@ -263,8 +264,8 @@ impl ProgressReader {
         pointers: &progress::Pointers,
         open: &dyn Fn() -> std::io::Result<std::fs::File>,
         parsed: &mut ParsedProgress,
-    ) -> (ProgressObservation, progress::Found) {
-        let (obs, found) = progress::read_opened_stat_first(open, pointers);
+    ) -> (ProgressObservation, progress::Found, bool) {
+        let (obs, found, content) = progress::read_opened_stat_first(open, pointers);
         *parsed = match found {
             Some(Some(version)) => Some(Parsed {
                 version,
@@ -276,12 +277,13 @@ impl ProgressReader {
             }),
             _ => None,
         };
-        (obs, found)
+        (obs, found, content)
     }
 
     /// One read of the file `open` opens, whose version (`None`: missing) memory gave
     /// (`unchanged`: nothing happened to it since it was read) or a `stat` just found; `true`
-    /// when the file was read now, not taken from `parsed`.
+    /// when the file's bytes were read now (not taken from `parsed`, and not an open or read
+    /// that failed).
     fn read_once(
         pointers: &progress::Pointers,
         open: &dyn Fn() -> std::io::Result<std::fs::File>,
@@ -291,7 +293,8 @@ impl ProgressReader {
     ) -> (ProgressObservation, bool) {
         let Some(version) = version else {
             *parsed = None;
-            return (progress::read_opened(open, pointers, 0).0, true);
+            let (obs, read) = progress::read_opened(open, pointers, 0);
+            return (obs, read.is_some());
         };
         if let Some(p) = parsed
             && p.version == version
@@ -313,7 +316,7 @@ impl ProgressReader {
             obs: obs.clone(),
             settled: true,
         });
-        (obs, true)
+        (obs, read.is_some())
     }
 }
 
@@ -1027,6 +1030,45 @@ spec:
             "{:?}",
             after.progress
         );
+    }
+
+    /// Regression: a worker's progress file or log that is a FIFO (a mistaken path, a hostile
+    /// worker) blocked the open until a writer came, and with it the whole control loop. It
+    /// is now unreadable, said why, at once, on every pass.
+    #[test]
+    fn a_fifo_in_place_of_a_progress_file_or_log_is_unreadable_and_never_blocks_the_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (desired, mut observer, mut memory) = idle_observer(dir.path());
+        for path in [
+            desired.progress_path(WorkerId(0)),
+            desired.log_path(WorkerId(0)),
+        ] {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .expect("mkfifo");
+        }
+        let root = dir.path().to_path_buf();
+        let (done, passes) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                let w = observe_worker(&desired, &mut observer, &mut memory, &root);
+                if done.send((w.progress, w.log)).is_err() {
+                    return;
+                }
+            }
+        });
+        for pass in 0..3 {
+            let (progress, log) = passes
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("pass {pass} never ended: {e}"));
+            assert!(
+                matches!(&progress, ProgressObservation::Unreadable { why } if why.contains("FIFO")),
+                "pass {pass}: {progress:?}"
+            );
+            assert!(
+                matches!(&log, LogObservation::Unreadable { why } if why.contains("FIFO")),
+                "pass {pass}: {log:?}"
+            );
+        }
     }
 
     /// A parse made a moment after the file changed (not settled: a rewrite within the same

@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -173,36 +172,16 @@ impl<'de> Visitor<'de> for Pick<'_> {
     }
 }
 
-/// Parses a progress file from `reader`.
-pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservation {
-    let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
-    // Skip a UTF-8 byte order mark.
-    let mut head = [0u8; 3];
-    let mut got = 0;
-    while got < 3 {
-        match reader.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => {
-                return ProgressObservation::Unreadable {
-                    why: format!("cannot read: {e}"),
-                };
-            }
-        }
-    }
-    let prefix: &[u8] = if head[..got] == *b"\xEF\xBB\xBF" {
-        &[]
-    } else {
-        &head[..got]
-    };
-    let chained = prefix.chain(reader);
+/// Parses progress-file bytes (a UTF-8 byte order mark is skipped).
+pub fn parse(bytes: &[u8], pointers: &Pointers) -> ProgressObservation {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let paths: Vec<Vec<String>> = std::iter::once(&pointers.checkpoint)
         .chain(pointers.items.as_ref())
         .chain(pointers.completion.as_ref())
         .map(|p| tokens(p))
         .collect();
     let out = RefCell::new(vec![None; paths.len()]);
-    let mut de = serde_json::Deserializer::from_reader(chained);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let seed = Pick {
         paths: paths
             .iter()
@@ -257,11 +236,6 @@ pub fn parse_reader<R: Read>(reader: R, pointers: &Pointers) -> ProgressObservat
         items,
         completed,
     }
-}
-
-/// Parses progress-file bytes.
-pub fn parse(bytes: &[u8], pointers: &Pointers) -> ProgressObservation {
-    parse_reader(bytes, pointers)
 }
 
 /// The cursor before key 0: -1, as a number or a string.
@@ -385,22 +359,26 @@ pub fn read_opened(
     };
     let bytes = match read_from(&file, 0, size_hint, MAX_PROGRESS_BYTES + 1) {
         Ok(b) => b,
-        Err(e) if e.raw_os_error() == Some(nix::libc::EISDIR) => {
-            let why = "is a directory".to_string();
-            return (ProgressObservation::Unreadable { why }, None);
-        }
         Err(e) => {
-            let why = format!("cannot read: {e}");
+            let why = file
+                .metadata()
+                .ok()
+                .and_then(|m| not_a_file(&m))
+                .unwrap_or_else(|| format!("cannot read: {e}"));
             return (ProgressObservation::Unreadable { why }, None);
         }
     };
-    let version = file.metadata().ok().map(|m| version_of(&m));
+    let meta = file.metadata().ok();
+    if let Some(why) = meta.as_ref().and_then(not_a_file) {
+        return (ProgressObservation::Unreadable { why }, None);
+    }
+    let version = meta.map(|m| version_of(&m));
     if bytes.len() as u64 > MAX_PROGRESS_BYTES {
         let size = version.map_or(bytes.len() as u64, |v| v.size);
         let why = format!("{size} bytes, larger than {MAX_PROGRESS_BYTES}");
         return (ProgressObservation::Unreadable { why }, version);
     }
-    (parse_reader(bytes.as_slice(), pointers), version)
+    (parse(bytes.as_slice(), pointers), version)
 }
 
 /// The version a reader found through the handle it opened: `Some(None)` when the open found
@@ -409,44 +387,49 @@ pub type Found = Option<Option<FileVersion>>;
 
 /// [`read_opened`] of a file whose version is not known yet: `fstat`ed right after the open
 /// (its size is the read's), with that version.
+///
+/// The flag is true when the bytes were read and parsed: a parse that failed may be a write
+/// caught halfway, worth a second look; a file that cannot be opened or read, or is not a
+/// file, is not.
 pub fn read_opened_stat_first(
     open: &dyn Fn() -> std::io::Result<std::fs::File>,
     pointers: &Pointers,
-) -> (ProgressObservation, Found) {
+) -> (ProgressObservation, Found, bool) {
     let file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (ProgressObservation::Missing, Some(None));
+            return (ProgressObservation::Missing, Some(None), false);
         }
         Err(e) => {
             let why = format!("cannot open: {e}");
-            return (ProgressObservation::Unreadable { why }, None);
+            return (ProgressObservation::Unreadable { why }, None, false);
         }
     };
-    let version = match file.metadata() {
-        Ok(m) => version_of(&m),
+    let meta = match file.metadata() {
+        Ok(m) => m,
         Err(e) => {
             let why = format!("cannot stat: {e}");
-            return (ProgressObservation::Unreadable { why }, None);
+            return (ProgressObservation::Unreadable { why }, None, false);
         }
     };
+    let version = version_of(&meta);
     let found = Some(Some(version));
+    if let Some(why) = not_a_file(&meta) {
+        return (ProgressObservation::Unreadable { why }, found, false);
+    }
     let bytes = match read_from(&file, 0, version.size, MAX_PROGRESS_BYTES + 1) {
         Ok(b) => b,
-        Err(e) if e.raw_os_error() == Some(nix::libc::EISDIR) => {
-            let why = "is a directory".to_string();
-            return (ProgressObservation::Unreadable { why }, found);
-        }
+        // Nothing remembered: a read error may not last.
         Err(e) => {
             let why = format!("cannot read: {e}");
-            return (ProgressObservation::Unreadable { why }, found);
+            return (ProgressObservation::Unreadable { why }, None, false);
         }
     };
     if bytes.len() as u64 > MAX_PROGRESS_BYTES {
         let why = format!("{} bytes, larger than {MAX_PROGRESS_BYTES}", version.size);
-        return (ProgressObservation::Unreadable { why }, found);
+        return (ProgressObservation::Unreadable { why }, found, false);
     }
-    (parse_reader(bytes.as_slice(), pointers), found)
+    (parse(bytes.as_slice(), pointers), found, true)
 }
 
 /// The version of a file from its metadata.
@@ -461,21 +444,47 @@ pub fn version_of(m: &std::fs::Metadata) -> FileVersion {
     }
 }
 
+/// Why a worker's file that is not a regular file cannot be read as one (a FIFO's reads take
+/// what its writer meant for another reader, and a device may never end); `None` for a
+/// regular file.
+pub fn not_a_file(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return None;
+    } else if kind.is_dir() {
+        "is a directory"
+    } else if kind.is_fifo() {
+        "is a FIFO, not a file"
+    } else if kind.is_socket() {
+        "is a socket, not a file"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "is a device, not a file"
+    } else {
+        "is not a regular file"
+    };
+    Some(what.to_string())
+}
+
 /// Opens `path` for reading without making the kernel write its access time back
 /// (`O_NOATIME`: at 2,000 workers whose files change every second, the inode updates of
 /// reading them were a twentieth of automon's time). The flag needs the file's owner or
-/// `CAP_FOWNER`; without them it is a plain open.
+/// `CAP_FOWNER`; without them it is a plain open. Never blocks (`O_NONBLOCK`: the open of a
+/// FIFO without a writer would wait for one, and hang the pass); on a regular file the flag
+/// changes nothing.
 ///
 /// # Errors
 /// The open's error.
 pub fn open_quietly(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => std::fs::File::open(path),
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | flags)
+            .open(path)
+    };
+    match open(nix::libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => open(0),
         opened => opened,
     }
 }
