@@ -1684,3 +1684,47 @@ fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_aga
             .contains("collecting its exit status")
     );
 }
+
+/// Regression (session 9): a checkpoint below a worker's shard (a progress file left from
+/// another shard layout) was read as nothing done without a word, and `get` showed `-`; one
+/// past the shard's end made it complete silently. Each is said once per value read; the key
+/// before the shard's first (what a worker writes before it has done anything) is not.
+#[test]
+fn a_checkpoint_outside_the_shard_is_said_once_and_the_key_before_its_first_is_not() {
+    let d = desired();
+    // Shards of 100: worker 1 owns [101, 201), worker 2 [201, 301), worker 3 [301, 401).
+    let seen = || {
+        observed(
+            [
+                (WorkerId(1), obs(None, Some(20))),
+                (WorkerId(2), obs(None, Some(200))),
+                (WorkerId(3), obs(None, Some(999))),
+            ]
+            .into(),
+            vec![],
+        )
+    };
+    let p = plan(&d, &seen(), mem(), at(0));
+    let outside: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| e.contains("outside its shard"))
+        .collect();
+    assert_eq!(outside.len(), 2, "{:?}", p.events);
+    assert!(
+        outside[0].starts_with("worker 1: checkpoint 20 in ")
+            && outside[0].contains("[101, 201) (read as nothing of it done)"),
+        "{outside:?}"
+    );
+    assert!(
+        outside[1].starts_with("worker 3: checkpoint 999 in ")
+            && outside[1].contains("(read as the shard complete)"),
+        "{outside:?}"
+    );
+    let again = plan(&d, &seen(), p.memory, at(1));
+    assert!(
+        !again.events.iter().any(|e| e.contains("outside its shard")),
+        "{:?}",
+        again.events
+    );
+}
