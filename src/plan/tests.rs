@@ -1687,8 +1687,9 @@ fn a_stopped_child_whose_exit_status_is_on_its_way_is_waited_for_not_stopped_aga
 
 /// Regression (session 9): a checkpoint below a worker's shard (a progress file left from
 /// another shard layout) was read as nothing done without a word, and `get` showed `-`; one
-/// past the shard's end made it complete silently. Each is said once per value read; the key
-/// before the shard's first (what a worker writes before it has done anything) is not.
+/// past the shard's end made it complete silently. Each is said once, when the checkpoint
+/// comes to lie there (not again as it moves on outside); the key before the shard's first
+/// (what a worker writes before it has done anything) is not.
 #[test]
 fn a_checkpoint_outside_the_shard_is_said_once_and_the_key_before_its_first_is_not() {
     let d = desired();
@@ -1726,5 +1727,19 @@ fn a_checkpoint_outside_the_shard_is_said_once_and_the_key_before_its_first_is_n
         !again.events.iter().any(|e| e.contains("outside its shard")),
         "{:?}",
         again.events
+    );
+    let moved = observed(
+        [
+            (WorkerId(1), obs(None, Some(21))),
+            (WorkerId(3), obs(None, Some(1_000))),
+        ]
+        .into(),
+        vec![],
+    );
+    let on = plan(&d, &moved, again.memory, at(2));
+    assert!(
+        !on.events.iter().any(|e| e.contains("outside its shard")),
+        "moving on outside is no news: {:?}",
+        on.events
     );
 }

@@ -165,24 +165,31 @@ impl Planner<'_> {
         }
     }
 
-    /// Says so (once per value read) when a checkpoint lies outside worker `id`'s shard:
-    /// below the key before its first (what a worker reports before it has done anything) or
-    /// past its end. It is no cursor of this shard — a progress file left from another shard
-    /// layout (with another state directory), or a bug in the worker — and is read as nothing
-    /// of the shard done, or as the shard complete; the operator should know which.
-    fn say_if_outside_shard(&mut self, id: WorkerId, checkpoint: u64) {
+    /// Says so when a checkpoint comes to lie outside worker `id`'s shard (the one before it,
+    /// `old`, did not, or lay on the other side): below the key before its first (what a
+    /// worker reports before it has done anything) or past its end. It is no cursor of this
+    /// shard — a progress file left from another shard layout (with another state directory),
+    /// or a bug in the worker — and is read as nothing of the shard done, or as the shard
+    /// complete; the operator should know which.
+    fn say_if_outside_shard(&mut self, id: WorkerId, old: Option<u64>, checkpoint: u64) {
         let Some(s) = self.desired.shard(id) else {
             return;
         };
-        let reads_as = if checkpoint.saturating_add(1) < s.start {
-            "read as nothing of it done"
-        } else if checkpoint > s.end {
-            "read as the shard complete"
-        } else {
+        let outside = |c: u64| {
+            if c.saturating_add(1) < s.start {
+                Some("read as nothing of it done")
+            } else if c > s.end {
+                Some("read as the shard complete")
+            } else {
+                None
+            }
+        };
+        let Some(reads_as) = outside(checkpoint).filter(|&o| old.and_then(outside) != Some(o))
+        else {
             return;
         };
         self.events.push(format!(
-            "worker {id}: checkpoint {} in {} is outside its shard {} ({reads_as}): not a cursor of this shard — a progress file from another shard layout, or a bug in the worker?",
+            "worker {id}: checkpoint {} in {} is outside its shard {} ({reads_as}): not a cursor of this shard — left from another shard layout, or a bug in the worker?",
             count(checkpoint),
             self.desired.progress_path(id).display(),
             span(Some((s.start, s.end))),
@@ -220,7 +227,7 @@ impl Planner<'_> {
                         signal_at = Some(self.now.boot);
                         w.left_discovery = true;
                     }
-                    self.say_if_outside_shard(id, *checkpoint);
+                    self.say_if_outside_shard(id, w.checkpoint, *checkpoint);
                     w.checkpoint = Some(*checkpoint);
                     w.checkpoint_changed_at = Some(self.now.boot);
                     w.repeating = None;
