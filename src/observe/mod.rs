@@ -386,6 +386,9 @@ impl Observer {
         } = self;
         let boot = proc::boot_id(&roots.proc);
         let mut open_dirs = dirs.open();
+        // Every worker's process group was made when it started, before this pass: one scan
+        // of `/proc` made since now answers for all of them (see `proc::group_exists_since`).
+        let pass_began = std::time::Instant::now();
         let workers = desired
             .worker_ids()
             .into_iter()
@@ -411,7 +414,11 @@ impl Observer {
                 let group_alive = recorded.is_some_and(|p| {
                     p.own_group
                         && process == Some(ProcessStatus::Exited)
-                        && proc::group_exists(p.identity.pid)
+                        && proc::group_exists_since(
+                            p.identity.pid,
+                            pass_began,
+                            std::time::Duration::MAX,
+                        )
                 });
                 // A worker not among the observer's own (another `desired`): its paths rendered
                 // now, its last parse kept in `others`.

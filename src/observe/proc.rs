@@ -216,32 +216,101 @@ pub fn check(proc_root: &Path, current_boot_id: &str, id: &ProcessIdentity) -> P
     }
 }
 
-/// True while a live (not zombie) process is in process group `pgid`. Linux never hands out a
-/// pid that is still some group's id, so a live group cannot belong to a stranger.
+/// True while a live (not zombie) process is in process group `pgid`, a group known to have
+/// existed at `existed_at` (a stop under way, a worker started before this pass). Linux never
+/// hands out a pid that is still some group's id, so a live group cannot belong to a stranger.
 ///
-/// `kill(-pgid, 0)` answers "no such group" cheaply; when the group exists, `/proc` is scanned,
-/// because a zombie member (an exited leader its parent has not reaped yet — an orphan waits for
-/// init) keeps the group in existence without anything running in it.
-pub fn group_exists(pgid: i32) -> bool {
+/// `kill(-pgid, 0)` answers "no such group" cheaply; when the group exists, a scan of `/proc`
+/// decides, because a zombie member (an exited leader its parent has not reaped yet — an orphan
+/// waits for init) keeps the group in existence without anything running in it. The scan is
+/// one made since `existed_at` and at most `max_age` ago, shared with every other caller that
+/// can use it. Five hundred stops waiting at once for
+/// their groups to end made one scan each every 50 ms — 500 scans of 500 processes — and the
+/// control loop, which also reaps the exits they waited for, fell behind by minutes. A group
+/// whose last member is gone cannot gain one, so a scan newer than the moment it still existed
+/// answers for it.
+pub fn group_exists_since(
+    pgid: i32,
+    existed_at: std::time::Instant,
+    max_age: std::time::Duration,
+) -> bool {
+    if !group_signalable(pgid) {
+        return false;
+    }
+    let now = std::time::Instant::now();
+    let not_before = now
+        .checked_sub(max_age)
+        .map_or(existed_at, |t| t.max(existed_at));
+    let mut shared = SHARED_SCAN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let scan = match shared.as_ref() {
+        Some((at, scan)) if *at >= not_before => scan.clone(),
+        _ => {
+            let scan = std::sync::Arc::new(scan_groups());
+            *shared = Some((now, scan.clone()));
+            scan
+        }
+    };
+    drop(shared);
+    live_groups(scan.as_ref().as_ref(), pgid)
+}
+
+/// The last shared scan of `/proc`'s process groups, with the instant it began.
+#[allow(clippy::type_complexity)]
+static SHARED_SCAN: std::sync::Mutex<
+    Option<(std::time::Instant, std::sync::Arc<Option<GroupScan>>)>,
+> = std::sync::Mutex::new(None);
+
+/// False when no process (not even a zombie) is in group `pgid` (`kill(-pgid, 0)`).
+fn group_signalable(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
-    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) {
-        Ok(()) => {}
-        Err(nix::errno::Errno::EPERM) => {}
-        Err(_) => return false,
-    }
+    matches!(
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
+}
+
+/// The process groups with a live (not zombie) member, from one pass over `/proc`, and
+/// whether some process could not be read (it might be a member of any group).
+#[derive(Debug)]
+struct GroupScan {
+    live: std::collections::HashSet<i32>,
+    unreadable: bool,
+}
+
+/// Scans of `/proc` made (tests count them).
+#[cfg(test)]
+static SCANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One scan of `/proc`; `None` when it cannot be listed (out of descriptors).
+fn scan_groups() -> Option<GroupScan> {
+    #[cfg(test)]
+    SCANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let root = Path::new("/proc");
-    // `/proc` that cannot be listed (out of descriptors) says nothing: the group exists.
-    let Ok(pids) = try_list_pids(root) else {
-        return true;
+    let pids = try_list_pids(root).ok()?;
+    let mut scan = GroupScan {
+        live: std::collections::HashSet::new(),
+        unreadable: false,
     };
-    pids.into_iter().any(|pid| match try_read_stat(root, pid) {
-        Ok(Some(st)) => st.pgid == pgid && !matches!(st.state, 'Z' | 'X' | 'x'),
-        Ok(None) => false,
-        // Unreadable: it might be a member; do not call the group gone.
-        Err(_) => true,
-    })
+    for pid in pids {
+        match try_read_stat(root, pid) {
+            Ok(Some(st)) if !matches!(st.state, 'Z' | 'X' | 'x') => {
+                scan.live.insert(st.pgid);
+            }
+            Ok(_) => {}
+            Err(_) => scan.unreadable = true,
+        }
+    }
+    Some(scan)
+}
+
+/// Whether `scan` leaves group `pgid` possibly alive: a live member seen, a process that could
+/// not be read (it might be a member: the group is not called gone), or no scan at all.
+fn live_groups(scan: Option<&GroupScan>, pgid: i32) -> bool {
+    scan.is_none_or(|s| s.unreadable || s.live.contains(&pgid))
 }
 
 /// Reads `/proc/PID/environ` as (name, value) pairs; empty when unreadable.
@@ -284,6 +353,89 @@ pub fn try_list_pids(proc_root: &Path) -> std::io::Result<Vec<i32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new process group of its own running `script` (not reaped: the test waits for it).
+    fn group_of(script: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .process_group(0)
+            .spawn()
+            .expect("spawn")
+    }
+
+    /// Regression (fresh-clone trial, 500 workers found stuck at once): each stop polled its
+    /// group every 50 ms with its own scan of `/proc`, and the exits were confirmed one every
+    /// half second for minutes. Stops polling at the same time now share one scan.
+    #[test]
+    fn group_checks_made_together_share_one_scan_of_proc() {
+        let mut child = group_of("exec sleep 30");
+        let pgid = i32::try_from(child.id()).expect("pid");
+        let began = std::time::Instant::now();
+        let before = SCANS.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..200 {
+            assert!(group_exists_since(
+                pgid,
+                began,
+                std::time::Duration::from_secs(60)
+            ));
+        }
+        let scans = SCANS.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // One here; other tests running at the same time may add a few of their own.
+        assert!(scans < 20, "{scans} scans for 200 checks");
+        kill_group(pgid);
+        child.wait().expect("wait");
+        // A fresh scan each time (50 ms old at most) sees the group gone, within a minute.
+        let poll = std::time::Duration::from_millis(50);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while group_exists_since(pgid, began, poll) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {pgid} never gone"
+            );
+            std::thread::sleep(poll);
+        }
+    }
+
+    fn kill_group(pgid: i32) {
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("killpg");
+    }
+
+    /// A scan made before the group existed never answers for it; a group whose only member
+    /// is a zombie (its leader exited, not yet reaped) is gone.
+    #[test]
+    fn a_scan_older_than_the_group_is_not_used_and_a_zombie_leader_is_no_member() {
+        let began = std::time::Instant::now();
+        // A scan now, shared, from before the group below exists.
+        let _ = group_exists_since(i32::MAX, began, std::time::Duration::from_secs(60));
+        let mut child = group_of("exec sleep 30");
+        let pgid = i32::try_from(child.id()).expect("pid");
+        let existed = std::time::Instant::now();
+        assert!(group_exists_since(
+            pgid,
+            existed,
+            std::time::Duration::from_secs(60)
+        ));
+        kill_group(pgid);
+        // Exited, not reaped: a zombie, and the group's only member.
+        while !matches!(
+            try_read_stat(Path::new("/proc"), pgid),
+            Ok(Some(ProcStat { state: 'Z', .. }))
+        ) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let zombie = std::time::Instant::now();
+        assert!(!group_exists_since(
+            pgid,
+            zombie,
+            std::time::Duration::from_secs(60)
+        ));
+        child.wait().expect("wait");
+    }
 
     #[test]
     fn parses_stat_with_spaces_and_parens_in_comm() {

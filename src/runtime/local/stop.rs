@@ -41,9 +41,12 @@ enum Target {
 }
 
 impl Target {
-    fn gone(self, identity: &ProcessIdentity, boot: &str) -> bool {
+    /// True once nothing of it lives. `began` is when the stop began (the group existed
+    /// then): a group is judged from a scan of `/proc` made since, shared with the other stops
+    /// polling at the same time (see [`proc::group_exists_since`]).
+    fn gone(self, identity: &ProcessIdentity, boot: &str, began: std::time::Instant) -> bool {
         match self {
-            Self::Group(pgid) => !proc::group_exists(pgid),
+            Self::Group(pgid) => !proc::group_exists_since(pgid, began, POLL),
             Self::Process(_) => !matches!(
                 proc::check(Path::new("/proc"), boot, identity),
                 ProcessStatus::Alive { .. }
@@ -72,6 +75,8 @@ pub async fn stop_group(
     if crate::runtime::Handle::of(identity).is_job() {
         return StopOutcome::NotOurs;
     }
+    // The group exists from before this moment (its leader was started before the stop).
+    let began = std::time::Instant::now();
     let root = Path::new("/proc");
     let boot = proc::boot_id(root);
     let target = if whole_group {
@@ -84,12 +89,14 @@ pub async fn stop_group(
         ProcessStatus::Alive {
             state: proc::UNVERIFIED,
         } => return StopOutcome::Unverified,
-        ProcessStatus::Exited if target.gone(identity, &boot) => return StopOutcome::AlreadyGone,
+        ProcessStatus::Exited if target.gone(identity, &boot, began) => {
+            return StopOutcome::AlreadyGone;
+        }
         // Alive, or a leader that exited while its group lives on.
         _ => {}
     }
     target.signal(signal);
-    if wait_gone(target, identity, &boot, grace).await {
+    if wait_gone(target, identity, &boot, began, grace).await {
         return StopOutcome::Graceful;
     }
     // Re-check right before SIGKILL: a single process may have exited and its pid been reused.
@@ -103,7 +110,7 @@ pub async fn stop_group(
         }
     }
     target.signal(Signal::SIGKILL);
-    if wait_gone(target, identity, &boot, Duration::from_secs(10)).await {
+    if wait_gone(target, identity, &boot, began, Duration::from_secs(10)).await {
         StopOutcome::Killed
     } else {
         StopOutcome::Survived
@@ -114,11 +121,12 @@ async fn wait_gone(
     target: Target,
     identity: &ProcessIdentity,
     boot: &str,
+    began: std::time::Instant,
     limit: Duration,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if target.gone(identity, boot) {
+        if target.gone(identity, boot, began) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
