@@ -216,6 +216,12 @@ pub fn check(proc_root: &Path, current_boot_id: &str, id: &ProcessIdentity) -> P
     }
 }
 
+/// True while a live (not zombie) process is in process group `pgid`, from a scan of `/proc` of
+/// its own (see [`group_exists_since`], which shares one).
+pub fn group_exists(pgid: i32) -> bool {
+    group_signalable(pgid) && live_groups(scan_groups().as_ref(), pgid)
+}
+
 /// True while a live (not zombie) process is in process group `pgid`, a group known to have
 /// existed at `existed_at` (a stop under way, a worker started before this pass). Linux never
 /// hands out a pid that is still some group's id, so a live group cannot belong to a stranger.
