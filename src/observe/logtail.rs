@@ -244,7 +244,7 @@ pub fn read_tail_opened(
             return (LogObservation::Missing, Some(None));
         }
         Err(e) => {
-            let why = format!("cannot open: {e}");
+            let why = super::progress::open_failed(&e);
             return (LogObservation::Unreadable { why }, None);
         }
     };

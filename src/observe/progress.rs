@@ -353,7 +353,7 @@ pub fn read_opened(
             return (ProgressObservation::Missing, None);
         }
         Err(e) => {
-            let why = format!("cannot open: {e}");
+            let why = open_failed(&e);
             return (ProgressObservation::Unreadable { why }, None);
         }
     };
@@ -401,7 +401,7 @@ pub fn read_opened_stat_first(
             return (ProgressObservation::Missing, Some(None), false);
         }
         Err(e) => {
-            let why = format!("cannot open: {e}");
+            let why = open_failed(&e);
             return (ProgressObservation::Unreadable { why }, None, false);
         }
     };
@@ -441,6 +441,15 @@ pub fn version_of(m: &std::fs::Metadata) -> FileVersion {
         size: m.size(),
         mtime_ns: nanos(m.mtime(), m.mtime_nsec()),
         ctime_ns: nanos(m.ctime(), m.ctime_nsec()),
+    }
+}
+
+/// Why a worker's file could not be opened for reading: a socket is named as one (its open
+/// fails with ENXIO, "No such device or address").
+pub fn open_failed(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(nix::libc::ENXIO) => "is a socket, not a file".to_string(),
+        _ => format!("cannot open: {e}"),
     }
 }
 

@@ -259,3 +259,76 @@ fn history_for_an_unknown_worker_exits_2_naming_the_valid_range() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Regression (fresh-clone trial): a worker's log that is a FIFO hung automon at the worker's
+/// start, for good — the open of a FIFO for writing waits for a reader, and SIGTERM and Ctrl-C
+/// did not end it (the open restarts). A progress file that is a FIFO hung every pass. Now the
+/// start fails at once, saying why; the other worker is held, its progress file named; and
+/// the pass ends.
+#[test]
+fn a_fifo_as_a_workers_log_or_progress_file_fails_its_start_and_never_hangs_the_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = r#"apiVersion: automon/v1
+kind: WorkerSet
+metadata: {name: fifo}
+spec:
+  workers: {target: 2, min: 1, max: 2}
+  template: {command: [sleep, "300"]}
+  progress: {file: "p{id}.json", checkpoint: /c}
+  logs: {file: "w{id}.log"}
+"#;
+    std::fs::write(dir.path().join("m.yaml"), manifest).unwrap();
+    let fifo = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    nix::unistd::mkfifo(&dir.path().join("w0.log"), fifo).unwrap();
+    nix::unistd::mkfifo(&dir.path().join("p1.json"), fifo).unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_automon"))
+        .current_dir(dir.path())
+        .args(["apply", "m.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    let (done, out) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run.wait_with_output());
+    });
+    let out = match out.recv_timeout(super::support::PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("the pass never ended");
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Clean up the worker that started.
+    if let Ok(state) = std::fs::read_to_string(dir.path().join(".automon/state.json")) {
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+        for id in ["0", "1"] {
+            if let Some(pid) = v["workers"][id]["process"]["identity"]["pid"].as_i64() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    assert!(
+        text.contains("worker 0: could not start")
+            && text.contains("w0.log: it is a FIFO or a socket, not a file"),
+        "{text}"
+    );
+    // Its progress file exists but is no file to parse, and no checkpoint is remembered: held,
+    // never started from its shard's start.
+    assert!(
+        text.contains("ALERT: worker 1: progress file")
+            && text.contains("(is a FIFO, not a file)")
+            && text.contains("holding it"),
+        "{text}"
+    );
+    assert!(text.contains("pass done"), "{text}");
+}

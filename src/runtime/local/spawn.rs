@@ -81,11 +81,14 @@ pub fn spawn_worker(
         return Err("empty command".into());
     };
     let log_path = desired.log_path(action.worker);
+    // Without blocking: the open of a FIFO for writing waits for a reader, and would hang the
+    // control loop (a FIFO without one fails at once with ENXIO instead).
     let open_log = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().create(true).append(true),
+            nix::libc::O_NONBLOCK,
+        )
+        .open(&log_path)
     };
     // The log's directory is made only when the log cannot be opened without it.
     let log = match open_log() {
@@ -98,6 +101,30 @@ pub fn spawn_worker(
         }
         opened => opened,
     }
+    .map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::ENXIO) => format!(
+            "cannot open log {}: it is a FIFO or a socket, not a file",
+            log_path.display()
+        ),
+        _ => format!("cannot open log {}: {e}", log_path.display()),
+    })?;
+    // A FIFO (with a reader) or a socket is no log automon can read back; a device
+    // (`/dev/null`) is left to the user. Then the worker's output blocks as usual.
+    if let Ok(meta) = log.metadata() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_fifo() || kind.is_socket() {
+            let what = if kind.is_fifo() { "a FIFO" } else { "a socket" };
+            return Err(format!(
+                "cannot use log {}: it is {what}, not a file",
+                log_path.display()
+            ));
+        }
+    }
+    nix::fcntl::fcntl(
+        &log,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
+    )
     .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let log_err = log
         .try_clone()
