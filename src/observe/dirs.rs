@@ -609,7 +609,8 @@ impl OpenDirs<'_> {
     }
 
     /// The version of the file at `at` (or at `path`), as [`OpenDirs::look`] and, for a
-    /// changed file, a reader's open and `fstat` find it.
+    /// changed file, a reader's open and `fstat` find it (the tests' reader).
+    #[cfg(test)]
     pub fn version(&mut self, at: Option<&FileAt>, path: &Path) -> Option<FileVersion> {
         match self.look(at, path) {
             Seen::Unchanged(v) | Seen::Stated(v) => v,
@@ -643,19 +644,7 @@ impl OpenDirs<'_> {
     /// # Errors
     /// The open's error.
     pub fn open(&self, at: Option<&FileAt>, path: &Path) -> std::io::Result<std::fs::File> {
-        let Some((fd, file)) =
-            at.and_then(|a| Some((self.fds.get(a.dir)?.as_ref()?, self.dirs.files.get(a.file)?)))
-        else {
-            return super::progress::open_quietly(path);
-        };
-        let open = |flags: OFlag| nix::fcntl::openat(fd, file.name.as_path(), flags, Mode::empty());
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        match open(flags | OFlag::O_NOATIME) {
-            Err(Errno::EPERM) => open(flags),
-            opened => opened,
-        }
-        .map(std::fs::File::from)
-        .map_err(std::io::Error::from)
+        self.open_by_name(at, path, OFlag::empty())
     }
 
     /// Opens a [`Seen::Changed`] file as [`OpenDirs::open`] does, but without following a
@@ -665,26 +654,38 @@ impl OpenDirs<'_> {
     /// # Errors
     /// The open's error.
     pub fn open_changed(&self, at: Option<&FileAt>, path: &Path) -> std::io::Result<std::fs::File> {
+        match self.open_by_name(at, path, OFlag::O_NOFOLLOW) {
+            Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
+                if let Some(file) = at.and_then(|a| self.dirs.files.get(a.file)) {
+                    file.link.set(true);
+                }
+                self.open(at, path)
+            }
+            opened => opened,
+        }
+    }
+
+    /// The open of both: through the directory's handle by name, with `extra` flags, never
+    /// blocking, `O_NOATIME` when permitted; by `path` when the directory is not open.
+    fn open_by_name(
+        &self,
+        at: Option<&FileAt>,
+        path: &Path,
+        extra: OFlag,
+    ) -> std::io::Result<std::fs::File> {
         let Some((fd, file)) =
             at.and_then(|a| Some((self.fds.get(a.dir)?.as_ref()?, self.dirs.files.get(a.file)?)))
         else {
             return super::progress::open_quietly(path);
         };
         let open = |flags: OFlag| nix::fcntl::openat(fd, file.name.as_path(), flags, Mode::empty());
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
-        let opened = match open(flags | OFlag::O_NOATIME) {
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | extra;
+        match open(flags | OFlag::O_NOATIME) {
             Err(Errno::EPERM) => open(flags),
             opened => opened,
-        };
-        match opened {
-            Err(Errno::ELOOP) => {
-                file.link.set(true);
-                self.open(at, path)
-            }
-            opened => opened
-                .map(std::fs::File::from)
-                .map_err(std::io::Error::from),
         }
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
     }
 }
 

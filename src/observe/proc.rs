@@ -428,10 +428,15 @@ mod tests {
         ));
         kill_group(pgid);
         // Exited, not reaped: a zombie, and the group's only member.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !matches!(
             try_read_stat(Path::new("/proc"), pgid),
             Ok(Some(ProcStat { state: 'Z', .. }))
         ) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pgid} never a zombie"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let zombie = std::time::Instant::now();

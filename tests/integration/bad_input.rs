@@ -181,9 +181,21 @@ spec:
         "setup ran twice"
     );
     // Clean up the one worker the first apply started.
-    if let Ok(state) = std::fs::read_to_string(dir.path().join(".automon/state.json")) {
-        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
-        if let Some(pid) = v["workers"]["0"]["process"]["identity"]["pid"].as_i64() {
+    kill_recorded_workers(dir.path());
+}
+
+/// Kills the process group of every worker `dir/.automon/state.json` records (a test's
+/// cleanup).
+fn kill_recorded_workers(dir: &std::path::Path) {
+    let Ok(state) = std::fs::read_to_string(dir.join(".automon/state.json")) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let Some(workers) = v["workers"].as_object() else {
+        return;
+    };
+    for w in workers.values() {
+        if let Some(pid) = w["process"]["identity"]["pid"].as_i64() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -305,18 +317,8 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Clean up the worker that started.
-    if let Ok(state) = std::fs::read_to_string(dir.path().join(".automon/state.json")) {
-        let v: serde_json::Value = serde_json::from_str(&state).unwrap();
-        for id in ["0", "1"] {
-            if let Some(pid) = v["workers"][id]["process"]["identity"]["pid"].as_i64() {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
+    // Clean up any worker that started.
+    kill_recorded_workers(dir.path());
     assert!(
         text.contains("worker 0: could not start")
             && text.contains("w0.log: it is a FIFO or a socket, not a file"),
